@@ -1,0 +1,588 @@
+//! The daemon: fit baselines from history, then every interval query each signal,
+//! score each series, open and close anomalies, run matching playbooks, and publish
+//! telemetry. I/O happens here and at the edges it calls; detection stays pure.
+
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::json;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::{debug, error, info, warn};
+
+use crate::act;
+use crate::anomaly::{anomaly_id, Anomaly};
+use crate::audit::{AuditError, AuditLog, Auditor};
+use crate::config::{Config, SignalConfig};
+use crate::detect::{new_baseline, Assessment, Baseline, Hysteresis, Transition};
+use crate::labels::Labels;
+use crate::playbook::{Limits, Playbook};
+use crate::server::{self, SeriesGauge, SharedTelemetry, SignalHealth, Telemetry};
+use crate::source::{unix_now, History, Point, PromSource, SourceError};
+
+/// Why the daemon could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The audit log cannot be written: nothing may run without it.
+    #[error("audit log: {0}")]
+    Audit(#[from] AuditError),
+    /// The HTTP listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The configured address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The Prometheus client could not be built.
+    #[error("prometheus: {0}")]
+    Source(#[from] SourceError),
+}
+
+/// An open anomaly's bookkeeping.
+struct OpenAnomaly {
+    id: String,
+    started: SystemTime,
+    peak_score: f64,
+    /// Playbooks already run for it: one plan per playbook per anomaly.
+    handled: BTreeSet<String>,
+}
+
+/// Everything known about one series.
+struct Series {
+    baseline: Box<dyn Baseline>,
+    hysteresis: Hysteresis,
+    last_seen: Instant,
+    stale: bool,
+    value: f64,
+    assessment: Option<Assessment>,
+    open: Option<OpenAnomaly>,
+}
+
+/// One signal's series and query health.
+struct SignalState {
+    cfg: SignalConfig,
+    series: HashMap<Labels, Series>,
+    up: bool,
+    failures: u32,
+    next_attempt: Instant,
+    last_refit: Option<Instant>,
+}
+
+/// What the loop needs, passed around instead of a god object.
+struct Context {
+    source: PromSource,
+    audit: Auditor,
+    playbooks: Arc<Vec<Playbook>>,
+    limits: Limits,
+    telemetry: SharedTelemetry,
+    interval: Duration,
+    series_ttl: Duration,
+    max_backoff: Duration,
+}
+
+fn unix(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Runs the daemon until `shutdown` resolves. Config and playbooks must be validated.
+/// `rejected` lists playbooks that failed to load, so the start record names them.
+pub async fn run(
+    config: Config,
+    playbooks: Vec<Playbook>,
+    rejected: Vec<String>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
+    let audit = Auditor::new(AuditLog::open(&config.agent.audit_log)?);
+    let listener = tokio::net::TcpListener::bind(config.agent.listen)
+        .await
+        .map_err(|source| AgentError::Listen {
+            addr: config.agent.listen,
+            source,
+        })?;
+    let source = PromSource::new(&config.prometheus.url, config.prometheus.timeout)?;
+    let telemetry: SharedTelemetry = Arc::new(Mutex::new(Telemetry {
+        // Generous: a tick may wait on a timed-out query and a playbook run.
+        liveness_window: config.agent.interval * 3
+            + config.prometheus.timeout
+            + config.agent.playbook_timeout
+            + Duration::from_secs(30),
+        heartbeat: Some(Instant::now()),
+        ..Telemetry::default()
+    }));
+
+    let (stop_tx, mut server_stop) = watch::channel(false);
+    let server = tokio::spawn(server::serve(listener, telemetry.clone(), async move {
+        let _ = server_stop.wait_for(|s| *s).await;
+    }));
+    info!(listen = %config.agent.listen, audit_log = %audit.path().display(), signals = config.signals.len(), playbooks = playbooks.len(), "homeostat started");
+
+    let ctx = Context {
+        source,
+        audit,
+        playbooks: Arc::new(playbooks),
+        limits: Limits {
+            timeout: config.agent.playbook_timeout,
+            ..Limits::default()
+        },
+        telemetry,
+        interval: config.agent.interval,
+        series_ttl: config.agent.series_ttl,
+        max_backoff: config.agent.max_backoff,
+    };
+    record(
+        &ctx,
+        "agent_started",
+        json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "signals": config.signals.iter().map(|s| &s.name).collect::<Vec<_>>(),
+            "playbooks": ctx.playbooks.iter().map(|p| json!({"name": p.name, "path": p.path, "sha256": p.sha256})).collect::<Vec<_>>(),
+            "rejected_playbooks": rejected,
+        }),
+    )
+    .await?;
+
+    let mut signals: Vec<SignalState> = config
+        .signals
+        .iter()
+        .map(|cfg| SignalState {
+            cfg: cfg.clone(),
+            series: HashMap::new(),
+            up: false,
+            failures: 0,
+            next_attempt: Instant::now(),
+            last_refit: None,
+        })
+        .collect();
+
+    tokio::pin!(shutdown);
+    let result: Result<(), AuditError> = async {
+        // Fitting may take a while on a big store; shutdown must still be prompt.
+        tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            _ = fit_all(&ctx, &mut signals) => {}
+        }
+        let mut ticker = tokio::time::interval(ctx.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => return Ok(()),
+                _ = ticker.tick() => {}
+            }
+            // Queries are cancellable; processing (audit writes, playbooks) runs to completion.
+            let results = tokio::select! {
+                _ = &mut shutdown => return Ok(()),
+                r = query_all(&ctx, &signals) => r,
+            };
+            for (idx, result) in results {
+                process(&ctx, &mut signals[idx], result).await?;
+            }
+            publish(&ctx, &signals);
+        }
+    }
+    .await;
+
+    info!("shutting down");
+    let _ = stop_tx.send(true);
+    let stopped = record(
+        &ctx,
+        "agent_stopped",
+        json!({"reason": if result.is_ok() { "signal" } else { "error" }}),
+    )
+    .await;
+    if tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .is_err()
+    {
+        warn!("http server did not stop within 5s");
+    }
+    result?;
+    stopped?;
+    Ok(())
+}
+
+/// Appends an audit record and counts it.
+async fn record(ctx: &Context, kind: &str, data: serde_json::Value) -> Result<u64, AuditError> {
+    let seq = ctx.audit.record(kind, data).await?;
+    ctx.telemetry
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .audit_records += 1;
+    Ok(seq)
+}
+
+async fn fit_all(ctx: &Context, signals: &mut [SignalState]) {
+    let now = unix_now();
+    for s in signals.iter_mut() {
+        let d = &s.cfg.detection;
+        match ctx
+            .source
+            .range(&s.cfg.query, now, d.history, d.history_step)
+            .await
+        {
+            Ok(histories) => {
+                let points: usize = histories.iter().map(|h| h.samples.len()).sum();
+                for h in histories {
+                    insert_fitted(s, h);
+                }
+                info!(signal = %s.cfg.name, series = s.series.len(), points, "fitted baselines from history");
+            }
+            Err(e) => {
+                warn!(signal = %s.cfg.name, error = %e, "cannot fetch history; series will warm up from live data")
+            }
+        }
+        s.last_refit = Some(Instant::now());
+    }
+}
+
+fn new_series(cfg: &SignalConfig) -> Series {
+    let d = &cfg.detection;
+    Series {
+        baseline: new_baseline(d),
+        hysteresis: Hysteresis::new(d.open_after, d.close_after),
+        last_seen: Instant::now(),
+        stale: true,
+        value: f64::NAN,
+        assessment: None,
+        open: None,
+    }
+}
+
+fn insert_fitted(s: &mut SignalState, h: History) {
+    let mut series = new_series(&s.cfg);
+    series.baseline.fit(&h.samples);
+    s.series.insert(h.labels, series);
+}
+
+/// Queries every signal that is due, concurrently.
+async fn query_all(
+    ctx: &Context,
+    signals: &[SignalState],
+) -> Vec<(usize, Result<Vec<Point>, SourceError>)> {
+    let now = Instant::now();
+    let mut set = JoinSet::new();
+    for (idx, s) in signals.iter().enumerate() {
+        if s.next_attempt > now {
+            continue;
+        }
+        let source = ctx.source.clone();
+        let query = s.cfg.query.clone();
+        set.spawn(async move { (idx, source.instant(&query).await) });
+    }
+    let mut out = Vec::with_capacity(set.len());
+    while let Some(r) = set.join_next().await {
+        match r {
+            Ok(v) => out.push(v),
+            Err(e) => error!(error = %e, "query task failed"),
+        }
+    }
+    // Deterministic processing order, whatever order the answers came in.
+    out.sort_by_key(|(i, _)| *i);
+    out
+}
+
+/// Marks every series of a signal stale: no data is no evidence.
+fn mark_all_stale(s: &mut SignalState) {
+    for series in s.series.values_mut() {
+        series.stale = true;
+        series.hysteresis.interrupt();
+    }
+}
+
+async fn process(
+    ctx: &Context,
+    s: &mut SignalState,
+    result: Result<Vec<Point>, SourceError>,
+) -> Result<(), AuditError> {
+    let name = s.cfg.name.clone();
+    let points = match result {
+        Err(e) => {
+            s.failures += 1;
+            // Exponential backoff from one interval up to max_backoff.
+            let backoff = ctx
+                .interval
+                .saturating_mul(1 << s.failures.min(16).saturating_sub(1))
+                .min(ctx.max_backoff);
+            s.next_attempt = Instant::now() + backoff;
+            s.up = false;
+            mark_all_stale(s);
+            warn!(signal = %name, error = %e, failures = s.failures, retry_in = ?backoff, "query failed; series marked stale");
+            let mut t = ctx.telemetry.lock().unwrap_or_else(|p| p.into_inner());
+            *t.query_errors
+                .entry((name, e.kind().to_string()))
+                .or_default() += 1;
+            return Ok(());
+        }
+        Ok(points) => points,
+    };
+    if s.failures > 0 {
+        info!(signal = %name, after_failures = s.failures, "query recovered");
+    }
+    s.failures = 0;
+    s.next_attempt = Instant::now();
+    if points.is_empty() {
+        s.up = false;
+        mark_all_stale(s);
+        warn!(signal = %name, "query returned no series; series marked stale");
+        *ctx.telemetry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .empty_results
+            .entry(name)
+            .or_default() += 1;
+        expire(ctx, s).await?;
+        return Ok(());
+    }
+    s.up = true;
+
+    let unknown: Vec<Labels> = points
+        .iter()
+        .filter(|p| !s.series.contains_key(&p.labels))
+        .map(|p| p.labels.clone())
+        .collect();
+    if !unknown.is_empty() {
+        refit_new(ctx, s, unknown).await;
+    }
+
+    let mut seen = BTreeSet::new();
+    for p in points {
+        let series = s
+            .series
+            .entry(p.labels.clone())
+            .or_insert_with(|| new_series(&s.cfg));
+        series.last_seen = Instant::now();
+        seen.insert(p.labels.clone());
+        if !p.value.is_finite() {
+            // NaN (e.g. 0/0 in a ratio) or Inf is missing data, never an anomaly.
+            series.stale = true;
+            series.hysteresis.interrupt();
+            continue;
+        }
+        series.stale = false;
+        series.value = p.value;
+        let a = series.baseline.update(p.t, p.value);
+        series.assessment = Some(a);
+        let anomalous = a.is_anomalous(s.cfg.detection.threshold);
+        match series.hysteresis.observe(anomalous) {
+            Transition::Opened => {
+                let started = SystemTime::now();
+                let id = anomaly_id(&name, &p.labels, unix(started));
+                series.open = Some(OpenAnomaly {
+                    id: id.clone(),
+                    started,
+                    peak_score: a.score,
+                    handled: BTreeSet::new(),
+                });
+                let anomaly = describe(&name, &p.labels, series);
+                warn!(signal = %name, series = %p.labels, value = p.value, expected = a.expected, score = format!("{:.2}", a.score), id = %id, "anomaly opened");
+                record(
+                    ctx,
+                    "anomaly_opened",
+                    serde_json::to_value(&anomaly).expect("anomaly serialises"),
+                )
+                .await?;
+                *ctx.telemetry
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .anomalies_opened
+                    .entry(name.clone())
+                    .or_default() += 1;
+            }
+            Transition::Closed => {
+                if let Some(open) = series.open.take() {
+                    let secs = open
+                        .started
+                        .elapsed()
+                        .map(|d| d.as_secs_f64())
+                        .unwrap_or(0.0);
+                    info!(signal = %name, series = %p.labels, id = %open.id, duration_secs = secs, "anomaly closed");
+                    record(ctx, "anomaly_closed", json!({"id": open.id, "signal": name, "labels": p.labels, "duration_secs": secs, "peak_score": open.peak_score, "reason": "back to normal"})).await?;
+                }
+            }
+            Transition::None => {}
+        }
+        if let Some(open) = series.open.as_mut() {
+            open.peak_score = open.peak_score.max(a.score);
+        }
+        // Playbooks act only on fresh, anomalous evidence.
+        if anomalous && series.open.is_some() {
+            run_playbooks(ctx, &name, &p.labels, series).await?;
+        }
+    }
+    for (labels, series) in s.series.iter_mut() {
+        if !seen.contains(labels) {
+            series.stale = true;
+            series.hysteresis.interrupt();
+        }
+    }
+    expire(ctx, s).await
+}
+
+/// Forgets series not seen for `series_ttl`, closing their anomalies in the log.
+async fn expire(ctx: &Context, s: &mut SignalState) -> Result<(), AuditError> {
+    let ttl = ctx.series_ttl;
+    let gone: Vec<Labels> = s
+        .series
+        .iter()
+        .filter(|(_, v)| v.last_seen.elapsed() > ttl)
+        .map(|(k, _)| k.clone())
+        .collect();
+    for labels in gone {
+        if let Some(series) = s.series.remove(&labels) {
+            info!(signal = %s.cfg.name, series = %labels, "series vanished; forgotten");
+            if let Some(open) = series.open {
+                record(ctx, "anomaly_closed", json!({"id": open.id, "signal": s.cfg.name, "labels": labels, "peak_score": open.peak_score, "reason": "series vanished"})).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Fits series that appeared after start from their history, at most once a minute per signal.
+async fn refit_new(ctx: &Context, s: &mut SignalState, unknown: Vec<Labels>) {
+    if s.last_refit
+        .is_some_and(|t| t.elapsed() < Duration::from_secs(60))
+    {
+        return;
+    }
+    s.last_refit = Some(Instant::now());
+    let d = &s.cfg.detection;
+    match ctx
+        .source
+        .range(&s.cfg.query, unix_now(), d.history, d.history_step)
+        .await
+    {
+        Ok(histories) => {
+            for h in histories
+                .into_iter()
+                .filter(|h| unknown.contains(&h.labels))
+            {
+                debug!(signal = %s.cfg.name, series = %h.labels, points = h.samples.len(), "fitted new series from history");
+                insert_fitted(s, h);
+            }
+        }
+        Err(e) => {
+            debug!(signal = %s.cfg.name, error = %e, "no history for new series; warming up live")
+        }
+    }
+}
+
+fn describe(signal: &str, labels: &Labels, series: &Series) -> Anomaly {
+    let a = series.assessment.expect("described after an assessment");
+    let open = series.open.as_ref().expect("described while open");
+    Anomaly {
+        id: open.id.clone(),
+        signal: signal.to_string(),
+        labels: labels.clone(),
+        value: series.value,
+        expected: a.expected,
+        lower: a.lower,
+        upper: a.upper,
+        score: a.score,
+        peak_score: open.peak_score,
+        direction: if a.deviation >= 0.0 { "up" } else { "down" }.to_string(),
+        started_at: humantime::format_rfc3339_millis(open.started).to_string(),
+        started_unix: unix(open.started),
+        duration_secs: open
+            .started
+            .elapsed()
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0),
+    }
+}
+
+async fn run_playbooks(
+    ctx: &Context,
+    signal: &str,
+    labels: &Labels,
+    series: &mut Series,
+) -> Result<(), AuditError> {
+    let anomaly = describe(signal, labels, series);
+    let open = series.open.as_mut().expect("checked by caller");
+    for (idx, pb) in ctx.playbooks.iter().enumerate() {
+        if open.handled.contains(&pb.name) || !pb.trigger.matches(&anomaly) {
+            continue;
+        }
+        open.handled.insert(pb.name.clone());
+        record(ctx, "playbook_matched", json!({"anomaly_id": anomaly.id, "playbook": pb.name, "sha256": pb.sha256, "anomaly": anomaly})).await?;
+        let playbooks = ctx.playbooks.clone();
+        let limits = ctx.limits.clone();
+        let a = anomaly.clone();
+        // Rhai is synchronous; the sandbox's own deadline bounds the run, this one backs it up.
+        let run = tokio::task::spawn_blocking(move || playbooks[idx].plan(&a, &limits));
+        let result =
+            match tokio::time::timeout(ctx.limits.timeout + Duration::from_secs(1), run).await {
+                Ok(Ok(r)) => r.map_err(|e| e.to_string()),
+                Ok(Err(join)) => Err(format!("playbook run panicked: {join}")),
+                Err(_) => Err("playbook run exceeded its wall-clock limit".to_string()),
+            };
+        let outcome = match result {
+            Ok(plan) => {
+                record(ctx, "plan", json!({"anomaly_id": anomaly.id, "playbook": pb.name, "mode": pb.mode.as_str(), "actions": plan.actions})).await?;
+                warn!(playbook = %pb.name, anomaly = %anomaly.id, mode = pb.mode.as_str(), "{}", plan.render());
+                act::execute(&plan, pb.mode, &ctx.audit).await?;
+                ctx.telemetry
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .audit_records += 2 * plan.actions.len() as u64;
+                "planned"
+            }
+            Err(e) => {
+                error!(playbook = %pb.name, anomaly = %anomaly.id, error = %e, "playbook failed");
+                record(
+                    ctx,
+                    "playbook_failed",
+                    json!({"anomaly_id": anomaly.id, "playbook": pb.name, "error": e}),
+                )
+                .await?;
+                "failed"
+            }
+        };
+        *ctx.telemetry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .playbook_runs
+            .entry((pb.name.clone(), outcome.to_string()))
+            .or_default() += 1;
+    }
+    Ok(())
+}
+
+/// Rebuilds the telemetry snapshot from the signals' state.
+fn publish(ctx: &Context, signals: &[SignalState]) {
+    let mut gauges = Vec::new();
+    let mut health = std::collections::BTreeMap::new();
+    for s in signals {
+        health.insert(
+            s.cfg.name.clone(),
+            SignalHealth {
+                up: s.up,
+                series: s.series.len(),
+            },
+        );
+        for (labels, series) in &s.series {
+            let a = series.assessment;
+            gauges.push(SeriesGauge {
+                signal: s.cfg.name.clone(),
+                labels: labels.clone(),
+                value: series.value,
+                score: a.map_or(f64::NAN, |a| a.score),
+                lower: a.map_or(f64::NAN, |a| a.lower),
+                upper: a.map_or(f64::NAN, |a| a.upper),
+                open: series.open.is_some(),
+                stale: series.stale,
+            });
+        }
+    }
+    gauges.sort_by(|a, b| (&a.signal, &a.labels).cmp(&(&b.signal, &b.labels)));
+    let mut t = ctx.telemetry.lock().unwrap_or_else(|p| p.into_inner());
+    t.series = gauges;
+    t.signals = health;
+    t.ticks += 1;
+    t.ready = true;
+    t.heartbeat = Some(Instant::now());
+}

@@ -1,0 +1,60 @@
+//! Command-line definitions of every subcommand. No I/O here.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// homeostat: anomaly detection and audited self-healing for Prometheus-monitored clouds.
+#[derive(Debug, Parser)]
+#[command(name = "homeostat", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate a config file and the playbooks it names; list every problem.
+    Check {
+        /// The config file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run the daemon: watch signals, flag anomalies, plan remediations, audit everything.
+    Run {
+        /// The config file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Inspect an audit log.
+    Audit {
+        /// What to do with it.
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+/// Audit log subcommands.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the hash chain and the head; exit 1 naming the first bad record.
+    Verify {
+        /// The audit log (JSON lines).
+        #[arg(long)]
+        log: PathBuf,
+    },
+    /// Print the records as a readable table.
+    List {
+        /// The audit log (JSON lines).
+        #[arg(long)]
+        log: PathBuf,
+        /// Only records of this kind (e.g. `plan`, `anomaly_opened`).
+        #[arg(long)]
+        kind: Option<String>,
+        /// Width of the details column.
+        #[arg(long, default_value_t = 110)]
+        width: usize,
+    },
+}

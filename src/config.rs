@@ -1,0 +1,689 @@
+//! The agent's configuration: typed structs, named defaults, and a loader that reports
+//! every problem at once, each with its path (`signals[2].query: must not be empty`).
+//!
+//! The file is TOML. It is read into a generic table first and then walked field by
+//! field, so that one bad field does not hide the next: serde's derive stops at the
+//! first error, which would make an SRE fix a config one mistake per run.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+use toml::{Table, Value};
+
+/// Which deviations from the baseline count as anomalous.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// Only values above the expected band.
+    Up,
+    /// Only values below the expected band.
+    Down,
+    /// Both.
+    Both,
+}
+
+/// The whole configuration, validated.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    /// Where metrics are read from.
+    pub prometheus: PrometheusConfig,
+    /// How the daemon runs.
+    pub agent: AgentConfig,
+    /// Detection defaults, which each signal may override.
+    pub detection: DetectionConfig,
+    /// Playbook files, resolved against the config file's directory.
+    pub playbooks: Vec<PathBuf>,
+    /// The PromQL signals to watch.
+    pub signals: Vec<SignalConfig>,
+}
+
+/// The Prometheus-API store to query (Prometheus, Thanos, Mimir, VictoriaMetrics).
+#[derive(Debug, Clone, Serialize)]
+pub struct PrometheusConfig {
+    /// Base URL, e.g. `http://127.0.0.1:9090`.
+    pub url: String,
+    /// Timeout of one HTTP request.
+    #[serde(with = "humantime_serde_str")]
+    pub timeout: Duration,
+}
+
+/// How the daemon runs.
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentConfig {
+    /// How often every signal is queried.
+    #[serde(with = "humantime_serde_str")]
+    pub interval: Duration,
+    /// Address of the HTTP server (`/metrics`, `/healthz`, `/readyz`).
+    pub listen: SocketAddr,
+    /// The audit log file, resolved against the config file's directory.
+    pub audit_log: PathBuf,
+    /// A series absent from results for this long is forgotten.
+    #[serde(with = "humantime_serde_str")]
+    pub series_ttl: Duration,
+    /// The longest wait between retries of a failing signal query.
+    #[serde(with = "humantime_serde_str")]
+    pub max_backoff: Duration,
+    /// Wall-clock limit of one playbook run.
+    #[serde(with = "humantime_serde_str")]
+    pub playbook_timeout: Duration,
+}
+
+/// Detection parameters: the defaults in `[detection]`, or one signal's resolved set.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DetectionConfig {
+    /// How far back the baseline is fitted from at start.
+    #[serde(with = "humantime_serde_str")]
+    pub history: Duration,
+    /// Resolution of the history range query.
+    #[serde(with = "humantime_serde_str")]
+    pub history_step: Duration,
+    /// Points in the rolling window of the robust baseline.
+    pub window: usize,
+    /// Score (robust z: deviations in units of the robust spread) above which a point is anomalous.
+    pub threshold: f64,
+    /// Consecutive anomalous points that open an anomaly.
+    pub open_after: u32,
+    /// Consecutive normal points that close it.
+    pub close_after: u32,
+    /// Absolute floor of the spread, so flat series don't alarm on tiny wiggles.
+    pub min_spread: f64,
+    /// Floor of the spread relative to the level (|median|), for the same reason.
+    pub min_relative_spread: f64,
+    /// Which deviations count.
+    pub direction: Direction,
+}
+
+/// One watched signal: a PromQL query whose every result series gets a baseline.
+#[derive(Debug, Clone, Serialize)]
+pub struct SignalConfig {
+    /// Unique name, used in metrics, playbook triggers and the audit log.
+    pub name: String,
+    /// The PromQL expression, evaluated as an instant query every interval.
+    pub query: String,
+    /// The detection parameters for this signal (defaults merged with overrides).
+    pub detection: DetectionConfig,
+}
+
+/// Default request timeout for Prometheus.
+pub fn default_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+/// Default query interval.
+pub fn default_interval() -> Duration {
+    Duration::from_secs(15)
+}
+/// Default listen address: loopback, a port outside the usual exporter range.
+pub fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9184))
+}
+/// Default audit log path.
+pub fn default_audit_log() -> PathBuf {
+    PathBuf::from("audit/homeostat-audit.jsonl")
+}
+/// Default time before an absent series is forgotten.
+pub fn default_series_ttl() -> Duration {
+    Duration::from_secs(600)
+}
+/// Default ceiling of the retry backoff.
+pub fn default_max_backoff() -> Duration {
+    Duration::from_secs(120)
+}
+/// Default wall-clock limit of one playbook run.
+pub fn default_playbook_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl Default for DetectionConfig {
+    fn default() -> Self {
+        DetectionConfig {
+            history: Duration::from_secs(6 * 3600),
+            history_step: Duration::from_secs(60),
+            window: 240,
+            threshold: 6.0,
+            open_after: 3,
+            close_after: 5,
+            min_spread: 0.0,
+            min_relative_spread: 0.01,
+            direction: Direction::Both,
+        }
+    }
+}
+
+/// Everything wrong with a config file, one line per problem.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .problems.join("\n"))]
+pub struct ConfigError {
+    /// Each problem, prefixed with the file and the field's path.
+    pub problems: Vec<String>,
+}
+
+impl Config {
+    /// Reads and validates a config file; relative paths in it are resolved against its directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            problems: vec![format!("{}: cannot read: {e}", path.display())],
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::parse(&text, base).map_err(|problems| ConfigError {
+            problems: problems
+                .into_iter()
+                .map(|p| format!("{}: {p}", path.display()))
+                .collect(),
+        })
+    }
+
+    /// Parses and validates config text; returns every problem found, each with its path.
+    pub fn parse(text: &str, base: &Path) -> Result<Config, Vec<String>> {
+        let root: Table = toml::from_str(text).map_err(|e| vec![format!("syntax: {e}")])?;
+        let mut w = Walker::default();
+        w.known(
+            &root,
+            "",
+            &["prometheus", "agent", "detection", "playbooks", "signals"],
+        );
+
+        let prometheus = {
+            let t = w.table(&root, "", "prometheus", true);
+            w.known(&t, "prometheus", &["url", "timeout"]);
+            let url = w.string(&t, "prometheus", "url").unwrap_or_default();
+            if !url.is_empty() {
+                match reqwest::Url::parse(&url) {
+                    Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+                    Ok(u) => w.err(
+                        "prometheus.url",
+                        format!("scheme {:?} is not http or https", u.scheme()),
+                    ),
+                    Err(e) => w.err("prometheus.url", format!("not a URL: {e}")),
+                }
+            } else if t.contains_key("url") {
+                w.err("prometheus.url", "must not be empty");
+            }
+            let timeout = w
+                .duration(&t, "prometheus", "timeout")
+                .unwrap_or_else(default_timeout);
+            PrometheusConfig { url, timeout }
+        };
+
+        let agent = {
+            let t = w.table(&root, "", "agent", false);
+            w.known(
+                &t,
+                "agent",
+                &[
+                    "interval",
+                    "listen",
+                    "audit_log",
+                    "series_ttl",
+                    "max_backoff",
+                    "playbook_timeout",
+                ],
+            );
+            let listen = match w.opt_string(&t, "agent", "listen") {
+                Some(s) => s.parse().unwrap_or_else(|e| {
+                    w.err(
+                        "agent.listen",
+                        format!("{s:?} is not an address like 127.0.0.1:9184: {e}"),
+                    );
+                    default_listen()
+                }),
+                None => default_listen(),
+            };
+            AgentConfig {
+                interval: w
+                    .duration(&t, "agent", "interval")
+                    .unwrap_or_else(default_interval),
+                listen,
+                audit_log: base.join(
+                    w.opt_string(&t, "agent", "audit_log")
+                        .map(PathBuf::from)
+                        .unwrap_or_else(default_audit_log),
+                ),
+                series_ttl: w
+                    .duration(&t, "agent", "series_ttl")
+                    .unwrap_or_else(default_series_ttl),
+                max_backoff: w
+                    .duration(&t, "agent", "max_backoff")
+                    .unwrap_or_else(default_max_backoff),
+                playbook_timeout: w
+                    .duration(&t, "agent", "playbook_timeout")
+                    .unwrap_or_else(default_playbook_timeout),
+            }
+        };
+
+        let detection = {
+            let t = w.table(&root, "", "detection", false);
+            w.known(&t, "detection", DETECTION_KEYS);
+            w.detection(&t, "detection", &DetectionConfig::default(), true)
+        };
+
+        let playbooks = match root.get("playbooks") {
+            None => Vec::new(),
+            Some(Value::Array(items)) => items
+                .iter()
+                .enumerate()
+                .filter_map(|(i, v)| match v {
+                    Value::String(s) if !s.is_empty() => Some(base.join(s)),
+                    _ => {
+                        w.err(
+                            &format!("playbooks[{i}]"),
+                            "must be a non-empty path string",
+                        );
+                        None
+                    }
+                })
+                .collect(),
+            Some(_) => {
+                w.err("playbooks", "must be an array of paths");
+                Vec::new()
+            }
+        };
+
+        let mut signals = Vec::new();
+        match root.get("signals") {
+            None => w.err("signals", "at least one [[signals]] entry is required"),
+            Some(Value::Array(items)) => {
+                if items.is_empty() {
+                    w.err("signals", "at least one [[signals]] entry is required");
+                }
+                let mut seen = BTreeSet::new();
+                for (i, item) in items.iter().enumerate() {
+                    let path = format!("signals[{i}]");
+                    let Value::Table(t) = item else {
+                        w.err(&path, "must be a table");
+                        continue;
+                    };
+                    let mut keys = vec!["name", "query"];
+                    keys.extend_from_slice(DETECTION_KEYS);
+                    w.known(t, &path, &keys);
+                    let name = w.string(t, &path, "name").unwrap_or_default();
+                    if t.contains_key("name") && !is_identifier(&name) {
+                        w.err(
+                            &format!("{path}.name"),
+                            format!("{name:?} must match [a-zA-Z_][a-zA-Z0-9_]*"),
+                        );
+                    } else if !name.is_empty() && !seen.insert(name.clone()) {
+                        w.err(
+                            &format!("{path}.name"),
+                            format!("{name:?} is used by an earlier signal"),
+                        );
+                    }
+                    let query = w.string(t, &path, "query").unwrap_or_default();
+                    if t.contains_key("query") {
+                        if let Err(e) = check_promql_shape(&query) {
+                            w.err(&format!("{path}.query"), e);
+                        }
+                    }
+                    let detection = w.detection(t, &path, &detection, false);
+                    signals.push(SignalConfig {
+                        name,
+                        query,
+                        detection,
+                    });
+                }
+            }
+            Some(_) => w.err("signals", "must be an array of tables ([[signals]])"),
+        }
+
+        if w.problems.is_empty() {
+            Ok(Config {
+                prometheus,
+                agent,
+                detection,
+                playbooks,
+                signals,
+            })
+        } else {
+            Err(w.problems)
+        }
+    }
+}
+
+const DETECTION_KEYS: &[&str] = &[
+    "history",
+    "history_step",
+    "window",
+    "threshold",
+    "open_after",
+    "close_after",
+    "min_spread",
+    "min_relative_spread",
+    "direction",
+];
+
+fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// A local sanity check of a PromQL expression: non-empty, balanced brackets and
+/// closed quotes. Prometheus itself is the judge of the rest, at run time.
+pub fn check_promql_shape(q: &str) -> Result<(), String> {
+    if q.trim().is_empty() {
+        return Err("must not be empty".into());
+    }
+    let mut stack = Vec::new();
+    let mut chars = q.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' | '\'' | '`' => loop {
+                match chars.next() {
+                    None => return Err(format!("unterminated string (opened with {c})")),
+                    Some('\\') if c != '`' => {
+                        chars.next();
+                    }
+                    Some(d) if d == c => break,
+                    Some(_) => {}
+                }
+            },
+            '(' | '[' | '{' => stack.push(c),
+            ')' | ']' | '}' => {
+                let open = match c {
+                    ')' => '(',
+                    ']' => '[',
+                    _ => '{',
+                };
+                if stack.pop() != Some(open) {
+                    return Err(format!("unbalanced {c:?}"));
+                }
+            }
+            _ => {}
+        }
+    }
+    match stack.pop() {
+        Some(open) => Err(format!("unclosed {open:?}")),
+        None => Ok(()),
+    }
+}
+
+/// Walks a TOML table, collecting every problem rather than stopping at the first.
+#[derive(Default)]
+struct Walker {
+    problems: Vec<String>,
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+impl Walker {
+    fn err(&mut self, path: &str, msg: impl std::fmt::Display) {
+        self.problems.push(format!("{path}: {msg}"));
+    }
+
+    fn known(&mut self, t: &Table, path: &str, keys: &[&str]) {
+        for k in t.keys() {
+            if !keys.contains(&k.as_str()) {
+                self.err(
+                    &join(path, k),
+                    format!("unknown field (expected one of: {})", keys.join(", ")),
+                );
+            }
+        }
+    }
+
+    fn table(&mut self, root: &Table, path: &str, key: &str, required: bool) -> Table {
+        match root.get(key) {
+            Some(Value::Table(t)) => t.clone(),
+            Some(_) => {
+                self.err(&join(path, key), "must be a table");
+                Table::new()
+            }
+            None => {
+                if required {
+                    self.err(&join(path, key), format!("missing section [{key}]"));
+                }
+                Table::new()
+            }
+        }
+    }
+
+    fn string(&mut self, t: &Table, path: &str, key: &str) -> Option<String> {
+        if !t.contains_key(key) {
+            self.err(&join(path, key), "missing required field");
+            return None;
+        }
+        self.opt_string(t, path, key)
+    }
+
+    fn opt_string(&mut self, t: &Table, path: &str, key: &str) -> Option<String> {
+        match t.get(key)? {
+            Value::String(s) => Some(s.clone()),
+            other => {
+                self.err(
+                    &join(path, key),
+                    format!("expected a string, found {}", other.type_str()),
+                );
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, t: &Table, path: &str, key: &str) -> Option<Duration> {
+        let s = self.opt_string(t, path, key)?;
+        match humantime::parse_duration(&s) {
+            Ok(d) if !d.is_zero() => Some(d),
+            Ok(_) => {
+                self.err(&join(path, key), "must be greater than zero");
+                None
+            }
+            Err(e) => {
+                self.err(
+                    &join(path, key),
+                    format!("{s:?} is not a duration like \"15s\" or \"5m\": {e}"),
+                );
+                None
+            }
+        }
+    }
+
+    fn float(&mut self, t: &Table, path: &str, key: &str) -> Option<f64> {
+        match t.get(key)? {
+            Value::Float(f) if f.is_finite() => Some(*f),
+            Value::Integer(i) => Some(*i as f64),
+            other => {
+                self.err(
+                    &join(path, key),
+                    format!("expected a finite number, found {}", other.type_str()),
+                );
+                None
+            }
+        }
+    }
+
+    fn count(&mut self, t: &Table, path: &str, key: &str, min: i64) -> Option<i64> {
+        match t.get(key)? {
+            Value::Integer(i) if *i >= min => Some(*i),
+            Value::Integer(i) => {
+                self.err(
+                    &join(path, key),
+                    format!("must be at least {min}, found {i}"),
+                );
+                None
+            }
+            other => {
+                self.err(
+                    &join(path, key),
+                    format!("expected an integer, found {}", other.type_str()),
+                );
+                None
+            }
+        }
+    }
+
+    /// Reads detection fields from `t`, starting from `base` (the defaults).
+    fn detection(
+        &mut self,
+        t: &Table,
+        path: &str,
+        base: &DetectionConfig,
+        top: bool,
+    ) -> DetectionConfig {
+        let mut d = base.clone();
+        if let Some(v) = self.duration(t, path, "history") {
+            d.history = v;
+        }
+        if let Some(v) = self.duration(t, path, "history_step") {
+            d.history_step = v;
+        }
+        if let Some(v) = self.count(t, path, "window", 8) {
+            d.window = v as usize;
+        }
+        if let Some(v) = self.float(t, path, "threshold") {
+            if v > 0.0 {
+                d.threshold = v;
+            } else {
+                self.err(&join(path, "threshold"), "must be greater than zero");
+            }
+        }
+        if let Some(v) = self.count(t, path, "open_after", 1) {
+            d.open_after = v.min(u32::MAX as i64) as u32;
+        }
+        if let Some(v) = self.count(t, path, "close_after", 1) {
+            d.close_after = v.min(u32::MAX as i64) as u32;
+        }
+        for (key, slot) in [
+            ("min_spread", &mut d.min_spread),
+            ("min_relative_spread", &mut d.min_relative_spread),
+        ] {
+            if let Some(v) = self.float(t, path, key) {
+                if v >= 0.0 {
+                    *slot = v;
+                } else {
+                    self.err(&join(path, key), "must not be negative");
+                }
+            }
+        }
+        if let Some(s) = self.opt_string(t, path, "direction") {
+            match s.as_str() {
+                "up" => d.direction = Direction::Up,
+                "down" => d.direction = Direction::Down,
+                "both" => d.direction = Direction::Both,
+                _ => self.err(
+                    &join(path, "direction"),
+                    format!("{s:?} is not one of up, down, both"),
+                ),
+            }
+        }
+        if top && d.history < d.history_step {
+            self.err(
+                &join(path, "history"),
+                "must not be shorter than history_step",
+            );
+        }
+        d
+    }
+}
+
+/// Serialises durations as humantime strings, so `Config` prints as it is written.
+mod humantime_serde_str {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        playbooks = ["playbooks/a.rhai"]
+        [prometheus]
+        url = "http://127.0.0.1:9090"
+        [agent]
+        interval = "2s"
+        listen = "127.0.0.1:0"
+        [detection]
+        threshold = 5
+        [[signals]]
+        name = "errors"
+        query = 'max by (deployment) (rate(errors_total[5m]))'
+        direction = "up"
+        open_after = 2
+    "#;
+
+    #[test]
+    fn good_config_resolves_defaults_and_overrides() {
+        let c = Config::parse(GOOD, Path::new("/etc/homeostat")).unwrap();
+        assert_eq!(c.agent.interval, Duration::from_secs(2));
+        assert_eq!(
+            c.playbooks,
+            vec![PathBuf::from("/etc/homeostat/playbooks/a.rhai")]
+        );
+        assert_eq!(
+            c.agent.audit_log,
+            Path::new("/etc/homeostat").join(default_audit_log())
+        );
+        let d = &c.signals[0].detection;
+        assert_eq!(d.threshold, 5.0, "signal inherits [detection]");
+        assert_eq!(d.open_after, 2, "signal overrides [detection]");
+        assert_eq!(d.direction, Direction::Up);
+        assert_eq!(d.window, DetectionConfig::default().window);
+    }
+
+    #[test]
+    fn every_problem_is_listed_with_its_path() {
+        let bad = r#"
+            [prometheus]
+            url = "ftp://x"
+            timeout = "soon"
+            [agent]
+            listen = "nowhere"
+            colour = "blue"
+            [detection]
+            window = 2
+            [[signals]]
+            name = "ok"
+            query = "up"
+            [[signals]]
+            name = "ok"
+            query = "sum(rate(x[5m])"
+            [[signals]]
+            name = "3bad"
+            threshold = -1
+        "#;
+        let errs = Config::parse(bad, Path::new(".")).unwrap_err();
+        let want = [
+            "prometheus.url: scheme \"ftp\"",
+            "prometheus.timeout: \"soon\" is not a duration",
+            "agent.listen: \"nowhere\"",
+            "agent.colour: unknown field",
+            "detection.window: must be at least 8",
+            "signals[1].name: \"ok\" is used by an earlier signal",
+            "signals[1].query: unclosed '('",
+            "signals[2].name: \"3bad\" must match",
+            "signals[2].query: missing required field",
+            "signals[2].threshold: must be greater than zero",
+        ];
+        for w in want {
+            assert!(
+                errs.iter().any(|e| e.starts_with(w)),
+                "missing {w:?} in {errs:#?}"
+            );
+        }
+        assert_eq!(errs.len(), want.len(), "{errs:#?}");
+    }
+
+    #[test]
+    fn promql_shape() {
+        assert!(check_promql_shape("sum by (a) (rate(x{a=\"(\"}[5m]))").is_ok());
+        assert!(check_promql_shape("x{a=\"b}").is_err());
+        assert!(check_promql_shape("x)").is_err());
+        assert!(check_promql_shape("  ").is_err());
+    }
+
+    #[test]
+    fn syntax_error_is_reported() {
+        let errs = Config::parse("[prometheus\nurl=1", Path::new(".")).unwrap_err();
+        assert!(errs[0].starts_with("syntax:"), "{errs:?}");
+    }
+}

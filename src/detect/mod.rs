@@ -1,0 +1,60 @@
+//! Detection: per-series baselines (pure, synchronous) and the hysteresis that turns
+//! their per-point scores into anomaly events.
+//!
+//! A [`Baseline`] sees one series' points in time order and nothing else: no future
+//! values, no global min/max. It is behind a trait so the engine can be swapped.
+
+mod hysteresis;
+mod robust;
+
+pub use hysteresis::{Hysteresis, Transition};
+pub use robust::RollingRobust;
+
+use crate::config::{DetectionConfig, Direction};
+
+/// What a baseline says about one point.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Assessment {
+    /// Non-negative anomaly score in the baseline's units (robust z for [`RollingRobust`]),
+    /// already filtered by the signal's direction.
+    pub score: f64,
+    /// Signed deviation (positive: above expected).
+    pub deviation: f64,
+    /// The expected value.
+    pub expected: f64,
+    /// Lower edge of the expected band (a point below it, at this threshold, is anomalous).
+    pub lower: f64,
+    /// Upper edge of the expected band.
+    pub upper: f64,
+    /// True while the baseline has too little data to judge; never anomalous then.
+    pub warming_up: bool,
+}
+
+impl Assessment {
+    /// Whether this point is beyond the band in a direction the signal cares about.
+    pub fn is_anomalous(&self, threshold: f64) -> bool {
+        !self.warming_up && self.score >= threshold
+    }
+}
+
+/// A streaming baseline for one series.
+pub trait Baseline: Send + Sync {
+    /// Learns from history (oldest first), without scoring it.
+    fn fit(&mut self, history: &[(f64, f64)]);
+    /// Scores a point against what was seen before it, then learns from it.
+    fn update(&mut self, t: f64, value: f64) -> Assessment;
+}
+
+/// Builds the configured baseline for a new series.
+pub fn new_baseline(cfg: &DetectionConfig) -> Box<dyn Baseline> {
+    Box::new(RollingRobust::new(cfg))
+}
+
+/// Keeps the part of a signed deviation that the direction cares about.
+pub fn directional(z: f64, direction: Direction) -> f64 {
+    match direction {
+        Direction::Up => z.max(0.0),
+        Direction::Down => (-z).max(0.0),
+        Direction::Both => z.abs(),
+    }
+}
