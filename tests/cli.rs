@@ -1,0 +1,155 @@
+//! The binary's offline commands: `check` and `audit`, their output and exit codes.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use homeostat::audit::AuditLog;
+use serde_json::json;
+
+fn homeostat(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_homeostat")).args(args).output().expect("runs the binary")
+}
+
+fn text(o: &Output) -> (String, String) {
+    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+const PLAYBOOK: &str = r#"
+const PLAYBOOK = #{ name: "restart", trigger: #{ signal: "errors", min_score: 6.0 } };
+fn plan(anomaly) { [#{ kind: "k8s.rollout_restart", target: #{ namespace: "shop", deployment: "cart" } }] }
+"#;
+
+fn write(dir: &Path, name: &str, body: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, body).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+#[test]
+fn check_accepts_a_good_config_with_its_playbook() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "restart.rhai", PLAYBOOK);
+    let cfg = write(
+        dir.path(),
+        "h.toml",
+        r#"
+        playbooks = ["restart.rhai"]
+        [prometheus]
+        url = "http://127.0.0.1:9090"
+        [[signals]]
+        name = "errors"
+        query = "sum by (deployment) (rate(errors_total[5m]))"
+        "#,
+    );
+    let out = homeostat(&["check", "--config", &cfg]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stdout.contains("ok: 1 signal (errors), 1 playbook (restart -> errors)"), "{stdout}");
+}
+
+#[test]
+fn check_lists_every_config_problem_with_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        dir.path(),
+        "h.toml",
+        r#"
+        [prometheus]
+        url = "not a url"
+        [agent]
+        interval = "often"
+        [[signals]]
+        name = "a"
+        query = "rate(x[5m]"
+        [[signals]]
+        name = "b"
+        [[signals]]
+        name = "a"
+        query = "up"
+        open_after = 0
+        "#,
+    );
+    let out = homeostat(&["check", "--config", &cfg]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("6 problems:"), "{stderr}");
+    for want in [
+        "h.toml: prometheus.url: not a URL",
+        "h.toml: agent.interval: \"often\" is not a duration",
+        "h.toml: signals[0].query: unclosed '('",
+        "h.toml: signals[1].query: missing required field",
+        "h.toml: signals[2].name: \"a\" is used by an earlier signal",
+        "h.toml: signals[2].open_after: must be at least 1",
+    ] {
+        assert!(stderr.contains(want), "missing {want:?} in:\n{stderr}");
+    }
+}
+
+#[test]
+fn check_rejects_a_broken_playbook_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "good.rhai", PLAYBOOK);
+    write(dir.path(), "bad.rhai", "const PLAYBOOK = #{ name: \"bad\" };\nfn plan(a) { [ }");
+    write(dir.path(), "stray.rhai", &PLAYBOOK.replace("\"errors\"", "\"nope\"").replace("\"restart\"", "\"stray\""));
+    let cfg = write(
+        dir.path(),
+        "h.toml",
+        r#"
+        playbooks = ["good.rhai", "bad.rhai", "stray.rhai", "missing.rhai"]
+        [prometheus]
+        url = "http://127.0.0.1:9090"
+        [[signals]]
+        name = "errors"
+        query = "up"
+        "#,
+    );
+    let out = homeostat(&["check", "--config", &cfg]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("playbooks[1]: ") && stderr.contains("bad.rhai: syntax:"), "{stderr}");
+    assert!(stderr.contains("playbooks[2]: ") && stderr.contains("trigger.signal \"nope\" is not a configured signal"), "{stderr}");
+    assert!(stderr.contains("playbooks[3]: ") && stderr.contains("missing.rhai: cannot read"), "{stderr}");
+    assert!(!stderr.contains("playbooks[0]"), "the good playbook is fine: {stderr}");
+}
+
+#[test]
+fn check_reports_an_unreadable_config() {
+    let out = homeostat(&["check", "--config", "/nonexistent/h.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).1.contains("/nonexistent/h.toml: cannot read"));
+}
+
+#[test]
+fn audit_verify_and_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.jsonl");
+    {
+        let mut l = AuditLog::open(&log).unwrap();
+        l.append("anomaly_opened", &json!({"signal": "errors", "id": "an-1"})).unwrap();
+        l.append("plan", &json!({"playbook": "restart", "anomaly_id": "an-1"})).unwrap();
+        l.append("action_outcome", &json!({"outcome": "dry_run"})).unwrap();
+    }
+    let log_s = log.to_str().unwrap();
+
+    let out = homeostat(&["audit", "verify", "--log", log_s]);
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    assert!(text(&out).0.contains("ok: 3 records"));
+
+    let out = homeostat(&["audit", "list", "--log", log_s]);
+    let (stdout, _) = text(&out);
+    assert_eq!(out.status.code(), Some(0));
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "{stdout}");
+    assert!(lines[0].contains("SEQ") && lines[0].contains("KIND"));
+    assert!(lines[2].contains("plan") && lines[2].contains("playbook=restart"), "{stdout}");
+
+    let out = homeostat(&["audit", "list", "--log", log_s, "--kind", "plan"]);
+    assert_eq!(text(&out).0.lines().count(), 2);
+
+    // Edit the middle record: verify fails and names line 2.
+    let body = std::fs::read_to_string(&log).unwrap().replace("\"restart\"", "\"reboot\"");
+    std::fs::write(&log, body).unwrap();
+    let out = homeostat(&["audit", "verify", "--log", log_s]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).1.contains("BROKEN at line 2"), "{:?}", text(&out));
+}
