@@ -1,0 +1,273 @@
+//! End to end against a real Prometheus (started here on a free loopback port,
+//! backfilled with promtool, scraping a live exporter this test controls), with the
+//! homeostat binary running as a child process.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{free_port, http_get, now_secs, openmetrics_gauge, wait_until, Agent, Exporter, PromOptions, Prometheus};
+use homeostat::audit::{read_records, AuditRecord};
+
+/// Deterministic noise in [-1, 1], so history and live values look alike.
+fn noise(i: usize) -> f64 {
+    ((i as f64 * 12.9898).sin() * 43758.5453).fract() * 2.0 - 1.0
+}
+
+/// Six hours of history at 15 s for `pod="spiky"` and `pod="clean"`, ending two minutes ago.
+fn history() -> String {
+    let end = now_secs() - 120.0;
+    let series = |seed: usize| -> Vec<(f64, f64)> {
+        (0..1440).map(|i| (end - (1439 - i) as f64 * 15.0, 100.0 + 2.0 * noise(i * 7 + seed))).collect()
+    };
+    openmetrics_gauge("hs_test_latency", &[("pod=\"spiky\"", series(1)), ("pod=\"clean\"", series(2))])
+}
+
+const PLAYBOOK: &str = r#"
+const PLAYBOOK = #{
+    name: "restart-slow-pod",
+    mode: "dry-run",
+    trigger: #{ signal: "latency", labels: #{ pod: "=~.+" }, min_score: 6.0, min_duration: "0s" },
+};
+fn plan(anomaly) {
+    [#{ kind: "k8s.rollout_restart", target: #{ namespace: "test", deployment: anomaly.labels.pod } }]
+}
+"#;
+
+struct Setup {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    listen: String,
+}
+
+impl Setup {
+    fn new(prom_port: u16, max_backoff: &str) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("restart.rhai"), PLAYBOOK).unwrap();
+        let listen = format!("127.0.0.1:{}", free_port());
+        let config = dir.path().join("homeostat.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+playbooks = ["restart.rhai"]
+[prometheus]
+url = "http://127.0.0.1:{prom_port}"
+timeout = "2s"
+[agent]
+interval = "1s"
+listen = "{listen}"
+audit_log = "audit.jsonl"
+max_backoff = "{max_backoff}"
+[detection]
+history = "3h"
+history_step = "15s"
+window = 240
+threshold = 6.0
+open_after = 3
+close_after = 5
+[[signals]]
+name = "latency"
+query = 'max by (pod) (hs_test_latency)'
+direction = "up"
+[[signals]]
+name = "nothing"
+query = 'hs_metric_that_does_not_exist'
+"#
+            ),
+        )
+        .unwrap();
+        Setup { dir, config, listen }
+    }
+
+    fn audit_log(&self) -> PathBuf {
+        self.dir.path().join("audit.jsonl")
+    }
+
+    fn records(&self) -> Vec<AuditRecord> {
+        if self.audit_log().exists() {
+            read_records(&self.audit_log()).unwrap()
+        } else {
+            Vec::new()
+        }
+    }
+
+    async fn metrics(&self) -> String {
+        http_get(&format!("http://{}/metrics", self.listen)).await.map(|(_, b)| b).unwrap_or_default()
+    }
+}
+
+fn of_kind<'a>(records: &'a [AuditRecord], kind: &str) -> Vec<&'a AuditRecord> {
+    records.iter().filter(|r| r.kind == kind).collect()
+}
+
+fn verify_cli(log: &Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_homeostat"))
+        .args(["audit", "verify", "--log", log.to_str().unwrap()])
+        .output()
+        .unwrap()
+}
+
+/// The value of one exported sample line, by its exact name and labels.
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_spiky_series_opens_an_anomaly_and_gets_a_dry_run_plan() {
+    let exporter = Exporter::start().await;
+    exporter.set("hs_test_latency{pod=\"spiky\"}", 100.5);
+    exporter.set("hs_test_latency{pod=\"clean\"}", 99.5);
+    let prom = Prometheus::start(PromOptions {
+        history_openmetrics: Some(history()),
+        scrape_targets: vec![exporter.addr()],
+        scrape_interval: "1s",
+        port: None,
+    })
+    .await;
+    prom.wait_for_series("max by (pod) (hs_test_latency)", 2, Duration::from_secs(15)).await;
+
+    let setup = Setup::new(prom.port(), "5s");
+    let mut agent = Agent::spawn(&setup.config);
+    let ready = format!("http://{}/readyz", setup.listen);
+    wait_until(Duration::from_secs(30), "the agent to be ready", || {
+        let ready = ready.clone();
+        async move { matches!(http_get(&ready).await, Some((200, _))) }
+    })
+    .await;
+    // Both series were fitted from history: they are scored (not warming up) and quiet.
+    let m = setup.metrics().await;
+    let clean_score = sample(&m, "homeostat_anomaly_score{signal=\"latency\",pod=\"clean\"}").expect("clean is scored");
+    assert!(clean_score < 6.0, "{m}");
+    assert!(sample(&m, "homeostat_expected_upper{signal=\"latency\",pod=\"clean\"}").is_some(), "band exported: {m}");
+    assert!(of_kind(&setup.records(), "anomaly_opened").is_empty(), "no anomaly before the spike");
+
+    exporter.set("hs_test_latency{pod=\"spiky\"}", 300.0);
+    wait_until(Duration::from_secs(30), "a dry-run outcome in the audit log", || {
+        let done = !of_kind(&setup.records(), "action_outcome").is_empty();
+        async move { done }
+    })
+    .await;
+    // A few more ticks, to give the clean twin every chance to misfire.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let m = setup.metrics().await;
+    let score = sample(&m, "homeostat_anomaly_score{signal=\"latency\",pod=\"spiky\"}").expect("spiky score exported");
+    assert!(score > 6.0, "score {score}\n{m}");
+    assert_eq!(sample(&m, "homeostat_anomaly_open{signal=\"latency\",pod=\"spiky\"}"), Some(1.0), "{m}");
+    assert_eq!(sample(&m, "homeostat_anomaly_open{signal=\"latency\",pod=\"clean\"}"), Some(0.0), "{m}");
+    assert!(sample(&m, "homeostat_empty_results_total{signal=\"nothing\"}").unwrap_or(0.0) >= 1.0, "empty result counted: {m}");
+    assert_eq!(sample(&m, "homeostat_signal_up{signal=\"nothing\"}"), Some(0.0), "{m}");
+
+    let status = agent.terminate();
+    assert!(status.success(), "clean exit on SIGTERM: {status:?}\n{}", agent.logs());
+
+    let records = setup.records();
+    let opened = of_kind(&records, "anomaly_opened");
+    assert_eq!(opened.len(), 1, "{records:#?}");
+    assert_eq!(opened[0].data["labels"]["pod"], "spiky");
+    assert_eq!(opened[0].data["signal"], "latency");
+    let id = opened[0].data["id"].as_str().unwrap();
+
+    let plans = of_kind(&records, "plan");
+    assert_eq!(plans.len(), 1, "one plan per anomaly per playbook: {records:#?}");
+    assert_eq!(plans[0].data["anomaly_id"], id);
+    assert_eq!(plans[0].data["playbook"], "restart-slow-pod");
+    assert_eq!(plans[0].data["actions"][0]["kind"], "k8s.rollout_restart");
+    assert_eq!(plans[0].data["actions"][0]["target"]["deployment"], "spiky");
+
+    let intent = of_kind(&records, "action_intent");
+    let outcome = of_kind(&records, "action_outcome");
+    assert_eq!((intent.len(), outcome.len()), (1, 1));
+    assert!(intent[0].seq < outcome[0].seq, "intent is recorded before the outcome");
+    assert_eq!(outcome[0].data["outcome"], "dry_run");
+    assert_eq!(records.last().unwrap().kind, "agent_stopped", "shutdown is audited");
+
+    let out = verify_cli(&setup.audit_log());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(agent.logs().contains("plan from playbook restart-slow-pod"), "the plan is shown: {}", agent.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_down_means_no_anomaly_and_the_agent_recovers_when_it_returns() {
+    let prom_port = free_port();
+    let setup = Setup::new(prom_port, "2s");
+    let mut agent = Agent::spawn(&setup.config);
+    let health = format!("http://{}/healthz", setup.listen);
+
+    // Nothing listens on the Prometheus port: queries fail, the agent stays up.
+    wait_until(Duration::from_secs(20), "query errors to be counted", || {
+        let setup = &setup;
+        async move {
+            let m = setup.metrics().await;
+            sample(&m, "homeostat_query_errors_total{signal=\"latency\",kind=\"request\"}").unwrap_or(0.0) >= 2.0
+        }
+    })
+    .await;
+    assert!(agent.is_running(), "{}", agent.logs());
+    assert_eq!(http_get(&health).await.map(|(s, _)| s), Some(200));
+    let m = setup.metrics().await;
+    assert_eq!(sample(&m, "homeostat_signal_up{signal=\"latency\"}"), Some(0.0), "{m}");
+
+    // Prometheus comes back, with history and live data for both series.
+    let exporter = Exporter::start().await;
+    exporter.set("hs_test_latency{pod=\"spiky\"}", 100.0);
+    exporter.set("hs_test_latency{pod=\"clean\"}", 100.0);
+    let prom = Prometheus::start(PromOptions {
+        history_openmetrics: Some(history()),
+        scrape_targets: vec![exporter.addr()],
+        scrape_interval: "1s",
+        port: Some(prom_port),
+    })
+    .await;
+    prom.wait_for_series("max by (pod) (hs_test_latency)", 2, Duration::from_secs(15)).await;
+    wait_until(Duration::from_secs(30), "the signal to recover with both series scored", || {
+        let setup = &setup;
+        async move {
+            let m = setup.metrics().await;
+            sample(&m, "homeostat_signal_up{signal=\"latency\"}") == Some(1.0)
+                && sample(&m, "homeostat_series_stale{signal=\"latency\",pod=\"clean\"}") == Some(0.0)
+                && sample(&m, "homeostat_anomaly_score{signal=\"latency\",pod=\"clean\"}").is_some()
+        }
+    })
+    .await;
+    assert!(agent.logs().contains("query recovered"), "{}", agent.logs());
+    assert!(agent.terminate().success());
+    let records = setup.records();
+    assert!(of_kind(&records, "anomaly_opened").is_empty(), "an outage is not an anomaly: {records:#?}");
+    assert!(of_kind(&records, "plan").is_empty());
+    assert!(verify_cli(&setup.audit_log()).status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_response_is_logged_and_skipped() {
+    // A server that speaks HTTP but not the Prometheus API.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let app = axum::Router::new().fallback(|| async {
+        (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":"oops"}]}}"#,
+        )
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let setup = Setup::new(port, "1s");
+    let mut agent = Agent::spawn(&setup.config);
+    wait_until(Duration::from_secs(20), "the malformed answers to be counted", || {
+        let setup = &setup;
+        async move {
+            let m = setup.metrics().await;
+            sample(&m, "homeostat_query_errors_total{signal=\"latency\",kind=\"request\"}").unwrap_or(0.0) >= 2.0
+        }
+    })
+    .await;
+    assert!(agent.is_running());
+    assert!(agent.logs().contains("query failed"), "{}", agent.logs());
+    assert!(agent.terminate().success());
+    let records = setup.records();
+    assert!(of_kind(&records, "anomaly_opened").is_empty());
+    assert_eq!(records.first().unwrap().kind, "agent_started");
+    assert_eq!(records.last().unwrap().kind, "agent_stopped");
+}
