@@ -7,11 +7,17 @@ use homeostat::audit::AuditLog;
 use serde_json::json;
 
 fn homeostat(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_homeostat")).args(args).output().expect("runs the binary")
+    Command::new(env!("CARGO_BIN_EXE_homeostat"))
+        .args(args)
+        .output()
+        .expect("runs the binary")
 }
 
 fn text(o: &Output) -> (String, String) {
-    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
 }
 
 const PLAYBOOK: &str = r#"
@@ -44,7 +50,10 @@ fn check_accepts_a_good_config_with_its_playbook() {
     let out = homeostat(&["check", "--config", &cfg]);
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
-    assert!(stdout.contains("ok: 1 signal (errors), 1 playbook (restart -> errors)"), "{stdout}");
+    assert!(
+        stdout.contains("ok: 1 signal (errors), 1 playbook (restart -> errors)"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -89,8 +98,18 @@ fn check_lists_every_config_problem_with_its_path() {
 fn check_rejects_a_broken_playbook_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "good.rhai", PLAYBOOK);
-    write(dir.path(), "bad.rhai", "const PLAYBOOK = #{ name: \"bad\" };\nfn plan(a) { [ }");
-    write(dir.path(), "stray.rhai", &PLAYBOOK.replace("\"errors\"", "\"nope\"").replace("\"restart\"", "\"stray\""));
+    write(
+        dir.path(),
+        "bad.rhai",
+        "const PLAYBOOK = #{ name: \"bad\" };\nfn plan(a) { [ }",
+    );
+    write(
+        dir.path(),
+        "stray.rhai",
+        &PLAYBOOK
+            .replace("\"errors\"", "\"nope\"")
+            .replace("\"restart\"", "\"stray\""),
+    );
     let cfg = write(
         dir.path(),
         "h.toml",
@@ -106,10 +125,23 @@ fn check_rejects_a_broken_playbook_naming_it() {
     let out = homeostat(&["check", "--config", &cfg]);
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("playbooks[1]: ") && stderr.contains("bad.rhai: syntax:"), "{stderr}");
-    assert!(stderr.contains("playbooks[2]: ") && stderr.contains("trigger.signal \"nope\" is not a configured signal"), "{stderr}");
-    assert!(stderr.contains("playbooks[3]: ") && stderr.contains("missing.rhai: cannot read"), "{stderr}");
-    assert!(!stderr.contains("playbooks[0]"), "the good playbook is fine: {stderr}");
+    assert!(
+        stderr.contains("playbooks[1]: ") && stderr.contains("bad.rhai: syntax:"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("playbooks[2]: ")
+            && stderr.contains("trigger.signal \"nope\" is not a configured signal"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("playbooks[3]: ") && stderr.contains("missing.rhai: cannot read"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("playbooks[0]"),
+        "the good playbook is fine: {stderr}"
+    );
 }
 
 #[test]
@@ -125,9 +157,15 @@ fn audit_verify_and_list() {
     let log = dir.path().join("audit.jsonl");
     {
         let mut l = AuditLog::open(&log).unwrap();
-        l.append("anomaly_opened", &json!({"signal": "errors", "id": "an-1"})).unwrap();
-        l.append("plan", &json!({"playbook": "restart", "anomaly_id": "an-1"})).unwrap();
-        l.append("action_outcome", &json!({"outcome": "dry_run"})).unwrap();
+        l.append("anomaly_opened", &json!({"signal": "errors", "id": "an-1"}))
+            .unwrap();
+        l.append(
+            "plan",
+            &json!({"playbook": "restart", "anomaly_id": "an-1"}),
+        )
+        .unwrap();
+        l.append("action_outcome", &json!({"outcome": "dry_run"}))
+            .unwrap();
     }
     let log_s = log.to_str().unwrap();
 
@@ -141,15 +179,24 @@ fn audit_verify_and_list() {
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 4, "{stdout}");
     assert!(lines[0].contains("SEQ") && lines[0].contains("KIND"));
-    assert!(lines[2].contains("plan") && lines[2].contains("playbook=restart"), "{stdout}");
+    assert!(
+        lines[2].contains("plan") && lines[2].contains("playbook=restart"),
+        "{stdout}"
+    );
 
     let out = homeostat(&["audit", "list", "--log", log_s, "--kind", "plan"]);
     assert_eq!(text(&out).0.lines().count(), 2);
 
     // Edit the middle record: verify fails and names line 2.
-    let body = std::fs::read_to_string(&log).unwrap().replace("\"restart\"", "\"reboot\"");
+    let body = std::fs::read_to_string(&log)
+        .unwrap()
+        .replace("\"restart\"", "\"reboot\"");
     std::fs::write(&log, body).unwrap();
     let out = homeostat(&["audit", "verify", "--log", log_s]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out).1.contains("BROKEN at line 2"), "{:?}", text(&out));
+    assert!(
+        text(&out).1.contains("BROKEN at line 2"),
+        "{:?}",
+        text(&out)
+    );
 }

@@ -7,7 +7,10 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{free_port, http_get, now_secs, openmetrics_gauge, wait_until, Agent, Exporter, PromOptions, Prometheus};
+use common::{
+    free_port, http_get, now_secs, openmetrics_gauge, wait_until, Agent, Exporter, PromOptions,
+    Prometheus,
+};
 use homeostat::audit::{read_records, AuditRecord};
 
 /// Deterministic noise in [-1, 1], so history and live values look alike.
@@ -19,9 +22,19 @@ fn noise(i: usize) -> f64 {
 fn history() -> String {
     let end = now_secs() - 120.0;
     let series = |seed: usize| -> Vec<(f64, f64)> {
-        (0..1440).map(|i| (end - (1439 - i) as f64 * 15.0, 100.0 + 2.0 * noise(i * 7 + seed))).collect()
+        (0..1440)
+            .map(|i| {
+                (
+                    end - (1439 - i) as f64 * 15.0,
+                    100.0 + 2.0 * noise(i * 7 + seed),
+                )
+            })
+            .collect()
     };
-    openmetrics_gauge("hs_test_latency", &[("pod=\"spiky\"", series(1)), ("pod=\"clean\"", series(2))])
+    openmetrics_gauge(
+        "hs_test_latency",
+        &[("pod=\"spiky\"", series(1)), ("pod=\"clean\"", series(2))],
+    )
 }
 
 const PLAYBOOK: &str = r#"
@@ -78,7 +91,11 @@ query = 'hs_metric_that_does_not_exist'
             ),
         )
         .unwrap();
-        Setup { dir, config, listen }
+        Setup {
+            dir,
+            config,
+            listen,
+        }
     }
 
     fn audit_log(&self) -> PathBuf {
@@ -94,7 +111,10 @@ query = 'hs_metric_that_does_not_exist'
     }
 
     async fn metrics(&self) -> String {
-        http_get(&format!("http://{}/metrics", self.listen)).await.map(|(_, b)| b).unwrap_or_default()
+        http_get(&format!("http://{}/metrics", self.listen))
+            .await
+            .map(|(_, b)| b)
+            .unwrap_or_default()
     }
 }
 
@@ -111,7 +131,10 @@ fn verify_cli(log: &Path) -> std::process::Output {
 
 /// The value of one exported sample line, by its exact name and labels.
 fn sample(metrics: &str, series: &str) -> Option<f64> {
-    metrics.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+    metrics.lines().find_map(|l| {
+        l.strip_prefix(series)
+            .and_then(|rest| rest.trim().parse().ok())
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,7 +149,8 @@ async fn only_the_spiky_series_opens_an_anomaly_and_gets_a_dry_run_plan() {
         port: None,
     })
     .await;
-    prom.wait_for_series("max by (pod) (hs_test_latency)", 2, Duration::from_secs(15)).await;
+    prom.wait_for_series("max by (pod) (hs_test_latency)", 2, Duration::from_secs(15))
+        .await;
 
     let setup = Setup::new(prom.port(), "5s");
     let mut agent = Agent::spawn(&setup.config);
@@ -138,30 +162,77 @@ async fn only_the_spiky_series_opens_an_anomaly_and_gets_a_dry_run_plan() {
     .await;
     // Both series were fitted from history: they are scored (not warming up) and quiet.
     let m = setup.metrics().await;
-    let clean_score = sample(&m, "homeostat_anomaly_score{signal=\"latency\",pod=\"clean\"}").expect("clean is scored");
+    let clean_score = sample(
+        &m,
+        "homeostat_anomaly_score{signal=\"latency\",pod=\"clean\"}",
+    )
+    .expect("clean is scored");
     assert!(clean_score < 6.0, "{m}");
-    assert!(sample(&m, "homeostat_expected_upper{signal=\"latency\",pod=\"clean\"}").is_some(), "band exported: {m}");
-    assert!(of_kind(&setup.records(), "anomaly_opened").is_empty(), "no anomaly before the spike");
+    assert!(
+        sample(
+            &m,
+            "homeostat_expected_upper{signal=\"latency\",pod=\"clean\"}"
+        )
+        .is_some(),
+        "band exported: {m}"
+    );
+    assert!(
+        of_kind(&setup.records(), "anomaly_opened").is_empty(),
+        "no anomaly before the spike"
+    );
 
     exporter.set("hs_test_latency{pod=\"spiky\"}", 300.0);
-    wait_until(Duration::from_secs(30), "a dry-run outcome in the audit log", || {
-        let done = !of_kind(&setup.records(), "action_outcome").is_empty();
-        async move { done }
-    })
+    wait_until(
+        Duration::from_secs(30),
+        "a dry-run outcome in the audit log",
+        || {
+            let done = !of_kind(&setup.records(), "action_outcome").is_empty();
+            async move { done }
+        },
+    )
     .await;
     // A few more ticks, to give the clean twin every chance to misfire.
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     let m = setup.metrics().await;
-    let score = sample(&m, "homeostat_anomaly_score{signal=\"latency\",pod=\"spiky\"}").expect("spiky score exported");
+    let score = sample(
+        &m,
+        "homeostat_anomaly_score{signal=\"latency\",pod=\"spiky\"}",
+    )
+    .expect("spiky score exported");
     assert!(score > 6.0, "score {score}\n{m}");
-    assert_eq!(sample(&m, "homeostat_anomaly_open{signal=\"latency\",pod=\"spiky\"}"), Some(1.0), "{m}");
-    assert_eq!(sample(&m, "homeostat_anomaly_open{signal=\"latency\",pod=\"clean\"}"), Some(0.0), "{m}");
-    assert!(sample(&m, "homeostat_empty_results_total{signal=\"nothing\"}").unwrap_or(0.0) >= 1.0, "empty result counted: {m}");
-    assert_eq!(sample(&m, "homeostat_signal_up{signal=\"nothing\"}"), Some(0.0), "{m}");
+    assert_eq!(
+        sample(
+            &m,
+            "homeostat_anomaly_open{signal=\"latency\",pod=\"spiky\"}"
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "homeostat_anomaly_open{signal=\"latency\",pod=\"clean\"}"
+        ),
+        Some(0.0),
+        "{m}"
+    );
+    assert!(
+        sample(&m, "homeostat_empty_results_total{signal=\"nothing\"}").unwrap_or(0.0) >= 1.0,
+        "empty result counted: {m}"
+    );
+    assert_eq!(
+        sample(&m, "homeostat_signal_up{signal=\"nothing\"}"),
+        Some(0.0),
+        "{m}"
+    );
 
     let status = agent.terminate();
-    assert!(status.success(), "clean exit on SIGTERM: {status:?}\n{}", agent.logs());
+    assert!(
+        status.success(),
+        "clean exit on SIGTERM: {status:?}\n{}",
+        agent.logs()
+    );
 
     let records = setup.records();
     let opened = of_kind(&records, "anomaly_opened");
@@ -171,7 +242,11 @@ async fn only_the_spiky_series_opens_an_anomaly_and_gets_a_dry_run_plan() {
     let id = opened[0].data["id"].as_str().unwrap();
 
     let plans = of_kind(&records, "plan");
-    assert_eq!(plans.len(), 1, "one plan per anomaly per playbook: {records:#?}");
+    assert_eq!(
+        plans.len(),
+        1,
+        "one plan per anomaly per playbook: {records:#?}"
+    );
     assert_eq!(plans[0].data["anomaly_id"], id);
     assert_eq!(plans[0].data["playbook"], "restart-slow-pod");
     assert_eq!(plans[0].data["actions"][0]["kind"], "k8s.rollout_restart");
@@ -180,13 +255,28 @@ async fn only_the_spiky_series_opens_an_anomaly_and_gets_a_dry_run_plan() {
     let intent = of_kind(&records, "action_intent");
     let outcome = of_kind(&records, "action_outcome");
     assert_eq!((intent.len(), outcome.len()), (1, 1));
-    assert!(intent[0].seq < outcome[0].seq, "intent is recorded before the outcome");
+    assert!(
+        intent[0].seq < outcome[0].seq,
+        "intent is recorded before the outcome"
+    );
     assert_eq!(outcome[0].data["outcome"], "dry_run");
-    assert_eq!(records.last().unwrap().kind, "agent_stopped", "shutdown is audited");
+    assert_eq!(
+        records.last().unwrap().kind,
+        "agent_stopped",
+        "shutdown is audited"
+    );
 
     let out = verify_cli(&setup.audit_log());
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(agent.logs().contains("plan from playbook restart-slow-pod"), "the plan is shown: {}", agent.logs());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        agent.logs().contains("plan from playbook restart-slow-pod"),
+        "the plan is shown: {}",
+        agent.logs()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -197,18 +287,31 @@ async fn prometheus_down_means_no_anomaly_and_the_agent_recovers_when_it_returns
     let health = format!("http://{}/healthz", setup.listen);
 
     // Nothing listens on the Prometheus port: queries fail, the agent stays up.
-    wait_until(Duration::from_secs(20), "query errors to be counted", || {
-        let setup = &setup;
-        async move {
-            let m = setup.metrics().await;
-            sample(&m, "homeostat_query_errors_total{signal=\"latency\",kind=\"request\"}").unwrap_or(0.0) >= 2.0
-        }
-    })
+    wait_until(
+        Duration::from_secs(20),
+        "query errors to be counted",
+        || {
+            let setup = &setup;
+            async move {
+                let m = setup.metrics().await;
+                sample(
+                    &m,
+                    "homeostat_query_errors_total{signal=\"latency\",kind=\"request\"}",
+                )
+                .unwrap_or(0.0)
+                    >= 2.0
+            }
+        },
+    )
     .await;
     assert!(agent.is_running(), "{}", agent.logs());
     assert_eq!(http_get(&health).await.map(|(s, _)| s), Some(200));
     let m = setup.metrics().await;
-    assert_eq!(sample(&m, "homeostat_signal_up{signal=\"latency\"}"), Some(0.0), "{m}");
+    assert_eq!(
+        sample(&m, "homeostat_signal_up{signal=\"latency\"}"),
+        Some(0.0),
+        "{m}"
+    );
 
     // Prometheus comes back, with history and live data for both series.
     let exporter = Exporter::start().await;
@@ -221,21 +324,36 @@ async fn prometheus_down_means_no_anomaly_and_the_agent_recovers_when_it_returns
         port: Some(prom_port),
     })
     .await;
-    prom.wait_for_series("max by (pod) (hs_test_latency)", 2, Duration::from_secs(15)).await;
-    wait_until(Duration::from_secs(30), "the signal to recover with both series scored", || {
-        let setup = &setup;
-        async move {
-            let m = setup.metrics().await;
-            sample(&m, "homeostat_signal_up{signal=\"latency\"}") == Some(1.0)
-                && sample(&m, "homeostat_series_stale{signal=\"latency\",pod=\"clean\"}") == Some(0.0)
-                && sample(&m, "homeostat_anomaly_score{signal=\"latency\",pod=\"clean\"}").is_some()
-        }
-    })
+    prom.wait_for_series("max by (pod) (hs_test_latency)", 2, Duration::from_secs(15))
+        .await;
+    wait_until(
+        Duration::from_secs(30),
+        "the signal to recover with both series scored",
+        || {
+            let setup = &setup;
+            async move {
+                let m = setup.metrics().await;
+                sample(&m, "homeostat_signal_up{signal=\"latency\"}") == Some(1.0)
+                    && sample(
+                        &m,
+                        "homeostat_series_stale{signal=\"latency\",pod=\"clean\"}",
+                    ) == Some(0.0)
+                    && sample(
+                        &m,
+                        "homeostat_anomaly_score{signal=\"latency\",pod=\"clean\"}",
+                    )
+                    .is_some()
+            }
+        },
+    )
     .await;
     assert!(agent.logs().contains("query recovered"), "{}", agent.logs());
     assert!(agent.terminate().success());
     let records = setup.records();
-    assert!(of_kind(&records, "anomaly_opened").is_empty(), "an outage is not an anomaly: {records:#?}");
+    assert!(
+        of_kind(&records, "anomaly_opened").is_empty(),
+        "an outage is not an anomaly: {records:#?}"
+    );
     assert!(of_kind(&records, "plan").is_empty());
     assert!(verify_cli(&setup.audit_log()).status.success());
 }
@@ -255,13 +373,22 @@ async fn a_malformed_response_is_logged_and_skipped() {
 
     let setup = Setup::new(port, "1s");
     let mut agent = Agent::spawn(&setup.config);
-    wait_until(Duration::from_secs(20), "the malformed answers to be counted", || {
-        let setup = &setup;
-        async move {
-            let m = setup.metrics().await;
-            sample(&m, "homeostat_query_errors_total{signal=\"latency\",kind=\"request\"}").unwrap_or(0.0) >= 2.0
-        }
-    })
+    wait_until(
+        Duration::from_secs(20),
+        "the malformed answers to be counted",
+        || {
+            let setup = &setup;
+            async move {
+                let m = setup.metrics().await;
+                sample(
+                    &m,
+                    "homeostat_query_errors_total{signal=\"latency\",kind=\"request\"}",
+                )
+                .unwrap_or(0.0)
+                    >= 2.0
+            }
+        },
+    )
     .await;
     assert!(agent.is_running());
     assert!(agent.logs().contains("query failed"), "{}", agent.logs());
