@@ -350,8 +350,115 @@ pub fn read_records(path: &Path) -> Result<Vec<AuditRecord>, AuditError> {
         .collect()
 }
 
-/// A one-line summary of a record's data for tables: `key=value` pairs.
-pub fn summarize(data: &Value, width: usize) -> String {
+/// A one-line summary of a record for tables: the fields that matter for its kind
+/// first, in reading order, then `key=value` for the rest of a kind it does not know.
+pub fn summarize(kind: &str, data: &Value, width: usize) -> String {
+    let s = |k: &str| match &data[k] {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    };
+    let num = |k: &str| {
+        data[k]
+            .as_f64()
+            .map(|v| format!("{v:.4}"))
+            .unwrap_or_else(|| "-".into())
+    };
+    let labels = |v: &Value| match v {
+        Value::Object(m) => {
+            let parts: Vec<String> = m
+                .iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect();
+            format!("{{{}}}", parts.join(","))
+        }
+        _ => String::new(),
+    };
+    let action = |a: &Value| {
+        let mut t = a["kind"].as_str().unwrap_or("?").to_string();
+        if let Value::Object(m) = &a["target"] {
+            for (k, v) in m {
+                t.push_str(&format!(" {k}={}", v.as_str().unwrap_or_default()));
+            }
+        }
+        t
+    };
+    let out = match kind {
+        "anomaly_opened" => format!(
+            "{} {}{} value={} expected={} band=[{}, {}] score={}",
+            s("id"),
+            s("signal"),
+            labels(&data["labels"]),
+            num("value"),
+            num("expected"),
+            num("lower"),
+            num("upper"),
+            num("score")
+        ),
+        "anomaly_closed" => format!(
+            "{} {}{} after {}s ({})",
+            s("id"),
+            s("signal"),
+            labels(&data["labels"]),
+            num("duration_secs"),
+            s("reason")
+        ),
+        "playbook_matched" => format!("{} -> playbook {}", s("anomaly_id"), s("playbook")),
+        "plan" => {
+            let steps: Vec<String> = data["actions"]
+                .as_array()
+                .map(|a| a.iter().map(action).collect())
+                .unwrap_or_default();
+            format!(
+                "{} by {} ({}): {}",
+                s("anomaly_id"),
+                s("playbook"),
+                s("mode"),
+                if steps.is_empty() {
+                    "nothing to do".into()
+                } else {
+                    steps.join("; ")
+                }
+            )
+        }
+        "action_intent" => format!(
+            "{} step {}: {} ({})",
+            s("anomaly_id"),
+            s("step"),
+            action(&data["action"]),
+            s("mode")
+        ),
+        "action_outcome" => format!(
+            "{} step {}: {} -> {}",
+            s("anomaly_id"),
+            s("step"),
+            s("kind"),
+            s("outcome")
+        ),
+        "playbook_failed" => format!(
+            "{} playbook {}: {}",
+            s("anomaly_id"),
+            s("playbook"),
+            s("error")
+        ),
+        _ => generic(data),
+    };
+    truncate(out, width)
+}
+
+fn truncate(out: String, width: usize) -> String {
+    if out.chars().count() > width {
+        out.chars()
+            .take(width.saturating_sub(1))
+            .collect::<String>()
+            + "…"
+    } else {
+        out
+    }
+}
+
+/// `key=value` pairs of a record's data.
+fn generic(data: &Value) -> String {
     let mut out = String::new();
     if let Value::Object(map) = data {
         for (k, v) in map {
@@ -365,13 +472,6 @@ pub fn summarize(data: &Value, width: usize) -> String {
         }
     } else {
         out = data.to_string();
-    }
-    if out.chars().count() > width {
-        out = out
-            .chars()
-            .take(width.saturating_sub(1))
-            .collect::<String>()
-            + "…";
     }
     out
 }
@@ -510,9 +610,20 @@ mod tests {
     }
 
     #[test]
-    fn summarize_truncates() {
-        let s = summarize(&json!({"a": "x", "b": [1, 2]}), 100);
+    fn summarize_by_kind_and_truncate() {
+        let s = summarize("other", &json!({"a": "x", "b": [1, 2]}), 100);
         assert_eq!(s, "a=x b=[1,2]");
-        assert_eq!(summarize(&json!({"a": "xxxxxxxx"}), 5).chars().count(), 5);
+        assert_eq!(
+            summarize("other", &json!({"a": "xxxxxxxx"}), 5)
+                .chars()
+                .count(),
+            5
+        );
+        let plan = json!({"anomaly_id": "an-1", "playbook": "p", "mode": "dry-run",
+            "actions": [{"kind": "k8s.cordon", "target": {"node": "n1"}}]});
+        assert_eq!(
+            summarize("plan", &plan, 200),
+            "an-1 by p (dry-run): k8s.cordon node=n1"
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! The thin binary: parse the CLI, start tracing, call the library, map errors to exit codes
 //! (0 ok, 1 failure, 2 usage or config error).
 
+use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -18,6 +19,8 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour codes are noise in files and journald.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     match dispatch(cli.command) {
         Ok(code) => code,
@@ -154,7 +157,7 @@ fn list(log: &Path, kind: Option<&str>, width: usize) -> anyhow::Result<ExitCode
             r.seq,
             r.ts,
             r.kind,
-            audit::summarize(&r.data, width)
+            audit::summarize(&r.kind, &r.data, width)
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -180,7 +180,7 @@ fn audit_verify_and_list() {
     assert_eq!(lines.len(), 4, "{stdout}");
     assert!(lines[0].contains("SEQ") && lines[0].contains("KIND"));
     assert!(
-        lines[2].contains("plan") && lines[2].contains("playbook=restart"),
+        lines[2].contains("plan") && lines[2].contains("an-1 by restart"),
         "{stdout}"
     );
 
