@@ -33,6 +33,16 @@ pub struct Anomaly {
     pub started_unix: f64,
     /// Seconds the anomaly has been open.
     pub duration_secs: f64,
+    /// `homeostat` for an anomaly it detected, `alertmanager` for a firing alert.
+    #[serde(default = "homeostat_source")]
+    pub source: String,
+    /// An alert's annotations (empty for homeostat's own anomalies).
+    #[serde(default)]
+    pub annotations: std::collections::BTreeMap<String, String>,
+}
+
+fn homeostat_source() -> String {
+    "homeostat".to_string()
 }
 
 /// A short id for an anomaly: hex of a hash over signal, labels and start time.

@@ -92,6 +92,17 @@ impl Matcher {
         })
     }
 
+    /// The matcher as written (`="v"`, `=~"re"`, ...), for listings.
+    pub fn spec(&self) -> String {
+        match self {
+            Matcher::Eq(v) => format!("={v:?}"),
+            Matcher::Ne(v) => format!("!={v:?}"),
+            // Strip the anchoring added at parse time.
+            Matcher::Re(re) => format!("=~{:?}", unanchor(re.as_str())),
+            Matcher::NotRe(re) => format!("!~{:?}", unanchor(re.as_str())),
+        }
+    }
+
     /// Whether a label value (empty when the label is missing) satisfies this matcher.
     pub fn matches(&self, value: &str) -> bool {
         match self {
@@ -101,6 +112,10 @@ impl Matcher {
             Matcher::NotRe(re) => !re.is_match(value),
         }
     }
+}
+
+fn unanchor(re: &str) -> &str {
+    re.strip_prefix("^(?:").and_then(|r| r.strip_suffix(")$")).unwrap_or(re)
 }
 
 /// Whether every `(label, matcher)` pair holds for the label set.

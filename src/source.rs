@@ -114,7 +114,16 @@ impl PromSource {
 
     /// Evaluates an instant query now.
     pub async fn instant(&self, query: &str) -> Result<Vec<Point>, SourceError> {
-        let res = self.client.query(query).get().await?;
+        self.instant_at(query, None).await
+    }
+
+    /// Evaluates an instant query at unix time `at` (now when `None`).
+    pub async fn instant_at(&self, query: &str, at: Option<f64>) -> Result<Vec<Point>, SourceError> {
+        let mut q = self.client.query(query);
+        if let Some(t) = at {
+            q = q.at(t as i64);
+        }
+        let res = q.get().await?;
         let (data, _) = res.into_inner();
         match data {
             Data::Vector(v) => Ok(v

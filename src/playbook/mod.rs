@@ -1,20 +1,23 @@
-//! Playbooks: Rhai scripts that read an anomaly and return a [`Plan`]. They never
-//! change anything themselves; the executor (`act`) does, after auditing.
+//! Playbooks: Rhai scripts that read an anomaly (or a firing alert) and return a
+//! [`Plan`]. They never change anything themselves; the executor (`act`) does, after
+//! auditing. Scripts may *read* the world through the host API (`prom::`, `k8s::`,
+//! `openstack::`), see [`host`].
 //!
-//! A playbook file carries its metadata in a `PLAYBOOK` constant and defines
-//! `fn plan(anomaly)`:
+//! A playbook file carries its metadata in a `PLAYBOOK` constant, defines
+//! `fn plan(anomaly)` and may define `fn on_result(anomaly, results)`:
 //!
 //! ```rhai
 //! const PLAYBOOK = #{
 //!     name: "restart-on-errors",
 //!     description: "Restart a deployment whose error ratio spikes",
-//!     mode: "dry-run",
-//!     trigger: #{
-//!         signal: "http_error_ratio",
-//!         labels: #{ namespace: "shop", deployment: "=~.+" },
-//!         min_score: 6.0,
-//!         min_duration: "10s",
-//!     },
+//!     mode: "dry-run",                       // auto | approval | dry-run
+//!     triggers: [
+//!         #{ signal: "http_error_ratio", labels: #{ namespace: "shop" }, min_score: 6.0, min_duration: "1m", direction: "up" },
+//!         #{ alertname: "HighErrorRate", labels: #{ namespace: "shop" } },
+//!     ],
+//!     allowed: #{ kinds: ["k8s.rollout_restart", "notify.alertmanager"], targets: #{ namespace: "shop" } },
+//!     group_by: ["namespace", "deployment"],  // one incident, one plan
+//!     cooldown: "15m",
 //! };
 //!
 //! fn plan(anomaly) {
@@ -23,47 +26,98 @@
 //! }
 //! ```
 
+pub mod host;
 mod plan;
 mod sandbox;
 
-pub use plan::{action_kind, parse_actions, Action, ActionKind, Plan, ACTION_KINDS};
+pub use host::{LiveWorld, RecordedWorld, World};
+pub use plan::{action_kind, parse_actions, Action, ActionKind, OnFailure, Plan, Scope, Verify, ACTION_KINDS};
 pub use sandbox::Limits;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use rhai::{Dynamic, Map, Scope, AST};
+use rhai::{Dynamic, Map, Scope as RhaiScope, AST};
 use serde_json::Value;
 
 use crate::anomaly::Anomaly;
 use crate::labels::{all_match, Matcher};
 
-/// When a playbook applies to an anomaly.
+/// When a playbook applies.
 #[derive(Debug, Clone)]
-pub struct Trigger {
-    /// The signal's name.
-    pub signal: String,
-    /// Label matchers (PromQL-like: `value`, `!=v`, `=~re`, `!~re`).
-    pub labels: Vec<(String, Matcher)>,
-    /// Minimum peak score of the anomaly.
-    pub min_score: f64,
-    /// Minimum time the anomaly has been open.
-    pub min_duration: Duration,
+pub enum Trigger {
+    /// One of homeostat's own anomalies.
+    Anomaly {
+        /// The signal's name.
+        signal: String,
+        /// Label matchers (PromQL-like: `value`, `!=v`, `=~re`, `!~re`).
+        labels: Vec<(String, Matcher)>,
+        /// Minimum peak score of the anomaly.
+        min_score: f64,
+        /// Minimum time the anomaly has been open.
+        min_duration: Duration,
+        /// `up`, `down`, or `None` for both.
+        direction: Option<String>,
+    },
+    /// A firing Alertmanager alert received on the webhook.
+    Alert {
+        /// Matcher on the `alertname` label.
+        alertname: Matcher,
+        /// Matchers on the alert's other labels.
+        labels: Vec<(String, Matcher)>,
+    },
 }
 
 impl Trigger {
-    /// Whether the anomaly satisfies every condition.
+    /// Whether the event satisfies every condition.
     pub fn matches(&self, a: &Anomaly) -> bool {
-        a.signal == self.signal
-            && all_match(&self.labels, &a.labels)
-            && a.peak_score >= self.min_score
-            && a.duration_secs >= self.min_duration.as_secs_f64()
+        match self {
+            Trigger::Anomaly { signal, labels, min_score, min_duration, direction } => {
+                a.source == "homeostat"
+                    && a.signal == *signal
+                    && all_match(labels, &a.labels)
+                    && a.peak_score >= *min_score
+                    && a.duration_secs >= min_duration.as_secs_f64()
+                    && direction.as_ref().is_none_or(|d| *d == a.direction)
+            }
+            Trigger::Alert { alertname, labels } => {
+                a.source == "alertmanager" && alertname.matches(a.labels.get("alertname").unwrap_or("")) && all_match(labels, &a.labels)
+            }
+        }
+    }
+
+    /// The signal it watches, for anomaly triggers.
+    pub fn signal(&self) -> Option<&str> {
+        match self {
+            Trigger::Anomaly { signal, .. } => Some(signal),
+            Trigger::Alert { .. } => None,
+        }
+    }
+
+    /// A one-line description for listings.
+    pub fn describe(&self) -> String {
+        let matchers = |l: &[(String, Matcher)]| l.iter().map(|(k, m)| format!("{k}{}", m.spec())).collect::<Vec<_>>().join(",");
+        match self {
+            Trigger::Anomaly { signal, labels, min_score, min_duration, direction } => format!(
+                "anomaly {signal}{{{}}} score>={min_score} for>={} direction={}",
+                matchers(labels),
+                humantime::format_duration(*min_duration),
+                direction.as_deref().unwrap_or("both")
+            ),
+            Trigger::Alert { alertname, labels } => format!("alert alertname{} {{{}}}", alertname.spec(), matchers(labels)),
+        }
     }
 }
 
-/// How a playbook's plans are executed.
+/// How a playbook's plans are meant to run. This version has no effectors: every mode
+/// executes as dry-run, and the records say so.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
+    /// Run without asking.
+    Auto,
+    /// Wait for a human's approval.
+    Approval,
     /// Print and audit the plan; change nothing.
     DryRun,
 }
@@ -72,6 +126,8 @@ impl Mode {
     /// The name used in files and records.
     pub fn as_str(&self) -> &'static str {
         match self {
+            Mode::Auto => "auto",
+            Mode::Approval => "approval",
             Mode::DryRun => "dry-run",
         }
     }
@@ -88,10 +144,18 @@ pub struct Playbook {
     pub path: PathBuf,
     /// SHA-256 of the file, recorded in the audit log.
     pub sha256: String,
-    /// When it applies.
-    pub trigger: Trigger,
-    /// How its plans run.
+    /// When it applies (any one of them).
+    pub triggers: Vec<Trigger>,
+    /// How its plans are meant to run.
     pub mode: Mode,
+    /// The action kinds and targets it may use.
+    pub scope: Scope,
+    /// Labels whose values identify one incident; empty: each anomaly is its own.
+    pub group_by: Vec<String>,
+    /// After a plan for a group, further matches of that group are suppressed this long.
+    pub cooldown: Duration,
+    /// Whether it defines `fn on_result(anomaly, results)`.
+    pub has_on_result: bool,
     ast: AST,
 }
 
@@ -114,7 +178,7 @@ pub enum PlaybookError {
         /// Each problem.
         problems: Vec<String>,
     },
-    /// The script failed or broke a sandbox limit while planning.
+    /// The script failed or broke a sandbox limit.
     #[error("playbook {playbook}: {message}")]
     Script {
         /// The playbook's name.
@@ -132,103 +196,135 @@ pub enum PlaybookError {
     },
 }
 
+/// Default cooldown of a group after a plan.
+pub const DEFAULT_COOLDOWN: Duration = Duration::from_secs(15 * 60);
+
 impl Playbook {
     /// Reads, compiles and validates a playbook file.
     pub fn load(path: &Path, limits: &Limits) -> Result<Playbook, PlaybookError> {
-        let text = std::fs::read_to_string(path).map_err(|source| PlaybookError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|source| PlaybookError::Read { path: path.to_path_buf(), source })?;
         Playbook::from_source(&text, path, limits)
     }
 
     /// Compiles and validates playbook source; `path` is used in messages.
-    pub fn from_source(
-        text: &str,
-        path: &Path,
-        limits: &Limits,
-    ) -> Result<Playbook, PlaybookError> {
-        let invalid = |problems: Vec<String>| PlaybookError::Invalid {
-            path: path.to_path_buf(),
-            problems,
-        };
-        let engine = sandbox::engine(limits, path.display().to_string());
-        let ast = engine
-            .compile(text)
-            .map_err(|e| invalid(vec![format!("syntax: {e}")]))?;
+    pub fn from_source(text: &str, path: &Path, limits: &Limits) -> Result<Playbook, PlaybookError> {
+        let invalid = |problems: Vec<String>| PlaybookError::Invalid { path: path.to_path_buf(), problems };
+        // Loading runs the top level only; the host API is there so that a script that
+        // calls it at the top level gets a clear error rather than "function not found".
+        let engine = sandbox::engine(limits, path.display().to_string(), Arc::new(RecordedWorld::default()), 0.0);
+        let ast = engine.compile(text).map_err(|e| invalid(vec![format!("syntax: {e}")]))?;
         let mut problems = Vec::new();
-        if !ast
-            .iter_functions()
-            .any(|f| f.name == "plan" && f.params.len() == 1)
-        {
+        if !ast.iter_functions().any(|f| f.name == "plan" && f.params.len() == 1) {
             problems.push("missing `fn plan(anomaly)`".to_string());
         }
+        let has_on_result = ast.iter_functions().any(|f| f.name == "on_result" && f.params.len() == 2);
         // Running the top level defines the constants; the sandbox bounds it like any run.
-        let mut scope = Scope::new();
+        let mut scope = RhaiScope::new();
         if let Err(e) = engine.run_ast_with_scope(&mut scope, &ast) {
-            problems.push(format!("top level: {e}"));
+            problems.push(format!("top level: {}", sandbox::describe(&e)));
             return Err(invalid(problems));
         }
         let Some(meta) = scope.get_value::<Map>("PLAYBOOK") else {
-            problems
-                .push("missing `const PLAYBOOK = #{ name: ..., trigger: #{ ... } };`".to_string());
+            problems.push("missing `const PLAYBOOK = #{ name: ..., triggers: [...], allowed: #{ kinds: [...] } };`".to_string());
             return Err(invalid(problems));
         };
-        let meta = rhai::serde::from_dynamic::<Value>(&Dynamic::from_map(meta))
-            .map_err(|e| invalid(vec![format!("PLAYBOOK: {e}")]))?;
-        let parsed = parse_meta(&meta, &mut problems);
-        match parsed {
-            Some((name, description, trigger, mode)) if problems.is_empty() => Ok(Playbook {
-                name,
-                description,
+        let meta = rhai::serde::from_dynamic::<Value>(&Dynamic::from_map(meta)).map_err(|e| invalid(vec![format!("PLAYBOOK: {e}")]))?;
+        let meta = parse_meta(&meta, &mut problems);
+        match meta {
+            Some(m) if problems.is_empty() => Ok(Playbook {
+                name: m.name,
+                description: m.description,
                 path: path.to_path_buf(),
                 sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes())),
-                trigger,
-                mode,
+                triggers: m.triggers,
+                mode: m.mode,
+                scope: m.scope,
+                group_by: m.group_by,
+                cooldown: m.cooldown,
+                has_on_result,
                 ast,
             }),
             _ => Err(invalid(problems)),
         }
     }
 
-    /// Runs `plan(anomaly)` in the sandbox and validates the result. Blocking: call it
-    /// from `spawn_blocking`.
-    pub fn plan(&self, anomaly: &Anomaly, limits: &Limits) -> Result<Plan, PlaybookError> {
-        let script_err = |message: String| PlaybookError::Script {
-            playbook: self.name.clone(),
-            message,
-        };
-        let engine = sandbox::engine(limits, self.name.clone());
-        let arg = rhai::serde::to_dynamic(anomaly)
-            .map_err(|e| script_err(format!("cannot pass the anomaly: {e}")))?;
-        let mut scope = Scope::new();
-        let out: Dynamic = engine
-            .call_fn(&mut scope, &self.ast, "plan", (arg,))
-            .map_err(|e| script_err(sandbox::describe(&e)))?;
-        let value = rhai::serde::from_dynamic::<Value>(&out)
-            .map_err(|e| script_err(format!("plan returned a value that is not data: {e}")))?;
-        let actions = parse_actions(&value).map_err(|problems| PlaybookError::InvalidPlan {
-            playbook: self.name.clone(),
-            problems,
-        })?;
-        Ok(Plan {
-            playbook: self.name.clone(),
-            anomaly_id: anomaly.id.clone(),
-            actions,
-        })
+    /// Whether any trigger matches.
+    pub fn matches(&self, a: &Anomaly) -> bool {
+        self.triggers.iter().any(|t| t.matches(a))
+    }
+
+    /// The incident key of an event for this playbook: the `group_by` label values, or
+    /// the event's own id when there is no grouping.
+    pub fn group_key(&self, a: &Anomaly) -> String {
+        if self.group_by.is_empty() {
+            return a.id.clone();
+        }
+        let parts: Vec<String> = self.group_by.iter().map(|l| format!("{l}={}", a.labels.get(l).unwrap_or(""))).collect();
+        parts.join(",")
+    }
+
+    /// Runs `plan(anomaly)` in the sandbox at time `now` and validates the result.
+    /// Blocking: call it from `spawn_blocking`.
+    pub fn plan(&self, anomaly: &Anomaly, limits: &Limits, world: Arc<dyn World>, now: f64) -> Result<Plan, PlaybookError> {
+        let arg = self.to_arg(anomaly)?;
+        let out = self.call("plan", (arg,), limits, world, now)?;
+        self.to_plan(anomaly, &out)
+    }
+
+    /// Runs `on_result(anomaly, results)` after a plan ran; `Ok(None)` when the playbook
+    /// has no `on_result` or it returns nothing to do.
+    pub fn on_result(&self, anomaly: &Anomaly, results: &Value, limits: &Limits, world: Arc<dyn World>, now: f64) -> Result<Option<Plan>, PlaybookError> {
+        if !self.has_on_result {
+            return Ok(None);
+        }
+        let arg = self.to_arg(anomaly)?;
+        let results = rhai::serde::to_dynamic(results).map_err(|e| self.script_err(format!("cannot pass the results: {e}")))?;
+        let out = self.call("on_result", (arg, results), limits, world, now)?;
+        let plan = self.to_plan(anomaly, &out)?;
+        Ok((!plan.actions.is_empty()).then_some(plan))
+    }
+
+    fn script_err(&self, message: String) -> PlaybookError {
+        PlaybookError::Script { playbook: self.name.clone(), message }
+    }
+
+    fn to_arg(&self, anomaly: &Anomaly) -> Result<Dynamic, PlaybookError> {
+        rhai::serde::to_dynamic(anomaly).map_err(|e| self.script_err(format!("cannot pass the anomaly: {e}")))
+    }
+
+    fn call(&self, f: &str, args: impl rhai::FuncArgs, limits: &Limits, world: Arc<dyn World>, now: f64) -> Result<Dynamic, PlaybookError> {
+        let engine = sandbox::engine(limits, self.name.clone(), world, now);
+        let mut scope = RhaiScope::new();
+        engine.call_fn(&mut scope, &self.ast, f, args).map_err(|e| self.script_err(format!("{f}: {}", sandbox::describe(&e))))
+    }
+
+    fn to_plan(&self, anomaly: &Anomaly, out: &Dynamic) -> Result<Plan, PlaybookError> {
+        let value = rhai::serde::from_dynamic::<Value>(out).map_err(|e| self.script_err(format!("returned a value that is not data: {e}")))?;
+        let actions = parse_actions(&value, &self.scope).map_err(|problems| PlaybookError::InvalidPlan { playbook: self.name.clone(), problems })?;
+        Ok(Plan { playbook: self.name.clone(), anomaly_id: anomaly.id.clone(), actions })
     }
 }
 
-fn parse_meta(meta: &Value, problems: &mut Vec<String>) -> Option<(String, String, Trigger, Mode)> {
+struct Meta {
+    name: String,
+    description: String,
+    triggers: Vec<Trigger>,
+    mode: Mode,
+    scope: Scope,
+    group_by: Vec<String>,
+    cooldown: Duration,
+}
+
+const META_KEYS: &[&str] = &["name", "description", "mode", "trigger", "triggers", "allowed", "group_by", "cooldown"];
+
+fn parse_meta(meta: &Value, problems: &mut Vec<String>) -> Option<Meta> {
     let Value::Object(m) = meta else {
         problems.push("PLAYBOOK: must be a map".into());
         return None;
     };
     for k in m.keys() {
-        if !["name", "description", "mode", "trigger"].contains(&k.as_str()) {
-            problems.push(format!(
-                "PLAYBOOK.{k}: unknown field (expected name, description, mode, trigger)"
-            ));
+        if !META_KEYS.contains(&k.as_str()) {
+            problems.push(format!("PLAYBOOK.{k}: unknown field (expected one of: {})", META_KEYS.join(", ")));
         }
     }
     let name = match m.get("name") {
@@ -246,114 +342,197 @@ fn parse_meta(meta: &Value, problems: &mut Vec<String>) -> Option<(String, Strin
             String::new()
         }
     };
-    let mode = match m.get("mode") {
-        None => Mode::DryRun,
-        Some(Value::String(s)) if s == "dry-run" => Mode::DryRun,
-        Some(Value::String(s)) if s == "auto" || s == "approval" => {
-            problems.push(format!(
-                "PLAYBOOK.mode: {s:?} is not available in this version: the executor only dry-runs"
-            ));
-            Mode::DryRun
-        }
-        Some(other) => {
-            problems.push(format!(
-                "PLAYBOOK.mode: {other} is not one of \"dry-run\", \"auto\", \"approval\""
-            ));
-            Mode::DryRun
-        }
-    };
-    let trigger = match m.get("trigger") {
-        Some(Value::Object(t)) => parse_trigger(t, problems),
+    let mode = match m.get("mode").and_then(Value::as_str) {
+        None if m.get("mode").is_none() => Mode::DryRun,
+        Some("dry-run") => Mode::DryRun,
+        Some("auto") => Mode::Auto,
+        Some("approval") => Mode::Approval,
         _ => {
-            problems.push("PLAYBOOK.trigger: required, a map with at least `signal`".into());
-            None
+            problems.push(format!("PLAYBOOK.mode: {} is not one of \"auto\", \"approval\", \"dry-run\"", m["mode"]));
+            Mode::DryRun
         }
     };
-    Some((name, description, trigger?, mode))
+    let mut triggers = Vec::new();
+    match (m.get("trigger"), m.get("triggers")) {
+        (Some(t), None) => triggers.extend(parse_trigger("PLAYBOOK.trigger", t, problems)),
+        (None, Some(Value::Array(ts))) if !ts.is_empty() => {
+            for (i, t) in ts.iter().enumerate() {
+                triggers.extend(parse_trigger(&format!("PLAYBOOK.triggers[{i}]"), t, problems));
+            }
+        }
+        (Some(_), Some(_)) => problems.push("PLAYBOOK: use `trigger` or `triggers`, not both".into()),
+        _ => problems.push("PLAYBOOK.triggers: required, a non-empty array of trigger maps".into()),
+    }
+    let scope = match m.get("allowed") {
+        Some(Value::Object(a)) => parse_scope(a, problems),
+        _ => {
+            problems.push("PLAYBOOK.allowed: required, e.g. #{ kinds: [\"k8s.rollout_restart\"], targets: #{ namespace: \"shop\" } }".into());
+            Scope::default()
+        }
+    };
+    let group_by = match m.get("group_by") {
+        None => Vec::new(),
+        Some(Value::String(s)) => s.split(',').map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect(),
+        Some(Value::Array(a)) if a.iter().all(Value::is_string) => a.iter().filter_map(|v| v.as_str().map(String::from)).collect(),
+        Some(_) => {
+            problems.push("PLAYBOOK.group_by: must be an array of label names (or \"a,b\")".into());
+            Vec::new()
+        }
+    };
+    let cooldown = match m.get("cooldown") {
+        None => DEFAULT_COOLDOWN,
+        Some(v) => duration(v, "PLAYBOOK.cooldown", problems).unwrap_or(DEFAULT_COOLDOWN),
+    };
+    Some(Meta { name, description, triggers, mode, scope, group_by, cooldown })
 }
 
-fn parse_trigger(
-    t: &serde_json::Map<String, Value>,
-    problems: &mut Vec<String>,
-) -> Option<Trigger> {
-    for k in t.keys() {
-        if !["signal", "labels", "min_score", "min_duration"].contains(&k.as_str()) {
-            problems.push(format!("PLAYBOOK.trigger.{k}: unknown field (expected signal, labels, min_score, min_duration)"));
+fn duration(v: &Value, path: &str, problems: &mut Vec<String>) -> Option<Duration> {
+    match v {
+        Value::String(s) => match humantime::parse_duration(s) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                problems.push(format!("{path}: {s:?} is not a duration like \"30s\": {e}"));
+                None
+            }
+        },
+        other => {
+            problems.push(format!("{path}: expected a duration string like \"30s\", got {other}"));
+            None
         }
     }
-    let signal = match t.get("signal") {
-        Some(Value::String(s)) if !s.is_empty() => s.clone(),
-        _ => {
-            problems
-                .push("PLAYBOOK.trigger.signal: required, the name of a configured signal".into());
-            String::new()
-        }
-    };
-    let mut labels = Vec::new();
-    match t.get("labels") {
+}
+
+fn matchers(v: Option<&Value>, path: &str, problems: &mut Vec<String>) -> Vec<(String, Matcher)> {
+    let mut out = Vec::new();
+    match v {
         None => {}
         Some(Value::Object(l)) => {
             for (name, v) in l {
                 match v {
                     Value::String(spec) => match Matcher::parse(spec) {
-                        Ok(m) => labels.push((name.clone(), m)),
-                        Err(e) => {
-                            problems.push(format!("PLAYBOOK.trigger.labels.{name}: bad regex: {e}"))
-                        }
+                        Ok(m) => out.push((name.clone(), m)),
+                        Err(e) => problems.push(format!("{path}.{name}: bad regex: {e}")),
                     },
-                    _ => problems.push(format!(
-                        "PLAYBOOK.trigger.labels.{name}: must be a string matcher"
-                    )),
+                    _ => problems.push(format!("{path}.{name}: must be a string matcher")),
                 }
             }
         }
-        Some(_) => problems.push("PLAYBOOK.trigger.labels: must be a map of label matchers".into()),
+        Some(_) => problems.push(format!("{path}: must be a map of label matchers")),
     }
+    out
+}
+
+fn parse_trigger(path: &str, t: &Value, problems: &mut Vec<String>) -> Option<Trigger> {
+    let Value::Object(t) = t else {
+        problems.push(format!("{path}: must be a map with `signal` (an anomaly) or `alertname` (an alert)"));
+        return None;
+    };
+    if let Some(alertname) = t.get("alertname") {
+        for k in t.keys() {
+            if k != "alertname" && k != "labels" {
+                problems.push(format!("{path}.{k}: unknown field for an alert trigger (expected alertname, labels)"));
+            }
+        }
+        let alertname = match alertname.as_str().map(Matcher::parse) {
+            Some(Ok(m)) => m,
+            Some(Err(e)) => {
+                problems.push(format!("{path}.alertname: bad regex: {e}"));
+                return None;
+            }
+            None => {
+                problems.push(format!("{path}.alertname: must be a string"));
+                return None;
+            }
+        };
+        let labels = matchers(t.get("labels"), &format!("{path}.labels"), problems);
+        return Some(Trigger::Alert { alertname, labels });
+    }
+    for k in t.keys() {
+        if !["signal", "labels", "min_score", "min_duration", "direction"].contains(&k.as_str()) {
+            problems.push(format!("{path}.{k}: unknown field (expected signal, labels, min_score, min_duration, direction; or alertname, labels)"));
+        }
+    }
+    let signal = match t.get("signal") {
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        _ => {
+            problems.push(format!("{path}.signal: required, the name of a configured signal (or `alertname` for an alert)"));
+            String::new()
+        }
+    };
+    let labels = matchers(t.get("labels"), &format!("{path}.labels"), problems);
     let min_score = match t.get("min_score") {
         None => 0.0,
         Some(Value::Number(n)) if n.as_f64().is_some_and(|f| f >= 0.0) => n.as_f64().unwrap_or(0.0),
         Some(other) => {
-            problems.push(format!(
-                "PLAYBOOK.trigger.min_score: expected a non-negative number, got {other}"
-            ));
+            problems.push(format!("{path}.min_score: expected a non-negative number, got {other}"));
             0.0
         }
     };
-    let min_duration = match t.get("min_duration") {
-        None => Duration::ZERO,
-        Some(Value::String(s)) => humantime::parse_duration(s).unwrap_or_else(|e| {
-            problems.push(format!(
-                "PLAYBOOK.trigger.min_duration: {s:?} is not a duration like \"30s\": {e}"
-            ));
-            Duration::ZERO
-        }),
-        Some(other) => {
-            problems.push(format!("PLAYBOOK.trigger.min_duration: expected a duration string like \"30s\", got {other}"));
-            Duration::ZERO
+    let min_duration = t.get("min_duration").and_then(|v| duration(v, &format!("{path}.min_duration"), problems)).unwrap_or(Duration::ZERO);
+    let direction = match t.get("direction").and_then(Value::as_str) {
+        None if t.get("direction").is_none() => None,
+        Some("both") => None,
+        Some(d @ ("up" | "down")) => Some(d.to_string()),
+        _ => {
+            problems.push(format!("{path}.direction: must be \"up\", \"down\" or \"both\""));
+            None
         }
     };
-    Some(Trigger {
-        signal,
-        labels,
-        min_score,
-        min_duration,
-    })
+    Some(Trigger::Anomaly { signal, labels, min_score, min_duration, direction })
+}
+
+fn parse_scope(a: &serde_json::Map<String, Value>, problems: &mut Vec<String>) -> Scope {
+    for k in a.keys() {
+        if k != "kinds" && k != "targets" {
+            problems.push(format!("PLAYBOOK.allowed.{k}: unknown field (expected kinds, targets)"));
+        }
+    }
+    let mut kinds = Vec::new();
+    match a.get("kinds") {
+        Some(Value::Array(ks)) if !ks.is_empty() => {
+            for (i, k) in ks.iter().enumerate() {
+                match k.as_str() {
+                    Some(name) if action_kind(name).is_some() => kinds.push(name.to_string()),
+                    _ => {
+                        let known: Vec<_> = ACTION_KINDS.iter().map(|k| k.name).collect();
+                        problems.push(format!("PLAYBOOK.allowed.kinds[{i}]: {k} is not a known action kind (known: {})", known.join(", ")));
+                    }
+                }
+            }
+        }
+        _ => problems.push("PLAYBOOK.allowed.kinds: required, a non-empty array of action kinds".into()),
+    }
+    let targets = matchers(a.get("targets"), "PLAYBOOK.allowed.targets", problems);
+    Scope { kinds, targets }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::labels::Labels;
+    use serde_json::json;
 
     const GOOD: &str = r#"
         const PLAYBOOK = #{
             name: "restart-on-errors",
-            trigger: #{ signal: "errors", labels: #{ namespace: "shop", deployment: "=~ca.*" }, min_score: 5.0, min_duration: "10s" },
+            triggers: [
+                #{ signal: "errors", labels: #{ namespace: "shop", deployment: "=~ca.*" }, min_score: 5.0, min_duration: "10s", direction: "up" },
+                #{ alertname: "HighErrors", labels: #{ namespace: "shop" } },
+            ],
+            allowed: #{ kinds: ["k8s.rollout_restart", "notify.alertmanager"], targets: #{ namespace: "shop" } },
+            group_by: ["namespace", "deployment"],
         };
         fn plan(anomaly) {
             print(`planning for ${anomaly.labels.deployment}`);
+            let err = prom::value(`errors{deployment="${anomaly.labels.deployment}"}`);
             [#{ kind: "k8s.rollout_restart",
-                target: #{ namespace: anomaly.labels.namespace, deployment: anomaly.labels.deployment } }]
+                target: #{ namespace: anomaly.labels.namespace, deployment: anomaly.labels.deployment },
+                verify: #{ query: "errors < 0.01", within: "2m" }, on_failure: "escalate",
+                params: #{ seen_error_ratio: err } }]
+        }
+        fn on_result(anomaly, results) {
+            if results.all(|r| r.verified != false) { return []; }
+            [#{ kind: "notify.alertmanager", params: #{ summary: `restart of ${anomaly.labels.deployment} did not help` } }]
         }
     "#;
 
@@ -372,6 +551,8 @@ mod tests {
             started_at: "2026-11-24T10:00:00Z".into(),
             started_unix: 0.0,
             duration_secs: duration,
+            source: "homeostat".into(),
+            annotations: Default::default(),
         }
     }
 
@@ -379,51 +560,63 @@ mod tests {
         Playbook::from_source(src, Path::new("test.rhai"), &Limits::default())
     }
 
+    fn world() -> Arc<dyn World> {
+        Arc::new(serde_json::from_value::<RecordedWorld>(json!({"prometheus": {"errors{deployment=\"cart\"}": [{"value": 0.2}]}})).unwrap())
+    }
+
     #[test]
     fn good_playbook_loads_matches_and_plans() {
         let p = load(GOOD).unwrap();
         assert_eq!(p.name, "restart-on-errors");
-        assert!(p.trigger.matches(&anomaly("cart", 9.0, 12.0)));
-        assert!(
-            !p.trigger.matches(&anomaly("search", 9.0, 12.0)),
-            "label regex"
-        );
-        assert!(!p.trigger.matches(&anomaly("cart", 4.0, 12.0)), "min_score");
-        assert!(
-            !p.trigger.matches(&anomaly("cart", 9.0, 5.0)),
-            "min_duration"
-        );
-        let plan = p
-            .plan(&anomaly("cart", 9.0, 12.0), &Limits::default())
-            .unwrap();
+        assert!(p.has_on_result);
+        assert!(p.matches(&anomaly("cart", 9.0, 12.0)));
+        assert!(!p.matches(&anomaly("search", 9.0, 12.0)), "label regex");
+        assert!(!p.matches(&anomaly("cart", 4.0, 12.0)), "min_score");
+        assert!(!p.matches(&anomaly("cart", 9.0, 5.0)), "min_duration");
+        let down = Anomaly { direction: "down".into(), ..anomaly("cart", 9.0, 12.0) };
+        assert!(!p.matches(&down), "direction");
+        let mut alert = anomaly("search", 0.0, 0.0);
+        alert.source = "alertmanager".into();
+        alert.labels.0.insert("alertname".into(), "HighErrors".into());
+        assert!(p.matches(&alert), "alert trigger");
+        assert_eq!(p.group_key(&alert), "namespace=shop,deployment=search");
+
+        let plan = p.plan(&anomaly("cart", 9.0, 12.0), &Limits::default(), world(), 100.0).unwrap();
         assert_eq!(plan.actions.len(), 1);
         assert_eq!(plan.actions[0].target["deployment"], "cart");
+        assert_eq!(plan.actions[0].params["seen_error_ratio"], json!(0.2));
+        assert_eq!(plan.actions[0].on_failure, OnFailure::Escalate);
         assert_eq!(plan.anomaly_id, "an-test");
+
+        let ok = json!([{"step": 1, "kind": "k8s.rollout_restart", "outcome": "dry_run", "verified": true}]);
+        assert!(p.on_result(&anomaly("cart", 9.0, 12.0), &ok, &Limits::default(), world(), 100.0).unwrap().is_none());
+        let failed = json!([{"step": 1, "kind": "k8s.rollout_restart", "outcome": "dry_run", "verified": false}]);
+        let follow = p.on_result(&anomaly("cart", 9.0, 12.0), &failed, &Limits::default(), world(), 100.0).unwrap().unwrap();
+        assert_eq!(follow.actions[0].kind, "notify.alertmanager");
     }
 
     #[test]
     fn bad_metadata_lists_every_problem() {
         let src = r#"
-            const PLAYBOOK = #{ mode: "yolo", colour: 1, trigger: #{ min_duration: "soon", labels: #{ a: "=~(" } } };
+            const PLAYBOOK = #{ mode: "yolo", colour: 1,
+                triggers: [#{ min_duration: "soon", labels: #{ a: "=~(" } }, #{ alertname: 3 }],
+                allowed: #{ kinds: ["k8s.nuke"] } };
             fn helper() { 1 }
         "#;
-        let PlaybookError::Invalid { problems, .. } = load(src).unwrap_err() else {
-            panic!()
-        };
+        let PlaybookError::Invalid { problems, .. } = load(src).unwrap_err() else { panic!() };
         let want = [
             "missing `fn plan(anomaly)`",
             "PLAYBOOK.colour: unknown field",
             "PLAYBOOK.name: required",
             "PLAYBOOK.mode:",
-            "PLAYBOOK.trigger.signal: required",
-            "PLAYBOOK.trigger.labels.a: bad regex",
-            "PLAYBOOK.trigger.min_duration:",
+            "PLAYBOOK.triggers[0].signal: required",
+            "PLAYBOOK.triggers[0].labels.a: bad regex",
+            "PLAYBOOK.triggers[0].min_duration:",
+            "PLAYBOOK.triggers[1].alertname: must be a string",
+            "PLAYBOOK.allowed.kinds[0]: \"k8s.nuke\" is not a known action kind",
         ];
         for w in want {
-            assert!(
-                problems.iter().any(|e| e.starts_with(w)),
-                "missing {w:?} in {problems:#?}"
-            );
+            assert!(problems.iter().any(|e| e.starts_with(w)), "missing {w:?} in {problems:#?}");
         }
         assert_eq!(problems.len(), want.len(), "{problems:#?}");
     }
@@ -435,12 +628,18 @@ mod tests {
     }
 
     #[test]
-    fn an_invalid_plan_is_an_error_not_a_partial_plan() {
-        let src = GOOD.replace("k8s.rollout_restart", "k8s.reboot_the_world");
+    fn a_plan_outside_the_scope_is_an_error_not_a_partial_plan() {
+        let src = GOOD.replace("namespace: anomaly.labels.namespace, deployment", "namespace: \"kube-system\", deployment");
         let p = load(&src).unwrap();
-        let e = p
-            .plan(&anomaly("cart", 9.0, 12.0), &Limits::default())
-            .unwrap_err();
-        assert!(matches!(e, PlaybookError::InvalidPlan { .. }), "{e}");
+        let e = p.plan(&anomaly("cart", 9.0, 12.0), &Limits::default(), world(), 0.0).unwrap_err();
+        assert!(e.to_string().contains("outside this playbook's scope"), "{e}");
+    }
+
+    #[test]
+    fn a_failing_lookup_fails_the_run_with_its_message() {
+        let p = load(GOOD).unwrap();
+        let empty: Arc<dyn World> = Arc::new(RecordedWorld::default());
+        let e = p.plan(&anomaly("cart", 9.0, 12.0), &Limits::default(), empty, 0.0).unwrap_err().to_string();
+        assert!(e.contains("no recorded answer for the query"), "{e}");
     }
 }

@@ -97,6 +97,69 @@ pub struct Action {
     /// Kind-specific parameters.
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub params: Map<String, Value>,
+    /// How to tell that the step worked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<Verify>,
+    /// What to do when the step or its verification fails.
+    #[serde(default)]
+    pub on_failure: OnFailure,
+}
+
+/// A step's success condition: a PromQL expression that returns a non-empty result
+/// (as an alerting rule's condition does) within the deadline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Verify {
+    /// The PromQL condition, e.g. `sum(rate(errors[1m])) < 0.01`.
+    pub query: String,
+    /// How long the condition has to come true.
+    #[serde(with = "secs")]
+    pub within: std::time::Duration,
+}
+
+/// What the executor does when a step fails.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFailure {
+    /// Stop the plan (the default: the safe choice).
+    #[default]
+    Stop,
+    /// Go on with the next step.
+    Continue,
+    /// Stop the plan and hand the failure to the playbook's `on_result`.
+    Escalate,
+}
+
+impl OnFailure {
+    /// The name used in scripts and records.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            OnFailure::Stop => "stop",
+            OnFailure::Continue => "continue",
+            OnFailure::Escalate => "escalate",
+        }
+    }
+}
+
+/// Durations as whole seconds in records (JSON has no duration type).
+mod secs {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let v: f64 = serde::Deserialize::deserialize(d)?;
+        Duration::try_from_secs_f64(v).map_err(serde::de::Error::custom)
+    }
+}
+
+/// What a playbook may touch: action kinds and, for infrastructure actions, target matchers.
+#[derive(Debug, Clone, Default)]
+pub struct Scope {
+    /// Allowed action kinds.
+    pub kinds: Vec<String>,
+    /// Target keys and the matcher each must satisfy (notifications are exempt).
+    pub targets: Vec<(String, crate::labels::Matcher)>,
 }
 
 impl fmt::Display for Action {
@@ -110,6 +173,12 @@ impl fmt::Display for Action {
                 Value::String(s) => write!(f, " {k}={s}")?,
                 other => write!(f, " {k}={other}")?,
             }
+        }
+        if let Some(v) = &self.verify {
+            write!(f, " [verify within {}s: {}]", v.within.as_secs(), v.query)?;
+        }
+        if self.on_failure != OnFailure::Stop {
+            write!(f, " [on failure: {}]", self.on_failure.as_str())?;
         }
         Ok(())
     }
@@ -146,8 +215,9 @@ impl Plan {
     }
 }
 
-/// Checks a script's return value and turns it into actions; lists every problem.
-pub fn parse_actions(value: &Value) -> Result<Vec<Action>, Vec<String>> {
+/// Checks a script's return value against the known kinds and the playbook's scope,
+/// and turns it into actions; lists every problem.
+pub fn parse_actions(value: &Value, scope: &Scope) -> Result<Vec<Action>, Vec<String>> {
     let items = match value {
         // `()` from a script means "nothing to do".
         Value::Null => return Ok(Vec::new()),
@@ -171,10 +241,8 @@ pub fn parse_actions(value: &Value) -> Result<Vec<Action>, Vec<String>> {
             continue;
         };
         for key in map.keys() {
-            if !["kind", "target", "params"].contains(&key.as_str()) {
-                problems.push(format!(
-                    "{path}.{key}: unknown field (expected kind, target, params)"
-                ));
+            if !["kind", "target", "params", "verify", "on_failure"].contains(&key.as_str()) {
+                problems.push(format!("{path}.{key}: unknown field (expected kind, target, params, verify, on_failure)"));
             }
         }
         let kind = match map.get("kind") {
@@ -233,6 +301,20 @@ pub fn parse_actions(value: &Value) -> Result<Vec<Action>, Vec<String>> {
                 Map::new()
             }
         };
+        let verify = match map.get("verify") {
+            None | Some(Value::Null) => None,
+            Some(v) => parse_verify(&format!("{path}.verify"), v, &mut problems),
+        };
+        let on_failure = match map.get("on_failure") {
+            None | Some(Value::Null) => OnFailure::Stop,
+            Some(Value::String(s)) if s == "stop" => OnFailure::Stop,
+            Some(Value::String(s)) if s == "continue" => OnFailure::Continue,
+            Some(Value::String(s)) if s == "escalate" => OnFailure::Escalate,
+            Some(other) => {
+                problems.push(format!("{path}.on_failure: {other} is not one of \"stop\", \"continue\", \"escalate\""));
+                OnFailure::Stop
+            }
+        };
         if let Some(kind) = kind {
             for key in kind.target {
                 if target.get(*key).is_none_or(|v| v.is_empty()) {
@@ -240,11 +322,8 @@ pub fn parse_actions(value: &Value) -> Result<Vec<Action>, Vec<String>> {
                 }
             }
             problems.extend(check_params(&path, kind.name, &params));
-            actions.push(Action {
-                kind: kind.name.to_string(),
-                target,
-                params,
-            });
+            problems.extend(check_scope(&path, kind.name, &target, scope));
+            actions.push(Action { kind: kind.name.to_string(), target, params, verify, on_failure });
         }
     }
     if problems.is_empty() {
@@ -252,6 +331,68 @@ pub fn parse_actions(value: &Value) -> Result<Vec<Action>, Vec<String>> {
     } else {
         Err(problems)
     }
+}
+
+fn parse_verify(path: &str, v: &Value, problems: &mut Vec<String>) -> Option<Verify> {
+    let Value::Object(m) = v else {
+        problems.push(format!("{path}: expected #{{ query: \"<PromQL>\", within: \"5m\" }}"));
+        return None;
+    };
+    for k in m.keys() {
+        if k != "query" && k != "within" {
+            problems.push(format!("{path}.{k}: unknown field (expected query, within)"));
+        }
+    }
+    let query = match m.get("query") {
+        Some(Value::String(q)) => match crate::config::check_promql_shape(q) {
+            Ok(()) => Some(q.clone()),
+            Err(e) => {
+                problems.push(format!("{path}.query: {e}"));
+                None
+            }
+        },
+        _ => {
+            problems.push(format!("{path}.query: required, a PromQL condition"));
+            None
+        }
+    };
+    let within = match m.get("within") {
+        Some(Value::String(w)) => match humantime::parse_duration(w) {
+            Ok(d) if !d.is_zero() && d <= std::time::Duration::from_secs(3600) => Some(d),
+            Ok(_) => {
+                problems.push(format!("{path}.within: must be between 1s and 1h"));
+                None
+            }
+            Err(e) => {
+                problems.push(format!("{path}.within: {w:?} is not a duration like \"5m\": {e}"));
+                None
+            }
+        },
+        _ => {
+            problems.push(format!("{path}.within: required, a duration like \"5m\""));
+            None
+        }
+    };
+    Some(Verify { query: query?, within: within? })
+}
+
+/// Notifications change no infrastructure, so target scopes do not apply to them.
+fn check_scope(path: &str, kind: &str, target: &BTreeMap<String, String>, scope: &Scope) -> Vec<String> {
+    let mut problems = Vec::new();
+    if !scope.kinds.iter().any(|k| k == kind) {
+        problems.push(format!("{path}.kind: {kind} is not allowed by this playbook (allowed: {})", scope.kinds.join(", ")));
+        return problems;
+    }
+    if kind.starts_with("notify.") {
+        return problems;
+    }
+    for (key, m) in &scope.targets {
+        let v = target.get(key).map(String::as_str).unwrap_or("");
+        if !m.matches(v) {
+            problems.push(format!("{path}.target.{key}: {v:?} is outside this playbook's scope"));
+        }
+    }
+    problems
 }
 
 fn check_params(path: &str, kind: &str, params: &Map<String, Value>) -> Vec<String> {
@@ -289,27 +430,40 @@ fn type_name(v: &Value) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::labels::Matcher;
     use serde_json::json;
+
+    fn scope() -> Scope {
+        Scope {
+            kinds: ["k8s.rollout_restart", "k8s.scale", "notify.alertmanager"].map(String::from).to_vec(),
+            targets: vec![("namespace".into(), Matcher::parse("=~shop|web").unwrap())],
+        }
+    }
 
     #[test]
     fn valid_plan_parses_and_renders() {
         let v = json!([
-            {"kind": "k8s.rollout_restart", "target": {"namespace": "shop", "deployment": "cart"}},
+            {"kind": "k8s.rollout_restart", "target": {"namespace": "shop", "deployment": "cart"},
+             "verify": {"query": "sum(rate(errors[1m])) < 0.01", "within": "2m"}, "on_failure": "escalate"},
             {"kind": "k8s.scale", "target": {"namespace": "shop", "deployment": "cart"}, "params": {"replicas": 4}},
+            {"kind": "notify.alertmanager", "params": {"summary": "done"}},
         ]);
-        let actions = parse_actions(&v).unwrap();
-        let plan = Plan {
-            playbook: "p".into(),
-            anomaly_id: "an-1".into(),
-            actions,
-        };
+        let actions = parse_actions(&v, &scope()).unwrap();
+        assert_eq!(actions[0].verify.as_ref().unwrap().within, std::time::Duration::from_secs(120));
+        assert_eq!(actions[0].on_failure, OnFailure::Escalate);
+        assert_eq!(actions[1].on_failure, OnFailure::Stop, "stop is the default");
+        let plan = Plan { playbook: "p".into(), anomaly_id: "an-1".into(), actions };
         assert_eq!(
             plan.render(),
-            "plan from playbook p for anomaly an-1 (2 actions):\n  \
-             1. k8s.rollout_restart deployment=cart namespace=shop\n  \
-             2. k8s.scale deployment=cart namespace=shop replicas=4"
+            "plan from playbook p for anomaly an-1 (3 actions):\n  \
+             1. k8s.rollout_restart deployment=cart namespace=shop [verify within 120s: sum(rate(errors[1m])) < 0.01] [on failure: escalate]\n  \
+             2. k8s.scale deployment=cart namespace=shop replicas=4\n  \
+             3. notify.alertmanager summary=done"
         );
-        assert_eq!(parse_actions(&Value::Null).unwrap(), vec![]);
+        assert_eq!(parse_actions(&Value::Null, &scope()).unwrap(), vec![]);
+        // Records round-trip, so what was audited is what ran.
+        let back: Plan = serde_json::from_value(serde_json::to_value(&plan).unwrap()).unwrap();
+        assert_eq!(back, plan);
     }
 
     #[test]
@@ -319,20 +473,25 @@ mod tests {
             {"kind": "k8s.rollout_restart", "target": {"namespace": "shop"}, "colour": 1},
             {"kind": "k8s.scale", "target": {"namespace": "a", "deployment": "b"}, "params": {"replicas": -1}},
             "reboot",
+            {"kind": "k8s.cordon", "target": {"node": "n1"}},
+            {"kind": "k8s.rollout_restart", "target": {"namespace": "shop", "deployment": "x"},
+             "verify": {"query": "up{", "within": "forever"}, "on_failure": "panic"},
         ]);
-        let errs = parse_actions(&v).unwrap_err();
+        let errs = parse_actions(&v, &scope()).unwrap_err();
         let want = [
             "plan[0].kind: unknown action kind \"k8s.restart_everything\"",
             "plan[1].colour: unknown field",
             "plan[1].target.deployment: required by k8s.rollout_restart",
             "plan[2].params.replicas:",
+            "plan[2].target.namespace: \"a\" is outside this playbook's scope",
             "plan[3]: expected a map",
+            "plan[4].kind: k8s.cordon is not allowed by this playbook",
+            "plan[5].verify.query: unclosed '{'",
+            "plan[5].verify.within: \"forever\" is not a duration",
+            "plan[5].on_failure:",
         ];
         for w in want {
-            assert!(
-                errs.iter().any(|e| e.starts_with(w)),
-                "missing {w:?} in {errs:#?}"
-            );
+            assert!(errs.iter().any(|e| e.starts_with(w)), "missing {w:?} in {errs:#?}");
         }
         assert_eq!(errs.len(), want.len(), "{errs:#?}");
     }

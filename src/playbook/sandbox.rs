@@ -1,9 +1,12 @@
 //! The Rhai sandbox every playbook runs in: bounded operations, depth, sizes and
 //! wall-clock time; no modules, no `eval`; `print`/`debug` go to tracing.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rhai::{Dynamic, Engine, EvalAltResult};
+
+use super::host::World;
 
 /// Bounds on one script run. A run that breaks one fails alone, with a readable error.
 #[derive(Debug, Clone)]
@@ -41,9 +44,11 @@ impl Default for Limits {
 /// Why the wall-clock callback stopped a script; matched in [`describe`].
 const DEADLINE: &str = "homeostat: wall-clock limit";
 
-/// A fresh sandboxed engine; the wall clock starts now.
-pub fn engine(limits: &Limits, who: String) -> Engine {
+/// A fresh sandboxed engine with the read-only host API over `world`, evaluating "at"
+/// unix time `now`; the wall clock starts now.
+pub fn engine(limits: &Limits, who: String, world: Arc<dyn World>, now: f64) -> Engine {
     let mut e = Engine::new();
+    super::host::register(&mut e, world, now);
     e.set_max_operations(limits.max_operations)
         .set_max_call_levels(limits.max_call_levels)
         .set_max_expr_depths(limits.max_expr_depth, limits.max_expr_depth)
@@ -61,7 +66,9 @@ pub fn engine(limits: &Limits, who: String) -> Engine {
     });
     let p = who.clone();
     e.on_print(move |s| tracing::info!(playbook = %p, "script: {s}"));
-    e.on_debug(move |s, src, pos| tracing::debug!(playbook = %who, ?src, %pos, "script: {s}"));
+    let p = who.clone();
+    e.on_debug(move |s, src, pos| tracing::debug!(playbook = %p, ?src, %pos, "script: {s}"));
+    e.register_fn("log", move |s: rhai::ImmutableString| tracing::info!(playbook = %who, "script: {s}"));
     e
 }
 
@@ -88,7 +95,7 @@ mod tests {
     use super::*;
 
     fn run(src: &str, limits: &Limits) -> Result<Dynamic, String> {
-        let e = engine(limits, "t".into());
+        let e = engine(limits, "t".into(), Arc::new(super::super::RecordedWorld::default()), 0.0);
         e.eval::<Dynamic>(src).map_err(|e| describe(&e))
     }
 
