@@ -12,14 +12,15 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
 
-use crate::act;
-use crate::anomaly::{anomaly_id, Anomaly};
+use crate::act::Executor;
+use crate::anomaly::{anomaly_id, AlertmanagerAlert, Anomaly};
 use crate::audit::{AuditError, AuditLog, Auditor};
 use crate::config::{Config, SignalConfig};
 use crate::detect::{new_baseline, Assessment, Baseline, Hysteresis, Transition};
+use crate::dispatch::Dispatcher;
 use crate::labels::Labels;
-use crate::playbook::{Limits, Playbook};
-use crate::server::{self, SeriesGauge, SharedTelemetry, SignalHealth, Telemetry};
+use crate::playbook::{Limits, LiveWorld, Playbook};
+use crate::server::{self, AppState, SeriesGauge, SharedTelemetry, SignalHealth, Telemetry};
 use crate::source::{unix_now, History, Point, PromSource, SourceError};
 
 /// Why the daemon could not start or had to stop.
@@ -33,6 +34,12 @@ pub enum AgentError {
     Listen {
         /// The configured address.
         addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A signal handler could not be installed.
+    #[error("cannot listen for signals: {source}")]
+    Signal {
         /// Why.
         source: std::io::Error,
     },
@@ -75,13 +82,14 @@ struct SignalState {
 struct Context {
     source: PromSource,
     audit: Auditor,
-    playbooks: Arc<Vec<Playbook>>,
-    limits: Limits,
     telemetry: SharedTelemetry,
     interval: Duration,
     series_ttl: Duration,
     max_backoff: Duration,
 }
+
+/// How often playbook files are checked for changes.
+const RELOAD_EVERY: Duration = Duration::from_secs(2);
 
 fn unix(t: SystemTime) -> f64 {
     t.duration_since(UNIX_EPOCH)
@@ -116,19 +124,44 @@ pub async fn run(
     }));
 
     let (stop_tx, mut server_stop) = watch::channel(false);
-    let server = tokio::spawn(server::serve(listener, telemetry.clone(), async move {
+    // Bounded: when the agent is busy, the webhook answers 503 and Alertmanager retries.
+    let (alerts_tx, mut alerts_rx) = tokio::sync::mpsc::channel::<Vec<AlertmanagerAlert>>(64);
+    let state = AppState {
+        telemetry: telemetry.clone(),
+        alerts: alerts_tx,
+    };
+    let server = tokio::spawn(server::serve(listener, state, async move {
         let _ = server_stop.wait_for(|s| *s).await;
     }));
     info!(listen = %config.agent.listen, audit_log = %audit.path().display(), signals = config.signals.len(), playbooks = playbooks.len(), "homeostat started");
 
+    let limits = Limits {
+        timeout: config.agent.playbook_timeout,
+        ..Limits::default()
+    };
+    let executor = Executor {
+        audit: audit.clone(),
+        source: source.clone(),
+        verify_every: config.agent.interval,
+        limits: limits.clone(),
+        world: Arc::new(LiveWorld::new(
+            source.clone(),
+            tokio::runtime::Handle::current(),
+            config.prometheus.timeout,
+        )),
+        max_follow_ups: 3,
+    };
+    let mut dispatcher = Dispatcher::new(
+        config.playbooks.clone(),
+        config.signals.iter().map(|s| s.name.clone()).collect(),
+        playbooks,
+        limits,
+        executor,
+        telemetry.clone(),
+    );
     let ctx = Context {
         source,
         audit,
-        playbooks: Arc::new(playbooks),
-        limits: Limits {
-            timeout: config.agent.playbook_timeout,
-            ..Limits::default()
-        },
         telemetry,
         interval: config.agent.interval,
         series_ttl: config.agent.series_ttl,
@@ -140,7 +173,7 @@ pub async fn run(
         json!({
             "version": env!("CARGO_PKG_VERSION"),
             "signals": config.signals.iter().map(|s| &s.name).collect::<Vec<_>>(),
-            "playbooks": ctx.playbooks.iter().map(|p| json!({"name": p.name, "path": p.path, "sha256": p.sha256})).collect::<Vec<_>>(),
+            "playbooks": dispatcher.playbooks().iter().map(|p| json!({"name": p.name, "path": p.path, "sha256": p.sha256})).collect::<Vec<_>>(),
             "rejected_playbooks": rejected,
         }),
     )
@@ -160,6 +193,8 @@ pub async fn run(
         .collect();
 
     tokio::pin!(shutdown);
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|source| AgentError::Signal { source })?;
     let result: Result<(), AuditError> = async {
         // Fitting may take a while on a big store; shutdown must still be prompt.
         tokio::select! {
@@ -168,10 +203,26 @@ pub async fn run(
         }
         let mut ticker = tokio::time::interval(ctx.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Playbook files are polled for changes; SIGHUP reloads at once.
+        let mut reload = tokio::time::interval(RELOAD_EVERY);
+        reload.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = &mut shutdown => return Ok(()),
                 _ = ticker.tick() => {}
+                Some(alerts) = alerts_rx.recv() => {
+                    respond_to_alerts(&ctx, &mut dispatcher, alerts).await?;
+                    continue;
+                }
+                _ = reload.tick() => {
+                    dispatcher.reload().await?;
+                    continue;
+                }
+                _ = hangup.recv() => {
+                    info!("SIGHUP received: reloading playbooks");
+                    dispatcher.reload().await?;
+                    continue;
+                }
             }
             // Queries are cancellable; processing (audit writes, playbooks) runs to completion.
             let results = tokio::select! {
@@ -179,19 +230,22 @@ pub async fn run(
                 r = query_all(&ctx, &signals) => r,
             };
             for (idx, result) in results {
-                process(&ctx, &mut signals[idx], result).await?;
+                process(&ctx, &mut dispatcher, &mut signals[idx], result).await?;
             }
+            dispatcher.reap();
             publish(&ctx, &signals);
         }
     }
     .await;
 
     info!("shutting down");
+    // Verifications in flight are abandoned: their records so far say how far they got.
+    let interrupted = dispatcher.stop().await;
     let _ = stop_tx.send(true);
     let stopped = record(
         &ctx,
         "agent_stopped",
-        json!({"reason": if result.is_ok() { "signal" } else { "error" }}),
+        json!({"reason": if result.is_ok() { "signal" } else { "error" }, "incidents_interrupted": interrupted}),
     )
     .await;
     if tokio::time::timeout(Duration::from_secs(5), server)
@@ -205,14 +259,27 @@ pub async fn run(
     Ok(())
 }
 
-/// Appends an audit record and counts it.
+/// Appends an audit record.
 async fn record(ctx: &Context, kind: &str, data: serde_json::Value) -> Result<u64, AuditError> {
-    let seq = ctx.audit.record(kind, data).await?;
-    ctx.telemetry
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .audit_records += 1;
-    Ok(seq)
+    ctx.audit.record(kind, data).await
+}
+
+/// Audits each alert; firing ones go to the playbooks (grouping and cooldown dedupe
+/// Alertmanager's repeated notifications).
+async fn respond_to_alerts(
+    ctx: &Context,
+    dispatcher: &mut Dispatcher,
+    alerts: Vec<AlertmanagerAlert>,
+) -> Result<(), AuditError> {
+    for alert in alerts {
+        let event = Anomaly::from_alert(&alert, unix_now());
+        info!(alert = %event.signal, status = %alert.status, labels = %event.labels, "alert received");
+        record(ctx, "alert_received", json!({"id": event.id, "status": alert.status, "labels": alert.labels, "annotations": alert.annotations, "starts_at": alert.starts_at})).await?;
+        if alert.status == "firing" {
+            dispatcher.respond(&event, &mut BTreeSet::new()).await?;
+        }
+    }
+    Ok(())
 }
 
 async fn fit_all(ctx: &Context, signals: &mut [SignalState]) {
@@ -295,6 +362,7 @@ fn mark_all_stale(s: &mut SignalState) {
 
 async fn process(
     ctx: &Context,
+    dispatcher: &mut Dispatcher,
     s: &mut SignalState,
     result: Result<Vec<Point>, SourceError>,
 ) -> Result<(), AuditError> {
@@ -410,7 +478,10 @@ async fn process(
         }
         // Playbooks act only on fresh, anomalous evidence.
         if anomalous && series.open.is_some() {
-            run_playbooks(ctx, &name, &p.labels, series).await?;
+            let anomaly = describe(&name, &p.labels, series);
+            if let Some(open) = series.open.as_mut() {
+                dispatcher.respond(&anomaly, &mut open.handled).await?;
+            }
         }
     }
     for (labels, series) in s.series.iter_mut() {
@@ -492,64 +563,9 @@ fn describe(signal: &str, labels: &Labels, series: &Series) -> Anomaly {
             .elapsed()
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0),
+        source: "homeostat".into(),
+        annotations: Default::default(),
     }
-}
-
-async fn run_playbooks(
-    ctx: &Context,
-    signal: &str,
-    labels: &Labels,
-    series: &mut Series,
-) -> Result<(), AuditError> {
-    let anomaly = describe(signal, labels, series);
-    let open = series.open.as_mut().expect("checked by caller");
-    for (idx, pb) in ctx.playbooks.iter().enumerate() {
-        if open.handled.contains(&pb.name) || !pb.trigger.matches(&anomaly) {
-            continue;
-        }
-        open.handled.insert(pb.name.clone());
-        record(ctx, "playbook_matched", json!({"anomaly_id": anomaly.id, "playbook": pb.name, "sha256": pb.sha256, "anomaly": anomaly})).await?;
-        let playbooks = ctx.playbooks.clone();
-        let limits = ctx.limits.clone();
-        let a = anomaly.clone();
-        // Rhai is synchronous; the sandbox's own deadline bounds the run, this one backs it up.
-        let run = tokio::task::spawn_blocking(move || playbooks[idx].plan(&a, &limits));
-        let result =
-            match tokio::time::timeout(ctx.limits.timeout + Duration::from_secs(1), run).await {
-                Ok(Ok(r)) => r.map_err(|e| e.to_string()),
-                Ok(Err(join)) => Err(format!("playbook run panicked: {join}")),
-                Err(_) => Err("playbook run exceeded its wall-clock limit".to_string()),
-            };
-        let outcome = match result {
-            Ok(plan) => {
-                record(ctx, "plan", json!({"anomaly_id": anomaly.id, "playbook": pb.name, "mode": pb.mode.as_str(), "actions": plan.actions})).await?;
-                warn!(playbook = %pb.name, anomaly = %anomaly.id, mode = pb.mode.as_str(), "{}", plan.render());
-                act::execute(&plan, pb.mode, &ctx.audit).await?;
-                ctx.telemetry
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .audit_records += 2 * plan.actions.len() as u64;
-                "planned"
-            }
-            Err(e) => {
-                error!(playbook = %pb.name, anomaly = %anomaly.id, error = %e, "playbook failed");
-                record(
-                    ctx,
-                    "playbook_failed",
-                    json!({"anomaly_id": anomaly.id, "playbook": pb.name, "error": e}),
-                )
-                .await?;
-                "failed"
-            }
-        };
-        *ctx.telemetry
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .playbook_runs
-            .entry((pb.name.clone(), outcome.to_string()))
-            .or_default() += 1;
-    }
-    Ok(())
 }
 
 /// Rebuilds the telemetry snapshot from the signals' state.
@@ -584,5 +600,6 @@ fn publish(ctx: &Context, signals: &[SignalState]) {
     t.signals = health;
     t.ticks += 1;
     t.ready = true;
+    t.audit_records = ctx.audit.written();
     t.heartbeat = Some(Instant::now());
 }

@@ -481,6 +481,7 @@ fn generic(data: &Value) -> String {
 pub struct Auditor {
     log: Arc<Mutex<AuditLog>>,
     path: PathBuf,
+    written: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Auditor {
@@ -490,6 +491,7 @@ impl Auditor {
         Auditor {
             log: Arc::new(Mutex::new(log)),
             path,
+            written: Arc::default(),
         }
     }
 
@@ -498,16 +500,24 @@ impl Auditor {
         &self.path
     }
 
+    /// Records this handle (and its clones) wrote since it was made.
+    pub fn written(&self) -> u64 {
+        self.written.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Appends and fsyncs a record; returns once it is durable.
     pub async fn record(&self, kind: &str, data: Value) -> Result<u64, AuditError> {
         let log = self.log.clone();
         let kind = kind.to_string();
-        tokio::task::spawn_blocking(move || {
+        let seq = tokio::task::spawn_blocking(move || {
             let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
             log.append(&kind, &data)
         })
         .await
-        .expect("audit append does not panic")
+        .expect("audit append does not panic")?;
+        self.written
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(seq)
     }
 }
 

@@ -28,11 +28,46 @@ pub enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// List, and test offline, the playbooks.
+    Playbook {
+        /// What to do.
+        #[command(subcommand)]
+        command: PlaybookCommand,
+    },
     /// Inspect an audit log.
     Audit {
         /// What to do with it.
         #[command(subcommand)]
         command: AuditCommand,
+    },
+}
+
+/// Playbook subcommands.
+#[derive(Debug, Subcommand)]
+pub enum PlaybookCommand {
+    /// Show the playbooks a config loads, with their triggers, mode and scope.
+    List {
+        /// The config file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run a playbook against a recorded anomaly and print its plan; or, given a
+    /// directory, run every `*.test.json` case in it and report pass/fail.
+    Test {
+        /// A playbook file (`.rhai`), or a directory of `*.test.json` cases.
+        path: PathBuf,
+        /// The anomaly (JSON, as in the audit log's `anomaly_opened` records).
+        #[arg(long)]
+        anomaly: Option<PathBuf>,
+        /// Recorded answers to the script's read-only lookups (JSON).
+        #[arg(long)]
+        world: Option<PathBuf>,
+        /// Step results (JSON array) to pass to `on_result` after `plan`.
+        #[arg(long)]
+        results: Option<PathBuf>,
+        /// Print the plan as JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 

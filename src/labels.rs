@@ -115,7 +115,9 @@ impl Matcher {
 }
 
 fn unanchor(re: &str) -> &str {
-    re.strip_prefix("^(?:").and_then(|r| r.strip_suffix(")$")).unwrap_or(re)
+    re.strip_prefix("^(?:")
+        .and_then(|r| r.strip_suffix(")$"))
+        .unwrap_or(re)
 }
 
 /// Whether every `(label, matcher)` pair holds for the label set.

@@ -8,9 +8,10 @@
 //! | [`detect`] | pure, synchronous baselines and the hysteresis that opens/closes anomalies |
 //! | [`anomaly`] | the anomaly event handed to playbooks and the audit log |
 //! | [`playbook`] | the Rhai sandbox, triggers, and the plan a script returns |
-//! | [`act`] | the executor: the only door to the outside world, audited first |
+//! | [`dispatch`] | which playbooks answer an event, one plan per incident, hot reload |
+//! | [`act`] | the executor: the only door to the outside world, audited first; verification and escalation |
 //! | [`audit`] | the append-only, hash-chained record of every step |
-//! | [`server`] | `/metrics`, `/healthz`, `/readyz` |
+//! | [`server`] | `/metrics`, `/healthz`, `/readyz`, the Alertmanager webhook |
 //! | [`agent`] | the daemon loop tying them together |
 //! | [`labels`] | label sets and PromQL-style matchers |
 //! | [`cli`] | command-line definitions |
@@ -23,6 +24,7 @@ pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod detect;
+pub mod dispatch;
 pub mod labels;
 pub mod playbook;
 pub mod server;
@@ -37,26 +39,35 @@ pub fn load_playbooks(config: &Config, limits: &Limits) -> (Vec<Playbook>, Vec<S
     let mut loaded: Vec<Playbook> = Vec::new();
     let mut problems = Vec::new();
     for (i, path) in config.playbooks.iter().enumerate() {
-        let prefix = format!("playbooks[{i}]");
+        let prefix = format!("playbooks[{i}]: {}", path.display());
         match Playbook::load(path, limits) {
             Ok(p) => {
-                if !config.signals.iter().any(|s| s.name == p.trigger.signal) {
-                    problems.push(format!(
-                        "{prefix}: {}: trigger.signal {:?} is not a configured signal",
-                        path.display(),
-                        p.trigger.signal
-                    ));
+                let unknown: Vec<&str> = p
+                    .triggers
+                    .iter()
+                    .filter_map(|t| t.signal())
+                    .filter(|s| !config.signals.iter().any(|c| c.name == *s))
+                    .collect();
+                if !unknown.is_empty() {
+                    for s in unknown {
+                        problems.push(format!(
+                            "{prefix}: trigger signal {s:?} is not a configured signal"
+                        ));
+                    }
                 } else if loaded.iter().any(|q| q.name == p.name) {
                     problems.push(format!(
-                        "{prefix}: {}: name {:?} is used by another playbook",
-                        path.display(),
+                        "{prefix}: name {:?} is used by another playbook",
                         p.name
                     ));
                 } else {
                     loaded.push(p);
                 }
             }
-            Err(e) => problems.extend(e.to_string().lines().map(|l| format!("{prefix}: {l}"))),
+            Err(e) => problems.extend(
+                e.to_string()
+                    .lines()
+                    .map(|l| format!("playbooks[{i}]: {l}")),
+            ),
         }
     }
     (loaded, problems)

@@ -4,13 +4,15 @@
 use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Parser;
+use homeostat::anomaly::Anomaly;
 use homeostat::audit;
-use homeostat::cli::{AuditCommand, Cli, Command};
+use homeostat::cli::{AuditCommand, Cli, Command, PlaybookCommand};
 use homeostat::config::Config;
-use homeostat::playbook::Limits;
+use homeostat::playbook::{testing, Limits, Playbook, RecordedWorld, World};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -35,6 +37,31 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Check { config } => Ok(check(&config)),
         Command::Run { config } => run(&config),
+        Command::Playbook {
+            command: PlaybookCommand::List { config },
+        } => Ok(playbook_list(&config)),
+        Command::Playbook {
+            command:
+                PlaybookCommand::Test {
+                    path,
+                    anomaly,
+                    world,
+                    results,
+                    json,
+                },
+        } => {
+            if path.is_dir() {
+                playbook_test_dir(&path)
+            } else {
+                playbook_test(
+                    &path,
+                    anomaly.as_deref(),
+                    world.as_deref(),
+                    results.as_deref(),
+                    json,
+                )
+            }
+        }
         Command::Audit {
             command: AuditCommand::Verify { log },
         } => Ok(verify(&log)),
@@ -92,7 +119,12 @@ fn check(path: &Path) -> ExitCode {
         if playbooks.len() == 1 { "" } else { "s" },
         playbooks
             .iter()
-            .map(|p| format!("{} -> {}", p.name, p.trigger.signal))
+            .map(|p| format!(
+                "{} ({} trigger{})",
+                p.name,
+                p.triggers.len(),
+                if p.triggers.len() == 1 { "" } else { "s" }
+            ))
             .collect::<Vec<_>>()
             .join(", "),
     );
@@ -161,4 +193,141 @@ fn list(log: &Path, kind: Option<&str>, width: usize) -> anyhow::Result<ExitCode
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn playbook_list(path: &Path) -> ExitCode {
+    let config = match load_config(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let (playbooks, problems) = homeostat::load_playbooks(&config, &Limits::default());
+    for pb in &playbooks {
+        println!("{}  ({}, {})", pb.name, pb.mode.as_str(), pb.path.display());
+        if !pb.description.is_empty() {
+            println!("  {}", pb.description);
+        }
+        for t in &pb.triggers {
+            println!("  trigger: {}", t.describe());
+        }
+        println!("  allowed: {}", pb.scope.kinds.join(", "));
+        if !pb.scope.targets.is_empty() {
+            let t: Vec<String> = pb
+                .scope
+                .targets
+                .iter()
+                .map(|(k, m)| format!("{k}{}", m.spec()))
+                .collect();
+            println!("  targets: {}", t.join(", "));
+        }
+        if !pb.group_by.is_empty() {
+            println!(
+                "  group by: {} (cooldown {})",
+                pb.group_by.join(","),
+                humantime::format_duration(pb.cooldown)
+            );
+        }
+    }
+    for p in &problems {
+        eprintln!("rejected: {p}");
+    }
+    if problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    }
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> anyhow::Result<T> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the {what} file {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: not a valid {what}", path.display()))
+}
+
+fn playbook_test(
+    path: &Path,
+    anomaly: Option<&Path>,
+    world: Option<&Path>,
+    results: Option<&Path>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let Some(anomaly) = anomaly else {
+        eprintln!("playbook test {}: --anomaly FILE is required for a playbook (or give a directory of *.test.json cases)", path.display());
+        return Ok(ExitCode::from(2));
+    };
+    let limits = Limits::default();
+    let pb = match Playbook::load(path, &limits) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let anomaly: Anomaly = read_json(anomaly, "anomaly")?;
+    let world: Arc<dyn World> = Arc::new(match world {
+        Some(w) => read_json::<RecordedWorld>(w, "world")?,
+        None => RecordedWorld::default(),
+    });
+    if !pb.matches(&anomaly) {
+        eprintln!(
+            "note: no trigger of {} matches this anomaly; planning anyway",
+            pb.name
+        );
+    }
+    let now = testing::event_time(&anomaly);
+    let mut plans = vec![pb.plan(&anomaly, &limits, world.clone(), now)?];
+    if let Some(r) = results {
+        let results: serde_json::Value = read_json(r, "results")?;
+        if let Some(follow) = pb.on_result(&anomaly, &results, &limits, world, now)? {
+            plans.push(follow);
+        } else {
+            eprintln!("on_result: nothing to do");
+        }
+    }
+    for plan in plans {
+        if json {
+            println!("{}", serde_json::to_string_pretty(&plan)?);
+        } else {
+            println!("{}", plan.render());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn playbook_test_dir(dir: &Path) -> anyhow::Result<ExitCode> {
+    let files =
+        testing::case_files(dir).with_context(|| format!("cannot list {}", dir.display()))?;
+    if files.is_empty() {
+        eprintln!("{}: no *.test.json cases", dir.display());
+        return Ok(ExitCode::from(2));
+    }
+    println!(
+        "running {} playbook test{} from {}",
+        files.len(),
+        if files.len() == 1 { "" } else { "s" },
+        dir.display()
+    );
+    let (mut passed, mut failed) = (0, 0);
+    for f in &files {
+        let name = f
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("?")
+            .trim_end_matches(".test.json");
+        match testing::run_case(f, &Limits::default()) {
+            Ok(()) => {
+                passed += 1;
+                println!("PASS {name}");
+            }
+            Err(e) => {
+                failed += 1;
+                println!("FAIL {name}: {e}");
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

@@ -1,5 +1,7 @@
-//! The HTTP server: `/metrics` (Prometheus text format), `/healthz` (liveness) and
-//! `/readyz` (readiness). It reads a [`Telemetry`] snapshot the agent publishes each tick.
+//! The HTTP server: `/metrics` (Prometheus text format), `/healthz` (liveness),
+//! `/readyz` (readiness), and `POST /api/v1/alertmanager` (Alertmanager's webhook,
+//! whose firing alerts may trigger playbooks). It reads a [`Telemetry`] snapshot the
+//! agent publishes each tick, and hands alerts to the agent; it never acts itself.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -7,12 +9,16 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 
+use tokio::sync::mpsc;
+
+use crate::anomaly::{AlertmanagerAlert, AlertmanagerWebhook};
 use crate::labels::{escape_label_value, Labels};
 
 /// One series' exported state.
@@ -64,6 +70,8 @@ pub struct Telemetry {
     pub playbook_runs: BTreeMap<(String, String), u64>,
     /// Audit records written.
     pub audit_records: u64,
+    /// Webhook requests by result (`accepted`, `malformed`, `busy`).
+    pub webhook_requests: BTreeMap<String, u64>,
     /// Set once history is fitted and the first tick has run.
     pub ready: bool,
     /// When the loop last made progress (for liveness).
@@ -117,6 +125,18 @@ pub fn render(t: &Telemetry) -> String {
     );
     let _ = writeln!(out, "homeostat_audit_records_total {}", t.audit_records);
 
+    family(
+        &mut out,
+        "homeostat_webhook_requests_total",
+        "counter",
+        "Alertmanager webhook requests by result.",
+    );
+    for (r, n) in &t.webhook_requests {
+        let _ = writeln!(
+            out,
+            "homeostat_webhook_requests_total{{result=\"{r}\"}} {n}"
+        );
+    }
     family(
         &mut out,
         "homeostat_signal_up",
@@ -271,17 +291,67 @@ fn format_value(v: f64) -> String {
     }
 }
 
-/// The routes, over shared telemetry.
-pub fn router(telemetry: SharedTelemetry) -> Router {
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    /// The agent's published state.
+    pub telemetry: SharedTelemetry,
+    /// Where firing alerts go (the agent's loop).
+    pub alerts: mpsc::Sender<Vec<AlertmanagerAlert>>,
+}
+
+/// The routes.
+pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(telemetry)
+        .route("/api/v1/alertmanager", post(alertmanager))
+        .with_state(state)
 }
 
-async fn metrics(State(t): State<SharedTelemetry>) -> impl IntoResponse {
-    let body = render(&t.lock().unwrap_or_else(|p| p.into_inner()));
+/// Accepts Alertmanager's webhook JSON; a malformed body is logged and answered 400.
+async fn alertmanager(State(s): State<AppState>, body: Bytes) -> impl IntoResponse {
+    let count = |r: &str| {
+        *s.telemetry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .webhook_requests
+            .entry(r.to_string())
+            .or_default() += 1
+    };
+    let hook: AlertmanagerWebhook = match serde_json::from_slice(&body) {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!(error = %e, "malformed Alertmanager webhook body; skipped");
+            count("malformed");
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("malformed Alertmanager webhook: {e}\n"),
+            );
+        }
+    };
+    if hook.version != "4" {
+        tracing::warn!(version = %hook.version, "unexpected Alertmanager webhook version; reading it as version 4");
+    }
+    match s.alerts.try_send(hook.alerts) {
+        Ok(()) => {
+            count("accepted");
+            (StatusCode::ACCEPTED, "accepted\n".to_string())
+        }
+        Err(_) => {
+            // Alertmanager retries; better than blocking its sender on a busy agent.
+            count("busy");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy, retry later\n".to_string(),
+            )
+        }
+    }
+}
+
+async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
+    let body = render(&s.telemetry.lock().unwrap_or_else(|p| p.into_inner()));
     (
         [(
             header::CONTENT_TYPE,
@@ -291,8 +361,8 @@ async fn metrics(State(t): State<SharedTelemetry>) -> impl IntoResponse {
     )
 }
 
-async fn healthz(State(t): State<SharedTelemetry>) -> impl IntoResponse {
-    let t = t.lock().unwrap_or_else(|p| p.into_inner());
+async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
+    let t = s.telemetry.lock().unwrap_or_else(|p| p.into_inner());
     match t.heartbeat {
         Some(h) if h.elapsed() > t.liveness_window => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -302,8 +372,8 @@ async fn healthz(State(t): State<SharedTelemetry>) -> impl IntoResponse {
     }
 }
 
-async fn readyz(State(t): State<SharedTelemetry>) -> impl IntoResponse {
-    if t.lock().unwrap_or_else(|p| p.into_inner()).ready {
+async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
+    if s.telemetry.lock().unwrap_or_else(|p| p.into_inner()).ready {
         (StatusCode::OK, "ready\n")
     } else {
         (
@@ -316,10 +386,10 @@ async fn readyz(State(t): State<SharedTelemetry>) -> impl IntoResponse {
 /// Serves until `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    telemetry: SharedTelemetry,
+    state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(telemetry))
+    axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await
 }

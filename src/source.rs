@@ -118,7 +118,11 @@ impl PromSource {
     }
 
     /// Evaluates an instant query at unix time `at` (now when `None`).
-    pub async fn instant_at(&self, query: &str, at: Option<f64>) -> Result<Vec<Point>, SourceError> {
+    pub async fn instant_at(
+        &self,
+        query: &str,
+        at: Option<f64>,
+    ) -> Result<Vec<Point>, SourceError> {
         let mut q = self.client.query(query);
         if let Some(t) = at {
             q = q.at(t as i64);

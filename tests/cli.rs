@@ -21,7 +21,7 @@ fn text(o: &Output) -> (String, String) {
 }
 
 const PLAYBOOK: &str = r#"
-const PLAYBOOK = #{ name: "restart", trigger: #{ signal: "errors", min_score: 6.0 } };
+const PLAYBOOK = #{ name: "restart", trigger: #{ signal: "errors", min_score: 6.0 }, allowed: #{ kinds: ["k8s.rollout_restart"] } };
 fn plan(anomaly) { [#{ kind: "k8s.rollout_restart", target: #{ namespace: "shop", deployment: "cart" } }] }
 "#;
 
@@ -51,7 +51,7 @@ fn check_accepts_a_good_config_with_its_playbook() {
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(
-        stdout.contains("ok: 1 signal (errors), 1 playbook (restart -> errors)"),
+        stdout.contains("ok: 1 signal (errors), 1 playbook (restart (1 trigger))"),
         "{stdout}"
     );
 }
@@ -131,7 +131,7 @@ fn check_rejects_a_broken_playbook_naming_it() {
     );
     assert!(
         stderr.contains("playbooks[2]: ")
-            && stderr.contains("trigger.signal \"nope\" is not a configured signal"),
+            && stderr.contains("trigger signal \"nope\" is not a configured signal"),
         "{stderr}"
     );
     assert!(

@@ -42,6 +42,7 @@ const PLAYBOOK = #{
     name: "restart-slow-pod",
     mode: "dry-run",
     trigger: #{ signal: "latency", labels: #{ pod: "=~.+" }, min_score: 6.0, min_duration: "0s" },
+    allowed: #{ kinds: ["k8s.rollout_restart"], targets: #{ namespace: "test" } },
 };
 fn plan(anomaly) {
     [#{ kind: "k8s.rollout_restart", target: #{ namespace: "test", deployment: anomaly.labels.pod } }]

@@ -61,33 +61,46 @@ fn check_kind(kind: &str) -> Result<(), String> {
     if K8S_KINDS.contains(&kind) {
         Ok(())
     } else {
-        Err(format!("unknown Kubernetes kind {kind:?} (known: {})", K8S_KINDS.join(", ")))
+        Err(format!(
+            "unknown Kubernetes kind {kind:?} (known: {})",
+            K8S_KINDS.join(", ")
+        ))
     }
 }
 
 /// Whether an object's labels satisfy a selector like `app=cart,tier!=db,canary`.
 pub fn selector_matches(selector: &str, obj: &Value) -> bool {
     let labels = &obj["metadata"]["labels"];
-    selector.split(',').map(str::trim).filter(|s| !s.is_empty()).all(|term| {
-        if let Some((k, v)) = term.split_once("!=") {
-            labels[k.trim()].as_str() != Some(v.trim())
-        } else if let Some((k, v)) = term.split_once('=') {
-            labels[k.trim().trim_end_matches('=')].as_str() == Some(v.trim())
-        } else {
-            !labels[term].is_null()
-        }
-    })
+    selector
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .all(|term| {
+            if let Some((k, v)) = term.split_once("!=") {
+                labels[k.trim()].as_str() != Some(v.trim())
+            } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
+                labels[k.trim()].as_str() == Some(v.trim())
+            } else {
+                !labels[term].is_null()
+            }
+        })
 }
 
 impl RecordedWorld {
     fn k8s(&self, kind: &str) -> Result<&[Value], String> {
         check_kind(kind)?;
-        let k = self.kubernetes.as_ref().ok_or("the world file has no \"kubernetes\" answers")?;
+        let k = self
+            .kubernetes
+            .as_ref()
+            .ok_or("the world file has no \"kubernetes\" answers")?;
         Ok(k.get(kind).map(Vec::as_slice).unwrap_or(&[]))
     }
 
     fn os(&self, what: &str) -> Result<&[Value], String> {
-        let o = self.openstack.as_ref().ok_or("the world file has no \"openstack\" answers")?;
+        let o = self
+            .openstack
+            .as_ref()
+            .ok_or("the world file has no \"openstack\" answers")?;
         Ok(o.get(what).map(Vec::as_slice).unwrap_or(&[]))
     }
 }
@@ -104,7 +117,10 @@ impl World for RecordedWorld {
         Ok(self
             .k8s(kind)?
             .iter()
-            .find(|o| o["metadata"]["name"] == name && (namespace.is_empty() || o["metadata"]["namespace"] == namespace))
+            .find(|o| {
+                o["metadata"]["name"] == name
+                    && (namespace.is_empty() || o["metadata"]["namespace"] == namespace)
+            })
             .cloned())
     }
 
@@ -119,7 +135,11 @@ impl World for RecordedWorld {
     }
 
     fn os_server(&self, id_or_name: &str) -> Result<Option<Value>, String> {
-        Ok(self.os("servers")?.iter().find(|s| s["id"] == id_or_name || s["name"] == id_or_name).cloned())
+        Ok(self
+            .os("servers")?
+            .iter()
+            .find(|s| s["id"] == id_or_name || s["name"] == id_or_name)
+            .cloned())
     }
 
     fn os_compute_services(&self, host: &str) -> Result<Vec<Value>, String> {
@@ -143,7 +163,11 @@ pub struct LiveWorld {
 impl LiveWorld {
     /// Lookups run on `handle` (scripts run on the blocking pool) with a per-call timeout.
     pub fn new(source: PromSource, handle: tokio::runtime::Handle, timeout: Duration) -> Self {
-        LiveWorld { source, handle, timeout }
+        LiveWorld {
+            source,
+            handle,
+            timeout,
+        }
     }
 }
 
@@ -196,7 +220,9 @@ pub fn register(engine: &mut Engine, world: Arc<dyn World>, now: f64) {
     let mut prom = Module::new();
     let w = world.clone();
     prom.set_native_fn("query", move |q: ImmutableString| -> HostResult<Array> {
-        let rows = w.prom_query(&q, now).map_err(|e| format!("prom::query: {e}"))?;
+        let rows = w
+            .prom_query(&q, now)
+            .map_err(|e| format!("prom::query: {e}"))?;
         rows.into_iter()
             .map(|(labels, value)| {
                 let mut m = rhai::Map::new();
@@ -209,52 +235,101 @@ pub fn register(engine: &mut Engine, world: Arc<dyn World>, now: f64) {
     let w = world.clone();
     prom.set_native_fn("value", move |q: ImmutableString| -> HostResult<Dynamic> {
         // The first series' value, or () when the query returns nothing.
-        let rows = w.prom_query(&q, now).map_err(|e| format!("prom::value: {e}"))?;
+        let rows = w
+            .prom_query(&q, now)
+            .map_err(|e| format!("prom::value: {e}"))?;
         Ok(rows.first().map_or(Dynamic::UNIT, |(_, v)| (*v).into()))
     });
     engine.register_static_module("prom", prom.into());
 
     let mut k8s = Module::new();
     let w = world.clone();
-    k8s.set_native_fn("get", move |kind: ImmutableString, ns: ImmutableString, name: ImmutableString| -> HostResult<Dynamic> {
-        opt_to_dyn(w.k8s_get(&kind, &ns, &name).map_err(|e| format!("k8s::get: {e}"))?)
-    });
+    k8s.set_native_fn(
+        "get",
+        move |kind: ImmutableString,
+              ns: ImmutableString,
+              name: ImmutableString|
+              -> HostResult<Dynamic> {
+            opt_to_dyn(
+                w.k8s_get(&kind, &ns, &name)
+                    .map_err(|e| format!("k8s::get: {e}"))?,
+            )
+        },
+    );
     let w = world.clone();
-    k8s.set_native_fn("list", move |kind: ImmutableString, ns: ImmutableString, sel: ImmutableString| -> HostResult<Array> {
-        list_to_dyn(w.k8s_list(&kind, &ns, &sel).map_err(|e| format!("k8s::list: {e}"))?)
-    });
+    k8s.set_native_fn(
+        "list",
+        move |kind: ImmutableString,
+              ns: ImmutableString,
+              sel: ImmutableString|
+              -> HostResult<Array> {
+            list_to_dyn(
+                w.k8s_list(&kind, &ns, &sel)
+                    .map_err(|e| format!("k8s::list: {e}"))?,
+            )
+        },
+    );
     let w = world.clone();
-    k8s.set_native_fn("list", move |kind: ImmutableString, ns: ImmutableString| -> HostResult<Array> {
-        list_to_dyn(w.k8s_list(&kind, &ns, "").map_err(|e| format!("k8s::list: {e}"))?)
-    });
+    k8s.set_native_fn(
+        "list",
+        move |kind: ImmutableString, ns: ImmutableString| -> HostResult<Array> {
+            list_to_dyn(
+                w.k8s_list(&kind, &ns, "")
+                    .map_err(|e| format!("k8s::list: {e}"))?,
+            )
+        },
+    );
     engine.register_static_module("k8s", k8s.into());
 
     let mut os = Module::new();
     let w = world.clone();
-    os.set_native_fn("server", move |id: ImmutableString| -> HostResult<Dynamic> {
-        opt_to_dyn(w.os_server(&id).map_err(|e| format!("openstack::server: {e}"))?)
-    });
+    os.set_native_fn(
+        "server",
+        move |id: ImmutableString| -> HostResult<Dynamic> {
+            opt_to_dyn(
+                w.os_server(&id)
+                    .map_err(|e| format!("openstack::server: {e}"))?,
+            )
+        },
+    );
     let w = world.clone();
-    os.set_native_fn("compute_services", move |host: ImmutableString| -> HostResult<Array> {
-        list_to_dyn(w.os_compute_services(&host).map_err(|e| format!("openstack::compute_services: {e}"))?)
-    });
+    os.set_native_fn(
+        "compute_services",
+        move |host: ImmutableString| -> HostResult<Array> {
+            list_to_dyn(
+                w.os_compute_services(&host)
+                    .map_err(|e| format!("openstack::compute_services: {e}"))?,
+            )
+        },
+    );
     let w = world;
     os.set_native_fn("compute_services", move || -> HostResult<Array> {
-        list_to_dyn(w.os_compute_services("").map_err(|e| format!("openstack::compute_services: {e}"))?)
+        list_to_dyn(
+            w.os_compute_services("")
+                .map_err(|e| format!("openstack::compute_services: {e}"))?,
+        )
     });
     engine.register_static_module("openstack", os.into());
 
     engine.register_fn("now", move || now);
     engine.register_fn("parse_duration", |s: ImmutableString| -> HostResult<f64> {
-        humantime::parse_duration(&s).map(|d| d.as_secs_f64()).map_err(|e| format!("parse_duration({s:?}): {e}").into())
+        humantime::parse_duration(&s)
+            .map(|d| d.as_secs_f64())
+            .map_err(|e| format!("parse_duration({s:?}): {e}").into())
     });
     engine.register_fn("format_time", |unix: f64| -> String {
         let t = std::time::UNIX_EPOCH + Duration::from_secs_f64(unix.max(0.0));
         humantime::format_rfc3339_seconds(t).to_string()
     });
-    engine.register_fn("label", |labels: rhai::Map, name: ImmutableString| -> String {
-        labels.get(name.as_str()).and_then(|v| v.clone().into_string().ok()).unwrap_or_default()
-    });
+    engine.register_fn(
+        "label",
+        |labels: rhai::Map, name: ImmutableString| -> String {
+            labels
+                .get(name.as_str())
+                .and_then(|v| v.clone().into_string().ok())
+                .unwrap_or_default()
+        },
+    );
 }
 
 #[cfg(test)]
@@ -281,22 +356,59 @@ mod tests {
 
     #[test]
     fn scripts_read_recorded_answers() {
-        assert_eq!(eval("prom::value(\"up\")").unwrap().as_float().unwrap(), 1.0);
-        assert_eq!(eval("prom::query(\"up\")[0].labels.job").unwrap().into_string().unwrap(), "a");
-        assert_eq!(eval("k8s::list(\"nodes\", \"\", \"role=worker\").len()").unwrap().as_int().unwrap(), 1);
-        assert_eq!(eval("k8s::get(\"nodes\", \"\", \"n2\").metadata.name").unwrap().into_string().unwrap(), "n2");
+        assert_eq!(
+            eval("prom::value(\"up\")").unwrap().as_float().unwrap(),
+            1.0
+        );
+        assert_eq!(
+            eval("prom::query(\"up\")[0].labels.job")
+                .unwrap()
+                .into_string()
+                .unwrap(),
+            "a"
+        );
+        assert_eq!(
+            eval("k8s::list(\"nodes\", \"\", \"role=worker\").len()")
+                .unwrap()
+                .as_int()
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            eval("k8s::get(\"nodes\", \"\", \"n2\").metadata.name")
+                .unwrap()
+                .into_string()
+                .unwrap(),
+            "n2"
+        );
         assert!(eval("k8s::get(\"nodes\", \"\", \"n9\")").unwrap().is_unit());
         assert_eq!(eval("now()").unwrap().as_float().unwrap(), 1000.0);
-        assert_eq!(eval("parse_duration(\"5m\")").unwrap().as_float().unwrap(), 300.0);
-        assert_eq!(eval("label(#{a: \"x\"}, \"b\")").unwrap().into_string().unwrap(), "");
+        assert_eq!(
+            eval("parse_duration(\"5m\")").unwrap().as_float().unwrap(),
+            300.0
+        );
+        assert_eq!(
+            eval("label(#{a: \"x\"}, \"b\")")
+                .unwrap()
+                .into_string()
+                .unwrap(),
+            ""
+        );
     }
 
     #[test]
     fn missing_answers_are_errors_not_guesses() {
         let e = eval("prom::query(\"rate(x[5m])\")").unwrap_err();
-        assert!(e.contains("no recorded answer for the query `rate(x[5m])`"), "{e}");
-        assert!(eval("openstack::server(\"vm1\")").unwrap_err().contains("no \"openstack\" answers"));
-        assert!(eval("k8s::list(\"secrets\", \"\")").unwrap_err().contains("unknown Kubernetes kind"));
+        assert!(
+            e.contains("no recorded answer for the query `rate(x[5m])`"),
+            "{e}"
+        );
+        assert!(eval("openstack::server(\"vm1\")")
+            .unwrap_err()
+            .contains("no \"openstack\" answers"));
+        assert!(eval("k8s::list(\"secrets\", \"\")")
+            .unwrap_err()
+            .contains("unknown Kubernetes kind"));
     }
 
     #[test]

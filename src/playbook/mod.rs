@@ -29,9 +29,12 @@
 pub mod host;
 mod plan;
 mod sandbox;
+pub mod testing;
 
 pub use host::{LiveWorld, RecordedWorld, World};
-pub use plan::{action_kind, parse_actions, Action, ActionKind, OnFailure, Plan, Scope, Verify, ACTION_KINDS};
+pub use plan::{
+    action_kind, parse_actions, Action, ActionKind, OnFailure, Plan, Scope, Verify, ACTION_KINDS,
+};
 pub use sandbox::Limits;
 
 use std::path::{Path, PathBuf};
@@ -73,7 +76,13 @@ impl Trigger {
     /// Whether the event satisfies every condition.
     pub fn matches(&self, a: &Anomaly) -> bool {
         match self {
-            Trigger::Anomaly { signal, labels, min_score, min_duration, direction } => {
+            Trigger::Anomaly {
+                signal,
+                labels,
+                min_score,
+                min_duration,
+                direction,
+            } => {
                 a.source == "homeostat"
                     && a.signal == *signal
                     && all_match(labels, &a.labels)
@@ -82,7 +91,9 @@ impl Trigger {
                     && direction.as_ref().is_none_or(|d| *d == a.direction)
             }
             Trigger::Alert { alertname, labels } => {
-                a.source == "alertmanager" && alertname.matches(a.labels.get("alertname").unwrap_or("")) && all_match(labels, &a.labels)
+                a.source == "alertmanager"
+                    && alertname.matches(a.labels.get("alertname").unwrap_or(""))
+                    && all_match(labels, &a.labels)
             }
         }
     }
@@ -97,15 +108,30 @@ impl Trigger {
 
     /// A one-line description for listings.
     pub fn describe(&self) -> String {
-        let matchers = |l: &[(String, Matcher)]| l.iter().map(|(k, m)| format!("{k}{}", m.spec())).collect::<Vec<_>>().join(",");
+        let matchers = |l: &[(String, Matcher)]| {
+            l.iter()
+                .map(|(k, m)| format!("{k}{}", m.spec()))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
         match self {
-            Trigger::Anomaly { signal, labels, min_score, min_duration, direction } => format!(
+            Trigger::Anomaly {
+                signal,
+                labels,
+                min_score,
+                min_duration,
+                direction,
+            } => format!(
                 "anomaly {signal}{{{}}} score>={min_score} for>={} direction={}",
                 matchers(labels),
                 humantime::format_duration(*min_duration),
                 direction.as_deref().unwrap_or("both")
             ),
-            Trigger::Alert { alertname, labels } => format!("alert alertname{} {{{}}}", alertname.spec(), matchers(labels)),
+            Trigger::Alert { alertname, labels } => format!(
+                "alert alertname{} {{{}}}",
+                alertname.spec(),
+                matchers(labels)
+            ),
         }
     }
 }
@@ -202,22 +228,44 @@ pub const DEFAULT_COOLDOWN: Duration = Duration::from_secs(15 * 60);
 impl Playbook {
     /// Reads, compiles and validates a playbook file.
     pub fn load(path: &Path, limits: &Limits) -> Result<Playbook, PlaybookError> {
-        let text = std::fs::read_to_string(path).map_err(|source| PlaybookError::Read { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| PlaybookError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Playbook::from_source(&text, path, limits)
     }
 
     /// Compiles and validates playbook source; `path` is used in messages.
-    pub fn from_source(text: &str, path: &Path, limits: &Limits) -> Result<Playbook, PlaybookError> {
-        let invalid = |problems: Vec<String>| PlaybookError::Invalid { path: path.to_path_buf(), problems };
+    pub fn from_source(
+        text: &str,
+        path: &Path,
+        limits: &Limits,
+    ) -> Result<Playbook, PlaybookError> {
+        let invalid = |problems: Vec<String>| PlaybookError::Invalid {
+            path: path.to_path_buf(),
+            problems,
+        };
         // Loading runs the top level only; the host API is there so that a script that
         // calls it at the top level gets a clear error rather than "function not found".
-        let engine = sandbox::engine(limits, path.display().to_string(), Arc::new(RecordedWorld::default()), 0.0);
-        let ast = engine.compile(text).map_err(|e| invalid(vec![format!("syntax: {e}")]))?;
+        let engine = sandbox::engine(
+            limits,
+            path.display().to_string(),
+            Arc::new(RecordedWorld::default()),
+            0.0,
+        );
+        let ast = engine
+            .compile(text)
+            .map_err(|e| invalid(vec![format!("syntax: {e}")]))?;
         let mut problems = Vec::new();
-        if !ast.iter_functions().any(|f| f.name == "plan" && f.params.len() == 1) {
+        if !ast
+            .iter_functions()
+            .any(|f| f.name == "plan" && f.params.len() == 1)
+        {
             problems.push("missing `fn plan(anomaly)`".to_string());
         }
-        let has_on_result = ast.iter_functions().any(|f| f.name == "on_result" && f.params.len() == 2);
+        let has_on_result = ast
+            .iter_functions()
+            .any(|f| f.name == "on_result" && f.params.len() == 2);
         // Running the top level defines the constants; the sandbox bounds it like any run.
         let mut scope = RhaiScope::new();
         if let Err(e) = engine.run_ast_with_scope(&mut scope, &ast) {
@@ -228,7 +276,8 @@ impl Playbook {
             problems.push("missing `const PLAYBOOK = #{ name: ..., triggers: [...], allowed: #{ kinds: [...] } };`".to_string());
             return Err(invalid(problems));
         };
-        let meta = rhai::serde::from_dynamic::<Value>(&Dynamic::from_map(meta)).map_err(|e| invalid(vec![format!("PLAYBOOK: {e}")]))?;
+        let meta = rhai::serde::from_dynamic::<Value>(&Dynamic::from_map(meta))
+            .map_err(|e| invalid(vec![format!("PLAYBOOK: {e}")]))?;
         let meta = parse_meta(&meta, &mut problems);
         match meta {
             Some(m) if problems.is_empty() => Ok(Playbook {
@@ -259,13 +308,23 @@ impl Playbook {
         if self.group_by.is_empty() {
             return a.id.clone();
         }
-        let parts: Vec<String> = self.group_by.iter().map(|l| format!("{l}={}", a.labels.get(l).unwrap_or(""))).collect();
+        let parts: Vec<String> = self
+            .group_by
+            .iter()
+            .map(|l| format!("{l}={}", a.labels.get(l).unwrap_or("")))
+            .collect();
         parts.join(",")
     }
 
     /// Runs `plan(anomaly)` in the sandbox at time `now` and validates the result.
     /// Blocking: call it from `spawn_blocking`.
-    pub fn plan(&self, anomaly: &Anomaly, limits: &Limits, world: Arc<dyn World>, now: f64) -> Result<Plan, PlaybookError> {
+    pub fn plan(
+        &self,
+        anomaly: &Anomaly,
+        limits: &Limits,
+        world: Arc<dyn World>,
+        now: f64,
+    ) -> Result<Plan, PlaybookError> {
         let arg = self.to_arg(anomaly)?;
         let out = self.call("plan", (arg,), limits, world, now)?;
         self.to_plan(anomaly, &out)
@@ -273,35 +332,65 @@ impl Playbook {
 
     /// Runs `on_result(anomaly, results)` after a plan ran; `Ok(None)` when the playbook
     /// has no `on_result` or it returns nothing to do.
-    pub fn on_result(&self, anomaly: &Anomaly, results: &Value, limits: &Limits, world: Arc<dyn World>, now: f64) -> Result<Option<Plan>, PlaybookError> {
+    pub fn on_result(
+        &self,
+        anomaly: &Anomaly,
+        results: &Value,
+        limits: &Limits,
+        world: Arc<dyn World>,
+        now: f64,
+    ) -> Result<Option<Plan>, PlaybookError> {
         if !self.has_on_result {
             return Ok(None);
         }
         let arg = self.to_arg(anomaly)?;
-        let results = rhai::serde::to_dynamic(results).map_err(|e| self.script_err(format!("cannot pass the results: {e}")))?;
+        let results = rhai::serde::to_dynamic(results)
+            .map_err(|e| self.script_err(format!("cannot pass the results: {e}")))?;
         let out = self.call("on_result", (arg, results), limits, world, now)?;
         let plan = self.to_plan(anomaly, &out)?;
         Ok((!plan.actions.is_empty()).then_some(plan))
     }
 
     fn script_err(&self, message: String) -> PlaybookError {
-        PlaybookError::Script { playbook: self.name.clone(), message }
+        PlaybookError::Script {
+            playbook: self.name.clone(),
+            message,
+        }
     }
 
     fn to_arg(&self, anomaly: &Anomaly) -> Result<Dynamic, PlaybookError> {
-        rhai::serde::to_dynamic(anomaly).map_err(|e| self.script_err(format!("cannot pass the anomaly: {e}")))
+        rhai::serde::to_dynamic(anomaly)
+            .map_err(|e| self.script_err(format!("cannot pass the anomaly: {e}")))
     }
 
-    fn call(&self, f: &str, args: impl rhai::FuncArgs, limits: &Limits, world: Arc<dyn World>, now: f64) -> Result<Dynamic, PlaybookError> {
+    fn call(
+        &self,
+        f: &str,
+        args: impl rhai::FuncArgs,
+        limits: &Limits,
+        world: Arc<dyn World>,
+        now: f64,
+    ) -> Result<Dynamic, PlaybookError> {
         let engine = sandbox::engine(limits, self.name.clone(), world, now);
         let mut scope = RhaiScope::new();
-        engine.call_fn(&mut scope, &self.ast, f, args).map_err(|e| self.script_err(format!("{f}: {}", sandbox::describe(&e))))
+        engine
+            .call_fn(&mut scope, &self.ast, f, args)
+            .map_err(|e| self.script_err(format!("{f}: {}", sandbox::describe(&e))))
     }
 
     fn to_plan(&self, anomaly: &Anomaly, out: &Dynamic) -> Result<Plan, PlaybookError> {
-        let value = rhai::serde::from_dynamic::<Value>(out).map_err(|e| self.script_err(format!("returned a value that is not data: {e}")))?;
-        let actions = parse_actions(&value, &self.scope).map_err(|problems| PlaybookError::InvalidPlan { playbook: self.name.clone(), problems })?;
-        Ok(Plan { playbook: self.name.clone(), anomaly_id: anomaly.id.clone(), actions })
+        let value = rhai::serde::from_dynamic::<Value>(out)
+            .map_err(|e| self.script_err(format!("returned a value that is not data: {e}")))?;
+        let actions =
+            parse_actions(&value, &self.scope).map_err(|problems| PlaybookError::InvalidPlan {
+                playbook: self.name.clone(),
+                problems,
+            })?;
+        Ok(Plan {
+            playbook: self.name.clone(),
+            anomaly_id: anomaly.id.clone(),
+            actions,
+        })
     }
 }
 
@@ -315,7 +404,16 @@ struct Meta {
     cooldown: Duration,
 }
 
-const META_KEYS: &[&str] = &["name", "description", "mode", "trigger", "triggers", "allowed", "group_by", "cooldown"];
+const META_KEYS: &[&str] = &[
+    "name",
+    "description",
+    "mode",
+    "trigger",
+    "triggers",
+    "allowed",
+    "group_by",
+    "cooldown",
+];
 
 fn parse_meta(meta: &Value, problems: &mut Vec<String>) -> Option<Meta> {
     let Value::Object(m) = meta else {
@@ -324,7 +422,10 @@ fn parse_meta(meta: &Value, problems: &mut Vec<String>) -> Option<Meta> {
     };
     for k in m.keys() {
         if !META_KEYS.contains(&k.as_str()) {
-            problems.push(format!("PLAYBOOK.{k}: unknown field (expected one of: {})", META_KEYS.join(", ")));
+            problems.push(format!(
+                "PLAYBOOK.{k}: unknown field (expected one of: {})",
+                META_KEYS.join(", ")
+            ));
         }
     }
     let name = match m.get("name") {
@@ -348,7 +449,10 @@ fn parse_meta(meta: &Value, problems: &mut Vec<String>) -> Option<Meta> {
         Some("auto") => Mode::Auto,
         Some("approval") => Mode::Approval,
         _ => {
-            problems.push(format!("PLAYBOOK.mode: {} is not one of \"auto\", \"approval\", \"dry-run\"", m["mode"]));
+            problems.push(format!(
+                "PLAYBOOK.mode: {} is not one of \"auto\", \"approval\", \"dry-run\"",
+                m["mode"]
+            ));
             Mode::DryRun
         }
     };
@@ -357,10 +461,16 @@ fn parse_meta(meta: &Value, problems: &mut Vec<String>) -> Option<Meta> {
         (Some(t), None) => triggers.extend(parse_trigger("PLAYBOOK.trigger", t, problems)),
         (None, Some(Value::Array(ts))) if !ts.is_empty() => {
             for (i, t) in ts.iter().enumerate() {
-                triggers.extend(parse_trigger(&format!("PLAYBOOK.triggers[{i}]"), t, problems));
+                triggers.extend(parse_trigger(
+                    &format!("PLAYBOOK.triggers[{i}]"),
+                    t,
+                    problems,
+                ));
             }
         }
-        (Some(_), Some(_)) => problems.push("PLAYBOOK: use `trigger` or `triggers`, not both".into()),
+        (Some(_), Some(_)) => {
+            problems.push("PLAYBOOK: use `trigger` or `triggers`, not both".into())
+        }
         _ => problems.push("PLAYBOOK.triggers: required, a non-empty array of trigger maps".into()),
     }
     let scope = match m.get("allowed") {
@@ -372,8 +482,15 @@ fn parse_meta(meta: &Value, problems: &mut Vec<String>) -> Option<Meta> {
     };
     let group_by = match m.get("group_by") {
         None => Vec::new(),
-        Some(Value::String(s)) => s.split(',').map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect(),
-        Some(Value::Array(a)) if a.iter().all(Value::is_string) => a.iter().filter_map(|v| v.as_str().map(String::from)).collect(),
+        Some(Value::String(s)) => s
+            .split(',')
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect(),
+        Some(Value::Array(a)) if a.iter().all(Value::is_string) => a
+            .iter()
+            .filter_map(|v| v.as_str().map(String::from))
+            .collect(),
         Some(_) => {
             problems.push("PLAYBOOK.group_by: must be an array of label names (or \"a,b\")".into());
             Vec::new()
@@ -383,7 +500,15 @@ fn parse_meta(meta: &Value, problems: &mut Vec<String>) -> Option<Meta> {
         None => DEFAULT_COOLDOWN,
         Some(v) => duration(v, "PLAYBOOK.cooldown", problems).unwrap_or(DEFAULT_COOLDOWN),
     };
-    Some(Meta { name, description, triggers, mode, scope, group_by, cooldown })
+    Some(Meta {
+        name,
+        description,
+        triggers,
+        mode,
+        scope,
+        group_by,
+        cooldown,
+    })
 }
 
 fn duration(v: &Value, path: &str, problems: &mut Vec<String>) -> Option<Duration> {
@@ -396,7 +521,9 @@ fn duration(v: &Value, path: &str, problems: &mut Vec<String>) -> Option<Duratio
             }
         },
         other => {
-            problems.push(format!("{path}: expected a duration string like \"30s\", got {other}"));
+            problems.push(format!(
+                "{path}: expected a duration string like \"30s\", got {other}"
+            ));
             None
         }
     }
@@ -424,13 +551,17 @@ fn matchers(v: Option<&Value>, path: &str, problems: &mut Vec<String>) -> Vec<(S
 
 fn parse_trigger(path: &str, t: &Value, problems: &mut Vec<String>) -> Option<Trigger> {
     let Value::Object(t) = t else {
-        problems.push(format!("{path}: must be a map with `signal` (an anomaly) or `alertname` (an alert)"));
+        problems.push(format!(
+            "{path}: must be a map with `signal` (an anomaly) or `alertname` (an alert)"
+        ));
         return None;
     };
     if let Some(alertname) = t.get("alertname") {
         for k in t.keys() {
             if k != "alertname" && k != "labels" {
-                problems.push(format!("{path}.{k}: unknown field for an alert trigger (expected alertname, labels)"));
+                problems.push(format!(
+                    "{path}.{k}: unknown field for an alert trigger (expected alertname, labels)"
+                ));
             }
         }
         let alertname = match alertname.as_str().map(Matcher::parse) {
@@ -464,27 +595,42 @@ fn parse_trigger(path: &str, t: &Value, problems: &mut Vec<String>) -> Option<Tr
         None => 0.0,
         Some(Value::Number(n)) if n.as_f64().is_some_and(|f| f >= 0.0) => n.as_f64().unwrap_or(0.0),
         Some(other) => {
-            problems.push(format!("{path}.min_score: expected a non-negative number, got {other}"));
+            problems.push(format!(
+                "{path}.min_score: expected a non-negative number, got {other}"
+            ));
             0.0
         }
     };
-    let min_duration = t.get("min_duration").and_then(|v| duration(v, &format!("{path}.min_duration"), problems)).unwrap_or(Duration::ZERO);
+    let min_duration = t
+        .get("min_duration")
+        .and_then(|v| duration(v, &format!("{path}.min_duration"), problems))
+        .unwrap_or(Duration::ZERO);
     let direction = match t.get("direction").and_then(Value::as_str) {
         None if t.get("direction").is_none() => None,
         Some("both") => None,
         Some(d @ ("up" | "down")) => Some(d.to_string()),
         _ => {
-            problems.push(format!("{path}.direction: must be \"up\", \"down\" or \"both\""));
+            problems.push(format!(
+                "{path}.direction: must be \"up\", \"down\" or \"both\""
+            ));
             None
         }
     };
-    Some(Trigger::Anomaly { signal, labels, min_score, min_duration, direction })
+    Some(Trigger::Anomaly {
+        signal,
+        labels,
+        min_score,
+        min_duration,
+        direction,
+    })
 }
 
 fn parse_scope(a: &serde_json::Map<String, Value>, problems: &mut Vec<String>) -> Scope {
     for k in a.keys() {
         if k != "kinds" && k != "targets" {
-            problems.push(format!("PLAYBOOK.allowed.{k}: unknown field (expected kinds, targets)"));
+            problems.push(format!(
+                "PLAYBOOK.allowed.{k}: unknown field (expected kinds, targets)"
+            ));
         }
     }
     let mut kinds = Vec::new();
@@ -500,7 +646,8 @@ fn parse_scope(a: &serde_json::Map<String, Value>, problems: &mut Vec<String>) -
                 }
             }
         }
-        _ => problems.push("PLAYBOOK.allowed.kinds: required, a non-empty array of action kinds".into()),
+        _ => problems
+            .push("PLAYBOOK.allowed.kinds: required, a non-empty array of action kinds".into()),
     }
     let targets = matchers(a.get("targets"), "PLAYBOOK.allowed.targets", problems);
     Scope { kinds, targets }
@@ -561,7 +708,12 @@ pub(crate) mod tests {
     }
 
     fn world() -> Arc<dyn World> {
-        Arc::new(serde_json::from_value::<RecordedWorld>(json!({"prometheus": {"errors{deployment=\"cart\"}": [{"value": 0.2}]}})).unwrap())
+        Arc::new(
+            serde_json::from_value::<RecordedWorld>(
+                json!({"prometheus": {"errors{deployment=\"cart\"}": [{"value": 0.2}]}}),
+            )
+            .unwrap(),
+        )
     }
 
     #[test]
@@ -573,15 +725,28 @@ pub(crate) mod tests {
         assert!(!p.matches(&anomaly("search", 9.0, 12.0)), "label regex");
         assert!(!p.matches(&anomaly("cart", 4.0, 12.0)), "min_score");
         assert!(!p.matches(&anomaly("cart", 9.0, 5.0)), "min_duration");
-        let down = Anomaly { direction: "down".into(), ..anomaly("cart", 9.0, 12.0) };
+        let down = Anomaly {
+            direction: "down".into(),
+            ..anomaly("cart", 9.0, 12.0)
+        };
         assert!(!p.matches(&down), "direction");
         let mut alert = anomaly("search", 0.0, 0.0);
         alert.source = "alertmanager".into();
-        alert.labels.0.insert("alertname".into(), "HighErrors".into());
+        alert
+            .labels
+            .0
+            .insert("alertname".into(), "HighErrors".into());
         assert!(p.matches(&alert), "alert trigger");
         assert_eq!(p.group_key(&alert), "namespace=shop,deployment=search");
 
-        let plan = p.plan(&anomaly("cart", 9.0, 12.0), &Limits::default(), world(), 100.0).unwrap();
+        let plan = p
+            .plan(
+                &anomaly("cart", 9.0, 12.0),
+                &Limits::default(),
+                world(),
+                100.0,
+            )
+            .unwrap();
         assert_eq!(plan.actions.len(), 1);
         assert_eq!(plan.actions[0].target["deployment"], "cart");
         assert_eq!(plan.actions[0].params["seen_error_ratio"], json!(0.2));
@@ -589,9 +754,27 @@ pub(crate) mod tests {
         assert_eq!(plan.anomaly_id, "an-test");
 
         let ok = json!([{"step": 1, "kind": "k8s.rollout_restart", "outcome": "dry_run", "verified": true}]);
-        assert!(p.on_result(&anomaly("cart", 9.0, 12.0), &ok, &Limits::default(), world(), 100.0).unwrap().is_none());
+        assert!(p
+            .on_result(
+                &anomaly("cart", 9.0, 12.0),
+                &ok,
+                &Limits::default(),
+                world(),
+                100.0
+            )
+            .unwrap()
+            .is_none());
         let failed = json!([{"step": 1, "kind": "k8s.rollout_restart", "outcome": "dry_run", "verified": false}]);
-        let follow = p.on_result(&anomaly("cart", 9.0, 12.0), &failed, &Limits::default(), world(), 100.0).unwrap().unwrap();
+        let follow = p
+            .on_result(
+                &anomaly("cart", 9.0, 12.0),
+                &failed,
+                &Limits::default(),
+                world(),
+                100.0,
+            )
+            .unwrap()
+            .unwrap();
         assert_eq!(follow.actions[0].kind, "notify.alertmanager");
     }
 
@@ -603,7 +786,9 @@ pub(crate) mod tests {
                 allowed: #{ kinds: ["k8s.nuke"] } };
             fn helper() { 1 }
         "#;
-        let PlaybookError::Invalid { problems, .. } = load(src).unwrap_err() else { panic!() };
+        let PlaybookError::Invalid { problems, .. } = load(src).unwrap_err() else {
+            panic!()
+        };
         let want = [
             "missing `fn plan(anomaly)`",
             "PLAYBOOK.colour: unknown field",
@@ -616,7 +801,10 @@ pub(crate) mod tests {
             "PLAYBOOK.allowed.kinds[0]: \"k8s.nuke\" is not a known action kind",
         ];
         for w in want {
-            assert!(problems.iter().any(|e| e.starts_with(w)), "missing {w:?} in {problems:#?}");
+            assert!(
+                problems.iter().any(|e| e.starts_with(w)),
+                "missing {w:?} in {problems:#?}"
+            );
         }
         assert_eq!(problems.len(), want.len(), "{problems:#?}");
     }
@@ -629,17 +817,33 @@ pub(crate) mod tests {
 
     #[test]
     fn a_plan_outside_the_scope_is_an_error_not_a_partial_plan() {
-        let src = GOOD.replace("namespace: anomaly.labels.namespace, deployment", "namespace: \"kube-system\", deployment");
+        let src = GOOD.replace(
+            "namespace: anomaly.labels.namespace, deployment",
+            "namespace: \"kube-system\", deployment",
+        );
         let p = load(&src).unwrap();
-        let e = p.plan(&anomaly("cart", 9.0, 12.0), &Limits::default(), world(), 0.0).unwrap_err();
-        assert!(e.to_string().contains("outside this playbook's scope"), "{e}");
+        let e = p
+            .plan(
+                &anomaly("cart", 9.0, 12.0),
+                &Limits::default(),
+                world(),
+                0.0,
+            )
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("outside this playbook's scope"),
+            "{e}"
+        );
     }
 
     #[test]
     fn a_failing_lookup_fails_the_run_with_its_message() {
         let p = load(GOOD).unwrap();
         let empty: Arc<dyn World> = Arc::new(RecordedWorld::default());
-        let e = p.plan(&anomaly("cart", 9.0, 12.0), &Limits::default(), empty, 0.0).unwrap_err().to_string();
+        let e = p
+            .plan(&anomaly("cart", 9.0, 12.0), &Limits::default(), empty, 0.0)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no recorded answer for the query"), "{e}");
     }
 }

@@ -311,7 +311,9 @@ pub fn parse_actions(value: &Value, scope: &Scope) -> Result<Vec<Action>, Vec<St
             Some(Value::String(s)) if s == "continue" => OnFailure::Continue,
             Some(Value::String(s)) if s == "escalate" => OnFailure::Escalate,
             Some(other) => {
-                problems.push(format!("{path}.on_failure: {other} is not one of \"stop\", \"continue\", \"escalate\""));
+                problems.push(format!(
+                    "{path}.on_failure: {other} is not one of \"stop\", \"continue\", \"escalate\""
+                ));
                 OnFailure::Stop
             }
         };
@@ -323,7 +325,13 @@ pub fn parse_actions(value: &Value, scope: &Scope) -> Result<Vec<Action>, Vec<St
             }
             problems.extend(check_params(&path, kind.name, &params));
             problems.extend(check_scope(&path, kind.name, &target, scope));
-            actions.push(Action { kind: kind.name.to_string(), target, params, verify, on_failure });
+            actions.push(Action {
+                kind: kind.name.to_string(),
+                target,
+                params,
+                verify,
+                on_failure,
+            });
         }
     }
     if problems.is_empty() {
@@ -335,12 +343,16 @@ pub fn parse_actions(value: &Value, scope: &Scope) -> Result<Vec<Action>, Vec<St
 
 fn parse_verify(path: &str, v: &Value, problems: &mut Vec<String>) -> Option<Verify> {
     let Value::Object(m) = v else {
-        problems.push(format!("{path}: expected #{{ query: \"<PromQL>\", within: \"5m\" }}"));
+        problems.push(format!(
+            "{path}: expected #{{ query: \"<PromQL>\", within: \"5m\" }}"
+        ));
         return None;
     };
     for k in m.keys() {
         if k != "query" && k != "within" {
-            problems.push(format!("{path}.{k}: unknown field (expected query, within)"));
+            problems.push(format!(
+                "{path}.{k}: unknown field (expected query, within)"
+            ));
         }
     }
     let query = match m.get("query") {
@@ -364,7 +376,9 @@ fn parse_verify(path: &str, v: &Value, problems: &mut Vec<String>) -> Option<Ver
                 None
             }
             Err(e) => {
-                problems.push(format!("{path}.within: {w:?} is not a duration like \"5m\": {e}"));
+                problems.push(format!(
+                    "{path}.within: {w:?} is not a duration like \"5m\": {e}"
+                ));
                 None
             }
         },
@@ -373,14 +387,25 @@ fn parse_verify(path: &str, v: &Value, problems: &mut Vec<String>) -> Option<Ver
             None
         }
     };
-    Some(Verify { query: query?, within: within? })
+    Some(Verify {
+        query: query?,
+        within: within?,
+    })
 }
 
 /// Notifications change no infrastructure, so target scopes do not apply to them.
-fn check_scope(path: &str, kind: &str, target: &BTreeMap<String, String>, scope: &Scope) -> Vec<String> {
+fn check_scope(
+    path: &str,
+    kind: &str,
+    target: &BTreeMap<String, String>,
+    scope: &Scope,
+) -> Vec<String> {
     let mut problems = Vec::new();
     if !scope.kinds.iter().any(|k| k == kind) {
-        problems.push(format!("{path}.kind: {kind} is not allowed by this playbook (allowed: {})", scope.kinds.join(", ")));
+        problems.push(format!(
+            "{path}.kind: {kind} is not allowed by this playbook (allowed: {})",
+            scope.kinds.join(", ")
+        ));
         return problems;
     }
     if kind.starts_with("notify.") {
@@ -389,7 +414,9 @@ fn check_scope(path: &str, kind: &str, target: &BTreeMap<String, String>, scope:
     for (key, m) in &scope.targets {
         let v = target.get(key).map(String::as_str).unwrap_or("");
         if !m.matches(v) {
-            problems.push(format!("{path}.target.{key}: {v:?} is outside this playbook's scope"));
+            problems.push(format!(
+                "{path}.target.{key}: {v:?} is outside this playbook's scope"
+            ));
         }
     }
     problems
@@ -435,7 +462,9 @@ mod tests {
 
     fn scope() -> Scope {
         Scope {
-            kinds: ["k8s.rollout_restart", "k8s.scale", "notify.alertmanager"].map(String::from).to_vec(),
+            kinds: ["k8s.rollout_restart", "k8s.scale", "notify.alertmanager"]
+                .map(String::from)
+                .to_vec(),
             targets: vec![("namespace".into(), Matcher::parse("=~shop|web").unwrap())],
         }
     }
@@ -449,10 +478,21 @@ mod tests {
             {"kind": "notify.alertmanager", "params": {"summary": "done"}},
         ]);
         let actions = parse_actions(&v, &scope()).unwrap();
-        assert_eq!(actions[0].verify.as_ref().unwrap().within, std::time::Duration::from_secs(120));
+        assert_eq!(
+            actions[0].verify.as_ref().unwrap().within,
+            std::time::Duration::from_secs(120)
+        );
         assert_eq!(actions[0].on_failure, OnFailure::Escalate);
-        assert_eq!(actions[1].on_failure, OnFailure::Stop, "stop is the default");
-        let plan = Plan { playbook: "p".into(), anomaly_id: "an-1".into(), actions };
+        assert_eq!(
+            actions[1].on_failure,
+            OnFailure::Stop,
+            "stop is the default"
+        );
+        let plan = Plan {
+            playbook: "p".into(),
+            anomaly_id: "an-1".into(),
+            actions,
+        };
         assert_eq!(
             plan.render(),
             "plan from playbook p for anomaly an-1 (3 actions):\n  \
@@ -491,7 +531,10 @@ mod tests {
             "plan[5].on_failure:",
         ];
         for w in want {
-            assert!(errs.iter().any(|e| e.starts_with(w)), "missing {w:?} in {errs:#?}");
+            assert!(
+                errs.iter().any(|e| e.starts_with(w)),
+                "missing {w:?} in {errs:#?}"
+            );
         }
         assert_eq!(errs.len(), want.len(), "{errs:#?}");
     }

@@ -68,7 +68,10 @@ pub fn engine(limits: &Limits, who: String, world: Arc<dyn World>, now: f64) -> 
     e.on_print(move |s| tracing::info!(playbook = %p, "script: {s}"));
     let p = who.clone();
     e.on_debug(move |s, src, pos| tracing::debug!(playbook = %p, ?src, %pos, "script: {s}"));
-    e.register_fn("log", move |s: rhai::ImmutableString| tracing::info!(playbook = %who, "script: {s}"));
+    e.register_fn(
+        "log",
+        move |s: rhai::ImmutableString| tracing::info!(playbook = %who, "script: {s}"),
+    );
     e
 }
 
@@ -95,7 +98,12 @@ mod tests {
     use super::*;
 
     fn run(src: &str, limits: &Limits) -> Result<Dynamic, String> {
-        let e = engine(limits, "t".into(), Arc::new(super::super::RecordedWorld::default()), 0.0);
+        let e = engine(
+            limits,
+            "t".into(),
+            Arc::new(super::super::RecordedWorld::default()),
+            0.0,
+        );
         e.eval::<Dynamic>(src).map_err(|e| describe(&e))
     }
 

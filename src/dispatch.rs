@@ -1,0 +1,244 @@
+//! From events to plans: which playbooks match an anomaly or alert, one plan per
+//! incident (grouping and cooldown), running `plan()` in the sandbox, handing plans to
+//! the executor, and hot-reloading playbook files.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio::task::JoinSet;
+use tracing::{error, info, warn};
+
+use crate::act::Executor;
+use crate::anomaly::Anomaly;
+use crate::audit::AuditError;
+use crate::playbook::{Limits, Playbook};
+use crate::server::Telemetry;
+use crate::source::unix_now;
+
+/// The active playbooks and the incidents they are working on.
+pub struct Dispatcher {
+    paths: Vec<PathBuf>,
+    signals: Vec<String>,
+    active: Vec<Arc<Playbook>>,
+    /// Content hash last looked at per file, so a rejected edit is reported once.
+    seen: HashMap<PathBuf, String>,
+    /// Last plan per (playbook, incident group).
+    groups: HashMap<(String, String), Instant>,
+    limits: Limits,
+    executor: Executor,
+    telemetry: Arc<Mutex<Telemetry>>,
+    incidents: JoinSet<()>,
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes))
+}
+
+impl Dispatcher {
+    /// Starts with the playbooks loaded at start; `paths` are the configured files.
+    pub fn new(
+        paths: Vec<PathBuf>,
+        signals: Vec<String>,
+        playbooks: Vec<Playbook>,
+        limits: Limits,
+        executor: Executor,
+        telemetry: Arc<Mutex<Telemetry>>,
+    ) -> Self {
+        let seen = paths
+            .iter()
+            .filter_map(|p| std::fs::read(p).ok().map(|b| (p.clone(), sha256_hex(&b))))
+            .collect();
+        Dispatcher {
+            paths,
+            signals,
+            active: playbooks.into_iter().map(Arc::new).collect(),
+            seen,
+            groups: HashMap::new(),
+            limits,
+            executor,
+            telemetry,
+            incidents: JoinSet::new(),
+        }
+    }
+
+    /// The active playbooks.
+    pub fn playbooks(&self) -> &[Arc<Playbook>] {
+        &self.active
+    }
+
+    fn count(&self, playbook: &str, result: &str) {
+        let mut t = self.telemetry.lock().unwrap_or_else(|p| p.into_inner());
+        *t.playbook_runs
+            .entry((playbook.to_string(), result.to_string()))
+            .or_default() += 1;
+    }
+
+    /// Runs every matching playbook not yet in `handled` for this event, once per incident.
+    pub async fn respond(
+        &mut self,
+        anomaly: &Anomaly,
+        handled: &mut BTreeSet<String>,
+    ) -> Result<(), AuditError> {
+        let audit = self.executor.audit.clone();
+        for pb in self.active.clone() {
+            if handled.contains(&pb.name) || !pb.matches(anomaly) {
+                continue;
+            }
+            handled.insert(pb.name.clone());
+            let group = pb.group_key(anomaly);
+            let key = (pb.name.clone(), group.clone());
+            if let Some(last) = self.groups.get(&key).filter(|t| t.elapsed() < pb.cooldown) {
+                let ago = last.elapsed().as_secs_f64();
+                info!(playbook = %pb.name, anomaly = %anomaly.id, %group, "suppressed: a plan for this incident ran {ago:.0}s ago");
+                audit
+                    .record(
+                        "playbook_suppressed",
+                        json!({"anomaly_id": anomaly.id, "playbook": pb.name, "group": group, "reason": "cooldown", "last_plan_secs_ago": ago, "cooldown_secs": pb.cooldown.as_secs_f64()}),
+                    )
+                    .await?;
+                self.count(&pb.name, "suppressed");
+                continue;
+            }
+            self.groups.insert(key, Instant::now());
+            audit
+                .record("playbook_matched", json!({"anomaly_id": anomaly.id, "playbook": pb.name, "sha256": pb.sha256, "group": group, "anomaly": anomaly}))
+                .await?;
+            let (p, a, limits, world) = (
+                pb.clone(),
+                anomaly.clone(),
+                self.limits.clone(),
+                self.executor.world.clone(),
+            );
+            // Rhai is synchronous; the sandbox's own deadline bounds the run, this one backs it up.
+            let run = tokio::task::spawn_blocking(move || p.plan(&a, &limits, world, unix_now()));
+            let result =
+                match tokio::time::timeout(self.limits.timeout + Duration::from_secs(2), run).await
+                {
+                    Ok(Ok(r)) => r.map_err(|e| e.to_string()),
+                    Ok(Err(join)) => Err(format!("playbook run panicked: {join}")),
+                    Err(_) => Err("playbook run exceeded its wall-clock limit".to_string()),
+                };
+            match result {
+                Ok(plan) => {
+                    audit
+                        .record("plan", json!({"anomaly_id": anomaly.id, "playbook": pb.name, "mode": pb.mode.as_str(), "round": 0, "actions": plan.actions}))
+                        .await?;
+                    warn!(playbook = %pb.name, anomaly = %anomaly.id, mode = pb.mode.as_str(), "{}", plan.render());
+                    self.count(&pb.name, "planned");
+                    let executor = self.executor.clone();
+                    let anomaly = anomaly.clone();
+                    self.incidents.spawn(async move {
+                        if let Err(e) = executor.run_incident(pb, anomaly, plan).await {
+                            error!(error = %e, "incident stopped: the audit log cannot be written");
+                        }
+                    });
+                }
+                Err(e) => {
+                    error!(playbook = %pb.name, anomaly = %anomaly.id, error = %e, "playbook failed");
+                    audit.record("playbook_failed", json!({"anomaly_id": anomaly.id, "playbook": pb.name, "stage": "plan", "error": e})).await?;
+                    self.count(&pb.name, "failed");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Collects incidents that finished (their own records say how).
+    pub fn reap(&mut self) {
+        while let Some(r) = self.incidents.try_join_next() {
+            if let Err(e) = r {
+                if e.is_panic() {
+                    error!(error = %e, "an incident task panicked");
+                }
+            }
+        }
+    }
+
+    /// Incidents still running (verifications, follow-ups).
+    pub fn running(&self) -> usize {
+        self.incidents.len()
+    }
+
+    /// Stops running incidents (at shutdown); returns how many were stopped.
+    pub async fn stop(&mut self) -> usize {
+        let n = self.incidents.len();
+        self.incidents.abort_all();
+        while self.incidents.join_next().await.is_some() {}
+        n
+    }
+
+    /// Reloads changed playbook files: a valid one replaces its previous version, a
+    /// broken one is rejected and the previous version stays active. Every change is audited.
+    pub async fn reload(&mut self) -> Result<(), AuditError> {
+        let audit = self.executor.audit.clone();
+        for path in self.paths.clone() {
+            let bytes = match std::fs::read(&path) {
+                Ok(b) => b,
+                Err(e) => {
+                    if self.seen.remove(&path).is_some() {
+                        warn!(path = %path.display(), error = %e, "playbook file unreadable; its loaded version stays active");
+                        audit.record("playbook_rejected", json!({"path": path, "error": format!("cannot read: {e}"), "kept_sha256": self.active_sha(&path)})).await?;
+                    }
+                    continue;
+                }
+            };
+            let sha = sha256_hex(&bytes);
+            if self.seen.get(&path) == Some(&sha) {
+                continue;
+            }
+            self.seen.insert(path.clone(), sha.clone());
+            let old = self.active_sha(&path);
+            if old.as_deref() == Some(sha.as_str()) {
+                continue;
+            }
+            match self.load_checked(&path) {
+                Ok(pb) => {
+                    info!(path = %path.display(), playbook = %pb.name, "playbook reloaded");
+                    audit.record("playbook_reloaded", json!({"path": path, "playbook": pb.name, "old_sha256": old, "new_sha256": sha})).await?;
+                    self.active.retain(|p| p.path != path);
+                    self.active.push(Arc::new(pb));
+                }
+                Err(e) => {
+                    error!(path = %path.display(), "playbook change rejected; the previous version stays active: {e}");
+                    audit
+                        .record(
+                            "playbook_rejected",
+                            json!({"path": path, "error": e, "old_sha256": old, "new_sha256": sha}),
+                        )
+                        .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn active_sha(&self, path: &PathBuf) -> Option<String> {
+        self.active
+            .iter()
+            .find(|p| p.path == *path)
+            .map(|p| p.sha256.clone())
+    }
+
+    fn load_checked(&self, path: &PathBuf) -> Result<Playbook, String> {
+        let pb = Playbook::load(path, &self.limits).map_err(|e| e.to_string())?;
+        if let Some(s) = pb
+            .triggers
+            .iter()
+            .filter_map(|t| t.signal())
+            .find(|s| !self.signals.iter().any(|n| n == s))
+        {
+            return Err(format!("trigger signal {s:?} is not a configured signal"));
+        }
+        if self
+            .active
+            .iter()
+            .any(|p| p.name == pb.name && p.path != *path)
+        {
+            return Err(format!("name {:?} is used by another playbook", pb.name));
+        }
+        Ok(pb)
+    }
+}
