@@ -4,14 +4,16 @@
 # and homeostat in dry-run watching it. Shows the anomaly, the plan and the audit log,
 # stops everything it started, and exits 0.
 #
-# Environment: ANOMALY_AFTER (seconds, default 25), DEMO_TIMEOUT (seconds, default 120),
+# Environment: ANOMALY_AFTER (seconds, default 25), ANOMALY_FOR (seconds, default 30),
+# DEMO_TIMEOUT (seconds, default 150),
 # DEMO_DIR (default .demo in the repository).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 DEMO_DIR=${DEMO_DIR:-$ROOT/.demo}
 ANOMALY_AFTER=${ANOMALY_AFTER:-25}
-DEMO_TIMEOUT=${DEMO_TIMEOUT:-120}
+ANOMALY_FOR=${ANOMALY_FOR:-30}
+DEMO_TIMEOUT=${DEMO_TIMEOUT:-150}
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
@@ -54,7 +56,7 @@ promtool tsdb create-blocks-from openmetrics "$DEMO_DIR/history.om" "$DEMO_DIR/p
     || { cat "$DEMO_DIR/promtool.log"; exit 1; }
 
 say "starting the live exporter (anomaly in ${ANOMALY_AFTER}s) and Prometheus on 127.0.0.1:$PROM_PORT"
-python3 scripts/demo_data.py serve --port "$EXPORTER_PORT" --anomaly-after "$ANOMALY_AFTER" &
+python3 scripts/demo_data.py serve --port "$EXPORTER_PORT" --anomaly-after "$ANOMALY_AFTER" --anomaly-for "$ANOMALY_FOR" &
 pids+=($!)
 cat >"$DEMO_DIR/prometheus.yml" <<YAML
 global:
@@ -108,6 +110,12 @@ query = 'max by (service) (demo_http_p99_latency_seconds)'
 direction = "up"
 
 [[signals]]
+name = "deployment_restarts"
+query = 'max by (namespace, deployment) (demo_deployment_restarts)'
+direction = "up"
+min_spread = 1
+
+[[signals]]
 name = "http_error_ratio"
 query = 'max by (namespace, deployment) (demo_http_error_ratio)'
 direction = "up"
@@ -124,9 +132,10 @@ agent=$!
 pids+=("$agent")
 
 deadline=$((SECONDS + DEMO_TIMEOUT))
-until grep -q '"kind":"action_outcome"' "$AUDIT_LOG" 2>/dev/null; do
+# The incident ends when the restart's verification held (or escalation was handled).
+until grep -qE '"kind":"(incident_done|escalation_limit)"' "$AUDIT_LOG" 2>/dev/null; do
     if ((SECONDS > deadline)); then
-        echo "demo: no plan within ${DEMO_TIMEOUT}s" >&2
+        echo "demo: the incident did not finish within ${DEMO_TIMEOUT}s" >&2
         exit 1
     fi
     kill -0 "$agent" 2>/dev/null || { echo "demo: homeostat exited early" >&2; exit 1; }
@@ -134,7 +143,7 @@ until grep -q '"kind":"action_outcome"' "$AUDIT_LOG" 2>/dev/null; do
 done
 sleep 2
 
-say "what /metrics says about the anomalous series"
+say "what /metrics says about that series now"
 curl -fsS "http://127.0.0.1:$AGENT_PORT/metrics" | grep -E '^homeostat_(anomaly_score|expected_(lower|upper)|anomaly_open)\{signal="http_error_ratio",deployment="cart"'
 
 say "stopping homeostat (SIGTERM)"

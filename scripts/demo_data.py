@@ -8,7 +8,7 @@ model, `value()`, so the live data looks like the history it follows.
 
     demo_data.py history --out FILE [--days 3] [--step 60] [--end-offset 120] [--seed 7]
         OpenMetrics text for `promtool tsdb create-blocks-from openmetrics`.
-    demo_data.py serve --port PORT [--anomaly-after SECONDS] [--seed 7]
+    demo_data.py serve --port PORT [--anomaly-after SECONDS] [--anomaly-for SECONDS] [--seed 7]
         A Prometheus exporter on 127.0.0.1:PORT (GET /metrics).
 
 Standard library only.
@@ -33,6 +33,8 @@ FAMILIES = [
     ("demo_http_p99_latency_seconds", "p99 HTTP request latency of a service.",
      [{"service": s} for s in ("cart", "checkout", "catalog")]),
     ("demo_http_error_ratio", "Share of HTTP requests answered with 5xx.",
+     [{"namespace": "shop", "deployment": d} for d in ("cart", "checkout", "catalog")]),
+    ("demo_deployment_restarts", "Container restarts of a deployment in the last 10 minutes.",
      [{"namespace": "shop", "deployment": d} for d in ("cart", "checkout", "catalog")]),
 ]
 
@@ -63,6 +65,9 @@ def value(metric, labels, t, rng, anomalous=False):
         if anomalous:
             return max(0.0, 0.22 + rng.gauss(0, 0.01))
         return max(0.0, 0.005 * (1 + 0.1 * daily(t)) + rng.gauss(0, 0.001))
+    if metric == "demo_deployment_restarts":
+        # Mostly none, now and then one.
+        return 1.0 if rng.random() < 0.01 else 0.0
     raise ValueError(f"unknown metric {metric}")
 
 
@@ -94,8 +99,10 @@ class Exporter(http.server.BaseHTTPRequestHandler):
 
     started = time.time()
     anomaly_after = 20.0
+    anomaly_for = 0.0
     rng = random.Random(7)
     announced = False
+    recovered = False
     lock = threading.Lock()
 
     def do_GET(self):  # noqa: N802 (http.server's naming)
@@ -104,7 +111,14 @@ class Exporter(http.server.BaseHTTPRequestHandler):
             return
         now = time.time()
         cls = type(self)
-        anomalous = cls.anomaly_after >= 0 and now - cls.started >= cls.anomaly_after
+        elapsed = now - cls.started
+        anomalous = cls.anomaly_after >= 0 and elapsed >= cls.anomaly_after
+        if anomalous and cls.anomaly_for > 0 and elapsed >= cls.anomaly_after + cls.anomaly_for:
+            anomalous = False
+            if not cls.recovered:
+                cls.recovered = True
+                at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+                print(f"demo exporter: {ANOMALOUS[0]}{fmt_labels(ANOMALOUS[1])} back to normal at {at}", flush=True)
         lines = []
         with cls.lock:
             if anomalous and not cls.announced:
@@ -131,6 +145,7 @@ class Exporter(http.server.BaseHTTPRequestHandler):
 def serve(args):
     Exporter.started = time.time()
     Exporter.anomaly_after = args.anomaly_after
+    Exporter.anomaly_for = args.anomaly_for
     Exporter.rng = random.Random(args.seed)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", args.port), Exporter)
 
@@ -157,6 +172,7 @@ def main():
     s = sub.add_parser("serve", help="serve live metrics on 127.0.0.1")
     s.add_argument("--port", type=int, required=True)
     s.add_argument("--anomaly-after", type=float, default=20)
+    s.add_argument("--anomaly-for", type=float, default=0, help="seconds until it recovers (0: never)")
     s.add_argument("--seed", type=int, default=7)
     args = p.parse_args()
     history(args) if args.cmd == "history" else serve(args)

@@ -445,7 +445,7 @@ async fn process(
                     peak_score: a.score,
                     handled: BTreeSet::new(),
                 });
-                let anomaly = describe(&name, &p.labels, series);
+                let anomaly = describe(&s.cfg, &p.labels, series);
                 warn!(signal = %name, series = %p.labels, value = p.value, expected = a.expected, score = format!("{:.2}", a.score), id = %id, "anomaly opened");
                 record(
                     ctx,
@@ -478,7 +478,7 @@ async fn process(
         }
         // Playbooks act only on fresh, anomalous evidence.
         if anomalous && series.open.is_some() {
-            let anomaly = describe(&name, &p.labels, series);
+            let anomaly = describe(&s.cfg, &p.labels, series);
             if let Some(open) = series.open.as_mut() {
                 dispatcher.respond(&anomaly, &mut open.handled).await?;
             }
@@ -542,12 +542,13 @@ async fn refit_new(ctx: &Context, s: &mut SignalState, unknown: Vec<Labels>) {
     }
 }
 
-fn describe(signal: &str, labels: &Labels, series: &Series) -> Anomaly {
+fn describe(signal: &SignalConfig, labels: &Labels, series: &Series) -> Anomaly {
     let a = series.assessment.expect("described after an assessment");
     let open = series.open.as_ref().expect("described while open");
     Anomaly {
         id: open.id.clone(),
-        signal: signal.to_string(),
+        signal: signal.name.clone(),
+        query: signal.query.clone(),
         labels: labels.clone(),
         value: series.value,
         expected: a.expected,

@@ -13,6 +13,8 @@ pub struct Anomaly {
     pub id: String,
     /// The signal's name.
     pub signal: String,
+    /// The signal's PromQL (empty for alerts), so a playbook can build verifications.
+    pub query: String,
     /// The series' labels.
     pub labels: Labels,
     /// The latest value.
@@ -51,6 +53,7 @@ impl Default for Anomaly {
         Anomaly {
             id: "an-test".into(),
             signal: String::new(),
+            query: String::new(),
             labels: Labels::default(),
             value: f64::NAN,
             expected: f64::NAN,
@@ -133,6 +136,7 @@ impl Anomaly {
         Anomaly {
             id: fingerprint,
             signal: alert.labels.get("alertname").cloned().unwrap_or_default(),
+            query: String::new(),
             labels,
             value: f64::NAN,
             expected: f64::NAN,

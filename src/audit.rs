@@ -435,6 +435,81 @@ pub fn summarize(kind: &str, data: &Value, width: usize) -> String {
             s("kind"),
             s("outcome")
         ),
+        "verification" => format!(
+            "{} step {}: {} after {}s: {}",
+            s("anomaly_id"),
+            s("step"),
+            if data["passed"] == Value::Bool(true) {
+                "passed"
+            } else {
+                "FAILED"
+            },
+            num("elapsed_secs"),
+            s("query")
+        ),
+        "incident_done" => {
+            let steps: Vec<String> = data["results"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|r| {
+                            format!(
+                                "{}:{}{}",
+                                r["kind"].as_str().unwrap_or("?"),
+                                r["outcome"].as_str().unwrap_or("?"),
+                                if r["failed"] == Value::Bool(true) {
+                                    "(failed)"
+                                } else {
+                                    ""
+                                }
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            format!(
+                "{} by {} after round {}: {}",
+                s("anomaly_id"),
+                s("playbook"),
+                s("round"),
+                steps.join(", ")
+            )
+        }
+        "playbook_suppressed" => format!(
+            "{} playbook {} group {}: {} (last plan {}s ago)",
+            s("anomaly_id"),
+            s("playbook"),
+            s("group"),
+            s("reason"),
+            num("last_plan_secs_ago")
+        ),
+        "playbook_reloaded" => format!(
+            "{} {} -> {}",
+            s("path"),
+            short(&s("old_sha256")),
+            short(&s("new_sha256"))
+        ),
+        "playbook_rejected" => format!("{} {}: {}", s("path"), short(&s("new_sha256")), s("error")),
+        "alert_received" => format!("{} {} {}", s("id"), s("status"), labels(&data["labels"])),
+        "agent_started" => {
+            let names = |k: &str| {
+                data[k]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .map(|p| p.as_str().or(p["name"].as_str()).unwrap_or("?").to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    })
+                    .unwrap_or_default()
+            };
+            format!(
+                "version {} signals [{}] playbooks [{}]",
+                s("version"),
+                names("signals"),
+                names("playbooks")
+            )
+        }
         "playbook_failed" => format!(
             "{} playbook {}: {}",
             s("anomaly_id"),
@@ -444,6 +519,11 @@ pub fn summarize(kind: &str, data: &Value, width: usize) -> String {
         _ => generic(data),
     };
     truncate(out, width)
+}
+
+/// The first 12 hex digits of a hash, enough to tell versions apart in a table.
+fn short(h: &str) -> &str {
+    h.get(..12).unwrap_or(h)
 }
 
 fn truncate(out: String, width: usize) -> String {

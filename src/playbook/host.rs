@@ -202,6 +202,44 @@ impl World for LiveWorld {
 
 type HostResult<T> = Result<T, Box<EvalAltResult>>;
 
+/// A PromQL condition that holds when the anomaly's own series is back inside its
+/// expected band: the signal's query, compared with the band's edge, joined on the
+/// series' labels (built with `label_replace(vector(1), ...)`, which needs no metric).
+pub fn back_to_normal(anomaly: &rhai::Map) -> Result<String, String> {
+    let get = |k: &str| anomaly.get(k).cloned().unwrap_or(Dynamic::UNIT);
+    let query = get("query").into_string().unwrap_or_default();
+    if query.is_empty() {
+        return Err(
+            "prom::back_to_normal: the event has no signal query (alerts have none)".into(),
+        );
+    }
+    let down = get("direction").into_string().unwrap_or_default() == "down";
+    let edge = get(if down { "lower" } else { "upper" })
+        .as_float()
+        .unwrap_or(f64::NAN);
+    if !edge.is_finite() {
+        return Err("prom::back_to_normal: the anomaly has no expected band yet".into());
+    }
+    let labels: rhai::Map = get("labels").try_cast().unwrap_or_default();
+    let mut selector = "vector(1)".to_string();
+    let mut names = Vec::new();
+    for (k, v) in &labels {
+        let v = v
+            .clone()
+            .into_string()
+            .unwrap_or_default()
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"");
+        selector = format!("label_replace({selector}, \"{k}\", \"{v}\", \"\", \"\")");
+        names.push(k.to_string());
+    }
+    let op = if down { ">=" } else { "<=" };
+    Ok(format!(
+        "({query}) {op} {edge} and on({}) {selector}",
+        names.join(", ")
+    ))
+}
+
 fn to_dyn(v: &Value) -> HostResult<Dynamic> {
     rhai::serde::to_dynamic(v)
 }
@@ -240,6 +278,10 @@ pub fn register(engine: &mut Engine, world: Arc<dyn World>, now: f64) {
             .map_err(|e| format!("prom::value: {e}"))?;
         Ok(rows.first().map_or(Dynamic::UNIT, |(_, v)| (*v).into()))
     });
+    prom.set_native_fn(
+        "back_to_normal",
+        |anomaly: rhai::Map| -> HostResult<String> { back_to_normal(&anomaly).map_err(Into::into) },
+    );
     engine.register_static_module("prom", prom.into());
 
     let mut k8s = Module::new();
@@ -409,6 +451,18 @@ mod tests {
         assert!(eval("k8s::list(\"secrets\", \"\")")
             .unwrap_err()
             .contains("unknown Kubernetes kind"));
+    }
+
+    #[test]
+    fn back_to_normal_joins_on_the_series_labels() {
+        let q = eval(r#"prom::back_to_normal(#{ query: "max by (pod) (lat)", direction: "up", upper: 1.5, labels: #{ pod: "a\"b" } })"#).unwrap();
+        assert_eq!(
+            q.into_string().unwrap(),
+            r#"(max by (pod) (lat)) <= 1.5 and on(pod) label_replace(vector(1), "pod", "a\"b", "", "")"#
+        );
+        assert!(eval(r#"prom::back_to_normal(#{ query: "", labels: #{} })"#)
+            .unwrap_err()
+            .contains("no signal query"));
     }
 
     #[test]

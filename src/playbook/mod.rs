@@ -687,6 +687,7 @@ pub(crate) mod tests {
         Anomaly {
             id: "an-test".into(),
             signal: "errors".into(),
+            query: "sum by (namespace, deployment) (errors)".into(),
             labels: Labels::from_pairs([("namespace", "shop"), ("deployment", deployment)]),
             value: 0.2,
             expected: 0.005,
