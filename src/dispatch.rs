@@ -51,7 +51,7 @@ impl Dispatcher {
             .iter()
             .filter_map(|p| std::fs::read(p).ok().map(|b| (p.clone(), sha256_hex(&b))))
             .collect();
-        Dispatcher {
+        let d = Dispatcher {
             paths,
             signals,
             active: playbooks.into_iter().map(Arc::new).collect(),
@@ -61,7 +61,19 @@ impl Dispatcher {
             executor,
             telemetry,
             incidents: JoinSet::new(),
-        }
+        };
+        d.publish();
+        d
+    }
+
+    /// Shows the active playbooks (and their versions) in telemetry.
+    fn publish(&self) {
+        let mut t = self.telemetry.lock().unwrap_or_else(|p| p.into_inner());
+        t.playbooks = self
+            .active
+            .iter()
+            .map(|p| (p.name.clone(), p.sha256.clone()))
+            .collect();
     }
 
     /// The active playbooks.
@@ -200,6 +212,7 @@ impl Dispatcher {
                     audit.record("playbook_reloaded", json!({"path": path, "playbook": pb.name, "old_sha256": old, "new_sha256": sha})).await?;
                     self.active.retain(|p| p.path != path);
                     self.active.push(Arc::new(pb));
+                    self.publish();
                 }
                 Err(e) => {
                     error!(path = %path.display(), "playbook change rejected; the previous version stays active: {e}");

@@ -70,6 +70,8 @@ pub struct Telemetry {
     pub playbook_runs: BTreeMap<(String, String), u64>,
     /// Audit records written.
     pub audit_records: u64,
+    /// Active playbooks: name → SHA-256 of the loaded file.
+    pub playbooks: BTreeMap<String, String>,
     /// Webhook requests by result (`accepted`, `malformed`, `busy`).
     pub webhook_requests: BTreeMap<String, u64>,
     /// Set once history is fitted and the first tick has run.
@@ -125,6 +127,19 @@ pub fn render(t: &Telemetry) -> String {
     );
     let _ = writeln!(out, "homeostat_audit_records_total {}", t.audit_records);
 
+    family(
+        &mut out,
+        "homeostat_playbook_info",
+        "gauge",
+        "Active playbooks and the hash of the loaded version.",
+    );
+    for (name, sha) in &t.playbooks {
+        let _ = writeln!(
+            out,
+            "homeostat_playbook_info{{playbook=\"{}\",sha256=\"{sha}\"}} 1",
+            escape_label_value(name)
+        );
+    }
     family(
         &mut out,
         "homeostat_webhook_requests_total",

@@ -200,3 +200,125 @@ fn audit_verify_and_list() {
         text(&out)
     );
 }
+
+#[test]
+fn the_example_playbooks_pass_their_offline_tests() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("playbooks/tests");
+    let cases = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".test.json")
+        })
+        .count();
+    assert!(cases >= 10, "every example playbook has cases");
+    let out = homeostat(&["playbook", "test", dir.to_str().unwrap()]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains(&format!("{cases} passed, 0 failed")),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn playbook_test_reports_a_failing_case_and_exits_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "restart.rhai", PLAYBOOK);
+    let case = json!({
+        "description": "expects the wrong deployment",
+        "playbook": "restart.rhai",
+        "anomaly": {"signal": "errors", "score": 9, "peak_score": 9},
+        "expect": {"plan": [{"kind": "k8s.rollout_restart", "target": {"namespace": "shop", "deployment": "checkout"}}]}
+    });
+    write(dir.path(), "wrong.test.json", &case.to_string());
+    let ok = json!({
+        "playbook": "restart.rhai",
+        "anomaly": {"signal": "errors", "score": 9, "peak_score": 9},
+        "expect": {"plan": [{"kind": "k8s.rollout_restart", "target": {"namespace": "shop", "deployment": "cart"}}]}
+    });
+    write(dir.path(), "right.test.json", &ok.to_string());
+    let out = homeostat(&["playbook", "test", dir.path().to_str().unwrap()]);
+    let (stdout, _) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("PASS right"), "{stdout}");
+    assert!(
+        stdout.contains("FAIL wrong: plan: plan differs"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("1 passed, 1 failed"), "{stdout}");
+}
+
+#[test]
+fn playbook_test_prints_the_plan_for_one_anomaly() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let anomaly = json!({"signal": "http_p99_latency", "query": "lat", "labels": {"namespace": "shop", "service": "checkout"},
+        "upper": 0.3, "score": 20, "peak_score": 20, "duration_secs": 600, "direction": "up"});
+    let world = json!({"kubernetes": {"deployments": [{"metadata": {"name": "checkout", "namespace": "shop"}, "spec": {"replicas": 2}}]}});
+    let a = write(dir.path(), "a.json", &anomaly.to_string());
+    let w = write(dir.path(), "w.json", &world.to_string());
+    let pb = root.join("playbooks/scale-out-on-latency.rhai");
+    let out = homeostat(&[
+        "playbook",
+        "test",
+        pb.to_str().unwrap(),
+        "--anomaly",
+        &a,
+        "--world",
+        &w,
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stdout.contains("1. k8s.scale deployment=checkout namespace=shop previous=2 replicas=3"),
+        "{stdout}"
+    );
+
+    let out = homeostat(&[
+        "playbook",
+        "test",
+        pb.to_str().unwrap(),
+        "--anomaly",
+        &a,
+        "--world",
+        &w,
+        "--json",
+    ]);
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan["actions"][0]["params"]["replicas"], 3);
+
+    // Without recorded answers, the lookup fails loudly instead of guessing.
+    let out = homeostat(&["playbook", "test", pb.to_str().unwrap(), "--anomaly", &a]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).1.contains("no \"kubernetes\" answers"),
+        "{:?}",
+        text(&out)
+    );
+}
+
+#[test]
+fn playbook_list_shows_triggers_and_scope() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = homeostat(&[
+        "playbook",
+        "list",
+        "--config",
+        root.join("deploy/homeostat.example.toml").to_str().unwrap(),
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stdout.contains("reboot-unresponsive-vm  (auto"), "{stdout}");
+    assert!(
+        stdout.contains("trigger: alert alertname=\"InstanceDown\" {server_id=~\".+\"}"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("allowed: openstack.server_reboot, notify.alertmanager"),
+        "{stdout}"
+    );
+}

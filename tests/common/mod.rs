@@ -349,3 +349,87 @@ where
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A real Alertmanager process on loopback whose only receiver is a webhook.
+pub struct Alertmanager {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Alertmanager {
+    /// Starts it with every alert routed to `webhook` after a 1 s group wait.
+    pub async fn start(webhook: &str) -> Alertmanager {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("alertmanager.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "route:\n  receiver: homeostat\n  group_by: ['...']\n  group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\n\
+                 receivers:\n  - name: homeostat\n    webhook_configs:\n      - url: {webhook}\n        send_resolved: true\n"
+            ),
+        )
+        .unwrap();
+        let port = free_port();
+        let log = std::fs::File::create(dir.path().join("alertmanager.log")).unwrap();
+        let child = Command::new(tool("prometheus-alertmanager"))
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            // A single instance: no gossip port, nothing beyond loopback.
+            .arg("--cluster.listen-address=")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starts alertmanager");
+        let am = Alertmanager {
+            child: Some(child),
+            port,
+            dir,
+        };
+        let ready = format!("{}/-/ready", am.url());
+        let started = Instant::now();
+        while !matches!(http_get(&ready).await, Some((200, _))) {
+            if started.elapsed() > Duration::from_secs(30) {
+                let log = std::fs::read_to_string(am.dir.path().join("alertmanager.log"))
+                    .unwrap_or_default();
+                panic!("alertmanager not ready after 30s:\n{log}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        am
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Fires an alert through Alertmanager's v2 API, as Prometheus would.
+    pub async fn fire(&self, labels: serde_json::Value, annotations: serde_json::Value) {
+        let body = serde_json::json!([{ "labels": labels, "annotations": annotations }]);
+        let resp = reqwest::Client::new()
+            .post(format!("{}/api/v2/alerts", self.url()))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            resp.status().is_success(),
+            "alertmanager refused the alert: {}",
+            resp.status()
+        );
+    }
+}
+
+impl Drop for Alertmanager {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
