@@ -400,3 +400,79 @@ async fn playbooks_hot_reload_and_a_broken_edit_keeps_the_previous_version() {
     assert_eq!(reloaded[1].data["new_sha256"], sha(&version(3)));
     verify_log(d);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_incident_gets_one_plan_however_many_series_it_spans() {
+    let exporter = Exporter::start().await;
+    let end = now_secs() - 120.0;
+    let series = |seed: usize| -> Vec<(f64, f64)> {
+        (0..720)
+            .map(|i| (end - (719 - i) as f64 * 15.0, 100.0 + 2.0 * noise(i + seed)))
+            .collect()
+    };
+    let history = openmetrics_gauge(
+        "hs_test_latency",
+        &[
+            ("pod=\"cart-1\",app=\"cart\"", series(1)),
+            ("pod=\"cart-2\",app=\"cart\"", series(2)),
+        ],
+    );
+    exporter.set("hs_test_latency{pod=\"cart-1\",app=\"cart\"}", 100.0);
+    exporter.set("hs_test_latency{pod=\"cart-2\",app=\"cart\"}", 100.0);
+    let prom = Prometheus::start(PromOptions {
+        history_openmetrics: Some(history),
+        scrape_targets: vec![exporter.addr()],
+        scrape_interval: "1s",
+        port: None,
+    })
+    .await;
+    prom.wait_for_series("hs_test_latency", 2, Duration::from_secs(15))
+        .await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("restart.rhai"),
+        r#"
+        const PLAYBOOK = #{ name: "restart-app", trigger: #{ signal: "latency", min_score: 6.0 },
+            allowed: #{ kinds: ["k8s.rollout_restart"] }, group_by: ["app"], cooldown: "10m" };
+        fn plan(a) { [#{ kind: "k8s.rollout_restart", target: #{ namespace: "test", deployment: a.labels.app } }] }"#,
+    )
+    .unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let config = write_config(d, prom.port(), &listen, &["restart.rhai"]);
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "max by (pod) (hs_test_latency)",
+        "max by (pod, app) (hs_test_latency)",
+    );
+    std::fs::write(&config, text).unwrap();
+    let mut agent = Agent::spawn(&config);
+    let ready = format!("http://{listen}/readyz");
+    wait_until(Duration::from_secs(30), "the agent to be ready", || {
+        let ready = ready.clone();
+        async move { matches!(http_get(&ready).await, Some((200, _))) }
+    })
+    .await;
+
+    // Both pods of one app go bad together: one incident.
+    exporter.set("hs_test_latency{pod=\"cart-1\",app=\"cart\"}", 500.0);
+    exporter.set("hs_test_latency{pod=\"cart-2\",app=\"cart\"}", 500.0);
+    wait_until(
+        Duration::from_secs(30),
+        "both anomalies to be handled",
+        || {
+            let r = records(d);
+            let done = of_kind(&r, "anomaly_opened").len() == 2
+                && of_kind(&r, "plan").len() + of_kind(&r, "playbook_suppressed").len() == 2;
+            async move { done }
+        },
+    )
+    .await;
+    assert!(agent.terminate().success());
+    let recs = records(d);
+    assert_eq!(of_kind(&recs, "plan").len(), 1, "{recs:#?}");
+    let suppressed = &of_kind(&recs, "playbook_suppressed")[0].data;
+    assert_eq!(suppressed["group"], "app=cart");
+    assert_eq!(suppressed["reason"], "cooldown");
+    verify_log(d);
+}
