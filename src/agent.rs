@@ -179,6 +179,15 @@ pub async fn run(
     )
     .await?;
 
+    for problem in &rejected {
+        record(
+            &ctx,
+            "playbook_rejected",
+            json!({"stage": "start", "error": problem}),
+        )
+        .await?;
+    }
+
     let mut signals: Vec<SignalState> = config
         .signals
         .iter()

@@ -82,6 +82,9 @@ pub const ACTION_KINDS: &[ActionKind] = &[
     },
 ];
 
+/// The most steps one plan may have: a script that returns more is broken, not busy.
+pub const MAX_PLAN_STEPS: usize = 100;
+
 /// Looks up a kind by name.
 pub fn action_kind(name: &str) -> Option<&'static ActionKind> {
     ACTION_KINDS.iter().find(|k| k.name == name)
@@ -229,6 +232,12 @@ pub fn parse_actions(value: &Value, scope: &Scope) -> Result<Vec<Action>, Vec<St
             )])
         }
     };
+    if items.len() > MAX_PLAN_STEPS {
+        return Err(vec![format!(
+            "plan: {} steps; at most {MAX_PLAN_STEPS} are allowed",
+            items.len()
+        )]);
+    }
     let mut problems = Vec::new();
     let mut actions = Vec::new();
     for (i, item) in items.iter().enumerate() {
@@ -504,6 +513,13 @@ mod tests {
         // Records round-trip, so what was audited is what ran.
         let back: Plan = serde_json::from_value(serde_json::to_value(&plan).unwrap()).unwrap();
         assert_eq!(back, plan);
+    }
+
+    #[test]
+    fn oversized_plans_are_refused() {
+        let one = json!({"kind": "notify.alertmanager"});
+        let v = Value::Array(vec![one; MAX_PLAN_STEPS + 1]);
+        assert!(parse_actions(&v, &scope()).unwrap_err()[0].contains("at most 100"));
     }
 
     #[test]

@@ -118,6 +118,14 @@ mod tests {
         assert!(e.to_lowercase().contains("length of string"), "{e}");
         let e = run("let a = []; loop { a.push(1); }", &l).unwrap_err();
         assert!(e.to_lowercase().contains("size of array"), "{e}");
+        // Rhai does not check the map size when a key is added by index; the operation
+        // limit bounds such a map instead (and plans are capped in `parse_actions`).
+        let e = run(
+            "let m = #{}; let i = 0; loop { m[`k${i}`] = i; i += 1; }",
+            &l,
+        )
+        .unwrap_err();
+        assert!(e.contains("operation limit"), "{e}");
         assert!(run("import \"x\" as y; 1", &l).is_err());
         assert!(run("eval(\"1\")", &l).is_err());
     }
