@@ -16,7 +16,7 @@ use crate::act::Executor;
 use crate::anomaly::{anomaly_id, AlertmanagerAlert, Anomaly};
 use crate::audit::{AuditError, AuditLog, Auditor};
 use crate::config::{Config, SignalConfig};
-use crate::detect::{new_baseline, Assessment, Baseline, Hysteresis, Transition};
+use crate::detect::{Assessment, Detector, Transition};
 use crate::dispatch::Dispatcher;
 use crate::labels::Labels;
 use crate::playbook::{Limits, LiveWorld, Playbook};
@@ -59,8 +59,7 @@ struct OpenAnomaly {
 
 /// Everything known about one series.
 struct Series {
-    baseline: Box<dyn Baseline>,
-    hysteresis: Hysteresis,
+    detector: Detector,
     last_seen: Instant,
     stale: bool,
     value: f64,
@@ -318,8 +317,7 @@ async fn fit_all(ctx: &Context, signals: &mut [SignalState]) {
 fn new_series(cfg: &SignalConfig) -> Series {
     let d = &cfg.detection;
     Series {
-        baseline: new_baseline(d),
-        hysteresis: Hysteresis::new(d.open_after, d.close_after),
+        detector: Detector::new(d),
         last_seen: Instant::now(),
         stale: true,
         value: f64::NAN,
@@ -330,7 +328,7 @@ fn new_series(cfg: &SignalConfig) -> Series {
 
 fn insert_fitted(s: &mut SignalState, h: History) {
     let mut series = new_series(&s.cfg);
-    series.baseline.fit(&h.samples);
+    series.detector.fit(&h.samples);
     s.series.insert(h.labels, series);
 }
 
@@ -365,7 +363,7 @@ async fn query_all(
 fn mark_all_stale(s: &mut SignalState) {
     for series in s.series.values_mut() {
         series.stale = true;
-        series.hysteresis.interrupt();
+        series.detector.interrupt();
     }
 }
 
@@ -436,15 +434,15 @@ async fn process(
         if !p.value.is_finite() {
             // NaN (e.g. 0/0 in a ratio) or Inf is missing data, never an anomaly.
             series.stale = true;
-            series.hysteresis.interrupt();
+            series.detector.interrupt();
             continue;
         }
         series.stale = false;
         series.value = p.value;
-        let a = series.baseline.update(p.t, p.value);
+        let step = series.detector.step(p.t, p.value);
+        let (a, anomalous) = (step.assessment, step.anomalous);
         series.assessment = Some(a);
-        let anomalous = a.is_anomalous(s.cfg.detection.threshold);
-        match series.hysteresis.observe(anomalous) {
+        match step.transition {
             Transition::Opened => {
                 let started = SystemTime::now();
                 let id = anomaly_id(&name, &p.labels, unix(started));
@@ -496,7 +494,7 @@ async fn process(
     for (labels, series) in s.series.iter_mut() {
         if !seen.contains(labels) {
             series.stale = true;
-            series.hysteresis.interrupt();
+            series.detector.interrupt();
         }
     }
     expire(ctx, s).await

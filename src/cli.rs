@@ -34,6 +34,21 @@ pub enum Command {
         #[command(subcommand)]
         command: PlaybookCommand,
     },
+    /// Run the live detection engine over CSV files (NAB layout) and score it.
+    Backtest {
+        /// Directory of `<category>/<file>.csv` files (`timestamp,value`).
+        #[arg(long)]
+        data: PathBuf,
+        /// NAB `combined_windows.json`: score the run for the three NAB profiles.
+        #[arg(long)]
+        labels: Option<PathBuf>,
+        /// Write NAB-format results (`timestamp,value,anomaly_score,label`) here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Use this config's `[detection]` defaults instead of the built-in ones.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Inspect an audit log.
     Audit {
         /// What to do with it.

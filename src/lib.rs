@@ -13,6 +13,7 @@
 //! | [`audit`] | the append-only, hash-chained record of every step |
 //! | [`server`] | `/metrics`, `/healthz`, `/readyz`, the Alertmanager webhook |
 //! | [`agent`] | the daemon loop tying them together |
+//! | [`backtest`] | the live engine over CSV files, scored as NAB scores |
 //! | [`labels`] | label sets and PromQL-style matchers |
 //! | [`cli`] | command-line definitions |
 #![forbid(unsafe_code)]
@@ -21,6 +22,7 @@ pub mod act;
 pub mod agent;
 pub mod anomaly;
 pub mod audit;
+pub mod backtest;
 pub mod cli;
 pub mod config;
 pub mod detect;

@@ -45,6 +45,62 @@ pub trait Baseline: Send + Sync {
     fn update(&mut self, t: f64, value: f64) -> Assessment;
 }
 
+/// One point's verdict from a [`Detector`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Step {
+    /// What the baseline said.
+    pub assessment: Assessment,
+    /// Whether the point is beyond the threshold in a direction the signal cares about.
+    pub anomalous: bool,
+    /// What it did to the anomaly state.
+    pub transition: Transition,
+}
+
+/// The per-series engine that `run` and `backtest` both use: a baseline, the
+/// threshold, and the hysteresis that turns points into anomaly events.
+pub struct Detector {
+    baseline: Box<dyn Baseline>,
+    hysteresis: Hysteresis,
+    threshold: f64,
+}
+
+impl Detector {
+    /// The configured engine for a new series.
+    pub fn new(cfg: &DetectionConfig) -> Self {
+        Detector {
+            baseline: new_baseline(cfg),
+            hysteresis: Hysteresis::new(cfg.open_after, cfg.close_after),
+            threshold: cfg.threshold,
+        }
+    }
+
+    /// Learns from history (oldest first).
+    pub fn fit(&mut self, history: &[(f64, f64)]) {
+        self.baseline.fit(history);
+    }
+
+    /// Scores one point (seeing only what came before it), then learns from it.
+    pub fn step(&mut self, t: f64, value: f64) -> Step {
+        let assessment = self.baseline.update(t, value);
+        let anomalous = assessment.is_anomalous(self.threshold);
+        Step {
+            assessment,
+            anomalous,
+            transition: self.hysteresis.observe(anomalous),
+        }
+    }
+
+    /// A gap in the data: no evidence either way.
+    pub fn interrupt(&mut self) {
+        self.hysteresis.interrupt();
+    }
+
+    /// Whether an anomaly is open.
+    pub fn is_open(&self) -> bool {
+        self.hysteresis.is_open()
+    }
+}
+
 /// Builds the configured baseline for a new series.
 pub fn new_baseline(cfg: &DetectionConfig) -> Box<dyn Baseline> {
     Box::new(RollingRobust::new(cfg))

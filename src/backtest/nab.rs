@@ -1,0 +1,192 @@
+//! The Numenta Anomaly Benchmark's scoring, as `shared/data/nab-dev/README.md` states
+//! it: probation, windows, the scaled sigmoid, three profiles, and the normalised score.
+
+/// One NAB cost profile.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Profile {
+    /// Name as NAB writes it.
+    pub name: &'static str,
+    /// Reward of a detection at the very start of a window.
+    pub tp: f64,
+    /// Cost of a missed window.
+    pub fn_: f64,
+    /// Cost of a false positive far from any window.
+    pub fp: f64,
+}
+
+/// NAB's three profiles.
+pub const PROFILES: [Profile; 3] = [
+    Profile {
+        name: "standard",
+        tp: 1.0,
+        fn_: 1.0,
+        fp: 0.11,
+    },
+    Profile {
+        name: "reward_low_FP_rate",
+        tp: 1.0,
+        fn_: 1.0,
+        fp: 0.22,
+    },
+    Profile {
+        name: "reward_low_FN_rate",
+        tp: 1.0,
+        fn_: 2.0,
+        fp: 0.11,
+    },
+];
+
+/// Rows at the start of a file that are not scored.
+pub fn probation(rows: usize) -> usize {
+    ((0.15 * rows as f64).floor() as usize).min(750)
+}
+
+/// NAB's scaled sigmoid: `2 / (1 + e^(5y)) - 1`, and -1 past `y = 3`.
+pub fn sigmoid(y: f64) -> f64 {
+    if y > 3.0 {
+        -1.0
+    } else {
+        2.0 / (1.0 + (5.0 * y).exp()) - 1.0
+    }
+}
+
+/// One file's raw score under a profile; `windows` are inclusive row ranges, in order.
+pub fn score_file(detections: &[bool], windows: &[(usize, usize)], p: &Profile) -> f64 {
+    let skip = probation(detections.len());
+    let mut score = 0.0;
+    let mut detected = vec![false; windows.len()];
+    // The window a row is in, or the last one before it.
+    let mut w = 0usize;
+    for (i, &hit) in detections.iter().enumerate() {
+        while w < windows.len() && windows[w].1 < i {
+            w += 1;
+        }
+        if !hit || i < skip {
+            continue;
+        }
+        match windows.get(w) {
+            Some(&(l, r)) if l <= i => {
+                // Only the earliest detection of a window counts.
+                if !detected[w] {
+                    detected[w] = true;
+                    let width = (r - l + 1) as f64;
+                    let y = -((r - i + 1) as f64) / width;
+                    score += p.tp * sigmoid(y) / sigmoid(-1.0);
+                }
+            }
+            _ => {
+                // Outside every window: measured from the previous window's right edge.
+                score += match w.checked_sub(1).map(|k| windows[k]) {
+                    None => -p.fp,
+                    Some((l, r)) => {
+                        let width = (r - l + 1) as f64;
+                        // A one-row window has no width to scale by; NAB's formula would divide by zero.
+                        let y = (i - r) as f64 / (width - 1.0).max(1.0);
+                        p.fp * sigmoid(y)
+                    }
+                };
+            }
+        }
+    }
+    let missed = detected.iter().filter(|d| !**d).count();
+    score - p.fn_ * missed as f64
+}
+
+/// NAB's normalised score over files scored together: `100 (S - S_null) / (S_perfect - S_null)`;
+/// undefined (NaN) without windows, where never alarming is already perfect.
+pub fn normalise(raw: f64, windows: usize, p: &Profile) -> f64 {
+    let null = -p.fn_ * windows as f64;
+    let perfect = p.tp * windows as f64;
+    if windows == 0 {
+        return f64::NAN;
+    }
+    100.0 * (raw - null) / (perfect - null)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STD: Profile = PROFILES[0];
+
+    fn hits(n: usize, at: &[usize]) -> Vec<bool> {
+        (0..n).map(|i| at.contains(&i)).collect()
+    }
+
+    fn close(a: f64, b: f64) {
+        assert!((a - b).abs() < 1e-6, "{a} != {b}");
+    }
+
+    // Hand computations: sig(-1) = 2/(1+e^-5) - 1 = 0.98661430; sig(-1/3) = 2/(1+e^(-5/3)) - 1 = 0.68226179;
+    // sig(1) = -0.98661430; sig(-2/3) / sig(-1) = 0.94374226.
+
+    #[test]
+    fn probation_is_15_percent_capped_at_750() {
+        assert_eq!(probation(10), 1);
+        assert_eq!(probation(4032), 604);
+        assert_eq!(probation(22695), 750);
+    }
+
+    #[test]
+    fn detection_at_the_left_edge_scores_one() {
+        // 20 rows, probation 3, window rows 10..=12.
+        close(score_file(&hits(20, &[10]), &[(10, 12)], &STD), 1.0);
+        close(normalise(1.0, 1, &STD), 100.0);
+    }
+
+    #[test]
+    fn later_detections_score_less_and_only_the_first_counts() {
+        // Right edge: y = -1/3 -> 0.68226179 / 0.98661430.
+        close(score_file(&hits(20, &[12]), &[(10, 12)], &STD), 0.691518247);
+        // Middle, then edge: the middle (y = -2/3) is the one that counts.
+        close(
+            score_file(&hits(20, &[11, 12]), &[(10, 12)], &STD),
+            0.943742261,
+        );
+    }
+
+    #[test]
+    fn false_positives_cost_by_distance_from_the_previous_window() {
+        // Before any window: -0.11. Missed window: -1.
+        close(score_file(&hits(20, &[5]), &[(10, 12)], &STD), -0.11 - 1.0);
+        // Two rows after a 3-row window: y = 2/2 = 1 -> 0.11 * -0.98661430; window found at 10.
+        close(
+            score_file(&hits(20, &[10, 14]), &[(10, 12)], &STD),
+            1.0 - 0.108527573,
+        );
+        // Far away (y = 7/2 > 3): the full -0.11; each false-positive row counts.
+        close(
+            score_file(&hits(20, &[10, 19, 19]), &[(10, 12)], &STD),
+            1.0 - 0.11,
+        );
+        close(
+            score_file(&hits(30, &[10, 26, 27]), &[(10, 12)], &STD),
+            1.0 - 0.22,
+        );
+    }
+
+    #[test]
+    fn probation_rows_are_ignored_and_profiles_weigh_differently() {
+        // Row 1 is in probation (3 rows): not a false positive.
+        close(score_file(&hits(20, &[1]), &[(10, 12)], &STD), -1.0);
+        let fn_profile = PROFILES[2];
+        close(score_file(&hits(20, &[1]), &[(10, 12)], &fn_profile), -2.0);
+        let fp_profile = PROFILES[1];
+        close(
+            score_file(&hits(20, &[5]), &[(10, 12)], &fp_profile),
+            -0.22 - 1.0,
+        );
+    }
+
+    #[test]
+    fn normalised_over_files_together() {
+        // Two files, two windows: one found at its left edge (1), one missed (-1): S = 0.
+        // S_null = -2, S_perfect = 2 -> 100 * 2 / 4 = 50.
+        let s = score_file(&hits(20, &[10]), &[(10, 12)], &STD)
+            + score_file(&hits(20, &[]), &[(10, 12)], &STD);
+        close(normalise(s, 2, &STD), 50.0);
+        // Never alarming scores 0; without windows the score is undefined.
+        close(normalise(-2.0, 2, &STD), 0.0);
+        assert!(normalise(-0.22, 0, &STD).is_nan());
+    }
+}
