@@ -94,6 +94,19 @@ pub struct DetectionConfig {
     pub min_relative_spread: f64,
     /// Which deviations count.
     pub direction: Direction,
+    /// Which baseline scores points: `robust` (rolling median/MAD, score = robust z) or
+    /// `ensemble` (experimental: streaming statistics calibrated to a likelihood in [0, 1]).
+    pub engine: Engine,
+}
+
+/// The baseline behind a signal's scores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    /// Rolling median and MAD; the score is a robust z-score.
+    Robust,
+    /// Several streaming statistics, each calibrated, combined to a likelihood in [0, 1].
+    Ensemble,
 }
 
 /// One watched signal: a PromQL query whose every result series gets a baseline.
@@ -148,6 +161,7 @@ impl Default for DetectionConfig {
             min_spread: 0.0,
             min_relative_spread: 0.01,
             direction: Direction::Both,
+            engine: Engine::Robust,
         }
     }
 }
@@ -354,6 +368,7 @@ const DETECTION_KEYS: &[&str] = &[
     "min_spread",
     "min_relative_spread",
     "direction",
+    "engine",
 ];
 
 fn is_identifier(s: &str) -> bool {
@@ -562,6 +577,16 @@ impl Walker {
                 } else {
                     self.err(&join(path, key), "must not be negative");
                 }
+            }
+        }
+        if let Some(s) = self.opt_string(t, path, "engine") {
+            match s.as_str() {
+                "robust" => d.engine = Engine::Robust,
+                "ensemble" => d.engine = Engine::Ensemble,
+                _ => self.err(
+                    &join(path, "engine"),
+                    format!("{s:?} is not one of robust, ensemble"),
+                ),
             }
         }
         if let Some(s) = self.opt_string(t, path, "direction") {

@@ -4,9 +4,11 @@
 //! A [`Baseline`] sees one series' points in time order and nothing else: no future
 //! values, no global min/max. It is behind a trait so the engine can be swapped.
 
+mod ensemble;
 mod hysteresis;
 mod robust;
 
+pub use ensemble::Ensemble;
 pub use hysteresis::{Hysteresis, Transition};
 pub use robust::RollingRobust;
 
@@ -103,7 +105,10 @@ impl Detector {
 
 /// Builds the configured baseline for a new series.
 pub fn new_baseline(cfg: &DetectionConfig) -> Box<dyn Baseline> {
-    Box::new(RollingRobust::new(cfg))
+    match cfg.engine {
+        crate::config::Engine::Robust => Box::new(RollingRobust::new(cfg)),
+        crate::config::Engine::Ensemble => Box::new(Ensemble::new(cfg)),
+    }
 }
 
 /// Keeps the part of a signed deviation that the direction cares about.
