@@ -16,7 +16,7 @@ const ALPHA_FAST: f64 = 0.2;
 /// Smoothing of each component's long-run score distribution.
 const ALPHA_CAL: f64 = 0.002;
 /// Smoothing of each component's recent score.
-const ALPHA_SHORT: f64 = 0.5;
+const ALPHA_SHORT: f64 = 0.3;
 /// Outliers move the statistics at most this many spreads, so one spike does not
 /// teach the baseline that spikes are normal.
 const CLIP: f64 = 5.0;
