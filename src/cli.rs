@@ -49,6 +49,19 @@ pub enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Measure the engine: points per second on one core over CSV files, and the
+    /// steady-state memory of one series.
+    Bench {
+        /// Directory of `<category>/<file>.csv` files (`timestamp,value`).
+        #[arg(long)]
+        data: PathBuf,
+        /// Use this config's `[detection]` defaults instead of the built-in ones.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Series created for the memory measurement.
+        #[arg(long, default_value_t = 20_000)]
+        series: usize,
+    },
     /// Inspect an audit log.
     Audit {
         /// What to do with it.

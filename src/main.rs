@@ -68,6 +68,11 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             out,
             config,
         } => backtest(&data, labels.as_deref(), out.as_deref(), config.as_deref()),
+        Command::Bench {
+            data,
+            config,
+            series,
+        } => bench(&data, config.as_deref(), series),
         Command::Audit {
             command: AuditCommand::Verify { log },
         } => Ok(verify(&log)),
@@ -455,6 +460,78 @@ fn backtest(
             "detections": detections,
             "seconds": seconds,
         })
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resident memory of this process, from /proc (Linux), in bytes.
+fn rss_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+fn bench(data: &Path, config: Option<&Path>, series: usize) -> anyhow::Result<ExitCode> {
+    use homeostat::backtest as bt;
+    use homeostat::detect::Detector;
+    let detection = match config {
+        Some(c) => match load_config(c) {
+            Ok(cfg) => cfg.detection,
+            Err(code) => return Ok(code),
+        },
+        None => homeostat::config::DetectionConfig::default(),
+    };
+    let files: Vec<Vec<bt::Row>> = bt::csv_files(data)?
+        .iter()
+        .map(|(_, p)| bt::read_series(p))
+        .collect::<Result<_, _>>()?;
+    let points: usize = files.iter().map(Vec::len).sum();
+    anyhow::ensure!(points > 0, "{}: no data", data.display());
+
+    // Throughput: the whole corpus, one fresh detector per file, on this thread only,
+    // repeated until at least two seconds have passed.
+    let started = std::time::Instant::now();
+    let mut runs = 0u32;
+    let mut opened = 0usize;
+    while runs < 3 || started.elapsed().as_secs_f64() < 2.0 {
+        for rows in &files {
+            let mut d = Detector::new(&detection);
+            for r in rows {
+                opened += usize::from(
+                    d.step(r.t, r.value).transition == homeostat::detect::Transition::Opened,
+                );
+            }
+        }
+        runs += 1;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let rate = points as f64 * runs as f64 / secs;
+
+    // Memory: many detectors in steady state (each fed 1,000 points), resident growth per series.
+    let sample: Vec<&bt::Row> = files.iter().flatten().take(1_000).collect();
+    let before = rss_bytes();
+    let mut detectors: Vec<Detector> = (0..series).map(|_| Detector::new(&detection)).collect();
+    for d in detectors.iter_mut() {
+        for r in &sample {
+            d.step(r.t, r.value);
+        }
+    }
+    let after = rss_bytes();
+    let per_series = match (before, after) {
+        (Some(b), Some(a)) if series > 0 => Some(a.saturating_sub(b) as f64 / series as f64),
+        _ => None,
+    };
+    drop(detectors);
+
+    println!("engine: {:?}, {} files, {points} points, {runs} runs in {secs:.2}s ({opened} anomalies opened)", detection.engine, files.len());
+    println!("throughput: {:.2} M points/s on one core", rate / 1e6);
+    match per_series {
+        Some(b) => println!("memory: {b:.0} bytes per series in steady state ({series} series, resident-set growth)"),
+        None => println!("memory: unavailable (no /proc/self/statm)"),
+    }
+    println!(
+        "{}",
+        serde_json::json!({"engine": format!("{:?}", detection.engine).to_lowercase(), "points_per_sec": rate, "bytes_per_series": per_series, "points": points, "runs": runs})
     );
     Ok(ExitCode::SUCCESS)
 }
