@@ -322,3 +322,72 @@ fn playbook_list_shows_triggers_and_scope() {
         "{stdout}"
     );
 }
+
+#[test]
+fn backtest_scores_a_labelled_spike_as_nab_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data/synthetic");
+    std::fs::create_dir_all(&data).unwrap();
+    // 200 rows a minute apart; rows 150..160 jump from ~10 to 100.
+    let mut csv = String::from("timestamp,value\n");
+    for i in 0..200u32 {
+        let (h, m) = (i / 60, i % 60);
+        let v = if (150..160).contains(&i) {
+            100.0
+        } else {
+            10.0 + f64::from(i % 7) * 0.1
+        };
+        csv.push_str(&format!("2024-01-01 {h:02}:{m:02}:00,{v}\n"));
+    }
+    std::fs::write(data.join("spike.csv"), csv).unwrap();
+    // The window covers rows 140..=160 (21 rows).
+    let labels = json!({"synthetic/spike.csv": [["2024-01-01 02:20:00.000000", "2024-01-01 02:40:00.000000"]]});
+    let labels_path = write(dir.path(), "labels.json", &labels.to_string());
+    let out_dir = dir.path().join("out");
+    let out = homeostat(&[
+        "backtest",
+        "--data",
+        dir.path().join("data").to_str().unwrap(),
+        "--labels",
+        &labels_path,
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    // The default engine opens on the third anomalous row, 152: y = -(160 - 152 + 1) / 21,
+    // worth sig(-3/7) / sig(-1) = 0.800717; no false positive. By hand:
+    // standard 100 (0.800717 + 1) / 2 = 90.0358; low FN 100 (0.800717 + 2) / 3 = 93.3572.
+    assert!(
+        (last["standard"].as_f64().unwrap() - 90.0358).abs() < 1e-3,
+        "{stdout}"
+    );
+    assert!(
+        (last["reward_low_FP_rate"].as_f64().unwrap() - 90.0358).abs() < 1e-3,
+        "{stdout}"
+    );
+    assert!(
+        (last["reward_low_FN_rate"].as_f64().unwrap() - 93.3572).abs() < 1e-3,
+        "{stdout}"
+    );
+    assert_eq!(last["rows"], 200);
+    assert_eq!(last["threshold"], 0.5);
+    assert!(last["seconds"].is_number());
+    // NAB's result format, at the same relative path, with the detection on row 152.
+    let results = std::fs::read_to_string(out_dir.join("synthetic/spike.csv")).unwrap();
+    let rows: Vec<&str> = results.lines().collect();
+    assert_eq!(rows[0], "timestamp,value,anomaly_score,label");
+    assert_eq!(rows.len(), 201);
+    let detections: Vec<usize> = rows[1..]
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.split(',').nth(2).unwrap().parse::<f64>().unwrap() >= 0.5)
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(detections, vec![152]);
+    assert!(
+        rows[141].ends_with(",1") && rows[140].ends_with(",0"),
+        "labels mark the window"
+    );
+}
