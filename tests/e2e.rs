@@ -4,36 +4,21 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use common::{
-    free_port, http_get, now_secs, openmetrics_gauge, wait_until, Agent, Exporter, PromOptions,
-    Prometheus,
+    free_port, http_get, noisy_history, of_kind, prometheus_with, sample, verify_log, wait_metric,
+    wait_ready, wait_until, Agent, Exporter, PromOptions, Prometheus,
 };
-use homeostat::audit::{read_records, AuditRecord};
-
-/// Deterministic noise in [-1, 1], so history and live values look alike.
-fn noise(i: usize) -> f64 {
-    ((i as f64 * 12.9898).sin() * 43758.5453).fract() * 2.0 - 1.0
-}
+use homeostat::audit::AuditRecord;
 
 /// Six hours of history at 15 s for `pod="spiky"` and `pod="clean"`, ending two minutes ago.
 fn history() -> String {
-    let end = now_secs() - 120.0;
-    let series = |seed: usize| -> Vec<(f64, f64)> {
-        (0..1440)
-            .map(|i| {
-                (
-                    end - (1439 - i) as f64 * 15.0,
-                    100.0 + 2.0 * noise(i * 7 + seed),
-                )
-            })
-            .collect()
-    };
-    openmetrics_gauge(
+    noisy_history(
         "hs_test_latency",
-        &[("pod=\"spiky\"", series(1)), ("pod=\"clean\"", series(2))],
+        &[("pod=\"spiky\"", 1), ("pod=\"clean\"", 2)],
+        1440,
     )
 }
 
@@ -104,11 +89,7 @@ query = 'hs_metric_that_does_not_exist'
     }
 
     fn records(&self) -> Vec<AuditRecord> {
-        if self.audit_log().exists() {
-            read_records(&self.audit_log()).unwrap()
-        } else {
-            Vec::new()
-        }
+        common::records(&self.audit_log())
     }
 
     async fn metrics(&self) -> String {
@@ -119,48 +100,16 @@ query = 'hs_metric_that_does_not_exist'
     }
 }
 
-fn of_kind<'a>(records: &'a [AuditRecord], kind: &str) -> Vec<&'a AuditRecord> {
-    records.iter().filter(|r| r.kind == kind).collect()
-}
-
-fn verify_cli(log: &Path) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_homeostat"))
-        .args(["audit", "verify", "--log", log.to_str().unwrap()])
-        .output()
-        .unwrap()
-}
-
-/// The value of one exported sample line, by its exact name and labels.
-fn sample(metrics: &str, series: &str) -> Option<f64> {
-    metrics.lines().find_map(|l| {
-        l.strip_prefix(series)
-            .and_then(|rest| rest.trim().parse().ok())
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_spiky_series_opens_an_anomaly_and_gets_a_dry_run_plan() {
     let exporter = Exporter::start().await;
     exporter.set("hs_test_latency{pod=\"spiky\"}", 100.5);
     exporter.set("hs_test_latency{pod=\"clean\"}", 99.5);
-    let prom = Prometheus::start(PromOptions {
-        history_openmetrics: Some(history()),
-        scrape_targets: vec![exporter.addr()],
-        scrape_interval: "1s",
-        port: None,
-    })
-    .await;
-    prom.wait_for_series("max by (pod) (hs_test_latency)", 2, Duration::from_secs(15))
-        .await;
+    let prom = prometheus_with(history(), &exporter, "max by (pod) (hs_test_latency)", 2).await;
 
     let setup = Setup::new(prom.port(), "5s");
     let mut agent = Agent::spawn(&setup.config);
-    let ready = format!("http://{}/readyz", setup.listen);
-    wait_until(Duration::from_secs(30), "the agent to be ready", || {
-        let ready = ready.clone();
-        async move { matches!(http_get(&ready).await, Some((200, _))) }
-    })
-    .await;
+    wait_ready(&setup.listen).await;
     // Both series were fitted from history: they are scored (not warming up) and quiet.
     let m = setup.metrics().await;
     let clean_score = sample(
@@ -267,12 +216,7 @@ async fn only_the_spiky_series_opens_an_anomaly_and_gets_a_dry_run_plan() {
         "shutdown is audited"
     );
 
-    let out = verify_cli(&setup.audit_log());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    verify_log(&setup.audit_log());
     assert!(
         agent.logs().contains("plan from playbook restart-slow-pod"),
         "the plan is shown: {}",
@@ -288,21 +232,10 @@ async fn prometheus_down_means_no_anomaly_and_the_agent_recovers_when_it_returns
     let health = format!("http://{}/healthz", setup.listen);
 
     // Nothing listens on the Prometheus port: queries fail, the agent stays up.
-    wait_until(
-        Duration::from_secs(20),
-        "query errors to be counted",
-        || {
-            let setup = &setup;
-            async move {
-                let m = setup.metrics().await;
-                sample(
-                    &m,
-                    "homeostat_query_errors_total{signal=\"latency\",kind=\"request\"}",
-                )
-                .unwrap_or(0.0)
-                    >= 2.0
-            }
-        },
+    wait_metric(
+        &setup.listen,
+        "homeostat_query_errors_total{signal=\"latency\",kind=\"request\"}",
+        2.0,
     )
     .await;
     assert!(agent.is_running(), "{}", agent.logs());
@@ -356,7 +289,7 @@ async fn prometheus_down_means_no_anomaly_and_the_agent_recovers_when_it_returns
         "an outage is not an anomaly: {records:#?}"
     );
     assert!(of_kind(&records, "plan").is_empty());
-    assert!(verify_cli(&setup.audit_log()).status.success());
+    verify_log(&setup.audit_log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -374,21 +307,10 @@ async fn a_malformed_response_is_logged_and_skipped() {
 
     let setup = Setup::new(port, "1s");
     let mut agent = Agent::spawn(&setup.config);
-    wait_until(
-        Duration::from_secs(20),
-        "the malformed answers to be counted",
-        || {
-            let setup = &setup;
-            async move {
-                let m = setup.metrics().await;
-                sample(
-                    &m,
-                    "homeostat_query_errors_total{signal=\"latency\",kind=\"request\"}",
-                )
-                .unwrap_or(0.0)
-                    >= 2.0
-            }
-        },
+    wait_metric(
+        &setup.listen,
+        "homeostat_query_errors_total{signal=\"latency\",kind=\"request\"}",
+        2.0,
     )
     .await;
     assert!(agent.is_running());

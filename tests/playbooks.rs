@@ -9,22 +9,14 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{
-    free_port, http_get, now_secs, openmetrics_gauge, wait_until, Agent, Alertmanager, Exporter,
-    PromOptions, Prometheus,
+    free_port, http_get, noisy_history, of_kind, prometheus_with, wait_ready, wait_until, Agent,
+    Alertmanager, Exporter,
 };
-use homeostat::audit::{read_records, AuditRecord};
+use homeostat::audit::AuditRecord;
 use serde_json::json;
 
-fn noise(i: usize) -> f64 {
-    ((i as f64 * 12.9898).sin() * 43758.5453).fract() * 2.0 - 1.0
-}
-
 fn history() -> String {
-    let end = now_secs() - 120.0;
-    let points: Vec<(f64, f64)> = (0..720)
-        .map(|i| (end - (719 - i) as f64 * 15.0, 100.0 + 2.0 * noise(i)))
-        .collect();
-    openmetrics_gauge("hs_test_latency", &[("pod=\"spiky\"", points)])
+    noisy_history("hs_test_latency", &[("pod=\"spiky\"", 1)], 720)
 }
 
 fn write_config(dir: &Path, prom_port: u16, listen: &str, playbooks: &[&str]) -> PathBuf {
@@ -60,16 +52,7 @@ direction = "up"
 }
 
 fn records(dir: &Path) -> Vec<AuditRecord> {
-    let log = dir.join("audit.jsonl");
-    if log.exists() {
-        read_records(&log).unwrap()
-    } else {
-        Vec::new()
-    }
-}
-
-fn of_kind<'a>(records: &'a [AuditRecord], kind: &str) -> Vec<&'a AuditRecord> {
-    records.iter().filter(|r| r.kind == kind).collect()
+    common::records(&dir.join("audit.jsonl"))
 }
 
 fn failure_of<'a>(records: &'a [AuditRecord], playbook: &str) -> Option<&'a str> {
@@ -80,20 +63,7 @@ fn failure_of<'a>(records: &'a [AuditRecord], playbook: &str) -> Option<&'a str>
 }
 
 fn verify_log(dir: &Path) {
-    let out = Command::new(env!("CARGO_BIN_EXE_homeostat"))
-        .args([
-            "audit",
-            "verify",
-            "--log",
-            dir.join("audit.jsonl").to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::verify_log(&dir.join("audit.jsonl"));
 }
 
 fn hostile(name: &str, body: &str) -> String {
@@ -108,15 +78,7 @@ fn hostile(name: &str, body: &str) -> String {
 async fn hostile_playbooks_fail_alone_while_a_good_one_verifies_and_escalates() {
     let exporter = Exporter::start().await;
     exporter.set("hs_test_latency{pod=\"spiky\"}", 100.0);
-    let prom = Prometheus::start(PromOptions {
-        history_openmetrics: Some(history()),
-        scrape_targets: vec![exporter.addr()],
-        scrape_interval: "1s",
-        port: None,
-    })
-    .await;
-    prom.wait_for_series("max by (pod) (hs_test_latency)", 1, Duration::from_secs(15))
-        .await;
+    let prom = prometheus_with(history(), &exporter, "max by (pod) (hs_test_latency)", 1).await;
 
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -170,12 +132,7 @@ async fn hostile_playbooks_fail_alone_while_a_good_one_verifies_and_escalates() 
         ],
     );
     let mut agent = Agent::spawn(&config);
-    let ready = format!("http://{listen}/readyz");
-    wait_until(Duration::from_secs(30), "the agent to be ready", || {
-        let ready = ready.clone();
-        async move { matches!(http_get(&ready).await, Some((200, _))) }
-    })
-    .await;
+    wait_ready(&listen).await;
 
     exporter.set("hs_test_latency{pod=\"spiky\"}", 400.0);
     wait_until(
@@ -404,30 +361,17 @@ async fn playbooks_hot_reload_and_a_broken_edit_keeps_the_previous_version() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_incident_gets_one_plan_however_many_series_it_spans() {
     let exporter = Exporter::start().await;
-    let end = now_secs() - 120.0;
-    let series = |seed: usize| -> Vec<(f64, f64)> {
-        (0..720)
-            .map(|i| (end - (719 - i) as f64 * 15.0, 100.0 + 2.0 * noise(i + seed)))
-            .collect()
-    };
-    let history = openmetrics_gauge(
+    let history = noisy_history(
         "hs_test_latency",
         &[
-            ("pod=\"cart-1\",app=\"cart\"", series(1)),
-            ("pod=\"cart-2\",app=\"cart\"", series(2)),
+            ("pod=\"cart-1\",app=\"cart\"", 1),
+            ("pod=\"cart-2\",app=\"cart\"", 2),
         ],
+        720,
     );
     exporter.set("hs_test_latency{pod=\"cart-1\",app=\"cart\"}", 100.0);
     exporter.set("hs_test_latency{pod=\"cart-2\",app=\"cart\"}", 100.0);
-    let prom = Prometheus::start(PromOptions {
-        history_openmetrics: Some(history),
-        scrape_targets: vec![exporter.addr()],
-        scrape_interval: "1s",
-        port: None,
-    })
-    .await;
-    prom.wait_for_series("hs_test_latency", 2, Duration::from_secs(15))
-        .await;
+    let prom = prometheus_with(history, &exporter, "hs_test_latency", 2).await;
 
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -447,12 +391,7 @@ async fn one_incident_gets_one_plan_however_many_series_it_spans() {
     );
     std::fs::write(&config, text).unwrap();
     let mut agent = Agent::spawn(&config);
-    let ready = format!("http://{listen}/readyz");
-    wait_until(Duration::from_secs(30), "the agent to be ready", || {
-        let ready = ready.clone();
-        async move { matches!(http_get(&ready).await, Some((200, _))) }
-    })
-    .await;
+    wait_ready(&listen).await;
 
     // Both pods of one app go bad together: one incident.
     exporter.set("hs_test_latency{pod=\"cart-1\",app=\"cart\"}", 500.0);

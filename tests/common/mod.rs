@@ -433,3 +433,116 @@ impl Drop for Alertmanager {
         }
     }
 }
+
+/// Deterministic noise in [-1, 1], so history and live values look alike.
+pub fn noise(i: usize) -> f64 {
+    ((i as f64 * 12.9898).sin() * 43758.5453).fract() * 2.0 - 1.0
+}
+
+/// `points` samples 15 s apart of a gauge around 100 ± 2, one series per
+/// `(labels, seed)`, ending two minutes ago (Prometheus' head block stays free).
+pub fn noisy_history(name: &str, series: &[(&str, usize)], points: usize) -> String {
+    let end = now_secs() - 120.0;
+    let all: Vec<(&str, Vec<(f64, f64)>)> = series
+        .iter()
+        .map(|&(labels, seed)| {
+            (
+                labels,
+                (0..points)
+                    .map(|i| {
+                        (
+                            end - (points - 1 - i) as f64 * 15.0,
+                            100.0 + 2.0 * noise(i * 7 + seed),
+                        )
+                    })
+                    .collect(),
+            )
+        })
+        .collect();
+    openmetrics_gauge(name, &all)
+}
+
+/// A Prometheus backfilled with `history` and scraping `exporter` every second, once
+/// `query` returns `series` series.
+pub async fn prometheus_with(
+    history: String,
+    exporter: &Exporter,
+    query: &str,
+    series: usize,
+) -> Prometheus {
+    let prom = Prometheus::start(PromOptions {
+        history_openmetrics: Some(history),
+        scrape_targets: vec![exporter.addr()],
+        scrape_interval: "1s",
+        port: None,
+    })
+    .await;
+    prom.wait_for_series(query, series, Duration::from_secs(15))
+        .await;
+    prom
+}
+
+/// Waits until the agent listening on `listen` is ready.
+pub async fn wait_ready(listen: &str) {
+    let url = format!("http://{listen}/readyz");
+    wait_until(Duration::from_secs(30), "the agent to be ready", || {
+        let url = url.clone();
+        async move { matches!(http_get(&url).await, Some((200, _))) }
+    })
+    .await;
+}
+
+/// The records of an audit log (none before it exists).
+pub fn records(log: &Path) -> Vec<homeostat::audit::AuditRecord> {
+    if log.exists() {
+        homeostat::audit::read_records(log).unwrap()
+    } else {
+        Vec::new()
+    }
+}
+
+/// The records of one kind.
+pub fn of_kind<'a>(
+    records: &'a [homeostat::audit::AuditRecord],
+    kind: &str,
+) -> Vec<&'a homeostat::audit::AuditRecord> {
+    records.iter().filter(|r| r.kind == kind).collect()
+}
+
+/// `homeostat audit verify` must pass on the log.
+pub fn verify_log(log: &Path) {
+    let out = Command::new(env!("CARGO_BIN_EXE_homeostat"))
+        .args(["audit", "verify", "--log", log.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The value of one exported sample line, by its exact name and labels.
+pub fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| {
+        l.strip_prefix(series)
+            .and_then(|rest| rest.trim().parse().ok())
+    })
+}
+
+/// Waits until the agent's `/metrics` shows `series` at `at_least` or more.
+pub async fn wait_metric(listen: &str, series: &str, at_least: f64) {
+    let url = format!("http://{listen}/metrics");
+    let what = format!("{series} >= {at_least}");
+    wait_until(Duration::from_secs(20), &what, || {
+        let url = url.clone();
+        async move {
+            http_get(&url)
+                .await
+                .and_then(|(_, m)| sample(&m, series))
+                .unwrap_or(0.0)
+                >= at_least
+        }
+    })
+    .await;
+}
