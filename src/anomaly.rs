@@ -133,23 +133,17 @@ impl Anomaly {
         } else {
             format!("am-{}", alert.fingerprint)
         };
+        // An alert has no value, band or score: those stay NaN and 0.
         Anomaly {
             id: fingerprint,
             signal: alert.labels.get("alertname").cloned().unwrap_or_default(),
-            query: String::new(),
             labels,
-            value: f64::NAN,
-            expected: f64::NAN,
-            lower: f64::NAN,
-            upper: f64::NAN,
-            score: 0.0,
-            peak_score: 0.0,
-            direction: "up".into(),
             started_at: alert.starts_at.clone(),
             started_unix,
             duration_secs: (now - started_unix).max(0.0),
             source: "alertmanager".into(),
             annotations: alert.annotations.clone(),
+            ..Anomaly::default()
         }
     }
 }
