@@ -139,6 +139,18 @@ fn check(path: &Path) -> ExitCode {
             .collect::<Vec<_>>()
             .join(", "),
     );
+    // No surprises: a playbook that says `auto` must not look as if it will act.
+    let acting: Vec<&str> = playbooks
+        .iter()
+        .filter(|p| p.mode != homeostat::playbook::Mode::DryRun)
+        .map(|p| p.name.as_str())
+        .collect();
+    if !acting.is_empty() {
+        println!(
+            "note: this build has no effectors; plans of {} run in dry-run",
+            acting.join(", ")
+        );
+    }
     ExitCode::SUCCESS
 }
 
