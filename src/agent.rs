@@ -19,6 +19,7 @@ use crate::config::{Config, SignalConfig};
 use crate::detect::{Assessment, Detector, Transition};
 use crate::dispatch::Dispatcher;
 use crate::labels::Labels;
+use crate::models::{self, SeriesModel, SignalModels};
 use crate::playbook::{Limits, LiveWorld, Playbook};
 use crate::server::{self, AppState, SeriesGauge, SharedTelemetry, SignalHealth, Telemetry};
 use crate::source::{unix_now, History, Point, PromSource, SourceError};
@@ -75,6 +76,8 @@ struct SignalState {
     failures: u32,
     next_attempt: Instant,
     last_refit: Option<Instant>,
+    /// Unix seconds of the newest point any of its baselines has seen.
+    updated_to: f64,
 }
 
 /// What the loop needs, passed around instead of a god object.
@@ -85,6 +88,7 @@ struct Context {
     interval: Duration,
     series_ttl: Duration,
     max_backoff: Duration,
+    models_dir: std::path::PathBuf,
 }
 
 /// How often playbook files are checked for changes.
@@ -165,6 +169,7 @@ pub async fn run(
         interval: config.agent.interval,
         series_ttl: config.agent.series_ttl,
         max_backoff: config.agent.max_backoff,
+        models_dir: config.agent.models_dir.clone(),
     };
     record(
         &ctx,
@@ -197,12 +202,14 @@ pub async fn run(
             failures: 0,
             next_attempt: Instant::now(),
             last_refit: None,
+            updated_to: 0.0,
         })
         .collect();
 
     tokio::pin!(shutdown);
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|source| AgentError::Signal { source })?;
+    let save_every = config.agent.models_save_every;
     let result: Result<(), AuditError> = async {
         // Fitting may take a while on a big store; shutdown must still be prompt.
         tokio::select! {
@@ -214,6 +221,9 @@ pub async fn run(
         // Playbook files are polled for changes; SIGHUP reloads at once.
         let mut reload = tokio::time::interval(RELOAD_EVERY);
         reload.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut save =
+            tokio::time::interval_at(tokio::time::Instant::now() + save_every, save_every);
+        save.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = &mut shutdown => return Ok(()),
@@ -224,6 +234,10 @@ pub async fn run(
                 }
                 _ = reload.tick() => {
                     dispatcher.reload().await?;
+                    continue;
+                }
+                _ = save.tick() => {
+                    save_models(&ctx, &signals).await;
                     continue;
                 }
                 _ = hangup.recv() => {
@@ -247,6 +261,8 @@ pub async fn run(
     .await;
 
     info!("shutting down");
+    // What was learned survives the restart.
+    save_models(&ctx, &signals).await;
     // Verifications in flight are abandoned: their records so far say how far they got.
     let interrupted = dispatcher.stop().await;
     let _ = stop_tx.send(true);
@@ -290,19 +306,56 @@ async fn respond_to_alerts(
     Ok(())
 }
 
+/// Starts every signal's baselines: from saved models where there are usable ones
+/// (then catching up on the history since they were saved), else from history alone.
 async fn fit_all(ctx: &Context, signals: &mut [SignalState]) {
     let now = unix_now();
     for s in signals.iter_mut() {
-        let d = &s.cfg.detection;
+        let d = s.cfg.detection.clone();
+        // The whole history is fetched even with saved models: series that appeared since
+        // the save need all of it; known ones skip what they have seen.
+        let since = now - d.history.as_secs_f64();
+        match models::load(&ctx.models_dir, &s.cfg.name, &d) {
+            Ok(Some(saved)) => {
+                for m in saved.series {
+                    let mut series = new_series(&s.cfg);
+                    series.detector = Detector::from_model(m.model, &d);
+                    s.series.insert(m.labels, series);
+                }
+                s.updated_to = saved.updated_to;
+                info!(signal = %s.cfg.name, series = s.series.len(), age_secs = format!("{:.0}", now - saved.updated_to), "loaded saved models");
+            }
+            Ok(None) => {}
+            Err(e) => {
+                warn!(signal = %s.cfg.name, error = %e, "saved models not used; fitting from history")
+            }
+        }
+        let span = Duration::from_secs_f64((now - since).max(d.history_step.as_secs_f64()));
         match ctx
             .source
-            .range(&s.cfg.query, now, d.history, d.history_step)
+            .range(&s.cfg.query, now, span, d.history_step)
             .await
         {
             Ok(histories) => {
                 let points: usize = histories.iter().map(|h| h.samples.len()).sum();
+                let saved_to = s.updated_to;
                 for h in histories {
-                    insert_fitted(s, h);
+                    // A saved model learns only what it has not seen; a new series, everything.
+                    let known = s.series.contains_key(&h.labels);
+                    let fresh: Vec<(f64, f64)> = h
+                        .samples
+                        .iter()
+                        .copied()
+                        .filter(|(t, _)| !known || *t > saved_to)
+                        .collect();
+                    let series = s
+                        .series
+                        .entry(h.labels)
+                        .or_insert_with(|| new_series(&s.cfg));
+                    series.detector.fit(&fresh);
+                    if let Some((t, _)) = fresh.last() {
+                        s.updated_to = s.updated_to.max(*t);
+                    }
                 }
                 info!(signal = %s.cfg.name, series = s.series.len(), points, "fitted baselines from history");
             }
@@ -311,6 +364,49 @@ async fn fit_all(ctx: &Context, signals: &mut [SignalState]) {
             }
         }
         s.last_refit = Some(Instant::now());
+    }
+}
+
+/// Saves every signal's models; blocking file I/O runs off the async threads.
+async fn save_models(ctx: &Context, signals: &[SignalState]) {
+    let batch: Vec<SignalModels> = signals
+        .iter()
+        // A signal whose fitting was interrupted must not overwrite a good saved file.
+        .filter(|s| s.last_refit.is_some())
+        .map(|s| SignalModels {
+            schema: models::SCHEMA,
+            signal: s.cfg.name.clone(),
+            detection: models::detection_hash(&s.cfg.detection),
+            saved_at: unix_now(),
+            updated_to: s.updated_to,
+            series: s
+                .series
+                .iter()
+                .map(|(labels, series)| SeriesModel {
+                    labels: labels.clone(),
+                    model: series.detector.model().clone(),
+                })
+                .collect(),
+        })
+        .collect();
+    let dir = ctx.models_dir.clone();
+    let saved = tokio::task::spawn_blocking(move || {
+        batch
+            .iter()
+            .map(|m| models::save(&dir, m).map(|_| m.series.len()))
+            .collect::<Vec<_>>()
+    })
+    .await;
+    match saved {
+        Ok(results) => {
+            for r in results {
+                if let Err(e) = r {
+                    warn!(error = %e, "cannot save models");
+                }
+            }
+            debug!(dir = %ctx.models_dir.display(), "models saved");
+        }
+        Err(e) => error!(error = %e, "model save task failed"),
     }
 }
 
@@ -440,6 +536,7 @@ async fn process(
         series.stale = false;
         series.value = p.value;
         let step = series.detector.step(p.t, p.value);
+        s.updated_to = s.updated_to.max(p.t);
         let (a, anomalous) = (step.assessment, step.anomalous);
         series.assessment = Some(a);
         match step.transition {
@@ -610,4 +707,76 @@ fn publish(ctx: &Context, signals: &[SignalState]) {
     t.ready = true;
     t.audit_records = ctx.audit.written();
     t.heartbeat = Some(Instant::now());
+}
+
+/// What `homeostat fit` did for one signal.
+#[derive(Debug, Clone)]
+pub struct FitReport {
+    /// The signal.
+    pub signal: String,
+    /// Series fitted, or why none could be.
+    pub outcome: Result<(usize, usize), String>,
+}
+
+/// Fits every signal from Prometheus history and saves the models (`homeostat fit`);
+/// `progress` hears about each signal as it is done.
+pub async fn fit_and_save(
+    config: &Config,
+    mut progress: impl FnMut(usize, &FitReport),
+) -> Result<Vec<FitReport>, AgentError> {
+    let source = PromSource::new(&config.prometheus.url, config.prometheus.timeout)?;
+    let now = unix_now();
+    let mut reports = Vec::new();
+    for (i, cfg) in config.signals.iter().enumerate() {
+        let d = &cfg.detection;
+        let outcome = match source
+            .range(&cfg.query, now, d.history, d.history_step)
+            .await
+        {
+            Err(e) => Err(e.to_string()),
+            Ok(histories) if histories.is_empty() => {
+                Err("the query returned no series over the history".to_string())
+            }
+            Ok(histories) => {
+                let points: usize = histories.iter().map(|h| h.samples.len()).sum();
+                let updated_to = histories
+                    .iter()
+                    .filter_map(|h| h.samples.last().map(|(t, _)| *t))
+                    .fold(0.0, f64::max);
+                let series: Vec<SeriesModel> = histories
+                    .into_iter()
+                    .map(|h| {
+                        let mut det = Detector::new(d);
+                        det.fit(&h.samples);
+                        SeriesModel {
+                            labels: h.labels,
+                            model: det.model().clone(),
+                        }
+                    })
+                    .collect();
+                let n = series.len();
+                let models = SignalModels {
+                    schema: models::SCHEMA,
+                    signal: cfg.name.clone(),
+                    detection: models::detection_hash(d),
+                    saved_at: unix_now(),
+                    updated_to,
+                    series,
+                };
+                let dir = config.agent.models_dir.clone();
+                match tokio::task::spawn_blocking(move || models::save(&dir, &models)).await {
+                    Ok(Ok(_)) => Ok((n, points)),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        };
+        let report = FitReport {
+            signal: cfg.name.clone(),
+            outcome,
+        };
+        progress(i, &report);
+        reports.push(report);
+    }
+    Ok(reports)
 }

@@ -34,6 +34,12 @@ pub enum Command {
         #[command(subcommand)]
         command: PlaybookCommand,
     },
+    /// Fit every signal's baselines from Prometheus history and save them under the models directory.
+    Fit {
+        /// The config file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Run the live detection engine over CSV files (NAB layout) and score it.
     Backtest {
         /// Directory of `<category>/<file>.csv` files (`timestamp,value`).

@@ -14,7 +14,7 @@ use serde::Serialize;
 use toml::{Table, Value};
 
 /// Which deviations from the baseline count as anomalous.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     /// Only values above the expected band.
@@ -69,6 +69,11 @@ pub struct AgentConfig {
     /// Wall-clock limit of one playbook run.
     #[serde(with = "humantime_serde_str")]
     pub playbook_timeout: Duration,
+    /// Where fitted models are saved, resolved against the config file's directory.
+    pub models_dir: PathBuf,
+    /// How often models are saved while running (and always at shutdown).
+    #[serde(with = "humantime_serde_str")]
+    pub models_save_every: Duration,
 }
 
 /// Detection parameters: the defaults in `[detection]`, or one signal's resolved set.
@@ -100,7 +105,7 @@ pub struct DetectionConfig {
 }
 
 /// The baseline behind a signal's scores.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Engine {
     /// Rolling median and MAD; the score is a robust z-score.
@@ -143,6 +148,14 @@ pub fn default_series_ttl() -> Duration {
 /// Default ceiling of the retry backoff.
 pub fn default_max_backoff() -> Duration {
     Duration::from_secs(120)
+}
+/// Default directory of saved models.
+pub fn default_models_dir() -> PathBuf {
+    PathBuf::from("models")
+}
+/// Default interval between model saves.
+pub fn default_models_save_every() -> Duration {
+    Duration::from_secs(300)
 }
 /// Default wall-clock limit of one playbook run.
 pub fn default_playbook_timeout() -> Duration {
@@ -236,6 +249,8 @@ impl Config {
                     "series_ttl",
                     "max_backoff",
                     "playbook_timeout",
+                    "models_dir",
+                    "models_save_every",
                 ],
             );
             let listen = match w.opt_string(&t, "agent", "listen") {
@@ -267,6 +282,14 @@ impl Config {
                 playbook_timeout: w
                     .duration(&t, "agent", "playbook_timeout")
                     .unwrap_or_else(default_playbook_timeout),
+                models_dir: base.join(
+                    w.opt_string(&t, "agent", "models_dir")
+                        .map(PathBuf::from)
+                        .unwrap_or_else(default_models_dir),
+                ),
+                models_save_every: w
+                    .duration(&t, "agent", "models_save_every")
+                    .unwrap_or_else(default_models_save_every),
             }
         };
 

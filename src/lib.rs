@@ -15,6 +15,7 @@
 //! | [`agent`] | the daemon loop tying them together |
 //! | [`backtest`] | the live engine over CSV files, scored as NAB scores |
 //! | [`labels`] | label sets and PromQL-style matchers |
+//! | [`models`] | fitted baselines saved under `models/`, schema-versioned |
 //! | [`cli`] | command-line definitions |
 #![forbid(unsafe_code)]
 
@@ -28,6 +29,7 @@ pub mod config;
 pub mod detect;
 pub mod dispatch;
 pub mod labels;
+pub mod models;
 pub mod playbook;
 pub mod server;
 pub mod source;

@@ -62,6 +62,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 )
             }
         }
+        Command::Fit { config } => fit(&config),
         Command::Backtest {
             data,
             labels,
@@ -546,4 +547,37 @@ fn bench(data: &Path, config: Option<&Path>, series: usize) -> anyhow::Result<Ex
         serde_json::json!({"engine": format!("{:?}", detection.engine).to_lowercase(), "points_per_sec": rate, "bytes_per_series": per_series, "points": points, "runs": runs})
     );
     Ok(ExitCode::SUCCESS)
+}
+
+fn fit(path: &Path) -> anyhow::Result<ExitCode> {
+    let config = match load_config(path) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let total = config.signals.len();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let reports = runtime.block_on(homeostat::agent::fit_and_save(&config, |i, r| {
+        match &r.outcome {
+            Ok((series, points)) => eprintln!(
+                "[{}/{total}] {}: {series} series, {points} points",
+                i + 1,
+                r.signal
+            ),
+            Err(e) => eprintln!("[{}/{total}] {}: FAILED: {e}", i + 1, r.signal),
+        }
+    }))?;
+    let failed = reports.iter().filter(|r| r.outcome.is_err()).count();
+    println!(
+        "fitted {} of {total} signals into {}",
+        total - failed,
+        config.agent.models_dir.display()
+    );
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

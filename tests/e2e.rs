@@ -321,3 +321,45 @@ async fn a_malformed_response_is_logged_and_skipped() {
     assert_eq!(records.first().unwrap().kind, "agent_started");
     assert_eq!(records.last().unwrap().kind, "agent_stopped");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fit_saves_models_that_the_daemon_loads_and_saves_again() {
+    let exporter = Exporter::start().await;
+    exporter.set("hs_test_latency{pod=\"spiky\"}", 100.5);
+    exporter.set("hs_test_latency{pod=\"clean\"}", 99.5);
+    let prom = prometheus_with(history(), &exporter, "max by (pod) (hs_test_latency)", 2).await;
+    let setup = Setup::new(prom.port(), "5s");
+
+    // `homeostat fit`: one file per signal; a signal without data is a listed failure.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_homeostat"))
+        .args(["fit", "--config", setup.config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("[1/2] latency: 2 series, "), "{stderr}");
+    assert!(stderr.contains("[2/2] nothing: FAILED"), "{stderr}");
+    let file = setup.dir.path().join("models/latency.json");
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(saved["schema"], 1);
+    assert_eq!(saved["series"].as_array().unwrap().len(), 2);
+    assert_eq!(saved["series"][0]["model"]["engine"], "robust");
+
+    // The daemon starts from them, and saves what it learned when it stops.
+    let mut agent = Agent::spawn(&setup.config);
+    wait_ready(&setup.listen).await;
+    assert!(
+        agent.logs().contains("loaded saved models"),
+        "{}",
+        agent.logs()
+    );
+    assert!(agent.terminate().success());
+    let again: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert!(
+        again["saved_at"].as_f64() > saved["saved_at"].as_f64(),
+        "saved again at shutdown"
+    );
+    assert!(again["updated_to"].as_f64() >= saved["updated_to"].as_f64());
+}

@@ -3,6 +3,8 @@
 //! long-run distribution (the idea behind Numenta's anomaly likelihood), combined by
 //! taking the most surprised one. Constant memory, no sorting, no look-ahead.
 
+use serde::{Deserialize, Serialize};
+
 use super::{directional, Assessment, Baseline};
 use crate::config::{DetectionConfig, Direction};
 
@@ -38,7 +40,7 @@ const SEASONAL_GAIN: f64 = 0.6;
 /// Raw scores are capped here so that one absurd point cannot wreck a calibration.
 const RAW_CAP: f64 = 1e3;
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 struct Calibration {
     seen: u64,
     mean: f64,
@@ -70,7 +72,7 @@ impl Calibration {
 
 /// O(1) statistics of one representation of a series (the values themselves, or their
 /// residuals against the daily profile).
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 struct Stats {
     n: u64,
     mean: f64,
@@ -139,14 +141,16 @@ impl Stats {
 /// Streaming statistics of the values and of their residuals against a time-of-day
 /// profile, each component calibrated to a likelihood; the profile's view is used
 /// when it explains the series clearly better.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Ensemble {
     plain: Stats,
     resid: Stats,
     cal_plain: [Calibration; K],
     cal_resid: [Calibration; K],
     /// Time-of-day profile: mean per bucket, and points seen per bucket.
+    #[serde(with = "buckets")]
     profile: [f32; BUCKETS],
+    #[serde(with = "buckets")]
     seen: [u16; BUCKETS],
     min_spread: f64,
     min_relative_spread: f64,
@@ -283,6 +287,28 @@ impl Baseline for Ensemble {
         self.plain.learn(x, floor);
         self.learn_profile(t, x);
         a
+    }
+}
+
+/// serde derives arrays up to 32 elements only: the profile goes as a sequence.
+mod buckets {
+    use super::BUCKETS;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer, T: Serialize>(
+        v: &[T; BUCKETS],
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        v.as_slice().serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+        d: D,
+    ) -> Result<[T; BUCKETS], D::Error> {
+        let v: Vec<T> = Vec::deserialize(d)?;
+        let n = v.len();
+        v.try_into()
+            .map_err(|_| serde::de::Error::invalid_length(n, &"one value per profile bucket"))
     }
 }
 

@@ -58,10 +58,36 @@ pub struct Step {
     pub transition: Transition,
 }
 
+/// A fitted baseline of either kind: what `models/` stores per series.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "engine", rename_all = "lowercase")]
+pub enum Model {
+    /// Rolling median and MAD.
+    Robust(RollingRobust),
+    /// The streaming ensemble (boxed: it is several times larger than the robust one).
+    Ensemble(Box<Ensemble>),
+}
+
+impl Baseline for Model {
+    fn fit(&mut self, history: &[(f64, f64)]) {
+        match self {
+            Model::Robust(b) => b.fit(history),
+            Model::Ensemble(b) => b.fit(history),
+        }
+    }
+
+    fn update(&mut self, t: f64, value: f64) -> Assessment {
+        match self {
+            Model::Robust(b) => b.update(t, value),
+            Model::Ensemble(b) => b.update(t, value),
+        }
+    }
+}
+
 /// The per-series engine that `run` and `backtest` both use: a baseline, the
 /// threshold, and the hysteresis that turns points into anomaly events.
 pub struct Detector {
-    baseline: Box<dyn Baseline>,
+    baseline: Model,
     hysteresis: Hysteresis,
     threshold: f64,
 }
@@ -69,11 +95,21 @@ pub struct Detector {
 impl Detector {
     /// The configured engine for a new series.
     pub fn new(cfg: &DetectionConfig) -> Self {
+        Detector::from_model(new_baseline(cfg), cfg)
+    }
+
+    /// An engine that goes on from a saved model.
+    pub fn from_model(model: Model, cfg: &DetectionConfig) -> Self {
         Detector {
-            baseline: new_baseline(cfg),
+            baseline: model,
             hysteresis: Hysteresis::new(cfg.open_after, cfg.close_after),
             threshold: cfg.threshold,
         }
+    }
+
+    /// The fitted baseline, for saving.
+    pub fn model(&self) -> &Model {
+        &self.baseline
     }
 
     /// Learns from history (oldest first).
@@ -104,10 +140,10 @@ impl Detector {
 }
 
 /// Builds the configured baseline for a new series.
-pub fn new_baseline(cfg: &DetectionConfig) -> Box<dyn Baseline> {
+pub fn new_baseline(cfg: &DetectionConfig) -> Model {
     match cfg.engine {
-        crate::config::Engine::Robust => Box::new(RollingRobust::new(cfg)),
-        crate::config::Engine::Ensemble => Box::new(Ensemble::new(cfg)),
+        crate::config::Engine::Robust => Model::Robust(RollingRobust::new(cfg)),
+        crate::config::Engine::Ensemble => Model::Ensemble(Box::new(Ensemble::new(cfg))),
     }
 }
 

@@ -10,7 +10,7 @@ const MAD_TO_SIGMA: f64 = 1.4826;
 
 /// Rolling window of the last `window` values; scores a point by its distance from
 /// the window's median in units of the (floored) MAD-based spread.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct RollingRobust {
     window: VecDeque<f64>,
     capacity: usize,
@@ -19,6 +19,8 @@ pub struct RollingRobust {
     min_spread: f64,
     min_relative_spread: f64,
     direction: Direction,
+    /// Reused for sorting; not part of the model.
+    #[serde(skip)]
     scratch: Vec<f64>,
 }
 

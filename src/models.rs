@@ -1,0 +1,226 @@
+//! Fitted baselines on disk, so a restart neither relearns from scratch nor forgets.
+//!
+//! One JSON file per signal, `<models_dir>/<signal>.json`:
+//!
+//! ```json
+//! {"schema": 1, "signal": "http_error_ratio", "detection": "<hash of the detection settings>",
+//!  "saved_at": 1795545402.3, "updated_to": 1795545400.0,
+//!  "series": [{"labels": {"deployment": "cart"}, "model": {"engine": "robust", ...}}]}
+//! ```
+//!
+//! A file is written whole to a temporary name, fsynced and renamed, so a crash leaves
+//! the old file or the new one, never half of one. A file of another schema or made
+//! with other detection settings is not used: the models would not mean the same thing.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::DetectionConfig;
+use crate::detect::Model;
+use crate::labels::Labels;
+
+/// The current file format.
+pub const SCHEMA: u32 = 1;
+
+/// What can go wrong with a models file.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// The file system refused.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not a models file homeostat can use.
+    #[error("{path}: {reason}")]
+    Unusable {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// One series' saved baseline.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SeriesModel {
+    /// The series' labels.
+    pub labels: Labels,
+    /// Its fitted baseline.
+    pub model: Model,
+}
+
+/// Every saved baseline of one signal.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SignalModels {
+    /// File format version.
+    pub schema: u32,
+    /// The signal's name.
+    pub signal: String,
+    /// Hash of the detection settings the models were made with.
+    pub detection: String,
+    /// Unix seconds the file was written.
+    pub saved_at: f64,
+    /// Unix seconds of the newest point the models have seen.
+    pub updated_to: f64,
+    /// The series.
+    pub series: Vec<SeriesModel>,
+}
+
+/// A short hash of the settings that shape a model (not those of the hysteresis).
+pub fn detection_hash(d: &DetectionConfig) -> String {
+    let shaping = serde_json::json!({
+        "engine": d.engine, "window": d.window, "threshold": d.threshold, "direction": d.direction,
+        "min_spread": d.min_spread, "min_relative_spread": d.min_relative_spread,
+    });
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(shaping.to_string().as_bytes());
+    hex::encode(&digest[..8])
+}
+
+/// The file of one signal's models.
+pub fn path(dir: &Path, signal: &str) -> PathBuf {
+    dir.join(format!("{signal}.json"))
+}
+
+/// Writes a signal's models atomically.
+pub fn save(dir: &Path, models: &SignalModels) -> Result<PathBuf, ModelError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ModelError::Io { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let file = path(dir, &models.signal);
+    let tmp = dir.join(format!(".{}.json.tmp", models.signal));
+    let body = serde_json::to_vec(models).expect("models serialise");
+    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+    f.write_all(&body).map_err(io(&tmp))?;
+    f.sync_all().map_err(io(&tmp))?;
+    std::fs::rename(&tmp, &file).map_err(io(&file))?;
+    Ok(file)
+}
+
+/// Reads a signal's models if there is a usable file for these settings.
+pub fn load(
+    dir: &Path,
+    signal: &str,
+    detection: &DetectionConfig,
+) -> Result<Option<SignalModels>, ModelError> {
+    let file = path(dir, signal);
+    let bytes = match std::fs::read(&file) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(ModelError::Io { path: file, source }),
+    };
+    let unusable = |reason: String| ModelError::Unusable {
+        path: file.clone(),
+        reason,
+    };
+    // Check the schema first, so an old format says so instead of failing to parse.
+    let head: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| unusable(format!("not JSON: {e}")))?;
+    if head["schema"] != SCHEMA {
+        return Err(unusable(format!(
+            "schema {} is not the supported {SCHEMA}",
+            head["schema"]
+        )));
+    }
+    let models: SignalModels =
+        serde_json::from_value(head).map_err(|e| unusable(format!("not a models file: {e}")))?;
+    if models.detection != detection_hash(detection) {
+        return Err(unusable("made with other detection settings".into()));
+    }
+    Ok(Some(models))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Engine;
+    use crate::detect::Detector;
+
+    fn noisy(i: usize) -> f64 {
+        ((i as f64 * 12.9898).sin() * 43758.5453).fract()
+    }
+
+    #[test]
+    fn a_saved_model_goes_on_exactly_where_it_stopped() {
+        for engine in [Engine::Robust, Engine::Ensemble] {
+            let cfg = DetectionConfig {
+                engine,
+                ..DetectionConfig::default()
+            };
+            let mut live = Detector::new(&cfg);
+            for i in 0..3000 {
+                live.step(i as f64 * 60.0, 10.0 + noisy(i));
+            }
+            let dir = tempfile::tempdir().unwrap();
+            let models = SignalModels {
+                schema: SCHEMA,
+                signal: "s".into(),
+                detection: detection_hash(&cfg),
+                saved_at: 0.0,
+                updated_to: 2999.0 * 60.0,
+                series: vec![SeriesModel {
+                    labels: Labels::from_pairs([("pod", "a")]),
+                    model: live.model().clone(),
+                }],
+            };
+            save(dir.path(), &models).unwrap();
+            let back = load(dir.path(), "s", &cfg).unwrap().unwrap();
+            let mut restored = Detector::from_model(back.series[0].model.clone(), &cfg);
+            for i in 3000..3500 {
+                let (t, v) = (
+                    i as f64 * 60.0,
+                    10.0 + noisy(i) + if i == 3400 { 50.0 } else { 0.0 },
+                );
+                let (a, b) = (live.step(t, v), restored.step(t, v));
+                assert_eq!(
+                    format!("{a:?}"),
+                    format!("{b:?}"),
+                    "{engine:?} diverged at {i}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn other_settings_or_schemas_are_refused() {
+        let cfg = DetectionConfig::default();
+        let dir = tempfile::tempdir().unwrap();
+        let models = SignalModels {
+            schema: SCHEMA,
+            signal: "s".into(),
+            detection: detection_hash(&cfg),
+            saved_at: 0.0,
+            updated_to: 0.0,
+            series: vec![],
+        };
+        save(dir.path(), &models).unwrap();
+        let other = DetectionConfig {
+            window: 100,
+            ..cfg.clone()
+        };
+        assert!(load(dir.path(), "s", &other)
+            .unwrap_err()
+            .to_string()
+            .contains("other detection settings"));
+        let hysteresis_only = DetectionConfig {
+            open_after: 9,
+            ..cfg.clone()
+        };
+        assert!(
+            load(dir.path(), "s", &hysteresis_only).unwrap().is_some(),
+            "hysteresis does not shape models"
+        );
+        std::fs::write(path(dir.path(), "s"), r#"{"schema": 99}"#).unwrap();
+        assert!(load(dir.path(), "s", &cfg)
+            .unwrap_err()
+            .to_string()
+            .contains("schema 99"));
+        assert!(load(dir.path(), "missing", &cfg).unwrap().is_none());
+    }
+}
