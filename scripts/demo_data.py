@@ -7,9 +7,11 @@ behaviour until the demo turns one of them anomalous. Both come from one value
 model, `value()`, so the live data looks like the history it follows.
 
     demo_data.py history --out FILE [--days 3] [--step 60] [--end-offset 120] [--seed 7]
-        OpenMetrics text for `promtool tsdb create-blocks-from openmetrics`.
+        OpenMetrics text for `promtool tsdb create-blocks-from openmetrics FILE DIR`.
     demo_data.py serve --port PORT [--anomaly-after SECONDS] [--anomaly-for SECONDS] [--seed 7]
-        A Prometheus exporter on 127.0.0.1:PORT (GET /metrics).
+        A Prometheus exporter on 127.0.0.1:PORT (GET /metrics). After
+        --anomaly-after seconds (negative: never) the error ratio of shop/cart
+        jumps to ~0.22; with --anomaly-for > 0 it returns to normal after that long.
 
 Standard library only.
 """
@@ -25,8 +27,9 @@ import threading
 import time
 
 DAY = 86400.0
+MAX_DAYS = 14  # Prometheus only backfills into the last 15 days; keep a margin.
 
-# (metric, help, [label sets]) — every series the demo has.
+# (metric, help, [label sets]): every series the demo has.
 FAMILIES = [
     ("demo_node_cpu_utilisation", "CPU utilisation of a node (ratio).",
      [{"node": f"node-{i}"} for i in range(1, 5)]),
@@ -34,6 +37,7 @@ FAMILIES = [
      [{"service": s} for s in ("cart", "checkout", "catalog")]),
     ("demo_http_error_ratio", "Share of HTTP requests answered with 5xx.",
      [{"namespace": "shop", "deployment": d} for d in ("cart", "checkout", "catalog")]),
+    # Used by scripts/demo.sh as a second, quiet signal.
     ("demo_deployment_restarts", "Container restarts of a deployment in the last 10 minutes.",
      [{"namespace": "shop", "deployment": d} for d in ("cart", "checkout", "catalog")]),
 ]
@@ -42,120 +46,147 @@ ANOMALOUS = ("demo_http_error_ratio", {"namespace": "shop", "deployment": "cart"
 
 
 def _index(labels):
-    """A small per-series number, so series of one family differ a little."""
+    """A small per-series number (0..6), so series of one family differ a little."""
     return sum(ord(c) for v in labels.values() for c in v) % 7
 
 
 def daily(t, phase=0.0):
-    """Daily seasonality in [-1, 1], peaking mid-afternoon UTC."""
+    """Daily seasonality by UTC hour in [-1, 1], peaking mid-afternoon UTC."""
     return math.sin(2 * math.pi * ((t % DAY) / DAY - 0.375) + phase)
 
 
 def value(metric, labels, t, rng, anomalous=False):
-    """The value of one series at unix time t (the one model for history and live)."""
+    """The value of one series at unix time t: the one model for history and live."""
     k = _index(labels)
     if metric == "demo_node_cpu_utilisation":
         level = 0.30 + 0.02 * k
         v = level + 0.15 * daily(t, 0.1 * k) + rng.gauss(0, 0.02)
         return min(1.0, max(0.0, v))
     if metric == "demo_http_p99_latency_seconds":
-        level = 0.08 + 0.02 * k
+        level = 0.08 + 0.02 * k  # 0.08 .. 0.20 s
         return max(0.001, level * (1 + 0.2 * daily(t)) + rng.gauss(0, 0.05 * level))
     if metric == "demo_http_error_ratio":
         if anomalous:
             return max(0.0, 0.22 + rng.gauss(0, 0.01))
         return max(0.0, 0.005 * (1 + 0.1 * daily(t)) + rng.gauss(0, 0.001))
     if metric == "demo_deployment_restarts":
-        # Mostly none, now and then one.
-        return 1.0 if rng.random() < 0.01 else 0.0
+        return 1.0 if rng.random() < 0.01 else 0.0  # mostly none, now and then one
     raise ValueError(f"unknown metric {metric}")
 
 
-def fmt_labels(labels):
-    return "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
+def series_name(metric, labels):
+    return metric + "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
 
+
+def utc_now():
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# --- history ---------------------------------------------------------------
 
 def history(args):
-    rng = random.Random(args.seed)
+    if not 0 < args.days <= MAX_DAYS:
+        sys.exit(f"history: --days must be in (0, {MAX_DAYS}] (Prometheus backfills only the last 15 days)")
+    if args.step <= 0:
+        sys.exit("history: --step must be positive")
     now = time.time()
+    # On the step grid, so runs within one step write identical files.
+    start = math.ceil((now - args.days * DAY) / args.step) * args.step
     end = now - args.end_offset
-    start = now - args.days * DAY
-    if args.days > 14:
-        sys.exit("history: --days must be at most 14 (Prometheus backfill wants the last 15 days)")
-    steps = int((end - start) // args.step)
+    if end < start:
+        sys.exit("history: --end-offset leaves no room for any sample")
+    times = range(start, math.floor(end) + 1, args.step)
+    rng = random.Random(args.seed)
     with open(args.out, "w", encoding="utf-8") as out:
         for metric, help_text, label_sets in FAMILIES:
             out.write(f"# HELP {metric} {help_text}\n# TYPE {metric} gauge\n")
             for labels in label_sets:
-                name = metric + fmt_labels(labels)
-                for i in range(steps + 1):
-                    t = int(start + i * args.step)
+                name = series_name(metric, labels)
+                for t in times:
                     out.write(f"{name} {value(metric, labels, t, rng):.6g} {t}\n")
         out.write("# EOF\n")
 
 
-class Exporter(http.server.BaseHTTPRequestHandler):
-    """Serves the current value of every series; the anomaly starts on schedule."""
+# --- serve -----------------------------------------------------------------
 
-    started = time.time()
-    anomaly_after = 20.0
-    anomaly_for = 0.0
-    rng = random.Random(7)
-    announced = False
-    recovered = False
-    lock = threading.Lock()
+class State:
+    """Whether the anomaly is on, and the shared random source (both under one lock)."""
 
-    def do_GET(self):  # noqa: N802 (http.server's naming)
-        if self.path != "/metrics":
-            self.send_error(404)
-            return
+    def __init__(self, seed):
+        self.lock = threading.Lock()
+        self.rng = random.Random(seed)
+        self.anomalous = False
+
+    def set_anomalous(self, on):
+        with self.lock:
+            self.anomalous = on
+        series = series_name(*ANOMALOUS)
+        if on:
+            print(f"demo exporter: injected anomaly into {series} at {utc_now()}", flush=True)
+        else:
+            print(f"demo exporter: {series} back to normal at {utc_now()}", flush=True)
+
+    def exposition(self):
+        """Prometheus text format 0.0.4 with the current value of every series."""
         now = time.time()
-        cls = type(self)
-        elapsed = now - cls.started
-        anomalous = cls.anomaly_after >= 0 and elapsed >= cls.anomaly_after
-        if anomalous and cls.anomaly_for > 0 and elapsed >= cls.anomaly_after + cls.anomaly_for:
-            anomalous = False
-            if not cls.recovered:
-                cls.recovered = True
-                at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-                print(f"demo exporter: {ANOMALOUS[0]}{fmt_labels(ANOMALOUS[1])} back to normal at {at}", flush=True)
         lines = []
-        with cls.lock:
-            if anomalous and not cls.announced:
-                cls.announced = True
-                at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-                print(f"demo exporter: injected anomaly into {ANOMALOUS[0]}{fmt_labels(ANOMALOUS[1])} at {at}", flush=True)
+        with self.lock:
             for metric, help_text, label_sets in FAMILIES:
                 lines.append(f"# HELP {metric} {help_text}")
                 lines.append(f"# TYPE {metric} gauge")
                 for labels in label_sets:
-                    bad = anomalous and (metric, labels) == ANOMALOUS
-                    lines.append(f"{metric}{fmt_labels(labels)} {value(metric, labels, now, cls.rng, bad):.6g}")
-        body = ("\n".join(lines) + "\n").encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+                    bad = self.anomalous and (metric, labels) == ANOMALOUS
+                    v = value(metric, labels, now, self.rng, bad)
+                    lines.append(f"{series_name(metric, labels)} {v:.6g}")
+        return ("\n".join(lines) + "\n").encode()
 
-    def log_message(self, *args):
-        pass
+
+def schedule(state, after, duration, stopped):
+    """Turn the anomaly on after `after` seconds and off `duration` seconds later (if > 0)."""
+    if after < 0 or stopped.wait(after):
+        return
+    state.set_anomalous(True)
+    if duration > 0 and not stopped.wait(duration):
+        state.set_anomalous(False)
+
+
+def make_handler(state):
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's naming)
+            if self.path != "/metrics":
+                self.send_error(404)
+                return
+            body = state.exposition()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass  # no per-request logging
+
+    return Handler
 
 
 def serve(args):
-    Exporter.started = time.time()
-    Exporter.anomaly_after = args.anomaly_after
-    Exporter.anomaly_for = args.anomaly_for
-    Exporter.rng = random.Random(args.seed)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", args.port), Exporter)
+    state = State(args.seed)
+    try:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(state))
+    except OSError as e:
+        sys.exit(f"demo exporter: cannot listen on 127.0.0.1:{args.port}: {e}")
+    stopped = threading.Event()
 
     def stop(*_):
+        stopped.set()
         # shutdown() blocks until serve_forever returns, so call it off the main thread.
         threading.Thread(target=server.shutdown, daemon=True).start()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     print(f"demo exporter: listening on 127.0.0.1:{args.port}", flush=True)
+    threading.Thread(target=schedule, args=(state, args.anomaly_after, args.anomaly_for, stopped),
+                     daemon=True).start()
     server.serve_forever()
     server.server_close()
 
@@ -171,11 +202,14 @@ def main():
     h.add_argument("--seed", type=int, default=7)
     s = sub.add_parser("serve", help="serve live metrics on 127.0.0.1")
     s.add_argument("--port", type=int, required=True)
-    s.add_argument("--anomaly-after", type=float, default=20)
+    s.add_argument("--anomaly-after", type=float, default=20, help="seconds until the anomaly (negative: never)")
     s.add_argument("--anomaly-for", type=float, default=0, help="seconds until it recovers (0: never)")
     s.add_argument("--seed", type=int, default=7)
     args = p.parse_args()
-    history(args) if args.cmd == "history" else serve(args)
+    if args.cmd == "history":
+        history(args)
+    else:
+        serve(args)
 
 
 if __name__ == "__main__":
