@@ -54,6 +54,9 @@ pub enum Command {
         /// Use this config's `[detection]` defaults instead of the built-in ones.
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// With `--labels`, print per file where each window was detected and the false alarms.
+        #[arg(long)]
+        details: bool,
     },
     /// Measure the engine: points per second on one core over CSV files, and the
     /// steady-state memory of one series.

@@ -68,7 +68,14 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             labels,
             out,
             config,
-        } => backtest(&data, labels.as_deref(), out.as_deref(), config.as_deref()),
+            details,
+        } => backtest(
+            &data,
+            labels.as_deref(),
+            out.as_deref(),
+            config.as_deref(),
+            details,
+        ),
         Command::Bench {
             data,
             config,
@@ -361,6 +368,7 @@ fn backtest(
     labels: Option<&Path>,
     out: Option<&Path>,
     config: Option<&Path>,
+    details: bool,
 ) -> anyhow::Result<ExitCode> {
     use homeostat::backtest::{self as bt, nab};
     let detection = match config {
@@ -429,6 +437,28 @@ fn backtest(
         );
         return Ok(ExitCode::SUCCESS);
     };
+    if details {
+        // Per file: each window's first detection as a fraction of the window (0 = its
+        // first row, the best), or MISS; then the false alarms.
+        for r in results.iter().filter(|r| r.labelled) {
+            let d = nab::file_detail(&r.detections, &r.windows);
+            let hits: Vec<String> = d
+                .first_hit
+                .iter()
+                .zip(&r.windows)
+                .map(|(h, (l, h_))| match h {
+                    Some(off) => format!("{:.2}", *off as f64 / (h_ - l + 1) as f64),
+                    None => "MISS".to_string(),
+                })
+                .collect();
+            println!(
+                "  {:<52} windows [{}] false alarms {}",
+                r.name,
+                hits.join(" "),
+                d.false_positives
+            );
+        }
+    }
     let table = bt::score_table(&results);
     println!(
         "{:<24} {:>5} {:>7} {:>10} {:>9} {:>19} {:>19}",

@@ -9,6 +9,7 @@
 //! detector ever sees a file's min, max or future.
 
 pub mod nab;
+pub mod plot;
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -143,6 +144,10 @@ pub struct Scored {
     pub anomaly_score: Vec<f64>,
     /// Expected band per row (`NaN` while warming up).
     pub band: Vec<(f64, f64)>,
+    /// The engine's own score per row (a likelihood in [0, 1] for the ensemble).
+    pub score: Vec<f64>,
+    /// The detector's threshold on [`Scored::score`].
+    pub threshold: f64,
 }
 
 /// Runs a fresh engine over a series, point by point.
@@ -151,6 +156,8 @@ pub fn run_series(rows: &[Row], cfg: &DetectionConfig) -> Scored {
     let mut out = Scored {
         anomaly_score: Vec::with_capacity(rows.len()),
         band: Vec::with_capacity(rows.len()),
+        score: Vec::with_capacity(rows.len()),
+        threshold: cfg.threshold,
     };
     for r in rows {
         let step = detector.step(r.t, r.value);
@@ -162,6 +169,7 @@ pub fn run_series(rows: &[Row], cfg: &DetectionConfig) -> Scored {
         out.anomaly_score.push(s);
         out.band
             .push((step.assessment.lower, step.assessment.upper));
+        out.score.push(step.assessment.score);
     }
     out
 }

@@ -92,6 +92,35 @@ pub fn score_file(detections: &[bool], windows: &[(usize, usize)], p: &Profile) 
     score - p.fn_ * missed as f64
 }
 
+/// Where one file's detections fell: for each window, the row of its first detection
+/// (if any), and the scored detections outside every window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileDetail {
+    /// First detection per window, as an offset from the window's first row.
+    pub first_hit: Vec<Option<usize>>,
+    /// Detections after probation that fall in no window.
+    pub false_positives: usize,
+}
+
+/// Where one file's detections fell (see [`FileDetail`]).
+pub fn file_detail(detections: &[bool], windows: &[(usize, usize)]) -> FileDetail {
+    let skip = probation(detections.len());
+    let mut first_hit = vec![None; windows.len()];
+    let mut false_positives = 0;
+    for (i, _) in detections.iter().enumerate().filter(|(i, d)| **d && *i >= skip) {
+        match windows.iter().position(|&(l, r)| l <= i && i <= r) {
+            Some(w) => {
+                first_hit[w].get_or_insert(i - windows[w].0);
+            }
+            None => false_positives += 1,
+        }
+    }
+    FileDetail {
+        first_hit,
+        false_positives,
+    }
+}
+
 /// NAB's normalised score over files scored together: `100 (S - S_null) / (S_perfect - S_null)`;
 /// undefined (NaN) without windows, where never alarming is already perfect.
 pub fn normalise(raw: f64, windows: usize, p: &Profile) -> f64 {
@@ -176,6 +205,14 @@ mod tests {
             score_file(&hits(20, &[5]), &[(10, 12)], &fp_profile),
             -0.22 - 1.0,
         );
+    }
+
+    #[test]
+    fn details_say_where_detections_fell() {
+        // Probation 3 rows: row 2 is ignored; 5 and 19 are false positives; 11 then 12 in the window.
+        let d = file_detail(&hits(20, &[2, 5, 11, 12, 19]), &[(10, 12), (15, 16)]);
+        assert_eq!(d.first_hit, vec![Some(1), None]);
+        assert_eq!(d.false_positives, 2);
     }
 
     #[test]

@@ -1,0 +1,1 @@
+//! Placeholder: PNG plots of backtests are being written.

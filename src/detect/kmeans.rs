@@ -1,0 +1,1 @@
+//! Placeholder: the k-means lag-feature baseline is being written.
