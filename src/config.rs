@@ -87,7 +87,8 @@ pub struct DetectionConfig {
     pub history_step: Duration,
     /// Points in the rolling window of the robust baseline.
     pub window: usize,
-    /// Score (robust z: deviations in units of the robust spread) above which a point is anomalous.
+    /// Score above which a point is anomalous: for `ensemble` a likelihood in (0, 1)
+    /// (0.9995: a tail probability of 1 in 2,000), for `robust` a robust z-score.
     pub threshold: f64,
     /// Consecutive anomalous points that open an anomaly.
     pub open_after: u32,
@@ -99,6 +100,8 @@ pub struct DetectionConfig {
     pub min_relative_spread: f64,
     /// Which deviations count.
     pub direction: Direction,
+    /// Points a new series is watched before it may alarm (ensemble).
+    pub warmup: u32,
     /// Which baseline scores points: `robust` (rolling median/MAD, score = robust z) or
     /// `ensemble` (experimental: streaming statistics calibrated to a likelihood in [0, 1]).
     pub engine: Engine,
@@ -164,17 +167,33 @@ pub fn default_playbook_timeout() -> Duration {
 
 impl Default for DetectionConfig {
     fn default() -> Self {
+        let engine = Engine::Ensemble;
+        let (threshold, open_after, close_after) = engine.defaults();
         DetectionConfig {
-            history: Duration::from_secs(6 * 3600),
+            // Two days: the daily profile and the tail model need a day or more to speak.
+            history: Duration::from_secs(2 * 86_400),
             history_step: Duration::from_secs(60),
             window: 240,
-            threshold: 6.0,
-            open_after: 3,
-            close_after: 5,
+            threshold,
+            open_after,
+            close_after,
             min_spread: 0.0,
-            min_relative_spread: 0.01,
+            min_relative_spread: 0.001,
             direction: Direction::Both,
-            engine: Engine::Robust,
+            warmup: 64,
+            engine,
+        }
+    }
+}
+
+impl Engine {
+    /// The engine's own `(threshold, open_after, close_after)`: its scores mean different things.
+    pub fn defaults(self) -> (f64, u32, u32) {
+        match self {
+            // The likelihood is already smoothed and calibrated: one point is evidence
+            // enough; staying open for 30 quiet points keeps one incident one incident.
+            Engine::Ensemble => (0.9995, 1, 30),
+            Engine::Robust => (6.0, 3, 5),
         }
     }
 }
@@ -391,6 +410,7 @@ const DETECTION_KEYS: &[&str] = &[
     "min_spread",
     "min_relative_spread",
     "direction",
+    "warmup",
     "engine",
 ];
 
@@ -568,6 +588,20 @@ impl Walker {
         top: bool,
     ) -> DetectionConfig {
         let mut d = base.clone();
+        if let Some(s) = self.opt_string(t, path, "engine") {
+            match s.as_str() {
+                "robust" => d.engine = Engine::Robust,
+                "ensemble" => d.engine = Engine::Ensemble,
+                _ => self.err(
+                    &join(path, "engine"),
+                    format!("{s:?} is not one of robust, ensemble"),
+                ),
+            }
+        }
+        if d.engine != base.engine {
+            // Another engine's scores mean other things: start from its own defaults.
+            (d.threshold, d.open_after, d.close_after) = d.engine.defaults();
+        }
         if let Some(v) = self.duration(t, path, "history") {
             d.history = v;
         }
@@ -578,11 +612,19 @@ impl Walker {
             d.window = v as usize;
         }
         if let Some(v) = self.float(t, path, "threshold") {
-            if v > 0.0 {
-                d.threshold = v;
-            } else {
-                self.err(&join(path, "threshold"), "must be greater than zero");
+            match d.engine {
+                Engine::Ensemble if !(v > 0.0 && v < 1.0) => self.err(
+                    &join(path, "threshold"),
+                    "must be between 0 and 1 (exclusive) for the ensemble: it is a likelihood",
+                ),
+                _ if v <= 0.0 => {
+                    self.err(&join(path, "threshold"), "must be greater than zero")
+                }
+                _ => d.threshold = v,
             }
+        }
+        if let Some(v) = self.count(t, path, "warmup", 1) {
+            d.warmup = v.min(u32::MAX as i64) as u32;
         }
         if let Some(v) = self.count(t, path, "open_after", 1) {
             d.open_after = v.min(u32::MAX as i64) as u32;
@@ -600,16 +642,6 @@ impl Walker {
                 } else {
                     self.err(&join(path, key), "must not be negative");
                 }
-            }
-        }
-        if let Some(s) = self.opt_string(t, path, "engine") {
-            match s.as_str() {
-                "robust" => d.engine = Engine::Robust,
-                "ensemble" => d.engine = Engine::Ensemble,
-                _ => self.err(
-                    &join(path, "engine"),
-                    format!("{s:?} is not one of robust, ensemble"),
-                ),
             }
         }
         if let Some(s) = self.opt_string(t, path, "direction") {
@@ -654,7 +686,7 @@ mod tests {
         interval = "2s"
         listen = "127.0.0.1:0"
         [detection]
-        threshold = 5
+        threshold = 0.999
         [[signals]]
         name = "errors"
         query = 'max by (deployment) (rate(errors_total[5m]))'
@@ -675,10 +707,38 @@ mod tests {
             Path::new("/etc/homeostat").join(default_audit_log())
         );
         let d = &c.signals[0].detection;
-        assert_eq!(d.threshold, 5.0, "signal inherits [detection]");
+        assert_eq!(d.threshold, 0.999, "signal inherits [detection]");
         assert_eq!(d.open_after, 2, "signal overrides [detection]");
         assert_eq!(d.direction, Direction::Up);
         assert_eq!(d.window, DetectionConfig::default().window);
+    }
+
+    #[test]
+    fn another_engine_starts_from_its_own_defaults() {
+        let text = r#"
+            [prometheus]
+            url = "http://127.0.0.1:9090"
+            [[signals]]
+            name = "a"
+            query = "up"
+            [[signals]]
+            name = "b"
+            query = "up"
+            engine = "robust"
+            [[signals]]
+            name = "c"
+            query = "up"
+            engine = "robust"
+            threshold = 4.5
+        "#;
+        let c = Config::parse(text, Path::new(".")).unwrap();
+        let [a, b, cc] = [0, 1, 2].map(|i| &c.signals[i].detection);
+        assert_eq!((a.engine, a.threshold), (Engine::Ensemble, 0.9995));
+        assert_eq!(
+            (b.engine, b.threshold, b.open_after, b.close_after),
+            (Engine::Robust, 6.0, 3, 5)
+        );
+        assert_eq!(cc.threshold, 4.5);
     }
 
     #[test]
@@ -713,7 +773,7 @@ mod tests {
             "signals[1].query: unclosed '('",
             "signals[2].name: \"3bad\" must match",
             "signals[2].query: missing required field",
-            "signals[2].threshold: must be greater than zero",
+            "signals[2].threshold: must be between 0 and 1",
         ];
         for w in want {
             assert!(

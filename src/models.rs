@@ -149,8 +149,12 @@ mod tests {
     #[test]
     fn a_saved_model_goes_on_exactly_where_it_stopped() {
         for engine in [Engine::Robust, Engine::Ensemble] {
+            let (threshold, open_after, close_after) = engine.defaults();
             let cfg = DetectionConfig {
                 engine,
+                threshold,
+                open_after,
+                close_after,
                 ..DetectionConfig::default()
             };
             let mut live = Detector::new(&cfg);

@@ -316,11 +316,12 @@ mod tests {
             open_after: 1,
             ..DetectionConfig::default()
         };
-        let rows: Vec<Row> = (0..300)
+        // The ensemble judges once its tail model has seen enough peaks: ~600 points.
+        let rows: Vec<Row> = (0..1000)
             .map(|i| Row {
                 timestamp: String::new(),
                 t: i as f64,
-                value: if (200..210).contains(&i) {
+                value: if (800..810).contains(&i) {
                     50.0
                 } else {
                     10.0 + ((i * 7) % 5) as f64 * 0.1
@@ -328,9 +329,9 @@ mod tests {
             })
             .collect();
         let s = run_series(&rows, &cfg);
-        let detections: Vec<usize> = (0..300)
+        let detections: Vec<usize> = (0..1000)
             .filter(|&i| s.anomaly_score[i] >= DETECTION_THRESHOLD)
             .collect();
-        assert_eq!(detections, vec![200]);
+        assert_eq!(detections, vec![800]);
     }
 }

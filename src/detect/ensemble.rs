@@ -15,18 +15,23 @@ const MAD_TO_SIGMA: f64 = 1.253_314_137;
 const ALPHA_SLOW: f64 = 0.01;
 /// Smoothing of the fast level, used to see level shifts.
 const ALPHA_FAST: f64 = 0.2;
-/// Smoothing of each component's long-run score distribution.
-const ALPHA_CAL: f64 = 0.002;
 /// Smoothing of each component's recent score.
 const ALPHA_SHORT: f64 = 0.3;
 /// Outliers move the statistics at most this many spreads, so one spike does not
 /// teach the baseline that spikes are normal.
 const CLIP: f64 = 5.0;
-/// Points before any likelihood is reported.
-const WARMUP: u64 = 64;
+/// Scores a component's calibration sees before it judges any.
+const CALIBRATION_WARMUP: u64 = 64;
 
-/// The components: level, first difference, level shift, activity change.
-const K: usize = 4;
+/// The components: level, first difference, level shift, change point (CUSUM), and
+/// activity change. All but the last are signed.
+const K: usize = 5;
+
+/// CUSUM slack, in spreads: drifts smaller than this do not accumulate.
+const CUSUM_SLACK: f64 = 0.5;
+/// CUSUM evidence (in spreads) at which a change point is declared: the level restarts
+/// from the recent mean, so a new normal stops alarming.
+const CUSUM_CHANGE: f64 = 1e9;
 
 /// Buckets of the daily profile (30 minutes each).
 const BUCKETS: usize = 48;
@@ -40,33 +45,135 @@ const SEASONAL_GAIN: f64 = 0.6;
 /// Raw scores are capped here so that one absurd point cannot wreck a calibration.
 const RAW_CAP: f64 = 1e3;
 
+/// Quantile above which a component's smoothed scores count as peaks of its tail.
+const PEAK_QUANTILE: f64 = 0.97;
+/// Step of the streaming quantile, relative to the scores' running mean.
+const ALPHA_QUANTILE: f64 = 0.02;
+/// Memory of the tail model, in points (exceedance rate and peak moments forget at this pace).
+const TAIL_MEMORY: f64 = 5000.0;
+/// Peaks needed before the tail model speaks.
+const MIN_PEAKS: u32 = 16;
+/// Points whose tail probability is below this are not learnt as peaks (SPOT's rule:
+/// anomalies must not teach the tail that they are normal).
+const LEARN_BELOW_RISK: f64 = 1e-3;
+/// Recent surprises after which similar ones are taken as the series' own pattern.
+const REPEATS_ARE_NORMAL: f64 = 2.0;
+/// A repeated surprise still alarms when it beats the recent ones by this factor.
+const RECORD_MARGIN: f64 = 1.5;
+
+/// How unusual a component's recent score is, from a streaming peaks-over-threshold
+/// model of its own tail (SPOT, Siffer et al., KDD 2017): the smoothed score's
+/// exceedances over a high running quantile follow a generalised Pareto distribution,
+/// fitted by the method of moments from forgetting averages. Heavy-tailed series (counts,
+/// bursts) then alarm at the rate a light-tailed one does, without a Gaussian guess.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 struct Calibration {
     seen: u64,
-    mean: f64,
-    var: f64,
+    /// Smoothed raw score (what is judged).
     short: f64,
+    /// Running mean of the smoothed score: the quantile's step size.
+    level: f64,
+    /// Running [`PEAK_QUANTILE`] of the smoothed score.
+    quantile: f64,
+    /// Forgetting average of "the score exceeded the quantile".
+    exceed: f64,
+    /// Peaks seen (saturating; for warm-up).
+    peaks: u32,
+    /// Forgetting first and second moments of the excess over the quantile.
+    m1: f64,
+    m2: f64,
+    /// Forgetting count of surprises (onsets of runs below [`LEARN_BELOW_RISK`]).
+    surprises: f64,
+    /// The largest excess among recent surprises (forgetting, too).
+    surprise_max: f64,
+    /// Whether the previous point was a surprise.
+    surprised: bool,
 }
 
 impl Calibration {
-    /// Likelihood that the recent score is unusual for this component, then learn.
+    /// Likelihood (1 - tail probability) that the recent score is unusual, then learn.
     fn likelihood(&mut self, r: f64) -> f64 {
         let r = r.min(RAW_CAP);
-        self.short += ALPHA_SHORT * (r - self.short);
-        let sd = self.var.sqrt().max(1e-6);
-        let l = if self.seen > WARMUP {
-            normal_cdf((self.short - self.mean) / sd)
+        if self.seen == 0 {
+            self.short = r;
+            self.quantile = r;
         } else {
-            0.5
+            self.short += ALPHA_SHORT * (r - self.short);
+        }
+        let s = self.short;
+        let excess = s - self.quantile;
+        let mut tail = self.tail(s);
+        let surprise = tail.is_some_and(|p| p < LEARN_BELOW_RISK);
+        // Surprises that keep coming, no larger than the recent ones, are a pattern of this
+        // series (a nightly job, a bursty source): they are as likely as their recent rate.
+        if let Some(p) = tail.as_mut() {
+            if surprise && self.surprises >= REPEATS_ARE_NORMAL && excess <= RECORD_MARGIN * self.surprise_max {
+                *p = p.max(self.surprises / TAIL_MEMORY);
+            }
+        }
+        let forget = 1.0 - 1.0 / TAIL_MEMORY;
+        self.surprises *= forget;
+        self.surprise_max *= forget;
+        if surprise && !self.surprised {
+            self.surprises += 1.0;
+        }
+        if surprise {
+            self.surprise_max = self.surprise_max.max(excess);
+        }
+        self.surprised = surprise;
+        // Learn: the running quantile (stochastic approximation), the exceedance rate, and
+        // the moments of the excess.
+        let a = (1.0 / (self.seen as f64 + 1.0)).max(1.0 / TAIL_MEMORY);
+        self.level += a * (s - self.level);
+        let above = s > self.quantile;
+        let step = ALPHA_QUANTILE * self.level.max(1e-9);
+        self.quantile += if above {
+            step * PEAK_QUANTILE
+        } else {
+            -step * (1.0 - PEAK_QUANTILE)
         };
-        // Long-run mean and variance of the raw score: a running average at first, then
-        // exponential forgetting (West's weighted update).
-        let a = (1.0 / (self.seen as f64 + 1.0)).max(ALPHA_CAL);
-        let d = r - self.mean;
-        self.mean += a * d;
-        self.var = (1.0 - a) * (self.var + a * d * d);
+        self.exceed += a * (f64::from(u8::from(above)) - self.exceed);
+        if above && !surprise {
+            let ap = (1.0 / (f64::from(self.peaks) + 1.0))
+                .max(1.0 / (TAIL_MEMORY * (1.0 - PEAK_QUANTILE)));
+            self.m1 += ap * (excess - self.m1);
+            self.m2 += ap * (excess * excess - self.m2);
+            self.peaks = self.peaks.saturating_add(1);
+        }
         self.seen += 1;
-        l
+        match tail {
+            Some(p) => 1.0 - p,
+            None => 0.5,
+        }
+    }
+
+    /// The tail probability of smoothed score `s`, once enough peaks were seen.
+    fn tail(&self, s: f64) -> Option<f64> {
+        if self.seen <= CALIBRATION_WARMUP || self.peaks < MIN_PEAKS {
+            return None;
+        }
+        let y = s - self.quantile;
+        let rate = self.exceed.clamp(1.0 / TAIL_MEMORY, 1.0);
+        if y <= 0.0 {
+            return Some(1.0);
+        }
+        let mean = self.m1.max(1e-12);
+        let var = (self.m2 - self.m1 * self.m1).max(1e-24);
+        // Method of moments for the generalised Pareto (shape g, scale sigma).
+        let ratio = mean * mean / var;
+        let g = (0.5 * (1.0 - ratio)).clamp(0.0, 0.45);
+        let sigma = (0.5 * mean * (1.0 + ratio)).max(1e-12);
+        let survival = if g.abs() < 1e-6 {
+            (-y / sigma).exp()
+        } else {
+            let base = 1.0 + g * y / sigma;
+            if base <= 0.0 {
+                0.0
+            } else {
+                base.powf(-1.0 / g)
+            }
+        };
+        Some(rate * survival)
     }
 }
 
@@ -83,11 +190,14 @@ struct Stats {
     ddev: f64,
     act_fast: f64,
     act_slow: f64,
+    /// Two-sided CUSUM of standardised deviations from the level.
+    up: f64,
+    down: f64,
 }
 
 impl Stats {
     /// The raw component scores of `x`, signed where a direction applies:
-    /// level, first difference, level shift, and (unsigned) activity change.
+    /// level, first difference, level shift, change point and (unsigned) activity change.
     fn raw(&self, x: f64, floor: f64) -> [f64; K] {
         let scale = (MAD_TO_SIGMA * self.dev).max(floor);
         let dscale = (MAD_TO_SIGMA * self.ddev).max(floor);
@@ -98,8 +208,25 @@ impl Stats {
             (x - self.prev - self.dmean) / dscale,
             // An EWMA's standard deviation is sigma * sqrt(alpha / (2 - alpha)).
             (fast - self.mean) / (scale * (ALPHA_FAST / (2.0 - ALPHA_FAST)).sqrt()),
+            {
+                let (up, down) = self.cusum(x, scale);
+                if up >= down {
+                    up
+                } else {
+                    -down
+                }
+            },
             ((act + floor) / (self.act_slow + floor)).ln().abs(),
         ]
+    }
+
+    /// The CUSUM statistics after `x` (clipped like the level, so one spike adds little).
+    fn cusum(&self, x: f64, scale: f64) -> (f64, f64) {
+        let z = ((x - self.mean) / scale).clamp(-CLIP, CLIP);
+        (
+            (self.up + z - CUSUM_SLACK).max(0.0),
+            (self.down - z - CUSUM_SLACK).max(0.0),
+        )
     }
 
     fn learn(&mut self, x: f64, floor: f64) {
@@ -126,6 +253,13 @@ impl Stats {
         } else {
             (x, dx)
         };
+        (self.up, self.down) = self.cusum(x, scale);
+        if self.up.max(self.down) > CUSUM_CHANGE {
+            // A change point: the level restarts from the recent mean; the spread stays.
+            self.mean = self.fast;
+            self.up = 0.0;
+            self.down = 0.0;
+        }
         self.dev += a * ((xc - self.mean).abs() - self.dev);
         self.mean += a * (xc - self.mean);
         self.fast += ALPHA_FAST.max(a) * (x - self.fast);
@@ -156,6 +290,8 @@ pub struct Ensemble {
     min_relative_spread: f64,
     direction: Direction,
     band: f64,
+    /// Points before the ensemble judges (the signal's `warmup`).
+    warmup: u64,
 }
 
 impl Ensemble {
@@ -172,6 +308,7 @@ impl Ensemble {
             min_relative_spread: cfg.min_relative_spread,
             direction: cfg.direction,
             band: 4.0,
+            warmup: u64::from(cfg.warmup),
         }
     }
 
@@ -189,7 +326,7 @@ impl Ensemble {
 
     /// Whether the residuals against the profile are clearly tighter than the values.
     fn use_seasonal(&self) -> bool {
-        self.resid.n > WARMUP && self.resid.dev < SEASONAL_GAIN * self.plain.dev
+        self.resid.n > self.warmup && self.resid.dev < SEASONAL_GAIN * self.plain.dev
     }
 
     fn learn_profile(&mut self, t: f64, x: f64) {
@@ -230,12 +367,12 @@ impl Baseline for Ensemble {
         let calibrate = |cal: &mut [Calibration; K], raw: [f64; K]| {
             let mut best = 0.0f64;
             for (k, (c, r)) in cal.iter_mut().zip(raw).enumerate() {
-                let r = if k < 3 { directional(r, dir) } else { r };
+                let r = if k < K - 1 { directional(r, dir) } else { r };
                 best = best.max(c.likelihood(r));
             }
             best
         };
-        let warm = self.plain.n > WARMUP;
+        let warm = self.plain.n > self.warmup;
         let raw_plain = self.plain.raw(x, floor);
         let l_plain = if warm {
             calibrate(&mut self.cal_plain, raw_plain)
@@ -244,7 +381,7 @@ impl Baseline for Ensemble {
         };
         let mut l_resid = None;
         if let Some(p) = seasonal {
-            if self.resid.n > WARMUP {
+            if self.resid.n > self.warmup {
                 l_resid = Some(calibrate(&mut self.cal_resid, self.resid.raw(x - p, floor)));
             }
         }
@@ -264,7 +401,7 @@ impl Baseline for Ensemble {
                 (l_plain, self.plain.mean, sc, raw_plain[0])
             }
         };
-        let warming_up = !warm || self.cal_plain[0].seen <= WARMUP;
+        let warming_up = !warm || self.cal_plain[0].seen <= CALIBRATION_WARMUP;
         let a = Assessment {
             score: if warming_up { 0.0 } else { score },
             deviation,
@@ -317,45 +454,12 @@ fn bucket(t: f64) -> usize {
     ((t.rem_euclid(86_400.0) / 86_400.0 * BUCKETS as f64) as usize).min(BUCKETS - 1)
 }
 
-/// The standard normal CDF, via a rational approximation of erfc (|error| < 1.2e-7).
-pub fn normal_cdf(z: f64) -> f64 {
-    0.5 * erfc(-z / std::f64::consts::SQRT_2)
-}
-
-fn erfc(x: f64) -> f64 {
-    let z = x.abs();
-    let t = 1.0 / (1.0 + 0.5 * z);
-    let r = t
-        * (-z * z - 1.265_512_23
-            + t * (1.000_023_68
-                + t * (0.374_091_96
-                    + t * (0.096_784_18
-                        + t * (-0.186_288_06
-                            + t * (0.278_868_07
-                                + t * (-1.135_203_98
-                                    + t * (1.488_515_87
-                                        + t * (-0.822_152_23 + t * 0.170_872_77)))))))))
-            .exp();
-    if x >= 0.0 {
-        r
-    } else {
-        2.0 - r
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn noisy(i: usize) -> f64 {
         ((i as f64 * 12.9898).sin() * 43758.5453).fract() * 2.0 - 1.0
-    }
-
-    #[test]
-    fn normal_cdf_matches_known_values() {
-        assert!((normal_cdf(0.0) - 0.5).abs() < 1e-7);
-        assert!((normal_cdf(1.96) - 0.975).abs() < 1e-4);
-        assert!((normal_cdf(-3.0) - 0.00135).abs() < 1e-5);
     }
 
     #[test]
@@ -400,7 +504,7 @@ mod tests {
     #[test]
     fn small_and_constant_size() {
         assert!(
-            std::mem::size_of::<Ensemble>() <= 1024,
+            std::mem::size_of::<Ensemble>() <= 2048,
             "{}",
             std::mem::size_of::<Ensemble>()
         );
