@@ -91,12 +91,8 @@ audit_log = "audit.jsonl"
 max_backoff = "10s"
 
 [detection]
-history = "6h"
+history = "2d"
 history_step = "1m"
-window = 240
-threshold = 6.0
-open_after = 3
-close_after = 5
 
 [[signals]]
 name = "node_cpu"

@@ -21,7 +21,7 @@ fn text(o: &Output) -> (String, String) {
 }
 
 const PLAYBOOK: &str = r#"
-const PLAYBOOK = #{ name: "restart", trigger: #{ signal: "errors", min_score: 6.0 }, allowed: #{ kinds: ["k8s.rollout_restart"] } };
+const PLAYBOOK = #{ name: "restart", trigger: #{ signal: "errors", min_score: 0.999 }, allowed: #{ kinds: ["k8s.rollout_restart"] } };
 fn plan(anomaly) { [#{ kind: "k8s.rollout_restart", target: #{ namespace: "shop", deployment: "cart" } }] }
 "#;
 
@@ -257,7 +257,7 @@ fn playbook_test_prints_the_plan_for_one_anomaly() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = tempfile::tempdir().unwrap();
     let anomaly = json!({"signal": "http_p99_latency", "query": "lat", "labels": {"namespace": "shop", "service": "checkout"},
-        "upper": 0.3, "score": 20, "peak_score": 20, "duration_secs": 600, "direction": "up"});
+        "upper": 0.3, "score": 0.9999, "peak_score": 0.99995, "duration_secs": 600, "direction": "up"});
     let world = json!({"kubernetes": {"deployments": [{"metadata": {"name": "checkout", "namespace": "shop"}, "spec": {"replicas": 2}}]}});
     let a = write(dir.path(), "a.json", &anomaly.to_string());
     let w = write(dir.path(), "w.json", &world.to_string());
@@ -328,11 +328,12 @@ fn backtest_scores_a_labelled_spike_as_nab_does() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data/synthetic");
     std::fs::create_dir_all(&data).unwrap();
-    // 200 rows a minute apart; rows 150..160 jump from ~10 to 100.
+    // 1000 rows a minute apart (the ensemble judges after ~600); rows 800..810 jump
+    // from ~10 to 100.
     let mut csv = String::from("timestamp,value\n");
-    for i in 0..200u32 {
+    for i in 0..1000u32 {
         let (h, m) = (i / 60, i % 60);
-        let v = if (150..160).contains(&i) {
+        let v = if (800..810).contains(&i) {
             100.0
         } else {
             10.0 + f64::from(i % 7) * 0.1
@@ -340,8 +341,8 @@ fn backtest_scores_a_labelled_spike_as_nab_does() {
         csv.push_str(&format!("2024-01-01 {h:02}:{m:02}:00,{v}\n"));
     }
     std::fs::write(data.join("spike.csv"), csv).unwrap();
-    // The window covers rows 140..=160 (21 rows).
-    let labels = json!({"synthetic/spike.csv": [["2024-01-01 02:20:00.000000", "2024-01-01 02:40:00.000000"]]});
+    // The window covers rows 790..=810 (21 rows).
+    let labels = json!({"synthetic/spike.csv": [["2024-01-01 13:10:00.000000", "2024-01-01 13:30:00.000000"]]});
     let labels_path = write(dir.path(), "labels.json", &labels.to_string());
     let out_dir = dir.path().join("out");
     let out = homeostat(&[
@@ -356,38 +357,38 @@ fn backtest_scores_a_labelled_spike_as_nab_does() {
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
-    // The default engine opens on the third anomalous row, 152: y = -(160 - 152 + 1) / 21,
-    // worth sig(-3/7) / sig(-1) = 0.800717; no false positive. By hand:
-    // standard 100 (0.800717 + 1) / 2 = 90.0358; low FN 100 (0.800717 + 2) / 3 = 93.3572.
+    // The default engine opens on the first anomalous row, 800: y = -(810 - 800 + 1) / 21,
+    // worth sig(-11/21) / sig(-1) = 0.864163 / 0.986614 = 0.875879; no false positive.
+    // By hand: standard 100 (0.875879 + 1) / 2 = 93.7940; low FN 100 (0.875879 + 2) / 3 = 95.8626.
     assert!(
-        (last["standard"].as_f64().unwrap() - 90.0358).abs() < 1e-3,
+        (last["standard"].as_f64().unwrap() - 93.7940).abs() < 1e-3,
         "{stdout}"
     );
     assert!(
-        (last["reward_low_FP_rate"].as_f64().unwrap() - 90.0358).abs() < 1e-3,
+        (last["reward_low_FP_rate"].as_f64().unwrap() - 93.7940).abs() < 1e-3,
         "{stdout}"
     );
     assert!(
-        (last["reward_low_FN_rate"].as_f64().unwrap() - 93.3572).abs() < 1e-3,
+        (last["reward_low_FN_rate"].as_f64().unwrap() - 95.8626).abs() < 1e-3,
         "{stdout}"
     );
-    assert_eq!(last["rows"], 200);
+    assert_eq!(last["rows"], 1000);
     assert_eq!(last["threshold"], 0.5);
     assert!(last["seconds"].is_number());
-    // NAB's result format, at the same relative path, with the detection on row 152.
+    // NAB's result format, at the same relative path, with the detection on row 800.
     let results = std::fs::read_to_string(out_dir.join("synthetic/spike.csv")).unwrap();
     let rows: Vec<&str> = results.lines().collect();
     assert_eq!(rows[0], "timestamp,value,anomaly_score,label");
-    assert_eq!(rows.len(), 201);
+    assert_eq!(rows.len(), 1001);
     let detections: Vec<usize> = rows[1..]
         .iter()
         .enumerate()
         .filter(|(_, r)| r.split(',').nth(2).unwrap().parse::<f64>().unwrap() >= 0.5)
         .map(|(i, _)| i)
         .collect();
-    assert_eq!(detections, vec![152]);
+    assert_eq!(detections, vec![800]);
     assert!(
-        rows[141].ends_with(",1") && rows[140].ends_with(",0"),
+        rows[791].ends_with(",1") && rows[790].ends_with(",0"),
         "labels mark the window"
     );
 }

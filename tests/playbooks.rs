@@ -16,7 +16,7 @@ use homeostat::audit::AuditRecord;
 use serde_json::json;
 
 fn history() -> String {
-    noisy_history("hs_test_latency", &[("pod=\"spiky\"", 1)], 720)
+    noisy_history("hs_test_latency", &[("pod=\"spiky\"", 1)], 1440)
 }
 
 fn write_config(dir: &Path, prom_port: u16, listen: &str, playbooks: &[&str]) -> PathBuf {
@@ -37,7 +37,7 @@ audit_log = "audit.jsonl"
 max_backoff = "2s"
 playbook_timeout = "5s"
 [detection]
-history = "3h"
+history = "6h"
 history_step = "15s"
 [[signals]]
 name = "latency"
@@ -68,7 +68,7 @@ fn verify_log(dir: &Path) {
 
 fn hostile(name: &str, body: &str) -> String {
     format!(
-        r#"const PLAYBOOK = #{{ name: "{name}", trigger: #{{ signal: "latency", min_score: 6.0 }},
+        r#"const PLAYBOOK = #{{ name: "{name}", trigger: #{{ signal: "latency", min_score: 0.999 }},
             allowed: #{{ kinds: ["k8s.rollout_restart"] }} }};
         {body}"#
     )
@@ -85,7 +85,7 @@ async fn hostile_playbooks_fail_alone_while_a_good_one_verifies_and_escalates() 
     std::fs::write(
         d.join("good.rhai"),
         r#"
-        const PLAYBOOK = #{ name: "good", trigger: #{ signal: "latency", min_score: 6.0 },
+        const PLAYBOOK = #{ name: "good", trigger: #{ signal: "latency", min_score: 0.999 },
             allowed: #{ kinds: ["k8s.rollout_restart", "notify.alertmanager"] } };
         fn plan(anomaly) {
             [#{ kind: "k8s.rollout_restart", target: #{ namespace: "test", deployment: anomaly.labels.pod },
@@ -367,7 +367,7 @@ async fn one_incident_gets_one_plan_however_many_series_it_spans() {
             ("pod=\"cart-1\",app=\"cart\"", 1),
             ("pod=\"cart-2\",app=\"cart\"", 2),
         ],
-        720,
+        1440,
     );
     exporter.set("hs_test_latency{pod=\"cart-1\",app=\"cart\"}", 100.0);
     exporter.set("hs_test_latency{pod=\"cart-2\",app=\"cart\"}", 100.0);
@@ -378,7 +378,7 @@ async fn one_incident_gets_one_plan_however_many_series_it_spans() {
     std::fs::write(
         d.join("restart.rhai"),
         r#"
-        const PLAYBOOK = #{ name: "restart-app", trigger: #{ signal: "latency", min_score: 6.0 },
+        const PLAYBOOK = #{ name: "restart-app", trigger: #{ signal: "latency", min_score: 0.999 },
             allowed: #{ kinds: ["k8s.rollout_restart"] }, group_by: ["app"], cooldown: "10m" };
         fn plan(a) { [#{ kind: "k8s.rollout_restart", target: #{ namespace: "test", deployment: a.labels.app } }] }"#,
     )

@@ -24,8 +24,10 @@ const CLIP: f64 = 5.0;
 const CALIBRATION_WARMUP: u64 = 64;
 
 /// The components: level, first difference, level shift, change point (CUSUM), and
-/// activity change. All but the last are signed.
+/// activity change (log ratio of recent to usual absolute differences). All are signed.
 const K: usize = 5;
+/// Index of the activity component.
+const ACTIVITY: usize = K - 1;
 
 /// CUSUM slack, in spreads: drifts smaller than this do not accumulate.
 const CUSUM_SLACK: f64 = 0.5;
@@ -197,7 +199,7 @@ struct Stats {
 
 impl Stats {
     /// The raw component scores of `x`, signed where a direction applies:
-    /// level, first difference, level shift, change point and (unsigned) activity change.
+    /// level, first difference, level shift, change point and activity change.
     fn raw(&self, x: f64, floor: f64) -> [f64; K] {
         let scale = (MAD_TO_SIGMA * self.dev).max(floor);
         let dscale = (MAD_TO_SIGMA * self.ddev).max(floor);
@@ -216,7 +218,7 @@ impl Stats {
                     -down
                 }
             },
-            ((act + floor) / (self.act_slow + floor)).ln().abs(),
+            ((act + floor) / (self.act_slow + floor)).ln(),
         ]
     }
 
@@ -367,7 +369,13 @@ impl Baseline for Ensemble {
         let calibrate = |cal: &mut [Calibration; K], raw: [f64; K]| {
             let mut best = 0.0f64;
             for (k, (c, r)) in cal.iter_mut().zip(raw).enumerate() {
-                let r = if k < K - 1 { directional(r, dir) } else { r };
+                let r = match (k, dir) {
+                    // Activity: calmer or busier for `both`; only busier for one direction,
+                    // since a quieter latency or error rate is no incident.
+                    (ACTIVITY, Direction::Up | Direction::Down) => r.max(0.0),
+                    (ACTIVITY, Direction::Both) => r.abs(),
+                    _ => directional(r, dir),
+                };
                 best = best.max(c.likelihood(r));
             }
             best

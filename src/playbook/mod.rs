@@ -12,7 +12,7 @@
 //!     description: "Restart a deployment whose error ratio spikes",
 //!     mode: "dry-run",                       // auto | approval | dry-run
 //!     triggers: [
-//!         #{ signal: "http_error_ratio", labels: #{ namespace: "shop" }, min_score: 6.0, min_duration: "1m", direction: "up" },
+//!         #{ signal: "http_error_ratio", labels: #{ namespace: "shop" }, min_score: 0.999, min_duration: "1m", direction: "up" },
 //!         #{ alertname: "HighErrorRate", labels: #{ namespace: "shop" } },
 //!     ],
 //!     allowed: #{ kinds: ["k8s.rollout_restart", "notify.alertmanager"], targets: #{ namespace: "shop" } },
