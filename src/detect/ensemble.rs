@@ -26,6 +26,9 @@ const CALIBRATION_WARMUP: u64 = 64;
 /// The components: level, first difference, level shift, change point (CUSUM), and
 /// activity change (log ratio of recent to usual absolute differences). All are signed.
 const K: usize = 5;
+/// For one direction, how far (in spreads) a point must be on that side of the level
+/// for the components to speak: a recovery lands within noise of the level.
+const SIDE_MARGIN: f64 = 1.0;
 /// Index of the activity component.
 const ACTIVITY: usize = K - 1;
 
@@ -33,7 +36,7 @@ const ACTIVITY: usize = K - 1;
 const CUSUM_SLACK: f64 = 0.5;
 /// CUSUM evidence (in spreads) at which a change point is declared: the level restarts
 /// from the recent mean, so a new normal stops alarming.
-const CUSUM_CHANGE: f64 = 1e9;
+const CUSUM_CHANGE: f64 = 48.0;
 
 /// Buckets of the daily profile (30 minutes each).
 const BUCKETS: usize = 48;
@@ -231,7 +234,7 @@ impl Stats {
         )
     }
 
-    fn learn(&mut self, x: f64, floor: f64) {
+    fn learn(&mut self, x: f64, floor: f64, direction: Direction) {
         if self.n == 0 {
             *self = Stats {
                 n: 1,
@@ -257,8 +260,17 @@ impl Stats {
         };
         (self.up, self.down) = self.cusum(x, scale);
         if self.up.max(self.down) > CUSUM_CHANGE {
-            // A change point: the level restarts from the recent mean; the spread stays.
-            self.mean = self.fast;
+            // A change point: the level restarts from the recent mean (the spread stays),
+            // but only for a shift the signal cares about. Otherwise a dip of an `up`
+            // signal would become the level, and the recovery would look like a rise.
+            let cared = match direction {
+                Direction::Both => true,
+                Direction::Up => self.up > self.down,
+                Direction::Down => self.down > self.up,
+            };
+            if cared {
+                self.mean = self.fast;
+            }
             self.up = 0.0;
             self.down = 0.0;
         }
@@ -368,12 +380,18 @@ impl Baseline for Ensemble {
         let dir = self.direction;
         let calibrate = |cal: &mut [Calibration; K], raw: [f64; K]| {
             let mut best = 0.0f64;
+            // For one direction, every component speaks only while the point is on that
+            // side of the level, and the recent (fast) level too: the steep recovery from a
+            // dip is no rise of latency, and neither is a busy drop.
+            let side = dir == Direction::Both
+                || (directional(raw[0], dir) > SIDE_MARGIN && directional(raw[2], dir) > 0.0);
             for (k, (c, r)) in cal.iter_mut().zip(raw).enumerate() {
                 let r = match (k, dir) {
-                    // Activity: calmer or busier for `both`; only busier for one direction,
-                    // since a quieter latency or error rate is no incident.
-                    (ACTIVITY, Direction::Up | Direction::Down) => r.max(0.0),
+                    _ if !side => 0.0,
+                    // Activity: calmer or busier for `both`; only busier for one direction
+                    // (a quieter error rate is no incident).
                     (ACTIVITY, Direction::Both) => r.abs(),
+                    (ACTIVITY, _) => r.max(0.0),
                     _ => directional(r, dir),
                 };
                 best = best.max(c.likelihood(r));
@@ -427,9 +445,9 @@ impl Baseline for Ensemble {
             warming_up,
         };
         if let Some(p) = seasonal {
-            self.resid.learn(x - p, floor);
+            self.resid.learn(x - p, floor, dir);
         }
-        self.plain.learn(x, floor);
+        self.plain.learn(x, floor, dir);
         self.learn_profile(t, x);
         a
     }
@@ -486,6 +504,116 @@ mod tests {
         let spike = e.update(2000.0, 30.0);
         assert!(spike.score > 0.9999, "{spike:?}");
         assert!(spike.score > worst, "noise peaked at {worst}");
+    }
+
+    /// Points (index, score) at or above `threshold` in `xs[from..]`, fed at one per minute.
+    fn alarms(e: &mut Ensemble, xs: &[f64], from: usize, threshold: f64) -> Vec<usize> {
+        xs.iter()
+            .enumerate()
+            .filter_map(|(i, &x)| {
+                let a = e.update(i as f64 * 60.0, x);
+                (i >= from && a.score >= threshold).then_some(i)
+            })
+            .collect()
+    }
+
+    fn ensemble() -> Ensemble {
+        Ensemble::new(&DetectionConfig::default())
+    }
+
+    #[test]
+    fn a_level_shift_alarms_then_becomes_the_new_normal() {
+        // Noise around 10, then from 3000 on around 20: the shift alarms at once, and a
+        // change point moves the level, so the new normal is quiet well before the slow
+        // level alone would have caught up.
+        let xs: Vec<f64> = (0..6000)
+            .map(|i| if i < 3000 { 10.0 } else { 20.0 } + noisy(i))
+            .collect();
+        let mut e = ensemble();
+        let hits = alarms(&mut e, &xs, 1000, 0.9995);
+        assert!(hits.first().is_some_and(|&i| (3000..3003).contains(&i)), "{hits:?}");
+        assert!(hits.iter().all(|&i| i < 3300), "still alarming: {hits:?}");
+        assert!((e.plain.mean - 20.0).abs() < 1.0, "level {}", e.plain.mean);
+    }
+
+    #[test]
+    fn a_daily_pattern_is_expected_and_a_break_of_it_is_not() {
+        // A strong daily wave (period 1440 one-minute points): after two days the profile
+        // explains it, so the wave alone never alarms; a flat hour at the crest does.
+        let day = 1440.0;
+        let wave = |i: usize| 50.0 + 40.0 * (std::f64::consts::TAU * i as f64 / day).sin();
+        let mut xs: Vec<f64> = (0..6 * 1440).map(|i| wave(i) + noisy(i)).collect();
+        let mut e = ensemble();
+        assert_eq!(alarms(&mut e, &xs[..5 * 1440], 2 * 1440, 0.9995), Vec::<usize>::new());
+        assert!(e.use_seasonal(), "the profile should explain the wave");
+        // Day six: the trough (quarter to three quarters of the day) stays at the crest.
+        let mut e2 = ensemble();
+        for (i, x) in xs.iter_mut().enumerate().skip(5 * 1440 + 720).take(180) {
+            *x = 90.0 + noisy(i);
+        }
+        let hits = alarms(&mut e2, &xs, 5 * 1440, 0.9995);
+        assert!(
+            hits.first().is_some_and(|&i| (5 * 1440 + 720..5 * 1440 + 900).contains(&i)),
+            "{hits:?}"
+        );
+    }
+
+    #[test]
+    fn heavy_tailed_noise_alarms_rarely_and_a_record_still_alarms() {
+        // Pareto-like bursts (a tweet-count series): the tail model learns how heavy the
+        // tail is, so ordinary bursts stay quiet; one far beyond them still alarms.
+        let xs: Vec<f64> = (0..20_000)
+            .map(|i| {
+                let u = (noisy(i) + 1.0) / 2.0;
+                5.0 / (1.0 - 0.999 * u).powf(0.5)
+            })
+            .collect();
+        let mut e = ensemble();
+        let hits = alarms(&mut e, &xs, 2000, 0.9995);
+        assert!(hits.len() <= 10, "{} alarms in 18,000 points: {hits:?}", hits.len());
+        let biggest = xs.iter().cloned().fold(0.0, f64::max);
+        let a = e.update(20_000.0 * 60.0, 20.0 * biggest);
+        assert!(a.score >= 0.9995, "{a:?}");
+    }
+
+    #[test]
+    fn repeated_surprises_become_a_pattern() {
+        // A nightly spike of the same size: the first ones alarm, later ones do not.
+        let xs: Vec<f64> = (0..10_000)
+            .map(|i| 10.0 + noisy(i) + if i % 500 == 250 { 30.0 } else { 0.0 })
+            .collect();
+        let mut e = ensemble();
+        let hits = alarms(&mut e, &xs, 1000, 0.9995);
+        let spikes_alarmed = (1000..10_000)
+            .filter(|i| i % 500 == 250 && hits.iter().any(|h| (*i..i + 3).contains(h)))
+            .count();
+        assert!(hits.contains(&1250), "the first one alarms: {hits:?}");
+        assert!(spikes_alarmed <= 3, "{spikes_alarmed} of 18 spikes alarmed: {hits:?}");
+    }
+
+    #[test]
+    fn direction_and_spread_floor_are_respected() {
+        let base: Vec<f64> = (0..3000).map(|i| 10.0 + 0.01 * noisy(i)).collect();
+        let up = DetectionConfig {
+            direction: Direction::Up,
+            ..DetectionConfig::default()
+        };
+        // A drop is no anomaly for an `up` signal.
+        let mut xs = base.clone();
+        xs[2500..2520].iter_mut().for_each(|v| *v = 5.0);
+        let mut e = Ensemble::new(&up);
+        assert_eq!(alarms(&mut e, &xs, 1000, 0.9995), Vec::<usize>::new());
+        // A wiggle of 0.5% is below a 1% relative floor, though it is 50 spreads.
+        let floored = DetectionConfig {
+            min_relative_spread: 0.01,
+            ..DetectionConfig::default()
+        };
+        let mut xs = base.clone();
+        xs[2500] = 10.05;
+        let mut e = Ensemble::new(&floored);
+        assert_eq!(alarms(&mut e, &xs, 1000, 0.9995), Vec::<usize>::new());
+        let mut e = ensemble();
+        assert_eq!(alarms(&mut e, &xs, 1000, 0.9995), vec![2500], "no floor: it alarms");
     }
 
     #[test]
