@@ -617,9 +617,7 @@ impl Walker {
                     &join(path, "threshold"),
                     "must be between 0 and 1 (exclusive) for the ensemble: it is a likelihood",
                 ),
-                _ if v <= 0.0 => {
-                    self.err(&join(path, "threshold"), "must be greater than zero")
-                }
+                _ if v <= 0.0 => self.err(&join(path, "threshold"), "must be greater than zero"),
                 _ => d.threshold = v,
             }
         }

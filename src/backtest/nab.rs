@@ -107,7 +107,11 @@ pub fn file_detail(detections: &[bool], windows: &[(usize, usize)]) -> FileDetai
     let skip = probation(detections.len());
     let mut first_hit = vec![None; windows.len()];
     let mut false_positives = 0;
-    for (i, _) in detections.iter().enumerate().filter(|(i, d)| **d && *i >= skip) {
+    for (i, _) in detections
+        .iter()
+        .enumerate()
+        .filter(|(i, d)| **d && *i >= skip)
+    {
         match windows.iter().position(|&(l, r)| l <= i && i <= r) {
             Some(w) => {
                 first_hit[w].get_or_insert(i - windows[w].0);

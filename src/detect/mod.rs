@@ -5,8 +5,8 @@
 //! values, no global min/max. It is behind a trait so the engine can be swapped.
 
 mod ensemble;
-pub mod kmeans;
 mod hysteresis;
+pub mod kmeans;
 mod robust;
 
 pub use ensemble::Ensemble;
