@@ -57,6 +57,9 @@ pub enum Command {
         /// With `--labels`, print per file where each window was detected and the false alarms.
         #[arg(long)]
         details: bool,
+        /// Write one PNG per file here: series, expected band, score, detections, label windows.
+        #[arg(long)]
+        plot: Option<PathBuf>,
     },
     /// Measure the engine: points per second on one core over CSV files, and the
     /// steady-state memory of one series.

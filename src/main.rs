@@ -69,12 +69,14 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             out,
             config,
             details,
+            plot,
         } => backtest(
             &data,
             labels.as_deref(),
             out.as_deref(),
             config.as_deref(),
             details,
+            plot.as_deref(),
         ),
         Command::Bench {
             data,
@@ -369,6 +371,7 @@ fn backtest(
     out: Option<&Path>,
     config: Option<&Path>,
     details: bool,
+    plot: Option<&Path>,
 ) -> anyhow::Result<ExitCode> {
     use homeostat::backtest::{self as bt, nab};
     let detection = match config {
@@ -397,6 +400,10 @@ fn backtest(
         let scored = bt::run_series(&rows, &detection);
         if let Some(out) = out {
             bt::write_results(&out.join(name), &rows, &scored, &windows)?;
+        }
+        if let Some(plot) = plot {
+            let png = plot.join(name).with_extension("png");
+            bt::plot::write_png(&png, &rows, &scored, &windows)?;
         }
         total_rows += rows.len();
         let line = format!("[{}/{}] {name}: {} rows", n + 1, files.len(), rows.len());
