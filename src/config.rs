@@ -102,8 +102,9 @@ pub struct DetectionConfig {
     pub direction: Direction,
     /// Points a new series is watched before it may alarm (ensemble).
     pub warmup: u32,
-    /// Which baseline scores points: `robust` (rolling median/MAD, score = robust z) or
-    /// `ensemble` (experimental: streaming statistics calibrated to a likelihood in [0, 1]).
+    /// Which baseline scores points: `ensemble` (default: streaming statistics, a daily
+    /// profile, change points and k-means, calibrated to a likelihood in [0, 1]) or
+    /// `robust` (rolling median/MAD, score = robust z).
     pub engine: Engine,
 }
 

@@ -1,7 +1,8 @@
-//! The ensemble baseline (experimental): a few O(1) streaming statistics per series,
-//! each turned into an anomaly *likelihood* by comparing its recent level with its own
-//! long-run distribution (the idea behind Numenta's anomaly likelihood), combined by
-//! taking the most surprised one. Constant memory, no sorting, no look-ahead.
+//! The ensemble baseline (the default engine): O(1) streaming statistics per series
+//! (level, difference, level shift, CUSUM change point, activity; of the values and of
+//! their residuals against a daily profile) plus k-means over lag features, each turned
+//! into an anomaly *likelihood* by a peaks-over-threshold model of its own tail, and
+//! combined by taking the most surprised one. Constant memory, no look-ahead.
 
 use serde::{Deserialize, Serialize};
 
