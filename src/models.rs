@@ -21,8 +21,8 @@ use crate::config::DetectionConfig;
 use crate::detect::Model;
 use crate::labels::Labels;
 
-/// The current file format.
-pub const SCHEMA: u32 = 1;
+/// The current file format (2: the ensemble with SPOT calibration, CUSUM and k-means).
+pub const SCHEMA: u32 = 2;
 
 /// What can go wrong with a models file.
 #[derive(Debug, thiserror::Error)]
@@ -75,7 +75,7 @@ pub struct SignalModels {
 pub fn detection_hash(d: &DetectionConfig) -> String {
     let shaping = serde_json::json!({
         "engine": d.engine, "window": d.window, "threshold": d.threshold, "direction": d.direction,
-        "min_spread": d.min_spread, "min_relative_spread": d.min_relative_spread,
+        "min_spread": d.min_spread, "min_relative_spread": d.min_relative_spread, "warmup": d.warmup,
     });
     let digest = <sha2::Sha256 as sha2::Digest>::digest(shaping.to_string().as_bytes());
     hex::encode(&digest[..8])
