@@ -88,7 +88,7 @@ pub struct DetectionConfig {
     /// Points in the rolling window of the robust baseline.
     pub window: usize,
     /// Score above which a point is anomalous: for `ensemble` a likelihood in (0, 1)
-    /// (0.9995: a tail probability of 1 in 2,000), for `robust` a robust z-score.
+    /// (0.999: a tail probability of 1 in 1,000), for `robust` a robust z-score.
     pub threshold: f64,
     /// Consecutive anomalous points that open an anomaly.
     pub open_after: u32,
@@ -193,7 +193,7 @@ impl Engine {
         match self {
             // The likelihood is already smoothed and calibrated: one point is evidence
             // enough; staying open for 30 quiet points keeps one incident one incident.
-            Engine::Ensemble => (0.9995, 1, 30),
+            Engine::Ensemble => (0.999, 1, 30),
             Engine::Robust => (6.0, 3, 5),
         }
     }
@@ -732,7 +732,7 @@ mod tests {
         "#;
         let c = Config::parse(text, Path::new(".")).unwrap();
         let [a, b, cc] = [0, 1, 2].map(|i| &c.signals[i].detection);
-        assert_eq!((a.engine, a.threshold), (Engine::Ensemble, 0.9995));
+        assert_eq!((a.engine, a.threshold), (Engine::Ensemble, 0.999));
         assert_eq!(
             (b.engine, b.threshold, b.open_after, b.close_after),
             (Engine::Robust, 6.0, 3, 5)

@@ -21,8 +21,8 @@ use crate::config::DetectionConfig;
 use crate::detect::Model;
 use crate::labels::Labels;
 
-/// The current file format (2: the ensemble with SPOT calibration, CUSUM and k-means).
-pub const SCHEMA: u32 = 2;
+/// The current file format (3: the ensemble without the activity component, with habits).
+pub const SCHEMA: u32 = 3;
 
 /// What can go wrong with a models file.
 #[derive(Debug, thiserror::Error)]

@@ -1,8 +1,9 @@
 //! The ensemble baseline (the default engine): O(1) streaming statistics per series
-//! (level, difference, level shift, CUSUM change point, activity; of the values and of
-//! their residuals against a daily profile) plus k-means over lag features, each turned
-//! into an anomaly *likelihood* by a peaks-over-threshold model of its own tail, and
-//! combined by taking the most surprised one. Constant memory, no look-ahead.
+//! (level, difference, level shift, CUSUM change point; of the values and of their
+//! residuals against a daily profile) plus k-means over lag features, each turned into
+//! an anomaly *likelihood* by a peaks-over-threshold model of its own tail, and combined
+//! by taking the most surprised one. Surprises that recur at the same time of day (a
+//! nightly job) are remembered as habits. Constant memory, no look-ahead.
 
 use serde::{Deserialize, Serialize};
 
@@ -25,14 +26,14 @@ const CLIP: f64 = 5.0;
 /// Scores a component's calibration sees before it judges any.
 const CALIBRATION_WARMUP: u64 = 64;
 
-/// The components: level, first difference, level shift, change point (CUSUM), and
-/// activity change (log ratio of recent to usual absolute differences). All are signed.
-const K: usize = 5;
+/// The components: level, first difference, level shift and change point (CUSUM). All
+/// are signed. (An activity-change component, the log ratio of recent to usual absolute
+/// differences, was dropped: on NAB it raised ten false alarms for each window it found,
+/// and what it sees, the difference component sees too.)
+const K: usize = 4;
 /// For one direction, how far (in spreads) a point must be on that side of the level
 /// for the components to speak: a recovery lands within noise of the level.
 const SIDE_MARGIN: f64 = 1.0;
-/// Index of the activity component.
-const ACTIVITY: usize = K - 1;
 
 /// CUSUM slack, in spreads: drifts smaller than this do not accumulate.
 const CUSUM_SLACK: f64 = 0.5;
@@ -48,6 +49,26 @@ const ALPHA_PROFILE: f64 = 0.1;
 const PROFILE_MIN: u16 = 12;
 /// The daily profile replaces the plain level when its residuals are this much smaller.
 const SEASONAL_GAIN: f64 = 0.6;
+
+/// A surprise is a habit when, on each of the previous [`HABIT_DAYS`] days, one as large
+/// came within this many buckets of the same time of day (an hour: cron jobs drift) ...
+const HABIT_REACH: usize = 2;
+/// ... between this many days ago (not the same episode) ...
+const HABIT_MIN_DAYS: f64 = 0.5;
+/// ... and this many (a day may be skipped).
+const HABIT_MAX_DAYS: f64 = 2.5;
+/// Days in a row a surprise must have recurred before it is a habit: one earlier
+/// coincidence is likely on a bursty series, two in a row are not.
+const HABIT_DAYS: u8 = 2;
+/// A habitual anomaly is this many times likelier than the threshold allows: seen on the
+/// previous days at this hour, it is no 1-in-1,000 event (at 0.999, it scores 0.99).
+const HABIT_FACTOR: f64 = 10.0;
+
+/// The ML component's tail probability is multiplied by this before it competes with
+/// the statistics. Its distances are noisier evidence: at full weight on NAB it raised
+/// four false alarms for each window it found first; discounted, it still speaks when
+/// the path's shape breaks far beyond anything in its training.
+const ML_DISCOUNT: f64 = 10.0;
 
 /// Raw scores are capped here so that one absurd point cannot wreck a calibration.
 const RAW_CAP: f64 = 1e3;
@@ -198,8 +219,6 @@ struct Stats {
     prev: f64,
     dmean: f64,
     ddev: f64,
-    act_fast: f64,
-    act_slow: f64,
     /// Two-sided CUSUM of standardised deviations from the level.
     up: f64,
     down: f64,
@@ -207,12 +226,11 @@ struct Stats {
 
 impl Stats {
     /// The raw component scores of `x`, signed where a direction applies:
-    /// level, first difference, level shift, change point and activity change.
+    /// level, first difference, level shift and change point.
     fn raw(&self, x: f64, floor: f64) -> [f64; K] {
         let scale = (MAD_TO_SIGMA * self.dev).max(floor);
         let dscale = (MAD_TO_SIGMA * self.ddev).max(floor);
         let fast = self.fast + ALPHA_FAST * (x - self.fast);
-        let act = self.act_fast + ALPHA_FAST * ((x - self.prev).abs() - self.act_fast);
         [
             (x - self.mean) / scale,
             (x - self.prev - self.dmean) / dscale,
@@ -226,7 +244,6 @@ impl Stats {
                     -down
                 }
             },
-            ((act + floor) / (self.act_slow + floor)).ln(),
         ]
     }
 
@@ -284,8 +301,6 @@ impl Stats {
         self.fast += ALPHA_FAST.max(a) * (x - self.fast);
         self.ddev += a * ((dxc - self.dmean).abs() - self.ddev);
         self.dmean += a * (dxc - self.dmean);
-        self.act_fast += ALPHA_FAST.max(a) * (dx.abs() - self.act_fast);
-        self.act_slow += a * (dx.abs() - self.act_slow);
         self.prev = x;
         self.n += 1;
     }
@@ -308,12 +323,22 @@ pub struct Ensemble {
     profile: [f32; BUCKETS],
     #[serde(with = "buckets")]
     seen: [u16; BUCKETS],
+    /// Per time-of-day bucket, the last surprise: when (unix days) and how far (spreads).
+    #[serde(with = "buckets")]
+    habit_day: [f32; BUCKETS],
+    #[serde(with = "buckets")]
+    habit_size: [f32; BUCKETS],
+    /// Per bucket, on how many days in a row its last surprise recurred.
+    #[serde(with = "buckets")]
+    habit_streak: [u8; BUCKETS],
     min_spread: f64,
     min_relative_spread: f64,
     direction: Direction,
     band: f64,
     /// Points before the ensemble judges (the signal's `warmup`).
     warmup: u64,
+    /// The signal's threshold: anomalies are what habits are made of.
+    threshold: f64,
 }
 
 impl Ensemble {
@@ -328,11 +353,16 @@ impl Ensemble {
             cal_ml: Calibration::default(),
             profile: [0.0; BUCKETS],
             seen: [0; BUCKETS],
+            // Finite, for JSON: "long before any data".
+            habit_day: [f32::MIN; BUCKETS],
+            habit_size: [0.0; BUCKETS],
+            habit_streak: [0; BUCKETS],
             min_spread: cfg.min_spread,
             min_relative_spread: cfg.min_relative_spread,
             direction: cfg.direction,
             band: 4.0,
             warmup: u64::from(cfg.warmup),
+            threshold: cfg.threshold,
         }
     }
 
@@ -351,6 +381,48 @@ impl Ensemble {
     /// Whether the residuals against the profile are clearly tighter than the values.
     fn use_seasonal(&self) -> bool {
         self.resid.n > self.warmup && self.resid.dev < SEASONAL_GAIN * self.plain.dev
+    }
+
+    /// Remembers a notable point at time `t` of `size` spreads and says whether it is a
+    /// habit: as large a one (within [`RECORD_MARGIN`]) came near this time of day on each
+    /// of the previous [`HABIT_DAYS`] days. A record still alarms, and so does a new habit
+    /// until it has recurred.
+    fn habit(&mut self, t: f64, size: f64) -> bool {
+        let day = t / 86_400.0;
+        let b = bucket(t);
+        // The longest streak this point continues: a neighbour's entry from today is this
+        // episode (its streak carries over); one from a day or two ago, if as large,
+        // extends its streak by a day.
+        let (mut streak, mut reference) = (0u8, 0.0f64);
+        for n in (b + BUCKETS - HABIT_REACH..=b + BUCKETS + HABIT_REACH).map(|n| n % BUCKETS) {
+            let ago = day - f64::from(self.habit_day[n]);
+            let size_n = f64::from(self.habit_size[n]);
+            let continued = if ago < HABIT_MIN_DAYS {
+                Some(self.habit_streak[n])
+            } else if ago <= HABIT_MAX_DAYS && size <= RECORD_MARGIN * size_n {
+                Some(self.habit_streak[n].saturating_add(1))
+            } else {
+                None
+            };
+            if let Some(s) = continued {
+                if (s, size_n) > (streak, reference) {
+                    (streak, reference) = (s, size_n);
+                }
+            }
+        }
+        let habit = streak >= HABIT_DAYS && size <= RECORD_MARGIN * reference;
+        // The bucket keeps its episode's largest point and longest streak; an entry from
+        // an earlier day is replaced.
+        let same_episode = day - f64::from(self.habit_day[b]) < HABIT_MIN_DAYS;
+        let (kept_size, kept_streak) = if same_episode {
+            (self.habit_size[b], self.habit_streak[b])
+        } else {
+            (0.0, 0)
+        };
+        self.habit_size[b] = kept_size.max(size.max(reference) as f32);
+        self.habit_streak[b] = kept_streak.max(streak);
+        self.habit_day[b] = day as f32;
+        habit
     }
 
     fn learn_profile(&mut self, t: f64, x: f64) {
@@ -395,15 +467,8 @@ impl Baseline for Ensemble {
             // dip is no rise of latency, and neither is a busy drop.
             let side = dir == Direction::Both
                 || (directional(raw[0], dir) > SIDE_MARGIN && directional(raw[2], dir) > 0.0);
-            for (k, (c, r)) in cal.iter_mut().zip(raw).enumerate() {
-                let r = match (k, dir) {
-                    _ if !side => 0.0,
-                    // Activity: calmer or busier for `both`; only busier for one direction
-                    // (a quieter error rate is no incident).
-                    (ACTIVITY, Direction::Both) => r.abs(),
-                    (ACTIVITY, _) => r.max(0.0),
-                    _ => directional(r, dir),
-                };
+            for (c, r) in cal.iter_mut().zip(raw) {
+                let r = if side { directional(r, dir) } else { 0.0 };
                 best = best.max(c.likelihood(r));
             }
             best
@@ -419,7 +484,9 @@ impl Baseline for Ensemble {
         // the signal cares about.
         let raw_ml = self.ml.update(x).unwrap_or(0.0);
         let ml_side = dir == Direction::Both || directional(raw_plain[0], dir) > SIDE_MARGIN;
-        let l_ml = self.cal_ml.likelihood(if ml_side { raw_ml } else { 0.0 });
+        let l_ml = 1.0
+            - ((1.0 - self.cal_ml.likelihood(if ml_side { raw_ml } else { 0.0 })) * ML_DISCOUNT)
+                .min(1.0);
         let mut l_resid = None;
         if let Some(p) = seasonal {
             if self.resid.n > self.warmup {
@@ -448,6 +515,12 @@ impl Baseline for Ensemble {
             score
         };
         let warming_up = !warm || self.cal_plain[0].seen <= CALIBRATION_WARMUP;
+        // Anomalous points are remembered by time of day; one that recurs daily is a habit.
+        let score = if !warming_up && score >= self.threshold && self.habit(t, deviation.abs()) {
+            1.0 - HABIT_FACTOR * (1.0 - self.threshold)
+        } else {
+            score
+        };
         let a = Assessment {
             score: if warming_up { 0.0 } else { score },
             deviation,
@@ -537,6 +610,11 @@ mod tests {
             .collect()
     }
 
+    /// The default threshold: the tests check what `run` would do.
+    fn threshold() -> f64 {
+        DetectionConfig::default().threshold
+    }
+
     fn ensemble() -> Ensemble {
         Ensemble::new(&DetectionConfig::default())
     }
@@ -550,7 +628,7 @@ mod tests {
             .map(|i| if i < 3000 { 10.0 } else { 20.0 } + noisy(i))
             .collect();
         let mut e = ensemble();
-        let hits = alarms(&mut e, &xs, 1000, 0.9995);
+        let hits = alarms(&mut e, &xs, 1000, threshold());
         assert!(
             hits.first().is_some_and(|&i| (3000..3003).contains(&i)),
             "{hits:?}"
@@ -562,13 +640,15 @@ mod tests {
     #[test]
     fn a_daily_pattern_is_expected_and_a_break_of_it_is_not() {
         // A strong daily wave (period 1440 one-minute points): after two days the profile
-        // explains it, so the wave alone never alarms; a flat hour at the crest does.
+        // explains it, so the wave alone alarms no more than its noise would (at 1 in
+        // 1,000 by default, a point or two in three days; none at 1 in 10,000); a flat
+        // hour at the crest alarms.
         let day = 1440.0;
         let wave = |i: usize| 50.0 + 40.0 * (std::f64::consts::TAU * i as f64 / day).sin();
         let mut xs: Vec<f64> = (0..6 * 1440).map(|i| wave(i) + noisy(i)).collect();
         let mut e = ensemble();
         assert_eq!(
-            alarms(&mut e, &xs[..5 * 1440], 2 * 1440, 0.9995),
+            alarms(&mut e, &xs[..5 * 1440], 2 * 1440, 0.9999),
             Vec::<usize>::new()
         );
         assert!(e.use_seasonal(), "the profile should explain the wave");
@@ -577,7 +657,7 @@ mod tests {
         for (i, x) in xs.iter_mut().enumerate().skip(5 * 1440 + 720).take(180) {
             *x = 90.0 + noisy(i);
         }
-        let hits = alarms(&mut e2, &xs, 5 * 1440, 0.9995);
+        let hits = alarms(&mut e2, &xs, 5 * 1440, threshold());
         assert!(
             hits.first()
                 .is_some_and(|&i| (5 * 1440 + 720..5 * 1440 + 900).contains(&i)),
@@ -596,37 +676,73 @@ mod tests {
             })
             .collect();
         let mut e = ensemble();
-        let hits = alarms(&mut e, &xs, 2000, 0.9995);
+        let hits = alarms(&mut e, &xs, 2000, threshold());
         // Alarm episodes (a run of alarming points is one anomaly once hysteresis is on).
         let episodes = hits
             .iter()
             .enumerate()
             .filter(|(k, &i)| *k == 0 || hits[k - 1] + 1 != i)
             .count();
+        // No more than the nominal rate (1 in 1,000 points by default), with some slack.
+        let nominal = 18_000.0 * (1.0 - threshold());
         assert!(
-            episodes <= 8,
+            episodes as f64 <= 1.5 * nominal,
             "{episodes} episodes in 18,000 points: {hits:?}"
         );
         let biggest = xs.iter().cloned().fold(0.0, f64::max);
         let a = e.update(20_000.0 * 60.0, 20.0 * biggest);
-        assert!(a.score >= 0.9995, "{a:?}");
+        assert!(a.score >= threshold(), "{a:?}");
     }
 
     #[test]
     fn repeated_surprises_become_a_pattern() {
-        // A nightly spike of the same size: the first ones alarm, later ones do not.
+        // A spike of the same size every 500 points: the first ones alarm, until their
+        // rate is learnt (at 1 in 1,000, five in the tail's memory), later ones do not.
         let xs: Vec<f64> = (0..10_000)
             .map(|i| 10.0 + noisy(i) + if i % 500 == 250 { 30.0 } else { 0.0 })
             .collect();
         let mut e = ensemble();
-        let hits = alarms(&mut e, &xs, 1000, 0.9995);
+        let hits = alarms(&mut e, &xs, 1000, threshold());
         let spikes_alarmed = (1000..10_000)
             .filter(|i| i % 500 == 250 && hits.iter().any(|h| (*i..i + 3).contains(h)))
             .count();
         assert!(hits.contains(&1250), "the first one alarms: {hits:?}");
         assert!(
-            spikes_alarmed <= 3,
+            spikes_alarmed <= 5,
             "{spikes_alarmed} of 18 spikes alarmed: {hits:?}"
+        );
+    }
+
+    #[test]
+    fn a_nightly_job_becomes_a_habit_but_a_bigger_or_other_hour_spike_alarms() {
+        // Five minutes of load every night near 03:00 (drifting by up to 40 minutes): the
+        // first nights alarm, from the third on it is a habit. A spike twice as large at
+        // that hour still alarms, and so does the usual size at 15:00.
+        let day = 1440;
+        let job = |d: usize| d * day + 180 + (d * 17) % 40;
+        let mut xs: Vec<f64> = (0..12 * day).map(|i| 10.0 + noisy(i)).collect();
+        for d in 0..10 {
+            for x in &mut xs[job(d)..job(d) + 5] {
+                *x += 30.0;
+            }
+        }
+        for x in &mut xs[job(10)..job(10) + 5] {
+            *x += 60.0;
+        }
+        for x in &mut xs[11 * day + 900..11 * day + 905] {
+            *x += 30.0;
+        }
+        let hits = alarms(&mut ensemble(), &xs, day, threshold());
+        let night = |d: usize| hits.iter().any(|h| (job(d)..job(d) + 5).contains(h));
+        assert!(night(1), "the second night alarms: {hits:?}");
+        for d in 3..10 {
+            assert!(!night(d), "night {d} is a habit: {hits:?}");
+        }
+        assert!(night(10), "a twice larger job alarms: {hits:?}");
+        assert!(
+            hits.iter()
+                .any(|h| (11 * day + 900..11 * day + 905).contains(h)),
+            "15:00 is not the job's hour: {hits:?}"
         );
     }
 
@@ -641,7 +757,7 @@ mod tests {
         let mut xs = base.clone();
         xs[2500..2520].iter_mut().for_each(|v| *v = 5.0);
         let mut e = Ensemble::new(&up);
-        assert_eq!(alarms(&mut e, &xs, 1000, 0.9995), Vec::<usize>::new());
+        assert_eq!(alarms(&mut e, &xs, 1000, threshold()), Vec::<usize>::new());
         // The relative floor widens the expected band of a very quiet series: with 1% of a
         // level of about 10, the band is about 4 x 0.1 wide on each side.
         let floored = DetectionConfig {
