@@ -338,7 +338,7 @@ async fn fit_saves_models_that_the_daemon_loads_and_saves_again() {
     let file = setup.dir.path().join("models/latency.json");
     let saved: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
-    assert_eq!(saved["schema"], 2);
+    assert_eq!(saved["schema"], homeostat::models::SCHEMA);
     assert_eq!(saved["series"].as_array().unwrap().len(), 2);
     assert_eq!(saved["series"][0]["model"]["engine"], "ensemble");
 
