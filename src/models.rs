@@ -21,8 +21,8 @@ use crate::config::DetectionConfig;
 use crate::detect::Model;
 use crate::labels::Labels;
 
-/// The current file format (3: the ensemble without the activity component, with habits).
-pub const SCHEMA: u32 = 3;
+/// The current file format (4: the ensemble keeps the range it has seen, for records).
+pub const SCHEMA: u32 = 4;
 
 /// What can go wrong with a models file.
 #[derive(Debug, thiserror::Error)]
