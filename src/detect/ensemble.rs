@@ -1,9 +1,10 @@
 //! The ensemble baseline (the default engine): O(1) streaming statistics per series
 //! (level, difference, level shift, CUSUM change point; of the values and of their
 //! residuals against a daily profile) plus k-means over lag features, each turned into
-//! an anomaly *likelihood* by a peaks-over-threshold model of its own tail, and combined
-//! by taking the most surprised one. Surprises that recur at the same time of day (a
-//! nightly job) are remembered as habits. Constant memory, no look-ahead.
+//! an anomaly *likelihood* by a peaks-over-threshold model of its own tail, and a record
+//! of the range the series has kept; the most surprised one scores. Surprises that recur
+//! at the same time of day (a nightly job) are remembered as habits. Constant memory, no
+//! look-ahead.
 
 use serde::{Deserialize, Serialize};
 
@@ -222,7 +223,7 @@ impl Calibration {
 /// exchangeable data, a point beats the n before it with probability 1/(n + 1); that is
 /// its tail probability, whatever the distribution (the question an SRE asks first: has
 /// it ever been this high?). The other components may have learnt that surprises are
-/// this series' habit; a record is one still.
+/// routine for this series; a record is news all the same.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 struct Record {
     hi: f64,
