@@ -568,13 +568,10 @@ impl Baseline for Ensemble {
                 (l_plain, self.plain.mean, sc, raw_plain[0])
             }
         };
-        let score = if warm && self.ml.is_trained() {
-            score.max(l_ml)
-        } else {
-            score
-        };
+        // The path's shape (k-means, once trained) and a record count in every view.
         let score = if warm {
-            score.max(self.record.likelihood(x, floor, dir))
+            let l_ml = if self.ml.is_trained() { l_ml } else { 0.0 };
+            score.max(l_ml).max(self.record.likelihood(x, floor, dir))
         } else {
             score
         };
