@@ -73,10 +73,14 @@ pub struct SignalModels {
 
 /// A short hash of the settings that shape a model (not those of the hysteresis).
 pub fn detection_hash(d: &DetectionConfig) -> String {
-    let shaping = serde_json::json!({
+    let mut shaping = serde_json::json!({
         "engine": d.engine, "window": d.window, "threshold": d.threshold, "direction": d.direction,
         "min_spread": d.min_spread, "min_relative_spread": d.min_relative_spread, "warmup": d.warmup,
     });
+    // Only when set, so models saved before the setting existed still load.
+    if let Some(per) = d.threshold_per {
+        shaping["threshold_per"] = per.as_secs_f64().into();
+    }
     let digest = <sha2::Sha256 as sha2::Digest>::digest(shaping.to_string().as_bytes());
     hex::encode(&digest[..8])
 }

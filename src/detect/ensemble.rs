@@ -81,6 +81,12 @@ const RECORD_SPAN: f64 = 0.2;
 /// many points.
 const RECORD_MEMORY: f64 = 10.0 * TAIL_MEMORY;
 
+/// Smoothing of the typical time between points, for `threshold_per`.
+const ALPHA_INTERVAL: f64 = 0.05;
+/// A pause longer than this many typical intervals counts as this many: a gap in the data
+/// is not a slower query rate.
+const GAP: f64 = 10.0;
+
 /// Raw scores are capped here so that one absurd point cannot wreck a calibration.
 const RAW_CAP: f64 = 1e3;
 
@@ -397,6 +403,15 @@ pub struct Ensemble {
     warmup: u64,
     /// The signal's threshold: anomalies are what habits are made of.
     threshold: f64,
+    /// Seconds a tail probability is counted per (`threshold_per`; 0: per point).
+    #[serde(default)]
+    per: f64,
+    /// Typical seconds between points (0 until two points were seen).
+    #[serde(default)]
+    interval: f64,
+    /// Time of the latest point.
+    #[serde(default)]
+    last_t: Option<f64>,
 }
 
 impl Ensemble {
@@ -422,6 +437,30 @@ impl Ensemble {
             band: 4.0,
             warmup: u64::from(cfg.warmup),
             threshold: cfg.threshold,
+            per: cfg.threshold_per.map_or(0.0, |d| d.as_secs_f64()),
+            interval: 0.0,
+            last_t: None,
+        }
+    }
+
+    /// Learns the time between points and says how many points a tail probability is
+    /// counted over: `per / interval` with `threshold_per` (at least one), else one. A
+    /// series queried every 15 s has twenty chances in five minutes to cross the
+    /// threshold; stated per five minutes, its false alarms per day are those of a
+    /// five-minute series (the union bound: conservative when points are correlated).
+    fn points_per_statement(&mut self, t: f64) -> f64 {
+        if let Some(dt) = self.last_t.map(|last| t - last).filter(|dt| *dt > 0.0) {
+            self.interval = if self.interval > 0.0 {
+                self.interval + ALPHA_INTERVAL * (dt.min(GAP * self.interval) - self.interval)
+            } else {
+                dt
+            };
+        }
+        self.last_t = Some(t);
+        if self.per > 0.0 && self.interval > 0.0 {
+            (self.per / self.interval).max(1.0)
+        } else {
+            1.0
         }
     }
 
@@ -575,6 +614,8 @@ impl Baseline for Ensemble {
         } else {
             score
         };
+        let points = self.points_per_statement(t);
+        let score = 1.0 - ((1.0 - score) * points).min(1.0);
         let warming_up = !warm || self.cal_plain[0].seen <= CALIBRATION_WARMUP;
         // Anomalous points are remembered by time of day; one that recurs daily is a habit.
         let score = if !warming_up && score >= self.threshold && self.habit(t, deviation.abs()) {
@@ -684,6 +725,35 @@ mod tests {
 
     fn ensemble() -> Ensemble {
         Ensemble::new(&DetectionConfig::default())
+    }
+
+    #[test]
+    fn threshold_per_counts_tail_probabilities_per_time_not_per_point() {
+        // The same noise, once every 15 s: per point it opens the false alarms a 1 in 1,000
+        // threshold allows per 1,000 points; per five minutes, only those it allows per
+        // 1,000 five-minute periods (twenty times fewer chances). At a five-minute step the
+        // setting changes nothing.
+        let per_5m = DetectionConfig {
+            threshold_per: Some(std::time::Duration::from_secs(300)),
+            ..DetectionConfig::default()
+        };
+        let xs: Vec<f64> = (0..30_000).map(|i| 10.0 + noisy(i)).collect();
+        let run = |cfg: &DetectionConfig, step: f64| -> Vec<f64> {
+            let mut e = Ensemble::new(cfg);
+            let scores = xs
+                .iter()
+                .enumerate()
+                .map(|(i, &x)| e.update(i as f64 * step, x).score);
+            scores.collect()
+        };
+        let count = |scores: &[f64]| scores.iter().filter(|&&s| s >= threshold()).count();
+        let (point, per_time) = (run(&DetectionConfig::default(), 15.0), run(&per_5m, 15.0));
+        assert!(
+            count(&point) > 0,
+            "the noise should cross 1 in 1,000 now and then"
+        );
+        assert_eq!(count(&per_time), 0, "20x fewer chances: {per_time:?}");
+        assert_eq!(run(&DetectionConfig::default(), 300.0), run(&per_5m, 300.0));
     }
 
     #[test]
