@@ -162,6 +162,17 @@ pub async fn run(
         executor,
         telemetry.clone(),
     );
+    // Incidents handled before a restart keep their cooldowns.
+    let restored = dispatcher.restore_cooldowns(
+        &crate::audit::read_kind(audit.path(), "playbook_matched")?,
+        SystemTime::now(),
+    );
+    if restored > 0 {
+        info!(
+            restored,
+            "cooldowns of recent plans restored from the audit log"
+        );
+    }
     let ctx = Context {
         source,
         audit,

@@ -350,6 +350,29 @@ pub fn read_records(path: &Path) -> Result<Vec<AuditRecord>, AuditError> {
         .collect()
 }
 
+/// Reads the records of one `kind`, streaming (the log may be large); lines of other
+/// kinds are skipped unparsed.
+pub fn read_kind(path: &Path, kind: &str) -> Result<Vec<AuditRecord>, AuditError> {
+    use std::io::BufRead as _;
+    let file = std::fs::File::open(path).map_err(io_err(path))?;
+    let needle = format!("\"kind\":{}", Value::from(kind));
+    let mut out = Vec::new();
+    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(io_err(path))?;
+        if !line.contains(&needle) {
+            continue;
+        }
+        let rec: AuditRecord = serde_json::from_str(&line).map_err(|e| AuditError::Damaged {
+            path: path.to_path_buf(),
+            reason: format!("line {}: {e}", i + 1),
+        })?;
+        if rec.kind == kind {
+            out.push(rec);
+        }
+    }
+    Ok(out)
+}
+
 /// A one-line summary of a record for tables: the fields that matter for its kind
 /// first, in reading order, then `key=value` for the rest of a kind it does not know.
 pub fn summarize(kind: &str, data: &Value, width: usize) -> String {

@@ -5,7 +5,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::json;
 use tokio::task::JoinSet;
@@ -13,7 +13,7 @@ use tracing::{error, info, warn};
 
 use crate::act::Executor;
 use crate::anomaly::Anomaly;
-use crate::audit::AuditError;
+use crate::audit::{AuditError, AuditRecord};
 use crate::playbook::{Limits, Playbook};
 use crate::server::Telemetry;
 use crate::source::unix_now;
@@ -31,6 +31,39 @@ pub struct Dispatcher {
     executor: Executor,
     telemetry: Arc<Mutex<Telemetry>>,
     incidents: JoinSet<()>,
+}
+
+/// The (playbook, group) pairs whose last plan, by the `playbook_matched` records, is
+/// younger than the playbook's cooldown (`cooldown_of`: `None` for a playbook no longer
+/// active), with that plan's age. A record whose time cannot be read counts as made now:
+/// when in doubt, remediate less.
+fn recent_plans(
+    records: &[AuditRecord],
+    now: SystemTime,
+    cooldown_of: impl Fn(&str) -> Option<Duration>,
+) -> HashMap<(String, String), Duration> {
+    let mut out: HashMap<(String, String), Duration> = HashMap::new();
+    for r in records.iter().filter(|r| r.kind == "playbook_matched") {
+        let (Some(playbook), Some(group)) = (r.data["playbook"].as_str(), r.data["group"].as_str())
+        else {
+            continue;
+        };
+        let Some(cooldown) = cooldown_of(playbook) else {
+            continue;
+        };
+        let age = humantime::parse_rfc3339_weak(&r.ts)
+            .ok()
+            .map_or(Duration::ZERO, |t| {
+                now.duration_since(t).unwrap_or(Duration::ZERO)
+            });
+        if age < cooldown {
+            let slot = out
+                .entry((playbook.to_string(), group.to_string()))
+                .or_insert(age);
+            *slot = (*slot).min(age);
+        }
+    }
+    out
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -64,6 +97,27 @@ impl Dispatcher {
         };
         d.publish();
         d
+    }
+
+    /// Restores the cooldowns of plans made before a restart from the audit log's
+    /// `playbook_matched` records, so a restarted (or crash-looping) agent does not run a
+    /// playbook again for an incident it has just handled. Returns how many were restored.
+    pub fn restore_cooldowns(&mut self, records: &[AuditRecord], now: SystemTime) -> usize {
+        let cooldowns: HashMap<&str, Duration> = self
+            .active
+            .iter()
+            .map(|p| (p.name.as_str(), p.cooldown))
+            .collect();
+        let restored = recent_plans(records, now, |name| cooldowns.get(name).copied());
+        let n = restored.len();
+        for (key, age) in restored {
+            // An age beyond this host's uptime cannot be an `Instant`: count it from now,
+            // which only lengthens the cooldown.
+            let at = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+            let slot = self.groups.entry(key).or_insert(at);
+            *slot = (*slot).max(at);
+        }
+        n
     }
 
     /// Shows the active playbooks (and their versions) in telemetry.
@@ -253,5 +307,48 @@ impl Dispatcher {
             return Err(format!("name {:?} is used by another playbook", pb.name));
         }
         Ok(pb)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn matched(playbook: &str, group: &str, ts: String) -> AuditRecord {
+        AuditRecord {
+            seq: 1,
+            ts,
+            kind: "playbook_matched".into(),
+            prev: String::new(),
+            data: json!({"playbook": playbook, "group": group}),
+            hash: String::new(),
+        }
+    }
+
+    #[test]
+    fn plans_within_their_cooldown_survive_a_restart() {
+        // Whole seconds, so the millisecond timestamps are exact.
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(unix_now() as u64);
+        let ago = |secs: u64| {
+            humantime::format_rfc3339_millis(now - Duration::from_secs(secs)).to_string()
+        };
+        let mut other = matched("restart", "app=cart", ago(1));
+        other.kind = "plan".into();
+        let records = [
+            matched("restart", "app=cart", ago(300)),
+            matched("restart", "app=cart", ago(120)),
+            matched("restart", "app=shop", ago(900)),
+            matched("retired", "app=cart", ago(60)),
+            matched("restart", "app=web", "yesterday-ish".into()),
+            other,
+        ];
+        let cooldown = |name: &str| (name == "restart").then_some(Duration::from_secs(600));
+        let got = recent_plans(&records, now, cooldown);
+        let key = |g: &str| ("restart".to_string(), g.to_string());
+        // The latest plan of a group counts; one older than the cooldown does not; a
+        // retired playbook's do not; an unreadable time counts as now.
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(got[&key("app=cart")], Duration::from_secs(120));
+        assert_eq!(got[&key("app=web")], Duration::ZERO);
     }
 }

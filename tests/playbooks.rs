@@ -413,5 +413,29 @@ async fn one_incident_gets_one_plan_however_many_series_it_spans() {
     let suppressed = &of_kind(&recs, "playbook_suppressed")[0].data;
     assert_eq!(suppressed["group"], "app=cart");
     assert_eq!(suppressed["reason"], "cooldown");
+
+    // A restart (a deploy, a crash loop) does not forget the incident: worse latency
+    // opens new anomalies, and the cooldown read back from the audit log holds them.
+    let mut agent = Agent::spawn(&config);
+    wait_ready(&listen).await;
+    exporter.set("hs_test_latency{pod=\"cart-1\",app=\"cart\"}", 5000.0);
+    exporter.set("hs_test_latency{pod=\"cart-2\",app=\"cart\"}", 5000.0);
+    wait_until(
+        Duration::from_secs(30),
+        "an anomaly after the restart to be handled",
+        || {
+            let r = records(d);
+            let done = of_kind(&r, "playbook_suppressed").len() >= 2;
+            async move { done }
+        },
+    )
+    .await;
+    assert!(agent.terminate().success());
+    let recs = records(d);
+    assert_eq!(of_kind(&recs, "agent_started").len(), 2, "{recs:#?}");
+    assert_eq!(of_kind(&recs, "plan").len(), 1, "{recs:#?}");
+    let after_restart = &of_kind(&recs, "playbook_suppressed")[1].data;
+    assert_eq!(after_restart["group"], "app=cart");
+    assert_eq!(after_restart["reason"], "cooldown");
     verify_log(d);
 }
