@@ -408,7 +408,11 @@ fn backtest(
         total_rows += rows.len();
         let line = format!("[{}/{}] {name}: {} rows", n + 1, files.len(), rows.len());
         if progress {
-            eprint!("\r\x1b[2K{line}");
+            eprint!(
+                "\r\x1b[2K{} {name}: {} rows",
+                bar(n + 1, files.len()),
+                rows.len()
+            );
         } else {
             eprintln!("{line}");
         }
@@ -596,16 +600,25 @@ fn fit(path: &Path) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    // On a terminal one bar redrawn in place (failures stay on their own lines); in a log,
+    // one line per signal.
+    let tty = std::io::stderr().is_terminal();
     let reports = runtime.block_on(homeostat::agent::fit_and_save(&config, |i, r| {
-        match &r.outcome {
-            Ok((series, points)) => eprintln!(
-                "[{}/{total}] {}: {series} series, {points} points",
-                i + 1,
-                r.signal
-            ),
-            Err(e) => eprintln!("[{}/{total}] {}: FAILED: {e}", i + 1, r.signal),
+        let line = match &r.outcome {
+            Ok((series, points)) => format!("{}: {series} series, {points} points", r.signal),
+            Err(e) => format!("{}: FAILED: {e}", r.signal),
+        };
+        if !tty {
+            eprintln!("[{}/{total}] {line}", i + 1);
+        } else if r.outcome.is_err() {
+            eprintln!("\r\x1b[2K{line}");
+        } else {
+            eprint!("\r\x1b[2K{} {line}", bar(i + 1, total));
         }
     }))?;
+    if tty {
+        eprintln!();
+    }
     let failed = reports.iter().filter(|r| r.outcome.is_err()).count();
     println!(
         "fitted {} of {total} signals into {}",
@@ -617,4 +630,18 @@ fn fit(path: &Path) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// A progress bar for a terminal line: `[#####-----] 5/10`.
+fn bar(done: usize, total: usize) -> String {
+    const WIDTH: usize = 24;
+    let filled = (done * WIDTH)
+        .checked_div(total)
+        .unwrap_or(WIDTH)
+        .min(WIDTH);
+    format!(
+        "[{}{}] {done}/{total}",
+        "#".repeat(filled),
+        "-".repeat(WIDTH - filled)
+    )
 }

@@ -104,7 +104,7 @@ const LEARN_BELOW_RISK: f64 = 1e-3;
 /// Recent surprises after which similar ones are taken as the series' own pattern.
 const REPEATS_ARE_NORMAL: f64 = 2.0;
 /// A repeated surprise still alarms when it beats the recent ones by this factor.
-const RECORD_MARGIN: f64 = 1.5;
+const BIGGER_BY: f64 = 1.5;
 
 /// How unusual a component's recent score is, from a streaming peaks-over-threshold
 /// model of its own tail (SPOT, Siffer et al., KDD 2017): the smoothed score's
@@ -154,7 +154,7 @@ impl Calibration {
         if let Some(p) = tail.as_mut() {
             if surprise
                 && self.surprises >= REPEATS_ARE_NORMAL
-                && excess <= RECORD_MARGIN * self.surprise_max
+                && excess <= BIGGER_BY * self.surprise_max
             {
                 *p = p.max(self.surprises / TAIL_MEMORY);
             }
@@ -482,7 +482,7 @@ impl Ensemble {
     }
 
     /// Remembers a notable point at time `t` of `size` spreads and says whether it is a
-    /// habit: as large a one (within [`RECORD_MARGIN`]) came near this time of day on each
+    /// habit: as large a one (within [`BIGGER_BY`]) came near this time of day on each
     /// of the previous [`HABIT_DAYS`] days. A record still alarms, and so does a new habit
     /// until it has recurred.
     fn habit(&mut self, t: f64, size: f64) -> bool {
@@ -497,7 +497,7 @@ impl Ensemble {
             let size_n = f64::from(self.habit_size[n]);
             let continued = if ago < HABIT_MIN_DAYS {
                 Some(self.habit_streak[n])
-            } else if ago <= HABIT_MAX_DAYS && size <= RECORD_MARGIN * size_n {
+            } else if ago <= HABIT_MAX_DAYS && size <= BIGGER_BY * size_n {
                 Some(self.habit_streak[n].saturating_add(1))
             } else {
                 None
@@ -508,7 +508,7 @@ impl Ensemble {
                 }
             }
         }
-        let habit = streak >= HABIT_DAYS && size <= RECORD_MARGIN * reference;
+        let habit = streak >= HABIT_DAYS && size <= BIGGER_BY * reference;
         // The bucket keeps its episode's largest point and longest streak; an entry from
         // an earlier day is replaced.
         let same_episode = day - f64::from(self.habit_day[b]) < HABIT_MIN_DAYS;
