@@ -1,7 +1,8 @@
 //! PNG plots of a backtested file, drawn by hand (no plotting or font stack in the
 //! build): top, the series (a min–max envelope per pixel column) over its expected band
 //! (light blue), label windows shaded pink across both panels, detections as red
-//! vertical lines; bottom, the engine's score with the threshold as a grey line.
+//! vertical lines; bottom, the engine's score with the threshold as a grey line (a
+//! likelihood as its surprise, `-log10(1 - score)`, so "how close" is visible).
 
 use std::path::Path;
 
@@ -67,8 +68,18 @@ pub fn write_png(
             let f = ((v - lo) / (hi - lo)).clamp(0.0, 1.0);
             (TOP - 1) - (f * (TOP - 1) as f64).round() as usize
         };
-        let top_score = scored.score.iter().cloned().fold(1.0f64, f64::max);
+        // A likelihood is drawn as surprise, -log10(1 - score), up to twice the
+        // threshold's (0.999: up to one in a million): linear, every score near the
+        // threshold would look the same. Other scores (robust z) are drawn linear.
+        let likelihood = scored.threshold < 1.0;
+        let surprise = |s: f64| -(1.0 - s).max(1e-300).log10();
+        let top_score = if likelihood {
+            2.0 * surprise(scored.threshold)
+        } else {
+            scored.score.iter().cloned().fold(1.0f64, f64::max)
+        };
         let s_of = |s: f64| {
+            let s = if likelihood { surprise(s.max(0.0)) } else { s };
             let f = (s / top_score).clamp(0.0, 1.0);
             HEIGHT - 1 - (f * (BOTTOM - 1) as f64).round() as usize
         };
