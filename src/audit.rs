@@ -341,13 +341,16 @@ pub fn read_records(path: &Path) -> Result<Vec<AuditRecord>, AuditError> {
     let text = std::fs::read_to_string(path).map_err(io_err(path))?;
     text.lines()
         .enumerate()
-        .map(|(i, l)| {
-            serde_json::from_str(l).map_err(|e| AuditError::Damaged {
-                path: path.to_path_buf(),
-                reason: format!("line {}: {e}", i + 1),
-            })
-        })
+        .map(|(i, l)| parse_line(path, i, l))
         .collect()
+}
+
+/// Parses line `i` (0-based) of the log at `path`.
+fn parse_line(path: &Path, i: usize, line: &str) -> Result<AuditRecord, AuditError> {
+    serde_json::from_str(line).map_err(|e| AuditError::Damaged {
+        path: path.to_path_buf(),
+        reason: format!("line {}: {e}", i + 1),
+    })
 }
 
 /// Reads the records of one `kind`, streaming (the log may be large); lines of other
@@ -362,10 +365,7 @@ pub fn read_kind(path: &Path, kind: &str) -> Result<Vec<AuditRecord>, AuditError
         if !line.contains(&needle) {
             continue;
         }
-        let rec: AuditRecord = serde_json::from_str(&line).map_err(|e| AuditError::Damaged {
-            path: path.to_path_buf(),
-            reason: format!("line {}: {e}", i + 1),
-        })?;
+        let rec = parse_line(path, i, &line)?;
         if rec.kind == kind {
             out.push(rec);
         }

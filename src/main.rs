@@ -406,15 +406,11 @@ fn backtest(
             bt::plot::write_png(&png, &rows, &scored, &windows)?;
         }
         total_rows += rows.len();
-        let line = format!("[{}/{}] {name}: {} rows", n + 1, files.len(), rows.len());
+        let line = format!("{name}: {} rows", rows.len());
         if progress {
-            eprint!(
-                "\r\x1b[2K{} {name}: {} rows",
-                bar(n + 1, files.len()),
-                rows.len()
-            );
+            eprint!("\r\x1b[2K{} {line}", bar(n + 1, files.len()));
         } else {
-            eprintln!("{line}");
+            eprintln!("[{}/{}] {line}", n + 1, files.len());
         }
         let detections = scored
             .anomaly_score

@@ -13,12 +13,12 @@ use common::{
 };
 use homeostat::audit::AuditRecord;
 
-/// Six hours of history at 15 s for `pod="spiky"` and `pod="clean"`, ending two minutes ago.
 /// The ensemble's default threshold: the config these tests write leaves it alone.
 fn default_threshold() -> f64 {
     homeostat::config::DetectionConfig::default().threshold
 }
 
+/// Six hours of history at 15 s for `pod="spiky"` and `pod="clean"`, ending two minutes ago.
 fn history() -> String {
     noisy_history(
         "hs_test_latency",

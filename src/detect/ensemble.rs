@@ -406,7 +406,7 @@ pub struct Ensemble {
     /// Seconds a tail probability is counted per (`threshold_per`; 0: per point).
     #[serde(default)]
     per: f64,
-    /// Typical seconds between points (0 until two points were seen).
+    /// Typical seconds between points (0 until two points were seen; kept only with `per`).
     #[serde(default)]
     interval: f64,
     /// Time of the latest point.
@@ -449,6 +449,9 @@ impl Ensemble {
     /// threshold; stated per five minutes, its false alarms per day are those of a
     /// five-minute series (the union bound: conservative when points are correlated).
     fn points_per_statement(&mut self, t: f64) -> f64 {
+        if self.per == 0.0 {
+            return 1.0;
+        }
         if let Some(dt) = self.last_t.map(|last| t - last).filter(|dt| *dt > 0.0) {
             self.interval = if self.interval > 0.0 {
                 self.interval + ALPHA_INTERVAL * (dt.min(GAP * self.interval) - self.interval)
@@ -457,7 +460,7 @@ impl Ensemble {
             };
         }
         self.last_t = Some(t);
-        if self.per > 0.0 && self.interval > 0.0 {
+        if self.interval > 0.0 {
             (self.per / self.interval).max(1.0)
         } else {
             1.0
@@ -582,9 +585,10 @@ impl Baseline for Ensemble {
         // the signal cares about.
         let raw_ml = self.ml.update(x).unwrap_or(0.0);
         let ml_side = dir == Direction::Both || directional(raw_plain[0], dir) > SIDE_MARGIN;
-        let l_ml = 1.0
-            - ((1.0 - self.cal_ml.likelihood(if ml_side { raw_ml } else { 0.0 })) * ML_DISCOUNT)
-                .min(1.0);
+        let l_ml = likelier(
+            self.cal_ml.likelihood(if ml_side { raw_ml } else { 0.0 }),
+            ML_DISCOUNT,
+        );
         let mut l_resid = None;
         if let Some(p) = seasonal {
             if self.resid.n > self.warmup {
@@ -614,12 +618,11 @@ impl Baseline for Ensemble {
         } else {
             score
         };
-        let points = self.points_per_statement(t);
-        let score = 1.0 - ((1.0 - score) * points).min(1.0);
+        let score = likelier(score, self.points_per_statement(t));
         let warming_up = !warm || self.cal_plain[0].seen <= CALIBRATION_WARMUP;
         // Anomalous points are remembered by time of day; one that recurs daily is a habit.
         let score = if !warming_up && score >= self.threshold && self.habit(t, deviation.abs()) {
-            1.0 - HABIT_FACTOR * (1.0 - self.threshold)
+            likelier(self.threshold, HABIT_FACTOR)
         } else {
             score
         };
@@ -669,6 +672,11 @@ mod buckets {
         v.try_into()
             .map_err(|_| serde::de::Error::invalid_length(n, &"one value per profile bucket"))
     }
+}
+
+/// The likelihood `l` with its tail probability `factor` times larger (at most 1).
+fn likelier(l: f64, factor: f64) -> f64 {
+    1.0 - ((1.0 - l) * factor).min(1.0)
 }
 
 /// The time-of-day bucket of unix time `t`.
