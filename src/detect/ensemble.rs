@@ -46,10 +46,14 @@ const CUSUM_CHANGE: f64 = 48.0;
 
 /// Buckets of the daily profile (30 minutes each).
 const BUCKETS: usize = 48;
-/// Smoothing of each bucket of the daily profile.
+/// Smoothing of each bucket of the daily profile, per [`PROFILE_STEP`] of data.
 const ALPHA_PROFILE: f64 = 0.1;
-/// Points a bucket must have seen before it predicts.
-const PROFILE_MIN: u16 = 12;
+/// Steps a bucket must have seen before it predicts: two days of five-minute data.
+const PROFILE_MIN: f32 = 12.0;
+/// Seconds a point counts for in the profile, at most: a point of finer data counts for
+/// its share. Counted per point, a bucket of 15 s data would be trained in three minutes
+/// and remember only its last few; it must average over days whatever the step.
+const PROFILE_STEP: f64 = 300.0;
 /// The daily profile replaces the plain level when its residuals are this much smaller.
 const SEASONAL_GAIN: f64 = 0.6;
 
@@ -382,11 +386,11 @@ pub struct Ensemble {
     cal_ml: Calibration,
     /// The range kept so far, for records.
     record: Record,
-    /// Time-of-day profile: mean per bucket, and points seen per bucket.
+    /// Time-of-day profile: mean per bucket, and [`PROFILE_STEP`]s seen per bucket.
     #[serde(with = "buckets")]
     profile: [f32; BUCKETS],
     #[serde(with = "buckets")]
-    seen: [u16; BUCKETS],
+    seen: [f32; BUCKETS],
     /// Per time-of-day bucket, the last surprise: when (unix days) and how far (spreads).
     #[serde(with = "buckets")]
     habit_day: [f32; BUCKETS],
@@ -426,7 +430,7 @@ impl Ensemble {
             cal_ml: Calibration::default(),
             record: Record::default(),
             profile: [0.0; BUCKETS],
-            seen: [0; BUCKETS],
+            seen: [0.0; BUCKETS],
             // Finite, for JSON: "long before any data".
             habit_day: [f32::MIN; BUCKETS],
             habit_size: [0.0; BUCKETS],
@@ -448,23 +452,30 @@ impl Ensemble {
     /// series queried every 15 s has twenty chances in five minutes to cross the
     /// threshold; stated per five minutes, its false alarms per day are those of a
     /// five-minute series (the union bound: conservative when points are correlated).
-    fn points_per_statement(&mut self, t: f64) -> f64 {
+    fn points_per_statement(&mut self, dt: Option<f64>) -> f64 {
         if self.per == 0.0 {
             return 1.0;
         }
-        if let Some(dt) = self.last_t.map(|last| t - last).filter(|dt| *dt > 0.0) {
+        if let Some(dt) = dt {
             self.interval = if self.interval > 0.0 {
                 self.interval + ALPHA_INTERVAL * (dt.min(GAP * self.interval) - self.interval)
             } else {
                 dt
             };
         }
-        self.last_t = Some(t);
         if self.interval > 0.0 {
             (self.per / self.interval).max(1.0)
         } else {
             1.0
         }
+    }
+
+    /// Seconds since the previous point (none for the first, or out of order); `t` is
+    /// the latest point from now on.
+    fn step(&mut self, t: f64) -> Option<f64> {
+        let dt = self.last_t.map(|last| t - last).filter(|dt| *dt > 0.0);
+        self.last_t = Some(t);
+        dt
     }
 
     fn floor(&self) -> f64 {
@@ -526,15 +537,18 @@ impl Ensemble {
         habit
     }
 
-    fn learn_profile(&mut self, t: f64, x: f64) {
+    /// Learns `x` into its bucket, weighted by the share of a [`PROFILE_STEP`] it covers.
+    fn learn_profile(&mut self, t: f64, x: f64, dt: Option<f64>) {
         let b = bucket(t);
+        let w = dt.map_or(1.0, |dt| (dt / PROFILE_STEP).min(1.0));
         let p = &mut self.profile[b];
-        *p = if self.seen[b] == 0 {
+        *p = if self.seen[b] == 0.0 {
             x as f32
         } else {
-            *p + (ALPHA_PROFILE as f32) * (x as f32 - *p)
+            let alpha = 1.0 - (1.0 - ALPHA_PROFILE).powf(w);
+            *p + (alpha as f32) * (x as f32 - *p)
         };
-        self.seen[b] = self.seen[b].saturating_add(1);
+        self.seen[b] = (self.seen[b] + w as f32).min(f32::from(u16::MAX));
     }
 }
 
@@ -558,6 +572,7 @@ impl Baseline for Ensemble {
                 warming_up: true,
             };
         }
+        let dt = self.step(t);
         let floor = self.floor();
         let seasonal = self.seasonal(t);
         let dir = self.direction;
@@ -618,7 +633,7 @@ impl Baseline for Ensemble {
         } else {
             score
         };
-        let score = likelier(score, self.points_per_statement(t));
+        let score = likelier(score, self.points_per_statement(dt));
         let warming_up = !warm || self.cal_plain[0].seen <= CALIBRATION_WARMUP;
         // Anomalous points are remembered by time of day; one that recurs daily is a habit.
         let score = if !warming_up && score >= self.threshold && self.habit(t, deviation.abs()) {
@@ -647,7 +662,7 @@ impl Baseline for Ensemble {
         }
         self.plain.learn(x, floor, dir);
         self.record.learn(x, self.plain.mean);
-        self.learn_profile(t, x);
+        self.learn_profile(t, x, dt);
         a
     }
 }
@@ -808,6 +823,34 @@ mod tests {
                 .is_some_and(|&i| (5 * 1440 + 720..5 * 1440 + 900).contains(&i)),
             "{hits:?}"
         );
+    }
+
+    #[test]
+    fn the_profile_learns_over_days_whatever_the_step() {
+        // A ramp within every half-hour bucket, from 0 at its start to 10 at its end,
+        // every 15 s. The profile must average days of each bucket: counted per point, it
+        // was trained after three minutes and held only the bucket's last minute or so
+        // (about 9.5), yesterday's end of the bucket, not the bucket.
+        let ramp = |t: f64| (t % 1800.0) / 180.0;
+        let mut e = ensemble();
+        let mut t = 0.0;
+        while t < 1.5 * 86_400.0 {
+            e.update(t, ramp(t));
+            t += 15.0;
+        }
+        assert_eq!(e.seasonal(t + 60.0), None, "trained after a day and a half");
+        while t < 4.0 * 86_400.0 {
+            e.update(t, ramp(t));
+            t += 15.0;
+        }
+        let p = e.seasonal(t + 60.0).expect("trained after four days");
+        assert!((3.0..7.0).contains(&p), "{p}");
+        // Five-minute data, as before: a point counts whole.
+        let mut e = ensemble();
+        for i in 0..6 * 48 * 2 {
+            e.update(f64::from(i) * 300.0, 1.0);
+        }
+        assert_eq!(e.seen[0], 12.0);
     }
 
     #[test]
