@@ -2,7 +2,7 @@
 //! score each series, open and close anomalies, run matching playbooks, and publish
 //! telemetry. I/O happens here and at the edges it calls; detection stays pure.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -14,7 +14,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::act::Executor;
 use crate::anomaly::{anomaly_id, AlertmanagerAlert, Anomaly};
-use crate::audit::{AuditError, AuditLog, Auditor};
+use crate::audit::{AuditError, AuditLog, AuditRecord, Auditor};
 use crate::config::{Config, SignalConfig};
 use crate::detect::{Assessment, Detector, Transition};
 use crate::dispatch::Dispatcher;
@@ -162,11 +162,27 @@ pub async fn run(
         executor,
         telemetry.clone(),
     );
-    // Incidents handled before a restart keep their cooldowns.
-    let restored = dispatcher.restore_cooldowns(
-        &crate::audit::read_kind(audit.path(), "playbook_matched")?,
-        SystemTime::now(),
-    );
+    // What a previous run left behind: plans whose cooldowns still run, and anomalies
+    // it stopped with open (one streaming pass over the log).
+    let mut plans = Vec::new();
+    let mut unclosed = BTreeMap::new();
+    crate::audit::scan(
+        audit.path(),
+        &[
+            "anomaly_opened",
+            "anomaly_closed",
+            "playbook_matched",
+            "playbook_suppressed",
+        ],
+        |r| {
+            track_open(&mut unclosed, &r);
+            if r.kind == "playbook_matched" {
+                plans.push(r);
+            }
+        },
+    )?;
+    let restored = dispatcher.restore_cooldowns(&plans, SystemTime::now());
+    drop(plans);
     if restored > 0 {
         info!(
             restored,
@@ -227,6 +243,7 @@ pub async fn run(
             _ = &mut shutdown => return Ok(()),
             _ = fit_all(&ctx, &mut signals) => {}
         }
+        resume(&ctx, &mut signals, std::mem::take(&mut unclosed)).await?;
         let mut ticker = tokio::time::interval(ctx.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Playbook files are polled for changes; SIGHUP reloads at once.
@@ -376,6 +393,98 @@ async fn fit_all(ctx: &Context, signals: &mut [SignalState]) {
         }
         s.last_refit = Some(Instant::now());
     }
+}
+
+/// An anomaly the audit log shows opened and never closed: the agent stopped (or
+/// crashed) while it was open.
+#[derive(Debug, Clone, PartialEq)]
+struct Unclosed {
+    id: String,
+    signal: String,
+    labels: Labels,
+    started_unix: f64,
+    peak_score: f64,
+    /// Playbooks already matched (or suppressed) for it.
+    handled: BTreeSet<String>,
+}
+
+/// Folds one audit record, in log order, into the anomalies open so far (by id).
+fn track_open(open: &mut BTreeMap<String, Unclosed>, r: &AuditRecord) {
+    let text = |k: &str| r.data[k].as_str().map(str::to_string);
+    match r.kind.as_str() {
+        "anomaly_opened" => {
+            let (Some(id), Some(signal)) = (text("id"), text("signal")) else {
+                return;
+            };
+            let Ok(labels) = serde_json::from_value(r.data["labels"].clone()) else {
+                return;
+            };
+            let number = |k: &str| r.data[k].as_f64().unwrap_or(0.0);
+            open.insert(
+                id.clone(),
+                Unclosed {
+                    id,
+                    signal,
+                    labels,
+                    started_unix: number("started_unix"),
+                    peak_score: number("peak_score"),
+                    handled: BTreeSet::new(),
+                },
+            );
+        }
+        "anomaly_closed" => {
+            if let Some(id) = text("id") {
+                open.remove(&id);
+            }
+        }
+        "playbook_matched" | "playbook_suppressed" => {
+            if let (Some(id), Some(playbook)) = (text("anomaly_id"), text("playbook")) {
+                if let Some(u) = open.get_mut(&id) {
+                    u.handled.insert(playbook);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Goes on with the anomalies a previous run stopped with open, under the same id and
+/// with the playbooks it already ran, so a restart neither opens the incident again
+/// nor leaves it open in the log forever. One whose series is not known after fitting
+/// (gone from Prometheus's history, or its signal no longer configured) is closed.
+async fn resume(
+    ctx: &Context,
+    signals: &mut [SignalState],
+    unclosed: BTreeMap<String, Unclosed>,
+) -> Result<(), AuditError> {
+    for u in unclosed.into_values() {
+        let signal = signals.iter_mut().find(|s| s.cfg.name == u.signal);
+        let known = signal.is_some();
+        match signal.and_then(|s| s.series.get_mut(&u.labels)) {
+            Some(series) => {
+                let started = UNIX_EPOCH + Duration::from_secs_f64(u.started_unix.max(0.0));
+                series.detector.resume_open();
+                info!(signal = %u.signal, series = %u.labels, id = %u.id, "anomaly resumed");
+                record(ctx, "anomaly_resumed", json!({"id": u.id, "signal": u.signal, "labels": u.labels, "started_at": humantime::format_rfc3339_millis(started).to_string(), "handled": u.handled})).await?;
+                series.open = Some(OpenAnomaly {
+                    id: u.id,
+                    started,
+                    peak_score: u.peak_score,
+                    handled: u.handled,
+                });
+            }
+            None => {
+                let reason = if known {
+                    "series not in the history at restart"
+                } else {
+                    "signal no longer configured"
+                };
+                info!(signal = %u.signal, series = %u.labels, id = %u.id, reason, "anomaly closed");
+                record(ctx, "anomaly_closed", json!({"id": u.id, "signal": u.signal, "labels": u.labels, "peak_score": u.peak_score, "reason": reason})).await?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Saves every signal's models; blocking file I/O runs off the async threads.
@@ -790,4 +899,66 @@ pub async fn fit_and_save(
         reports.push(report);
     }
     Ok(reports)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(kind: &str, data: serde_json::Value) -> AuditRecord {
+        AuditRecord {
+            seq: 0,
+            ts: String::new(),
+            kind: kind.into(),
+            prev: String::new(),
+            data,
+            hash: String::new(),
+        }
+    }
+
+    #[test]
+    fn the_log_tells_which_anomalies_a_previous_run_left_open() {
+        let opened = |id: &str, pod: &str| {
+            rec(
+                "anomaly_opened",
+                json!({"id": id, "signal": "latency", "labels": {"pod": pod}, "started_unix": 100.0, "peak_score": 0.9995}),
+            )
+        };
+        let log = [
+            opened("an-1", "a"),
+            opened("an-2", "b"),
+            rec(
+                "playbook_matched",
+                json!({"anomaly_id": "an-2", "playbook": "restart"}),
+            ),
+            rec(
+                "playbook_suppressed",
+                json!({"anomaly_id": "an-2", "playbook": "scale"}),
+            ),
+            // An alert's plan: no anomaly of homeostat's own.
+            rec(
+                "playbook_matched",
+                json!({"anomaly_id": "al-9", "playbook": "restart"}),
+            ),
+            rec("anomaly_closed", json!({"id": "an-1"})),
+            // Unreadable: skipped, not fatal.
+            rec("anomaly_opened", json!({"id": "an-3"})),
+        ];
+        let mut open = BTreeMap::new();
+        for r in &log {
+            track_open(&mut open, r);
+        }
+        let left: Vec<&Unclosed> = open.values().collect();
+        assert_eq!(
+            left,
+            [&Unclosed {
+                id: "an-2".into(),
+                signal: "latency".into(),
+                labels: serde_json::from_value(json!({"pod": "b"})).unwrap(),
+                started_unix: 100.0,
+                peak_score: 0.9995,
+                handled: ["restart".to_string(), "scale".to_string()].into(),
+            }]
+        );
+    }
 }

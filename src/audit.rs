@@ -353,24 +353,26 @@ fn parse_line(path: &Path, i: usize, line: &str) -> Result<AuditRecord, AuditErr
     })
 }
 
-/// Reads the records of one `kind`, streaming (the log may be large); lines of other
-/// kinds are skipped unparsed.
-pub fn read_kind(path: &Path, kind: &str) -> Result<Vec<AuditRecord>, AuditError> {
+/// Streams the records of the given `kinds` to `f`, in log order; lines of other kinds
+/// are skipped unparsed (the log may be large).
+pub fn scan(path: &Path, kinds: &[&str], mut f: impl FnMut(AuditRecord)) -> Result<(), AuditError> {
     use std::io::BufRead as _;
     let file = std::fs::File::open(path).map_err(io_err(path))?;
-    let needle = format!("\"kind\":{}", Value::from(kind));
-    let mut out = Vec::new();
+    let needles: Vec<String> = kinds
+        .iter()
+        .map(|k| format!("\"kind\":{}", Value::from(*k)))
+        .collect();
     for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
         let line = line.map_err(io_err(path))?;
-        if !line.contains(&needle) {
+        if !needles.iter().any(|n| line.contains(n.as_str())) {
             continue;
         }
         let rec = parse_line(path, i, &line)?;
-        if rec.kind == kind {
-            out.push(rec);
+        if kinds.contains(&rec.kind.as_str()) {
+            f(rec);
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// A one-line summary of a record for tables: the fields that matter for its kind
@@ -425,6 +427,13 @@ pub fn summarize(kind: &str, data: &Value, width: usize) -> String {
             labels(&data["labels"]),
             num("duration_secs"),
             s("reason")
+        ),
+        "anomaly_resumed" => format!(
+            "{} {}{} open since {}",
+            s("id"),
+            s("signal"),
+            labels(&data["labels"]),
+            s("started_at")
         ),
         "playbook_matched" => format!("{} -> playbook {}", s("anomaly_id"), s("playbook")),
         "plan" => {

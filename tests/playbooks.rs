@@ -385,10 +385,13 @@ async fn one_incident_gets_one_plan_however_many_series_it_spans() {
     .unwrap();
     let listen = format!("127.0.0.1:{}", free_port());
     let config = write_config(d, prom.port(), &listen, &["restart.rhai"]);
-    let text = std::fs::read_to_string(&config).unwrap().replace(
-        "max by (pod) (hs_test_latency)",
-        "max by (pod, app) (hs_test_latency)",
-    );
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace(
+            "max by (pod) (hs_test_latency)",
+            "max by (pod, app) (hs_test_latency)",
+        )
+        .replace("[detection]", "[detection]\nclose_after = 3");
     std::fs::write(&config, text).unwrap();
     let mut agent = Agent::spawn(&config);
     wait_ready(&listen).await;
@@ -414,8 +417,50 @@ async fn one_incident_gets_one_plan_however_many_series_it_spans() {
     assert_eq!(suppressed["group"], "app=cart");
     assert_eq!(suppressed["reason"], "cooldown");
 
-    // A restart (a deploy, a crash loop) does not forget the incident: worse latency
-    // opens new anomalies, and the cooldown read back from the audit log holds them.
+    // A restart (a deploy, a crash loop) in the middle of the incident goes on with it:
+    // the same anomalies, resumed from the audit log, no new plan, and they close.
+    let ids: Vec<String> = of_kind(&recs, "anomaly_opened")
+        .iter()
+        .map(|r| r.data["id"].as_str().unwrap().to_string())
+        .collect();
+    let mut agent = Agent::spawn(&config);
+    wait_ready(&listen).await;
+    wait_until(
+        Duration::from_secs(30),
+        "both anomalies to be resumed",
+        || {
+            let done = of_kind(&records(d), "anomaly_resumed").len() == 2;
+            async move { done }
+        },
+    )
+    .await;
+    exporter.set("hs_test_latency{pod=\"cart-1\",app=\"cart\"}", 100.0);
+    exporter.set("hs_test_latency{pod=\"cart-2\",app=\"cart\"}", 100.0);
+    wait_until(Duration::from_secs(30), "both anomalies to close", || {
+        let done = of_kind(&records(d), "anomaly_closed").len() == 2;
+        async move { done }
+    })
+    .await;
+    assert!(agent.terminate().success());
+    let recs = records(d);
+    let ids_of = |kind: &str| {
+        let mut v: Vec<String> = of_kind(&recs, kind)
+            .iter()
+            .map(|r| r.data["id"].as_str().unwrap().to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    let mut opened = ids.clone();
+    opened.sort();
+    assert_eq!(ids_of("anomaly_opened"), opened, "{recs:#?}");
+    assert_eq!(ids_of("anomaly_resumed"), opened);
+    assert_eq!(ids_of("anomaly_closed"), opened);
+    assert_eq!(of_kind(&recs, "plan").len(), 1, "{recs:#?}");
+    assert_eq!(of_kind(&recs, "playbook_suppressed").len(), 1, "{recs:#?}");
+
+    // Restarted again, a new incident of the same app: new anomalies, and the cooldown
+    // read back from the audit log holds them.
     let mut agent = Agent::spawn(&config);
     wait_ready(&listen).await;
     exporter.set("hs_test_latency{pod=\"cart-1\",app=\"cart\"}", 5000.0);
@@ -432,8 +477,9 @@ async fn one_incident_gets_one_plan_however_many_series_it_spans() {
     .await;
     assert!(agent.terminate().success());
     let recs = records(d);
-    assert_eq!(of_kind(&recs, "agent_started").len(), 2, "{recs:#?}");
+    assert_eq!(of_kind(&recs, "agent_started").len(), 3, "{recs:#?}");
     assert_eq!(of_kind(&recs, "plan").len(), 1, "{recs:#?}");
+    assert!(of_kind(&recs, "anomaly_opened").len() > 2);
     let after_restart = &of_kind(&recs, "playbook_suppressed")[1].data;
     assert_eq!(after_restart["group"], "app=cart");
     assert_eq!(after_restart["reason"], "cooldown");

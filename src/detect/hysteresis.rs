@@ -63,6 +63,13 @@ impl Hysteresis {
         }
     }
 
+    /// Opens without evidence: an anomaly that was open when the agent last stopped goes
+    /// on, and closes only after `close_after` normal points.
+    pub fn resume_open(&mut self) {
+        self.open = true;
+        self.run = 0;
+    }
+
     /// Forgets a partial run, e.g. when data went missing: a gap is no evidence either way.
     pub fn interrupt(&mut self) {
         self.run = 0;
@@ -85,6 +92,16 @@ mod tests {
             got,
             [None, None, None, None, None, Opened, None, None, None, Closed]
         );
+    }
+
+    #[test]
+    fn a_resumed_anomaly_closes_after_m_normal_points_and_never_reopens_meanwhile() {
+        let mut h = Hysteresis::new(1, 2);
+        h.resume_open();
+        assert!(h.is_open());
+        assert_eq!(h.observe(true), Transition::None);
+        assert_eq!(h.observe(false), Transition::None);
+        assert_eq!(h.observe(false), Transition::Closed);
     }
 
     #[test]

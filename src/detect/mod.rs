@@ -138,6 +138,11 @@ impl Detector {
     pub fn is_open(&self) -> bool {
         self.hysteresis.is_open()
     }
+
+    /// Goes on with an anomaly that was open when the agent last stopped.
+    pub fn resume_open(&mut self) {
+        self.hysteresis.resume_open();
+    }
 }
 
 /// Builds the configured baseline for a new series.
