@@ -163,8 +163,10 @@ pub async fn run(
         telemetry.clone(),
     );
     // What a previous run left behind: plans whose cooldowns still run, and anomalies
-    // it stopped with open (one streaming pass over the log).
-    let mut plans = Vec::new();
+    // it stopped with open (one streaming pass over the log; of the plans, only the
+    // latest per playbook and group matters, so memory stays bounded however long the
+    // log).
+    let mut plans = HashMap::new();
     let mut unclosed = BTreeMap::new();
     crate::audit::scan(
         audit.path(),
@@ -177,10 +179,14 @@ pub async fn run(
         |r| {
             track_open(&mut unclosed, &r);
             if r.kind == "playbook_matched" {
-                plans.push(r);
+                if let (Some(p), Some(g)) = (r.data["playbook"].as_str(), r.data["group"].as_str())
+                {
+                    plans.insert((p.to_string(), g.to_string()), r);
+                }
             }
         },
     )?;
+    let plans: Vec<AuditRecord> = plans.into_values().collect();
     let restored = dispatcher.restore_cooldowns(&plans, SystemTime::now());
     drop(plans);
     if restored > 0 {
