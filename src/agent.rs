@@ -17,7 +17,7 @@ use crate::anomaly::{anomaly_id, AlertmanagerAlert, Anomaly};
 use crate::audit::{AuditError, AuditLog, AuditRecord, Auditor};
 use crate::config::{Config, SignalConfig};
 use crate::detect::{Assessment, Detector, Transition};
-use crate::dispatch::Dispatcher;
+use crate::dispatch::{Dispatcher, PlanAges};
 use crate::labels::Labels;
 use crate::models::{self, SeriesModel, SignalModels};
 use crate::playbook::{Limits, LiveWorld, Playbook};
@@ -163,10 +163,9 @@ pub async fn run(
         telemetry.clone(),
     );
     // What a previous run left behind: plans whose cooldowns still run, and anomalies
-    // it stopped with open (one streaming pass over the log; of the plans, only the
-    // latest per playbook and group matters, so memory stays bounded however long the
-    // log).
-    let mut plans = HashMap::new();
+    // it stopped with open (one streaming pass over the log).
+    let now = SystemTime::now();
+    let mut plans = PlanAges::default();
     let mut unclosed = BTreeMap::new();
     crate::audit::scan(
         audit.path(),
@@ -178,17 +177,10 @@ pub async fn run(
         ],
         |r| {
             track_open(&mut unclosed, &r);
-            if r.kind == "playbook_matched" {
-                if let (Some(p), Some(g)) = (r.data["playbook"].as_str(), r.data["group"].as_str())
-                {
-                    plans.insert((p.to_string(), g.to_string()), r);
-                }
-            }
+            plans.note(&r, now);
         },
     )?;
-    let plans: Vec<AuditRecord> = plans.into_values().collect();
-    let restored = dispatcher.restore_cooldowns(&plans, SystemTime::now());
-    drop(plans);
+    let restored = dispatcher.restore_cooldowns(plans);
     if restored > 0 {
         info!(
             restored,

@@ -33,37 +33,46 @@ pub struct Dispatcher {
     incidents: JoinSet<()>,
 }
 
-/// The (playbook, group) pairs whose last plan, by the `playbook_matched` records, is
-/// younger than the playbook's cooldown (`cooldown_of`: `None` for a playbook no longer
-/// active), with that plan's age. A record whose time cannot be read counts as made now:
-/// when in doubt, remediate less.
-fn recent_plans(
-    records: &[AuditRecord],
-    now: SystemTime,
-    cooldown_of: impl Fn(&str) -> Option<Duration>,
-) -> HashMap<(String, String), Duration> {
-    let mut out: HashMap<(String, String), Duration> = HashMap::new();
-    for r in records.iter().filter(|r| r.kind == "playbook_matched") {
+/// The age of the latest plan per (playbook, group), folded from the audit log's
+/// `playbook_matched` records (other kinds are ignored): what a restart restores
+/// cooldowns from. One entry per group, however long the log. A record whose time cannot
+/// be read counts as made now: when in doubt, remediate less.
+#[derive(Debug, Default)]
+pub struct PlanAges(HashMap<(String, String), Duration>);
+
+impl PlanAges {
+    /// Notes one record, as of `now`.
+    pub fn note(&mut self, r: &AuditRecord, now: SystemTime) {
+        if r.kind != "playbook_matched" {
+            return;
+        }
         let (Some(playbook), Some(group)) = (r.data["playbook"].as_str(), r.data["group"].as_str())
         else {
-            continue;
-        };
-        let Some(cooldown) = cooldown_of(playbook) else {
-            continue;
+            return;
         };
         let age = humantime::parse_rfc3339_weak(&r.ts)
             .ok()
             .map_or(Duration::ZERO, |t| {
                 now.duration_since(t).unwrap_or(Duration::ZERO)
             });
-        if age < cooldown {
-            let slot = out
-                .entry((playbook.to_string(), group.to_string()))
-                .or_insert(age);
-            *slot = (*slot).min(age);
-        }
+        let slot = self
+            .0
+            .entry((playbook.to_string(), group.to_string()))
+            .or_insert(age);
+        *slot = (*slot).min(age);
     }
-    out
+
+    /// The groups whose latest plan is younger than its playbook's cooldown
+    /// (`cooldown_of`: `None` for a playbook no longer active), with that plan's age.
+    fn within(
+        self,
+        cooldown_of: impl Fn(&str) -> Option<Duration>,
+    ) -> HashMap<(String, String), Duration> {
+        self.0
+            .into_iter()
+            .filter(|((playbook, _), age)| cooldown_of(playbook).is_some_and(|c| *age < c))
+            .collect()
+    }
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -99,16 +108,16 @@ impl Dispatcher {
         d
     }
 
-    /// Restores the cooldowns of plans made before a restart from the audit log's
+    /// Restores the cooldowns of plans made before a restart, from the audit log's
     /// `playbook_matched` records, so a restarted (or crash-looping) agent does not run a
     /// playbook again for an incident it has just handled. Returns how many were restored.
-    pub fn restore_cooldowns(&mut self, records: &[AuditRecord], now: SystemTime) -> usize {
+    pub fn restore_cooldowns(&mut self, plans: PlanAges) -> usize {
         let cooldowns: HashMap<&str, Duration> = self
             .active
             .iter()
             .map(|p| (p.name.as_str(), p.cooldown))
             .collect();
-        let restored = recent_plans(records, now, |name| cooldowns.get(name).copied());
+        let restored = plans.within(|name| cooldowns.get(name).copied());
         let n = restored.len();
         for (key, age) in restored {
             // An age beyond this host's uptime cannot be an `Instant`: count it from now,
@@ -343,7 +352,11 @@ mod tests {
             other,
         ];
         let cooldown = |name: &str| (name == "restart").then_some(Duration::from_secs(600));
-        let got = recent_plans(&records, now, cooldown);
+        let mut ages = PlanAges::default();
+        for r in &records {
+            ages.note(r, now);
+        }
+        let got = ages.within(cooldown);
         let key = |g: &str| ("restart".to_string(), g.to_string());
         // The latest plan of a group counts; one older than the cooldown does not; a
         // retired playbook's do not; an unreadable time counts as now.
