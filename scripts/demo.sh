@@ -93,8 +93,6 @@ max_backoff = "10s"
 [detection]
 history = "2d"
 history_step = "1m"
-# Queried every 2 s: count the 1-in-1,000 threshold per five minutes, not per point.
-threshold_per = "5m"
 
 [[signals]]
 name = "node_cpu"

@@ -21,8 +21,9 @@ use crate::config::DetectionConfig;
 use crate::detect::Model;
 use crate::labels::Labels;
 
-/// The current file format (4: the ensemble keeps the range it has seen, for records).
-pub const SCHEMA: u32 = 4;
+/// The current file format (5: the ensemble's memories and counts are in time, not
+/// points; a model fitted per point would go on with other dynamics).
+pub const SCHEMA: u32 = 5;
 
 /// What can go wrong with a models file.
 #[derive(Debug, thiserror::Error)]

@@ -18,7 +18,7 @@ fn default_threshold() -> f64 {
     homeostat::config::DetectionConfig::default().threshold
 }
 
-/// Six hours of history at 15 s for `pod="spiky"` and `pod="clean"`, ending two minutes ago.
+/// A day of history at one minute for `pod="spiky"` and `pod="clean"`, ending two minutes ago.
 fn history() -> String {
     noisy_history(
         "hs_test_latency",
@@ -65,8 +65,8 @@ listen = "{listen}"
 audit_log = "audit.jsonl"
 max_backoff = "{max_backoff}"
 [detection]
-history = "6h"
-history_step = "15s"
+history = "1d"
+history_step = "1m"
 [[signals]]
 name = "latency"
 query = 'max by (pod) (hs_test_latency)'

@@ -37,8 +37,8 @@ audit_log = "audit.jsonl"
 max_backoff = "2s"
 playbook_timeout = "5s"
 [detection]
-history = "6h"
-history_step = "15s"
+history = "1d"
+history_step = "1m"
 [[signals]]
 name = "latency"
 query = 'max by (pod) (hs_test_latency)'

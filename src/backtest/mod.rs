@@ -316,11 +316,12 @@ mod tests {
             open_after: 1,
             ..DetectionConfig::default()
         };
-        // The ensemble judges once its tail model has seen enough peaks: ~600 points.
+        // The ensemble judges once its tail model has seen enough peaks: ~600 points (of
+        // five minutes: its memories are in time).
         let rows: Vec<Row> = (0..1000)
             .map(|i| Row {
                 timestamp: String::new(),
-                t: i as f64,
+                t: i as f64 * 300.0,
                 value: if (800..810).contains(&i) {
                     50.0
                 } else {

@@ -439,7 +439,7 @@ pub fn noise(i: usize) -> f64 {
     ((i as f64 * 12.9898).sin() * 43758.5453).fract() * 2.0 - 1.0
 }
 
-/// `points` samples 15 s apart of a gauge around 100 ± 2, one series per
+/// `points` samples a minute apart of a gauge around 100 ± 2, one series per
 /// `(labels, seed)`, ending two minutes ago (Prometheus' head block stays free).
 pub fn noisy_history(name: &str, series: &[(&str, usize)], points: usize) -> String {
     let end = now_secs() - 120.0;
@@ -451,7 +451,7 @@ pub fn noisy_history(name: &str, series: &[(&str, usize)], points: usize) -> Str
                 (0..points)
                     .map(|i| {
                         (
-                            end - (points - 1 - i) as f64 * 15.0,
+                            end - (points - 1 - i) as f64 * 60.0,
                             100.0 + 2.0 * noise(i * 7 + seed),
                         )
                     })
