@@ -135,8 +135,9 @@ struct Calibration {
     surprises: f64,
     /// The largest excess among recent surprises (forgetting, too).
     surprise_max: f64,
-    /// Whether the previous point was a surprise.
-    surprised: bool,
+    /// The part of a step still to pass before a surprise is a new one (a run of
+    /// surprises that pauses for less than a step goes on).
+    lull: f64,
 }
 
 impl Calibration {
@@ -170,13 +171,15 @@ impl Calibration {
         let forget = 1.0 - w / TAIL_MEMORY;
         self.surprises *= forget;
         self.surprise_max *= forget;
-        if surprise && !self.surprised {
-            self.surprises += 1.0;
-        }
         if surprise {
+            if self.lull <= 0.0 {
+                self.surprises += 1.0;
+            }
             self.surprise_max = self.surprise_max.max(excess);
+            self.lull = 1.0;
+        } else {
+            self.lull = (self.lull - w).max(0.0);
         }
-        self.surprised = surprise;
         // Learn: the running quantile (stochastic approximation), the exceedance rate, and
         // the moments of the excess.
         let a = (w / (self.seen + w)).max(w / TAIL_MEMORY);
