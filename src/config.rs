@@ -91,7 +91,7 @@ pub struct DetectionConfig {
     /// (0.999: a tail probability of 1 in 1,000), for `robust` a robust z-score.
     pub threshold: f64,
     /// What the ensemble's tail probability is counted per: `None` per point, or per this
-    /// much time, so that false alarms per day do not grow with the query rate.
+    /// much time (a stricter count: the ensemble's memories already run in time).
     #[serde(with = "threshold_per_str")]
     pub threshold_per: Option<Duration>,
     /// Consecutive anomalous points that open an anomaly.

@@ -469,10 +469,9 @@ impl Ensemble {
     }
 
     /// Learns the time between points and says how many points a tail probability is
-    /// counted over: `per / interval` with `threshold_per` (at least one), else one. A
-    /// series queried every 15 s has twenty chances in five minutes to cross the
-    /// threshold; stated per five minutes, its false alarms per day are those of a
-    /// five-minute series (the union bound: conservative when points are correlated).
+    /// counted over: `per / interval` with `threshold_per` (at least one), else one. The
+    /// union bound over the points of `per`: a stricter count, as the memories already
+    /// run in time and neighbouring points share most of their evidence.
     fn points_per_statement(&mut self, dt: Option<f64>) -> f64 {
         if self.per == 0.0 {
             return 1.0;
@@ -801,10 +800,10 @@ mod tests {
 
     #[test]
     fn threshold_per_counts_tail_probabilities_per_time_not_per_point() {
-        // The same noise, once every 15 s: per point it opens the false alarms a 1 in 1,000
-        // threshold allows per 1,000 points; per five minutes, only those it allows per
-        // 1,000 five-minute periods (twenty times fewer chances). At a five-minute step the
-        // setting changes nothing.
+        // The same noise, once every 15 s: per point it crosses 1 in 1,000 now and then;
+        // per five minutes each tail probability is twenty times larger (a union bound over
+        // the points of five minutes), and it does not. At a five-minute step the setting
+        // changes nothing.
         let per_5m = DetectionConfig {
             threshold_per: Some(std::time::Duration::from_secs(300)),
             ..DetectionConfig::default()
