@@ -15,18 +15,19 @@ use crate::config::{DetectionConfig, Direction};
 /// `sqrt(pi / 2)`: turns a mean absolute deviation into a normal standard deviation.
 const MAD_TO_SIGMA: f64 = 1.253_314_137;
 
-/// Smoothing of the slow level and spread (memory of roughly 1/alpha points).
+/// Smoothing of the slow level and spread (memory of roughly 1/alpha steps). Like every
+/// memory, smoothing and count here, it is per reference [`STEP`] of data.
 const ALPHA_SLOW: f64 = 0.01;
 /// Smoothing of the fast level, used to see level shifts.
 const ALPHA_FAST: f64 = 0.2;
-/// Smoothing of each component's recent score (about five points): what is judged is a
+/// Smoothing of each component's recent score (about five steps): what is judged is a
 /// short run of evidence, so a lone noisy point is damped and a large or lasting
 /// deviation is not. On NAB, 0.3 and 0.15 scored 2-3 points lower.
 const ALPHA_SHORT: f64 = 0.2;
 /// Outliers move the statistics at most this many spreads, so one spike does not
 /// teach the baseline that spikes are normal.
 const CLIP: f64 = 5.0;
-/// Scores a component's calibration sees before it judges any.
+/// Steps of scores a component's calibration sees before it judges any.
 const CALIBRATION_WARMUP: f64 = 64.0;
 
 /// The components: level, first difference, level shift and change point (CUSUM). All
@@ -50,9 +51,10 @@ const BUCKETS: usize = 48;
 const ALPHA_PROFILE: f64 = 0.1;
 /// Steps a bucket must have seen before it predicts: two days of five-minute data.
 const PROFILE_MIN: f32 = 12.0;
-/// Seconds a point counts for in the profile, at most: a point of finer data counts for
-/// its share. Counted per point, a bucket of 15 s data would be trained in three minutes
-/// and remember only its last few; it must average over days whatever the step.
+/// The reference step, in seconds: a point counts for one step at most, a point of finer
+/// data for its share. Counted per point, a series queried every 15 s would forget in
+/// hours what a five-minute one keeps for days (a profile bucket would be trained in
+/// three minutes), and alarm all day.
 const STEP: f64 = 300.0;
 /// The daily profile replaces the plain level when its residuals are this much smaller.
 const SEASONAL_GAIN: f64 = 0.6;
@@ -80,9 +82,9 @@ const ML_DISCOUNT: f64 = 10.0;
 /// A record must beat the range the series has kept by this fraction of that range: a
 /// new high by a hair is the ordinary drift of a counter, not news.
 const RECORD_SPAN: f64 = 0.2;
-/// Memory of the kept range, in points: older extremes fade towards the level at this
-/// pace (a week at a 15 s scrape), and the record's rarity is counted over at most this
-/// many points.
+/// Memory of the kept range, in steps: older extremes fade towards the level at this
+/// pace (about half a year), and the record's rarity is counted over at most this many
+/// steps.
 const RECORD_MEMORY: f64 = 10.0 * TAIL_MEMORY;
 
 /// Smoothing of the typical time between points, for `threshold_per`.
@@ -98,7 +100,8 @@ const RAW_CAP: f64 = 1e3;
 const PEAK_QUANTILE: f64 = 0.97;
 /// Step of the streaming quantile, relative to the scores' running mean.
 const ALPHA_QUANTILE: f64 = 0.02;
-/// Memory of the tail model, in points (exceedance rate and peak moments forget at this pace).
+/// Memory of the tail model, in steps (exceedance rate and peak moments forget at this
+/// pace: 17 days).
 const TAIL_MEMORY: f64 = 5000.0;
 /// Peaks needed before the tail model speaks.
 const MIN_PEAKS: f64 = 16.0;
@@ -126,7 +129,7 @@ struct Calibration {
     quantile: f64,
     /// Forgetting average of "the score exceeded the quantile".
     exceed: f64,
-    /// Peaks seen (saturating; for warm-up).
+    /// Steps of peaks seen (for warm-up).
     peaks: f64,
     /// Forgetting first and second moments of the excess over the quantile.
     m1: f64,
@@ -244,7 +247,7 @@ impl Calibration {
 struct Record {
     hi: f64,
     lo: f64,
-    /// Points the range was kept over (at most [`RECORD_MEMORY`]; 0: empty).
+    /// Steps the range was kept over (at most [`RECORD_MEMORY`]; 0: empty).
     n: f64,
 }
 
@@ -324,8 +327,9 @@ impl Stats {
     fn cusum(&self, x: f64, scale: f64, w: f64) -> (f64, f64) {
         let z = ((x - self.mean) / scale).clamp(-CLIP, CLIP);
         (
-            (self.up + w * (z - CUSUM_SLACK)).max(0.0),
-            (self.down - w * (z + CUSUM_SLACK)).max(0.0),
+            // Grouped so that a full step computes exactly `up + z - slack`.
+            (self.up + w * z - w * CUSUM_SLACK).max(0.0),
+            (self.down - w * z - w * CUSUM_SLACK).max(0.0),
         )
     }
 
@@ -399,9 +403,7 @@ pub struct Ensemble {
     cal_ml: Calibration,
     /// Steps since the k-means last saw a point, and its last distance: it sees the
     /// path one point per step, so its lags span the same time whatever the sampling.
-    #[serde(default)]
     ml_due: f64,
-    #[serde(default)]
     ml_raw: f64,
     /// The range kept so far, for records.
     record: Record,
@@ -435,6 +437,8 @@ pub struct Ensemble {
     /// Time of the latest point.
     #[serde(default)]
     last_t: Option<f64>,
+    /// The latest point's share of a step.
+    last_w: f64,
 }
 
 impl Ensemble {
@@ -447,7 +451,7 @@ impl Ensemble {
             cal_resid: [Calibration::default(); K],
             ml: LagKMeans::new(),
             cal_ml: Calibration::default(),
-            ml_due: 1.0,
+            ml_due: 0.0,
             ml_raw: 0.0,
             record: Record::default(),
             profile: [0.0; BUCKETS],
@@ -465,6 +469,7 @@ impl Ensemble {
             per: cfg.threshold_per.map_or(0.0, |d| d.as_secs_f64()),
             interval: 0.0,
             last_t: None,
+            last_w: 1.0,
         }
     }
 
@@ -590,8 +595,16 @@ impl Baseline for Ensemble {
                 warming_up: true,
             };
         }
+        let first = self.last_t.is_none();
         let dt = self.step(t);
-        let w = weight(dt);
+        // A repeated or out-of-order timestamp counts as much as its neighbours did: a
+        // whole step at five minutes, its share at 15 s.
+        let w = if dt.is_some() || first {
+            weight(dt)
+        } else {
+            self.last_w
+        };
+        self.last_w = w;
         let floor = self.floor();
         let seasonal = self.seasonal(t);
         let dir = self.direction;
@@ -619,7 +632,9 @@ impl Baseline for Ensemble {
         // the signal cares about.
         self.ml_due += w;
         if self.ml_due >= 1.0 {
-            self.ml_due = 0.0;
+            // Keep the remainder, so the k-means' clock does not drift (ten tenths are
+            // not quite one).
+            self.ml_due -= 1.0;
             self.ml_raw = self.ml.update(x).unwrap_or(0.0);
         }
         let raw_ml = self.ml_raw;
@@ -899,21 +914,25 @@ mod tests {
 
     #[test]
     fn the_verdicts_do_not_depend_on_the_sampling_step() {
-        // The same five-minute series, once as it is and once queried every 15 s (each
-        // value held for its five minutes, as an instant query returns the latest sample):
-        // the memories count time, not points, so the quiet part stays as quiet and the
-        // level shift alarms in the same five minutes. Counted per point, the 15 s series
-        // forgot in hours what the five-minute one keeps for days, and alarmed all along.
+        // The same five-minute series, once as it is and twice queried every 15 s: each
+        // value held for its five minutes (an instant query returns the latest sample) and
+        // interpolated (a `rate(...[5m])` evaluated more often). The memories count time,
+        // not points, so the quiet part stays about as quiet and the level shift alarms in
+        // the same five minutes. Counted per point, the 15 s series forgot in hours what
+        // the five-minute one keeps for days, and alarmed 35 times before the shift.
         let xs: Vec<f64> = (0..4000)
             .map(|i| 10.0 + noisy(i) + if i >= 3500 { 5.0 } else { 0.0 })
             .collect();
-        let episodes = |fine: usize| -> Vec<usize> {
+        let episodes = |fine: usize, interpolate: bool| -> Vec<usize> {
             let mut e = ensemble();
             let mut onsets = Vec::new();
             let mut was = false;
             for (i, &x) in xs.iter().enumerate() {
+                let next = xs.get(i + 1).copied().unwrap_or(x);
                 for j in 0..fine {
-                    let t = (i * fine + j) as f64 * STEP / fine as f64;
+                    let u = j as f64 / fine as f64;
+                    let t = (i as f64 + u) * STEP;
+                    let x = if interpolate { x + u * (next - x) } else { x };
                     let alarm = e.update(t, x).score >= threshold();
                     if alarm && !was && i >= DAY {
                         onsets.push(i);
@@ -923,14 +942,20 @@ mod tests {
             }
             onsets
         };
-        let (coarse, fine) = (episodes(1), episodes(20));
+        let coarse = episodes(1, false);
         assert!(coarse.contains(&3500), "{coarse:?}");
-        assert!(fine.contains(&3500), "{fine:?}");
-        let quiet = |v: &[usize]| v.iter().filter(|&&i| i < 3500).count();
-        assert!(
-            quiet(&fine) <= quiet(&coarse) + 2,
-            "5 min: {coarse:?}, 15 s: {fine:?}"
-        );
+        let quiet = |v: &[usize]| v.iter().filter(|&&i| i < 3499).count();
+        for interpolate in [false, true] {
+            let fine = episodes(20, interpolate);
+            assert!(
+                fine.iter().any(|i| (3499..3501).contains(i)),
+                "interpolated {interpolate}: {fine:?}"
+            );
+            assert!(
+                quiet(&fine) <= quiet(&coarse) + 1,
+                "5 min: {coarse:?}, 15 s (interpolated {interpolate}): {fine:?}"
+            );
+        }
     }
 
     #[test]
@@ -997,9 +1022,10 @@ mod tests {
 
     #[test]
     fn repeated_surprises_become_a_pattern() {
-        // A spike of the same size every 500 points: the first ones alarm, until their
-        // rate is learnt (at 1 in 1,000, five in the tail's memory: six, as it forgets),
-        // later ones do not.
+        // A spike of the same size every 500 steps: the first ones alarm, until their
+        // rate is learnt (at 1 in 1,000, about five in the tail's memory; the sixth still
+        // alarms at five-minute steps, where 500 steps are not a daily habit), later ones
+        // do not.
         let xs: Vec<f64> = (0..10_000)
             .map(|i| 10.0 + noisy(i) + if i % 500 == 250 { 30.0 } else { 0.0 })
             .collect();
