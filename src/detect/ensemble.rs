@@ -457,7 +457,7 @@ pub struct Ensemble {
     /// Time of the latest point.
     #[serde(default)]
     last_t: Option<f64>,
-    /// The latest point's share of a step.
+    /// The latest point's share of a step (1 before any).
     last_w: f64,
 }
 
@@ -615,15 +615,12 @@ impl Baseline for Ensemble {
                 warming_up: true,
             };
         }
-        let first = self.last_t.is_none();
         let dt = self.step(t);
-        // A repeated or out-of-order timestamp counts as much as its neighbours did: a
-        // whole step at five minutes, its share at 15 s.
-        let w = if dt.is_some() || first {
-            weight(dt)
-        } else {
-            self.last_w
-        };
+        // A point stands for its share of a step, at most one (coarser data count per
+        // point). The first point (`last_w` starts at 1) and a repeated or out-of-order
+        // timestamp count as much as the point before: a whole step at five minutes, its
+        // share at 15 s.
+        let w = dt.map_or(self.last_w, |dt| (dt / STEP).min(1.0));
         self.last_w = w;
         let floor = self.floor();
         let seasonal = self.seasonal(t);
@@ -750,12 +747,6 @@ mod buckets {
         v.try_into()
             .map_err(|_| serde::de::Error::invalid_length(n, &"one value per profile bucket"))
     }
-}
-
-/// The share of a reference [`STEP`] that a point `dt` seconds after the previous one
-/// stands for: 1 for the first point and for coarser data.
-fn weight(dt: Option<f64>) -> f64 {
-    dt.map_or(1.0, |dt| (dt / STEP).min(1.0))
 }
 
 /// The smoothing `alpha` of one reference step, for a point worth `w` of a step: the
