@@ -23,7 +23,7 @@ use crate::labels::Labels;
 
 /// The current file format (5: the ensemble's memories and counts are in time, not
 /// points; a model fitted per point would go on with other dynamics).
-pub const SCHEMA: u32 = 5;
+pub const SCHEMA: u32 = 6;
 
 /// What can go wrong with a models file.
 #[derive(Debug, thiserror::Error)]

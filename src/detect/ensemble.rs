@@ -58,6 +58,9 @@ const PROFILE_MIN: f32 = 12.0;
 const STEP: f64 = 300.0;
 /// The daily profile replaces the plain level when its residuals are this much smaller.
 const SEASONAL_GAIN: f64 = 0.6;
+/// Bounds of the factor that evens out the residuals' spread over the day: a bucket's
+/// spread is trusted to differ from the usual by at most this ratio either way.
+const SPREAD_RATIO: f64 = 4.0;
 
 /// A surprise is a habit when, on each of the previous [`HABIT_DAYS`] days, one as large
 /// came within this many buckets of the same time of day (an hour: cron jobs drift) ...
@@ -432,6 +435,12 @@ pub struct Ensemble {
     profile: [f32; BUCKETS],
     #[serde(with = "buckets")]
     seen: [f32; BUCKETS],
+    /// Per bucket, the mean absolute error of its prediction: how noisy this time of day is.
+    #[serde(with = "buckets")]
+    profile_dev: [f32; BUCKETS],
+    /// The buckets' spread as the series visits them (a slow average over time): the
+    /// usual noise, against which a bucket's is quiet or loud.
+    usual_dev: f64,
     /// Per time-of-day bucket, the last surprise: when (unix days) and how far (spreads).
     #[serde(with = "buckets")]
     habit_day: [f32; BUCKETS],
@@ -476,6 +485,8 @@ impl Ensemble {
             record: Record::default(),
             profile: [0.0; BUCKETS],
             seen: [0.0; BUCKETS],
+            profile_dev: [0.0; BUCKETS],
+            usual_dev: 0.0,
             // Finite, for JSON: "long before any data".
             habit_day: [f32::MIN; BUCKETS],
             habit_size: [0.0; BUCKETS],
@@ -535,6 +546,19 @@ impl Ensemble {
         (self.seen[b] >= PROFILE_MIN).then_some(self.profile[b] as f64)
     }
 
+    /// The factor that evens out the residuals' spread over the day at time `t`: the
+    /// usual spread over this bucket's. Busy hours are noisier than quiet ones (traffic,
+    /// requests, tweets); measured in one spread, the busy hours' noise would alarm and a
+    /// night's jump would pass as noise.
+    fn evener(&self, t: f64) -> f64 {
+        let d = f64::from(self.profile_dev[bucket(t)]);
+        if d > 0.0 && self.usual_dev > 0.0 {
+            (self.usual_dev / d).clamp(1.0 / SPREAD_RATIO, SPREAD_RATIO)
+        } else {
+            1.0
+        }
+    }
+
     /// Whether the residuals against the profile are clearly tighter than the values.
     fn use_seasonal(&self) -> bool {
         self.resid.n > self.warmup && self.resid.dev < SEASONAL_GAIN * self.plain.dev
@@ -585,6 +609,22 @@ impl Ensemble {
     /// Learns `x` into its bucket, weighted by the share of a [`STEP`] it covers.
     fn learn_profile(&mut self, t: f64, x: f64, w: f64) {
         let b = bucket(t);
+        if self.seen[b] > 0.0 {
+            // The error of the bucket's prediction, before it learns this point.
+            let error = (x as f32 - self.profile[b]).abs();
+            let d = &mut self.profile_dev[b];
+            *d = if *d == 0.0 {
+                error
+            } else {
+                *d + (per_step(ALPHA_PROFILE, w) as f32) * (error - *d)
+            };
+            let d = f64::from(*d);
+            self.usual_dev = if self.usual_dev == 0.0 {
+                d
+            } else {
+                self.usual_dev + per_step(ALPHA_SLOW, w) * (d - self.usual_dev)
+            };
+        }
         let p = &mut self.profile[b];
         *p = if self.seen[b] == 0.0 {
             x as f32
@@ -624,6 +664,7 @@ impl Baseline for Ensemble {
         self.last_w = w;
         let floor = self.floor();
         let seasonal = self.seasonal(t);
+        let even = self.evener(t);
         let dir = self.direction;
         let calibrate = |cal: &mut [Calibration; K], raw: [f64; K]| {
             let mut best = 0.0f64;
@@ -666,19 +707,20 @@ impl Baseline for Ensemble {
             if self.resid.n > self.warmup {
                 l_resid = Some(calibrate(
                     &mut self.cal_resid,
-                    self.resid.raw(x - p, floor, w),
+                    self.resid.raw((x - p) * even, floor * even, w),
                 ));
             }
         }
         let use_resid = self.use_seasonal() && l_resid.is_some();
         let (score, expected, scale, deviation) = match (use_resid, seasonal) {
             (true, Some(p)) => {
-                let sc = (MAD_TO_SIGMA * self.resid.dev).max(floor);
+                // In the evened units of the residuals, and back.
+                let sc = (MAD_TO_SIGMA * self.resid.dev).max(floor * even);
                 (
                     l_resid.unwrap_or(0.0),
-                    p + self.resid.mean,
-                    sc,
-                    (x - p - self.resid.mean) / sc,
+                    p + self.resid.mean / even,
+                    sc / even,
+                    ((x - p) * even - self.resid.mean) / sc,
                 )
             }
             _ => {
@@ -718,7 +760,7 @@ impl Baseline for Ensemble {
             warming_up,
         };
         if let Some(p) = seasonal {
-            self.resid.learn(x - p, floor, dir, w);
+            self.resid.learn((x - p) * even, floor * even, dir, w);
         }
         self.plain.learn(x, floor, dir, w);
         self.record.learn(x, self.plain.mean, w);
@@ -893,6 +935,31 @@ mod tests {
         }
         let hits = alarms(&mut e2, &xs, 5 * DAY, threshold());
         assert!(hits.first().is_some_and(|i| flat.contains(i)), "{hits:?}");
+    }
+
+    #[test]
+    fn a_jump_in_a_quiet_hour_alarms_where_a_busy_hour_is_that_noisy() {
+        // A daily wave whose noise is ten times larger in the busy half of the day. A
+        // jump of three at night is as large as the day's noise, but twenty of the night's
+        // spreads: measured in one spread for the whole day it would pass as noise.
+        let busy = |i: usize| (i % DAY) < DAY / 2;
+        let wave = |i: usize| 50.0 + 20.0 * (std::f64::consts::TAU * i as f64 / DAY as f64).sin();
+        let noise = |i: usize| if busy(i) { 2.0 } else { 0.2 } * noisy(i);
+        let mut xs: Vec<f64> = (0..10 * DAY).map(|i| wave(i) + noise(i)).collect();
+        let night = 9 * DAY + 3 * DAY / 4;
+        xs[night..night + 6].iter_mut().for_each(|x| *x += 3.0);
+        let mut e = ensemble();
+        let hits = alarms(&mut e, &xs, 5 * DAY, threshold());
+        assert!(e.use_seasonal(), "the profile should explain the wave");
+        assert!(
+            hits.iter().any(|i| (night..night + 6).contains(i)),
+            "{hits:?}"
+        );
+        // And the busy hours' noise is what it is: about the nominal rate (0.7 in the busy
+        // halves of five days), counting the points of half an hour as one episode.
+        let mut episodes: Vec<usize> = hits.iter().filter(|&&i| busy(i)).map(|i| i / 6).collect();
+        episodes.dedup();
+        assert!(episodes.len() <= 1, "{hits:?}");
     }
 
     #[test]
@@ -1156,10 +1223,10 @@ mod tests {
 
     #[test]
     fn small_and_constant_size() {
-        // Nine calibrations of 13 words, the statistics, the 48-bucket profile and habits:
-        // about 2 KB, whatever the series' length.
+        // Nine calibrations of 13 words, the statistics, the 48-bucket profile with its
+        // spreads, and habits: about 2 KB, whatever the series' length.
         assert!(
-            std::mem::size_of::<Ensemble>() <= 2112,
+            std::mem::size_of::<Ensemble>() <= 2312,
             "{}",
             std::mem::size_of::<Ensemble>()
         );
