@@ -609,10 +609,18 @@ impl Ensemble {
     /// Learns `x` into its bucket, weighted by the share of a [`STEP`] it covers.
     fn learn_profile(&mut self, t: f64, x: f64, w: f64) {
         let b = bucket(t);
+        let mut x = x as f32;
         if self.seen[b] > 0.0 {
-            // The error of the bucket's prediction, before it learns this point.
-            let error = (x as f32 - self.profile[b]).abs();
+            let p = self.profile[b];
             let d = &mut self.profile_dev[b];
+            // A trained bucket learns outliers only so far (like the level): one spike
+            // must not teach this time of day that it is noisy.
+            if self.seen[b] >= PROFILE_MIN && *d > 0.0 {
+                let reach = (CLIP * MAD_TO_SIGMA) as f32 * *d;
+                x = x.clamp(p - reach, p + reach);
+            }
+            // The error of the bucket's prediction, before it learns this point.
+            let error = (x - p).abs();
             *d = if *d == 0.0 {
                 error
             } else {
@@ -627,9 +635,9 @@ impl Ensemble {
         }
         let p = &mut self.profile[b];
         *p = if self.seen[b] == 0.0 {
-            x as f32
+            x
         } else {
-            *p + (per_step(ALPHA_PROFILE, w) as f32) * (x as f32 - *p)
+            *p + (per_step(ALPHA_PROFILE, w) as f32) * (x - *p)
         };
         self.seen[b] = (self.seen[b] + w as f32).min(f32::from(u16::MAX));
     }
@@ -960,6 +968,24 @@ mod tests {
         let mut episodes: Vec<usize> = hits.iter().filter(|&&i| busy(i)).map(|i| i / 6).collect();
         episodes.dedup();
         assert!(episodes.len() <= 1, "{hits:?}");
+    }
+
+    #[test]
+    fn a_spike_does_not_haunt_its_time_of_day() {
+        // A daily wave with noise, and one absurd spike at 10:00 on day six. The spike
+        // alarms; the next days at 10:00 are ordinary and must stay quiet (had the profile
+        // learnt the spike, 10:00 would be predicted far too high, and look noisy, for
+        // days).
+        let wave = |i: usize| 50.0 + 40.0 * (std::f64::consts::TAU * i as f64 / DAY as f64).sin();
+        let mut xs: Vec<f64> = (0..9 * DAY).map(|i| wave(i) + noisy(i)).collect();
+        let spike = 5 * DAY + 120;
+        xs[spike] += 1000.0;
+        let mut e = ensemble();
+        let hits = alarms(&mut e, &xs, 3 * DAY, threshold());
+        assert!(e.use_seasonal(), "the profile should explain the wave");
+        assert!(hits.contains(&spike), "{hits:?}");
+        // (The spike's own evidence fades over the next hours: the same episode.)
+        assert!(hits.iter().all(|&i| i < spike + DAY / 2), "{hits:?}");
     }
 
     #[test]
