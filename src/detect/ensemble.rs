@@ -231,9 +231,14 @@ impl Calibration {
         }
     }
 
+    /// Whether the tail model has seen enough to judge.
+    fn ready(&self) -> bool {
+        self.seen > CALIBRATION_WARMUP && self.peaks >= MIN_PEAKS
+    }
+
     /// The tail probability of smoothed score `s`, once enough peaks were seen.
     fn tail(&self, s: f64) -> Option<f64> {
-        if self.seen <= CALIBRATION_WARMUP || self.peaks < MIN_PEAKS {
+        if !self.ready() {
             return None;
         }
         let y = s - self.quantile;
@@ -719,7 +724,11 @@ impl Baseline for Ensemble {
                 ));
             }
         }
-        let use_resid = self.use_seasonal() && l_resid.is_some();
+        // The seasonal view takes over once its tail models can judge: until then it would
+        // only say "don't know" (hours of five-minute data, weeks of hourly data).
+        let use_resid = self.use_seasonal()
+            && l_resid.is_some()
+            && self.cal_resid.iter().all(Calibration::ready);
         let (score, expected, scale, deviation) = match (use_resid, seasonal) {
             (true, Some(p)) => {
                 // In the evened units of the residuals, and back.
@@ -968,6 +977,27 @@ mod tests {
         let mut episodes: Vec<usize> = hits.iter().filter(|&&i| busy(i)).map(|i| i / 6).collect();
         episodes.dedup();
         assert!(episodes.len() <= 1, "{hits:?}");
+    }
+
+    #[test]
+    fn the_plain_view_judges_until_the_seasonal_one_can() {
+        // A daily wave: after about two days the profile explains it, but the residuals'
+        // tail models have yet to see their peaks. A jump towards the middle of the wave
+        // (no record) at that moment must alarm, as the plain view's difference sees it;
+        // had the seasonal view taken over at once, it would not know yet.
+        let wave = |i: usize| 50.0 + 40.0 * (std::f64::consts::TAU * i as f64 / DAY as f64).sin();
+        let mut e = ensemble();
+        let mut i = 0;
+        while !e.use_seasonal() {
+            e.update(i as f64 * STEP, wave(i) + noisy(i));
+            i += 1;
+            assert!(i < 5 * DAY, "the profile should explain the wave");
+        }
+        assert!(!e.cal_resid.iter().all(Calibration::ready), "{i}");
+        // Towards the middle of the wave's range.
+        let jump = if wave(i) < 50.0 { 30.0 } else { -30.0 };
+        let a = e.update(i as f64 * STEP, wave(i) + jump);
+        assert!(a.score >= threshold(), "{a:?} at {i}");
     }
 
     #[test]
