@@ -22,7 +22,8 @@ use crate::detect::Model;
 use crate::labels::Labels;
 
 /// The current file format (5: the ensemble's memories and counts are in time, not
-/// points; a model fitted per point would go on with other dynamics).
+/// points; 6: its daily profile keeps each bucket's spread, and its residuals' spreads
+/// are kept evened out by them).
 pub const SCHEMA: u32 = 6;
 
 /// What can go wrong with a models file.
