@@ -1009,6 +1009,25 @@ mod tests {
     }
 
     #[test]
+    fn an_absurd_value_neither_panics_nor_poisons_the_profile() {
+        // 1e300 is finite in f64 but not in the profile's f32: it alarms, and the next
+        // days at that hour go on being judged by a sane profile.
+        let wave = |i: usize| 50.0 + 40.0 * (std::f64::consts::TAU * i as f64 / DAY as f64).sin();
+        let mut xs: Vec<f64> = (0..8 * DAY).map(|i| wave(i) + noisy(i)).collect();
+        let absurd = 5 * DAY + 120;
+        xs[absurd] = 1e300;
+        let mut e = ensemble();
+        let hits = alarms(&mut e, &xs, 3 * DAY, threshold());
+        assert!(hits.contains(&absurd), "{hits:?}");
+        assert!(e
+            .profile
+            .iter()
+            .chain(&e.profile_dev)
+            .all(|v| v.is_finite()));
+        assert!(hits.iter().all(|&i| i < absurd + DAY / 2), "{hits:?}");
+    }
+
+    #[test]
     fn a_spike_does_not_haunt_its_time_of_day() {
         // A daily wave with noise, and one absurd spike at 10:00 on day six. The spike
         // alarms; the next days at 10:00 are ordinary and must stay quiet (had the profile
