@@ -553,18 +553,16 @@ impl Ensemble {
             .max(1e-9)
     }
 
-    /// The daily profile's prediction for time `t`, once its bucket is trained.
-    fn seasonal(&self, t: f64) -> Option<f64> {
-        let b = bucket(t);
+    /// The daily profile's prediction for bucket `b`, once it is trained.
+    fn seasonal(&self, b: usize) -> Option<f64> {
         (self.seen[b] >= PROFILE_MIN).then_some(self.profile[b] as f64)
     }
 
-    /// The factor that evens out the residuals' spread over the day at time `t`: the
+    /// The factor that evens out the residuals' spread over the day in bucket `b`: the
     /// usual spread over this bucket's. Busy hours are noisier than quiet ones (traffic,
     /// requests, tweets); measured in one spread, the busy hours' noise would alarm and a
     /// night's jump would pass as noise.
-    fn evener(&self, t: f64) -> f64 {
-        let b = bucket(t);
+    fn evener(&self, b: usize) -> f64 {
         if self.seen[b] < PROFILE_MIN || self.usual_dev <= 0.0 {
             return 1.0;
         }
@@ -619,13 +617,12 @@ impl Ensemble {
         habit
     }
 
-    /// Learns `x` into its bucket, weighted by the share of a [`STEP`] it covers, and the
+    /// Learns `x` into bucket `b`, weighted by the share of a [`STEP`] it covers, and the
     /// bucket's typical error. (The error includes the day-to-day wander of the level and
     /// a profile's lag behind a trend, which are the same at every hour: they even the
     /// buckets out, towards one spread for the day. Net of the residuals' mean, NAB
     /// scored two points lower.)
-    fn learn_profile(&mut self, t: f64, x: f64, floor: f64, w: f64) {
-        let b = bucket(t);
+    fn learn_profile(&mut self, b: usize, x: f64, floor: f64, w: f64) {
         let seen = f64::from(self.seen[b]);
         if seen == 0.0 {
             self.profile[b] = x as f32;
@@ -634,7 +631,7 @@ impl Ensemble {
         }
         let p = f64::from(self.profile[b]);
         let d = f64::from(self.profile_dev[b]);
-        // A trained bucket learns a point at most five of its spreads away (like the
+        // A trained bucket learns a point clipped to five of its spreads (like the
         // level): one spike must not make this time of day look high and noisy for days.
         let x = if seen >= f64::from(PROFILE_MIN) {
             let reach = CLIP * (MAD_TO_SIGMA * d).max(floor);
@@ -653,7 +650,7 @@ impl Ensemble {
         };
         let p = p + per_step(ALPHA_PROFILE, w) * (x - p);
         // In f32 to halve the profile's size; a value beyond f32 is not learnt.
-        if p.is_finite() && (p as f32).is_finite() && (d as f32).is_finite() {
+        if (p as f32).is_finite() && (d as f32).is_finite() {
             self.profile[b] = p as f32;
             self.profile_dev[b] = d as f32;
         }
@@ -689,8 +686,10 @@ impl Baseline for Ensemble {
         let w = dt.map_or(self.last_w, |dt| (dt / STEP).min(1.0));
         self.last_w = w;
         let floor = self.floor();
-        let seasonal = self.seasonal(t);
-        let even = self.evener(t);
+        // The time-of-day bucket, once per point: the profile's and the evener's.
+        let b = bucket(t);
+        let seasonal = self.seasonal(b);
+        let even = self.evener(b);
         let dir = self.direction;
         let calibrate = |cal: &mut [Calibration; K], raw: [f64; K]| {
             let mut best = 0.0f64;
@@ -785,7 +784,7 @@ impl Baseline for Ensemble {
         }
         self.plain.learn(x, floor, 1.0, dir, w);
         self.record.learn(x, self.plain.mean, w);
-        self.learn_profile(t, x, floor, w);
+        self.learn_profile(b, x, floor, w);
         a
     }
 }
@@ -1058,12 +1057,18 @@ mod tests {
             e.update(t, ramp(t));
             t += 15.0;
         }
-        assert_eq!(e.seasonal(t + 60.0), None, "trained after a day and a half");
+        assert_eq!(
+            e.seasonal(bucket(t + 60.0)),
+            None,
+            "trained after a day and a half"
+        );
         while t < 4.0 * 86_400.0 {
             e.update(t, ramp(t));
             t += 15.0;
         }
-        let p = e.seasonal(t + 60.0).expect("trained after four days");
+        let p = e
+            .seasonal(bucket(t + 60.0))
+            .expect("trained after four days");
         assert!((3.0..7.0).contains(&p), "{p}");
         // Five-minute data, as before: a point counts whole.
         let mut e = ensemble();
