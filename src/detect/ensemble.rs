@@ -111,6 +111,8 @@ const MIN_PEAKS: f64 = 16.0;
 /// Points whose tail probability is below this are not learnt as peaks (SPOT's rule:
 /// anomalies must not teach the tail that they are normal).
 const LEARN_BELOW_RISK: f64 = 1e-3;
+/// A tail probability beyond doubt: evidence past it adds nothing to the smoothed score.
+const BEYOND_DOUBT: f64 = 1e-6;
 /// Recent surprises after which similar ones are taken as the series' own pattern.
 const REPEATS_ARE_NORMAL: f64 = 2.0;
 /// A repeated surprise still alarms when it beats the recent ones by this factor.
@@ -124,8 +126,14 @@ const BIGGER_BY: f64 = 1.5;
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 struct Calibration {
     seen: f64,
-    /// Smoothed raw score (what is judged).
+    /// Smoothed raw score: what the tail is learnt from.
     short: f64,
+    /// Smoothed raw score with each point's evidence capped beyond doubt: what is judged.
+    /// A point a hundred spreads out is anomalous, but it must not keep the score so for
+    /// hours after the values are back (the smoothing decays by steps); the tail, though,
+    /// goes on treating that aftermath as a surprise and does not learn it as a peak.
+    #[serde(default)]
+    judged: f64,
     /// Running mean of the smoothed score: the quantile's step size.
     level: f64,
     /// Running [`PEAK_QUANTILE`] of the smoothed score.
@@ -142,13 +150,19 @@ struct Calibration {
     /// Forgetting first and second moments of the excess over the quantile.
     m1: f64,
     m2: f64,
-    /// Forgetting count of surprises (onsets of runs below [`LEARN_BELOW_RISK`]).
+    /// Forgetting count of past surprises (runs below [`LEARN_BELOW_RISK`], counted
+    /// when they end).
     surprises: f64,
-    /// The largest excess among recent surprises (forgetting, too).
+    /// The largest excess among past surprises (forgetting, too).
     surprise_max: f64,
-    /// The part of a step still to pass before a surprise is a new one (a run of
+    /// The part of a step still to pass before the current surprise is over (a run of
     /// surprises that pauses for less than a step goes on).
     lull: f64,
+    /// The largest excess of the current surprise (0: none under way). It joins the
+    /// past ones only when it ends: measured against itself, every point of an incident
+    /// after its first would be "no larger than the recent ones", a repeat.
+    #[serde(default)]
+    run_max: f64,
 }
 
 impl Calibration {
@@ -156,53 +170,58 @@ impl Calibration {
     fn likelihood(&mut self, r: f64, w: f64) -> f64 {
         let r = r.min(RAW_CAP);
         if self.seen == 0.0 {
-            self.short = r;
-            self.quantile = r;
+            (self.short, self.judged, self.quantile) = (r, r, r);
         } else {
-            self.short += per_step(ALPHA_SHORT, w) * (r - self.short);
+            let a = per_step(ALPHA_SHORT, w);
+            self.short += a * (r - self.short);
+            // A point alone at this cap is already beyond doubt (see `judged`). The cap
+            // lies above the quantile: below it, it need not be computed.
+            let capped = if ALPHA_SHORT * r > self.quantile {
+                self.beyond_doubt().map_or(r, |s| r.min(s / ALPHA_SHORT))
+            } else {
+                r
+            };
+            self.judged += a * (capped - self.judged);
         }
-        // What is judged: the evidence smoothed over about five steps, where a point counts
-        // at least as much as one at a full step would (the same at five minutes, as
-        // scores are never negative). Counted by its share alone, a jump of a hundred
-        // spreads queried every second would take a minute to be news.
+        // The evidence smoothed over about five steps, where a point counts at least as
+        // much as one at a full step would (the same at five minutes, as scores are never
+        // negative). Counted by its share alone, a jump of a hundred spreads queried every
+        // second would take a minute to be news.
         let s = self.short.max(ALPHA_SHORT * r);
         let excess = s - self.quantile;
-        let mut tail = self.tail(s);
-        // The tail probability is per point; what the threshold means is per step. Points
-        // finer than a step count as one when they move together (an excursion lasts as
-        // many of them: a held sample, a `rate` window); noise fresh at every point has
-        // that many more chances to cross, so its probability is multiplied by the
-        // excursions it starts per step (the extremal index over the points' share).
-        if w < 1.0 {
-            if let Some(p) = tail.as_mut() {
-                let per_step = (self.upcross / self.exceed.max(1e-12)).min(1.0) / w;
-                if per_step > 1.0 {
-                    *p = (*p * per_step).min(1.0);
-                }
-            }
-        }
+        let tail = self.tail(s).map(|p| self.per_step(p, w));
         let surprise = tail.is_some_and(|p| p < LEARN_BELOW_RISK);
         // Surprises that keep coming, no larger than the recent ones, are a pattern of this
         // series (a nightly job, a bursty source): they are as likely as their recent rate.
-        if let Some(p) = tail.as_mut() {
-            if surprise
-                && self.surprises >= REPEATS_ARE_NORMAL
-                && excess <= BIGGER_BY * self.surprise_max
-            {
-                *p = p.max(self.surprises / TAIL_MEMORY);
-            }
+        let repeat = surprise
+            && self.surprises >= REPEATS_ARE_NORMAL
+            && excess <= BIGGER_BY * self.surprise_max;
+        let judged = self.judged.max(ALPHA_SHORT * r);
+        let verdict = if judged == s {
+            tail
+        } else {
+            self.tail(judged).map(|p| self.per_step(p, w))
         }
+        .map(|p| {
+            if repeat {
+                p.max(self.surprises / TAIL_MEMORY)
+            } else {
+                p
+            }
+        });
         let forget = 1.0 - w / TAIL_MEMORY;
         self.surprises *= forget;
         self.surprise_max *= forget;
         if surprise {
+            self.run_max = self.run_max.max(excess);
+            self.lull = 1.0;
+        } else if self.run_max > 0.0 {
+            self.lull -= w;
             if self.lull <= 0.0 {
                 self.surprises += 1.0;
+                self.surprise_max = self.surprise_max.max(self.run_max);
+                (self.run_max, self.lull) = (0.0, 0.0);
             }
-            self.surprise_max = self.surprise_max.max(excess);
-            self.lull = 1.0;
-        } else {
-            self.lull = (self.lull - w).max(0.0);
         }
         // Learn: the running quantile (stochastic approximation), the exceedance rate, and
         // the moments of the excess.
@@ -225,15 +244,59 @@ impl Calibration {
             self.peaks += w;
         }
         self.seen += w;
-        match tail {
+        match verdict {
             Some(p) => 1.0 - p,
             None => 0.5,
+        }
+    }
+
+    /// Tail probability `p` of a point counted per step. The tail probability is per
+    /// point; what the threshold means is per step. Points finer than a step count as one
+    /// when they move together (an excursion lasts as many of them: a held sample, a
+    /// `rate` window); noise fresh at every point has that many more chances to cross, so
+    /// its probability is multiplied by the excursions it starts per step (the extremal
+    /// index over the points' share).
+    fn per_step(&self, p: f64, w: f64) -> f64 {
+        if w >= 1.0 {
+            return p;
+        }
+        let per_step = (self.upcross / self.exceed.max(1e-12)).min(1.0) / w;
+        if per_step > 1.0 {
+            (p * per_step).min(1.0)
+        } else {
+            p
         }
     }
 
     /// Whether the tail model has seen enough to judge.
     fn ready(&self) -> bool {
         self.seen > CALIBRATION_WARMUP && self.peaks >= MIN_PEAKS
+    }
+
+    /// The score whose tail probability is [`BEYOND_DOUBT`], once enough peaks were seen.
+    fn beyond_doubt(&self) -> Option<f64> {
+        if !self.ready() {
+            return None;
+        }
+        let (g, sigma) = self.shape();
+        let rate = self.exceed.clamp(1.0 / TAIL_MEMORY, 1.0);
+        let odds = (rate / BEYOND_DOUBT).max(1.0);
+        let y = if g.abs() < 1e-6 {
+            sigma * odds.ln()
+        } else {
+            sigma / g * (odds.powf(g) - 1.0)
+        };
+        Some(self.quantile + y)
+    }
+
+    /// The generalised Pareto's shape and scale, by the method of moments.
+    fn shape(&self) -> (f64, f64) {
+        let mean = self.m1.max(1e-12);
+        let var = (self.m2 - self.m1 * self.m1).max(1e-24);
+        let ratio = mean * mean / var;
+        let g = (0.5 * (1.0 - ratio)).clamp(0.0, 0.45);
+        let sigma = (0.5 * mean * (1.0 + ratio)).max(1e-12);
+        (g, sigma)
     }
 
     /// The tail probability of smoothed score `s`, once enough peaks were seen.
@@ -246,12 +309,7 @@ impl Calibration {
         if y <= 0.0 {
             return Some(1.0);
         }
-        let mean = self.m1.max(1e-12);
-        let var = (self.m2 - self.m1 * self.m1).max(1e-24);
-        // Method of moments for the generalised Pareto (shape g, scale sigma).
-        let ratio = mean * mean / var;
-        let g = (0.5 * (1.0 - ratio)).clamp(0.0, 0.45);
-        let sigma = (0.5 * mean * (1.0 + ratio)).max(1e-12);
+        let (g, sigma) = self.shape();
         let survival = if g.abs() < 1e-6 {
             (-y / sigma).exp()
         } else {
@@ -1210,6 +1268,62 @@ mod tests {
     }
 
     #[test]
+    fn an_incident_is_not_a_repeat_of_itself() {
+        // Spikes every 500 steps have made surprises routine. Then an incident, queried
+        // every 15 s: a jump ten times their size, for five minutes. Every point of it
+        // alarms: it is no larger than its own first point, but it is no repeat of
+        // the earlier, smaller surprises either.
+        let mut e = ensemble();
+        for i in 0..5000 {
+            let spike = if i % 500 == 250 { 30.0 } else { 0.0 };
+            e.update(i as f64 * STEP, 10.0 + noisy(i) + spike);
+        }
+        let start = 5000.0 * STEP;
+        let scores: Vec<f64> = (0..20)
+            .map(|k| e.update(start + 15.0 * k as f64, 310.0 + noisy(k)).score)
+            .collect();
+        assert!(scores.iter().all(|&s| s >= threshold()), "{scores:?}");
+    }
+
+    #[test]
+    fn the_score_falls_back_soon_after_a_huge_spike() {
+        // One point a thousand spreads up alarms; once the values are back, within ten
+        // steps, so is the score. The smoothing used to remember the spike's size and
+        // keep the anomaly open for 24 steps (two hours), or for more than 20 after a
+        // half-minute spike queried every 2 s; what lingers now is the recent level's
+        // (the shift component's) own memory of that half minute. (Both ways, the drop
+        // back is news of its own.)
+        let up = DetectionConfig {
+            direction: Direction::Up,
+            ..DetectionConfig::default()
+        };
+        for (step, spike_points) in [(STEP, 1), (2.0, 15)] {
+            let mut e = Ensemble::new(&up);
+            for i in 0..3000 {
+                e.update(i as f64 * STEP, 10.0 + noisy(i));
+            }
+            let start = 3000.0 * STEP;
+            let at = |k: usize| start + step * k as f64;
+            let spike: Vec<f64> = (0..spike_points)
+                .map(|k| e.update(at(k), 1000.0).score)
+                .collect();
+            assert!(spike.iter().all(|&s| s >= threshold()), "{spike:?}");
+            let after: Vec<f64> = (spike_points..spike_points + 3000)
+                .map(|k| e.update(at(k), 10.0 + noisy(k)).score)
+                .collect();
+            let back = after
+                .iter()
+                .position(|&s| s < threshold())
+                .unwrap_or(after.len());
+            let steps = back as f64 * step / STEP;
+            assert!(
+                steps <= 10.0,
+                "step {step}: still anomalous {steps} steps later"
+            );
+        }
+    }
+
+    #[test]
     fn repeated_surprises_become_a_pattern() {
         // A spike of the same size every 500 steps: the first ones alarm, until their
         // rate is learnt (at 1 in 1,000, about five in the tail's memory; the sixth still
@@ -1311,10 +1425,10 @@ mod tests {
 
     #[test]
     fn small_and_constant_size() {
-        // Nine calibrations of 13 words, the statistics, the 48-bucket profile with its
+        // Nine calibrations of 15 words, the statistics, the 48-bucket profile with its
         // spreads, and habits: about 2.3 KB, whatever the series' length.
         assert!(
-            std::mem::size_of::<Ensemble>() <= 2312,
+            std::mem::size_of::<Ensemble>() <= 2440,
             "{}",
             std::mem::size_of::<Ensemble>()
         );
