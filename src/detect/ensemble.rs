@@ -115,7 +115,7 @@ const LEARN_BELOW_RISK: f64 = 1e-3;
 const BEYOND_DOUBT: f64 = 1e-6;
 /// Recent surprises after which similar ones are taken as the series' own pattern.
 const REPEATS_ARE_NORMAL: f64 = 2.0;
-/// A repeated surprise still alarms when it beats the recent ones by this factor.
+/// A repeated surprise still alarms when it beats the earlier ones by this factor.
 const BIGGER_BY: f64 = 1.5;
 
 /// How unusual a component's recent score is, from a streaming peaks-over-threshold
@@ -132,6 +132,7 @@ struct Calibration {
     /// A point a hundred spreads out is anomalous, but it must not keep the score so for
     /// hours after the values are back (the smoothing decays by steps); the tail, though,
     /// goes on treating that aftermath as a surprise and does not learn it as a peak.
+    /// (0 in a model saved before it existed: it catches up within a few steps.)
     #[serde(default)]
     judged: f64,
     /// Running mean of the smoothed score: the quantile's step size.
@@ -197,6 +198,7 @@ impl Calibration {
             && self.surprises >= REPEATS_ARE_NORMAL
             && excess <= BIGGER_BY * self.surprise_max;
         let judged = self.judged.max(ALPHA_SHORT * r);
+        // The same score has the same tail: most points need only one.
         let verdict = if judged == s {
             tail
         } else {
@@ -1362,7 +1364,10 @@ mod tests {
             );
             t += 30.0;
             let after: Vec<f64> = (0..30)
-                .map(|k| e.update(t + 2.0 * k as f64, normal(t, i + k)).score)
+                .map(|k| {
+                    let tk = t + 2.0 * k as f64;
+                    e.update(tk, normal(tk, i + k)).score
+                })
                 .collect();
             assert!(after[29] < 0.999, "at {hour:02}:00 UTC: {after:?}");
         }
@@ -1471,7 +1476,7 @@ mod tests {
     #[test]
     fn small_and_constant_size() {
         // Nine calibrations of 15 words, the statistics, the 48-bucket profile with its
-        // spreads, and habits: about 2.3 KB, whatever the series' length.
+        // spreads, and habits: about 2.4 KB, whatever the series' length.
         assert!(
             std::mem::size_of::<Ensemble>() <= 2440,
             "{}",
