@@ -190,7 +190,7 @@ impl Calibration {
         // second would take a minute to be news.
         let s = self.short.max(ALPHA_SHORT * r);
         let excess = s - self.quantile;
-        let tail = self.tail(s).map(|p| self.per_step(p, w));
+        let tail = self.tail(s).map(|p| self.counted_per_step(p, w));
         let surprise = tail.is_some_and(|p| p < LEARN_BELOW_RISK);
         // Surprises that keep coming, no larger than the earlier ones, are a pattern of this
         // series (a nightly job, a bursty source): they are as likely as their recent rate.
@@ -202,7 +202,7 @@ impl Calibration {
         let verdict = if judged == s {
             tail
         } else {
-            self.tail(judged).map(|p| self.per_step(p, w))
+            self.tail(judged).map(|p| self.counted_per_step(p, w))
         }
         .map(|p| {
             if repeat {
@@ -258,13 +258,13 @@ impl Calibration {
     /// `rate` window); noise fresh at every point has that many more chances to cross, so
     /// its probability is multiplied by the excursions it starts per step (the extremal
     /// index over the points' share).
-    fn per_step(&self, p: f64, w: f64) -> f64 {
+    fn counted_per_step(&self, p: f64, w: f64) -> f64 {
         if w >= 1.0 {
             return p;
         }
-        let per_step = (self.upcross / self.exceed.max(1e-12)).min(1.0) / w;
-        if per_step > 1.0 {
-            (p * per_step).min(1.0)
+        let excursions = (self.upcross / self.exceed.max(1e-12)).min(1.0) / w;
+        if excursions > 1.0 {
+            (p * excursions).min(1.0)
         } else {
             p
         }
@@ -281,14 +281,18 @@ impl Calibration {
             return None;
         }
         let (g, sigma) = self.shape();
-        let rate = self.exceed.clamp(1.0 / TAIL_MEMORY, 1.0);
-        let odds = (rate / BEYOND_DOUBT).max(1.0);
+        let odds = (self.rate() / BEYOND_DOUBT).max(1.0);
         let y = if g.abs() < 1e-6 {
             sigma * odds.ln()
         } else {
             sigma / g * (odds.powf(g) - 1.0)
         };
         Some(self.quantile + y)
+    }
+
+    /// How often the smoothed score exceeds the quantile (at least once in the memory).
+    fn rate(&self) -> f64 {
+        self.exceed.clamp(1.0 / TAIL_MEMORY, 1.0)
     }
 
     /// The generalised Pareto's shape and scale, by the method of moments.
@@ -307,7 +311,6 @@ impl Calibration {
             return None;
         }
         let y = s - self.quantile;
-        let rate = self.exceed.clamp(1.0 / TAIL_MEMORY, 1.0);
         if y <= 0.0 {
             return Some(1.0);
         }
@@ -322,7 +325,7 @@ impl Calibration {
                 base.powf(-1.0 / g)
             }
         };
-        Some(rate * survival)
+        Some(self.rate() * survival)
     }
 }
 
@@ -1398,9 +1401,9 @@ mod tests {
     fn a_nightly_job_becomes_a_habit_but_a_bigger_or_other_hour_spike_alarms() {
         // Five minutes of load every night near 03:00 (drifting by up to 35 minutes): the
         // first nights alarm, from the third on it is a habit. A spike three times as large
-        // at that hour still alarms (beyond [`BIGGER_BY`]), and so does the usual size at 15:00 on the fourth day
-        // (later, ten such spikes in the tail's memory are the series' pattern at any
-        // hour: see `repeated_surprises_become_a_pattern`).
+        // at that hour still alarms (beyond [`BIGGER_BY`]), and so does the usual size at
+        // 15:00 on the fourth day (later, ten such spikes in the tail's memory are the
+        // series' pattern at any hour: see `repeated_surprises_become_a_pattern`).
         let day = DAY;
         let job = |d: usize| d * day + 36 + (d * 17) % 8;
         let mut xs: Vec<f64> = (0..12 * day).map(|i| 10.0 + noisy(i)).collect();
