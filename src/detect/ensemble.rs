@@ -512,7 +512,8 @@ pub struct Ensemble {
     ml_raw: f64,
     /// The range kept so far, for records.
     record: Record,
-    /// Whether the seasonal view judged the latest point (see [`SEASONAL_KEEP`]).
+    /// Whether the residuals were clearly tighter at the latest point (see
+    /// [`SEASONAL_KEEP`]; false in a model saved before it existed: the first bar again).
     #[serde(default)]
     seasonal_view: bool,
     /// Time-of-day profile: mean per bucket, and [`STEP`]s seen per bucket.
