@@ -10,6 +10,7 @@ use linfa::DatasetBase;
 use linfa_clustering::KMeans;
 use ndarray::Array2;
 use serde::{Deserialize, Serialize};
+use std::sync::OnceLock;
 
 /// Lag features per point: the last six first differences.
 pub const D: usize = 6;
@@ -19,6 +20,24 @@ pub const N: usize = 128;
 pub const RETRAIN: u32 = 1024;
 /// Clusters (Netdata's choice: "normal" and "the rest of normal").
 const K: usize = 2;
+
+/// The one thread every k-means fit runs on (`None` if it could not be started: the fits
+/// then go to rayon's global pool). linfa's k-means is written for rayon: from an ordinary
+/// thread, each fit of these 122 rows was handed to a pool of one thread per core, split
+/// across it, and left those threads spinning, competing with the async runtime for the
+/// cores. Whole on one thread, a fit costs less than half (`homeostat bench`: 2.5 to 3.5 M
+/// points per second).
+fn fit_pool() -> Option<&'static rayon::ThreadPool> {
+    static POOL: OnceLock<Option<rayon::ThreadPool>> = OnceLock::new();
+    POOL.get_or_init(|| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .thread_name(|_| "kmeans".to_string())
+            .build()
+            .ok()
+    })
+    .as_ref()
+}
 
 /// Streaming k-means over lag features of one series.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -130,11 +149,17 @@ impl LagKMeans {
         // Mean absolute difference: the floor of the scale, so a flat series (all
         // distances zero) does not turn every wiggle into infinity.
         let mad = data.iter().map(|v| v.abs()).sum::<f64>() / data.len() as f64;
-        let model = KMeans::params(K)
-            .max_n_iterations(10)
-            .tolerance(1e-3)
-            .n_runs(1)
-            .fit(&DatasetBase::from(data.clone()));
+        let fit = || {
+            KMeans::params(K)
+                .max_n_iterations(10)
+                .tolerance(1e-3)
+                .n_runs(1)
+                .fit(&DatasetBase::from(data.clone()))
+        };
+        let model = match fit_pool() {
+            Some(pool) => pool.install(fit),
+            None => fit(),
+        };
         let Ok(model) = model else {
             return;
         };
@@ -229,6 +254,32 @@ mod tests {
         for i in 300..700 {
             assert_eq!(m.update(wave(i)), back.update(wave(i)), "at {i}");
         }
+    }
+
+    #[test]
+    fn fits_from_any_thread_agree() {
+        // Detectors run on the async runtime's threads, tests on their own, and a caller
+        // may itself be inside a rayon pool: every fit goes through the one k-means thread.
+        let xs: Vec<f64> = (0..3000).map(wave).collect();
+        let run = |xs: &[f64]| {
+            let mut m = LagKMeans::new();
+            xs.iter().map(|&x| m.update(x)).collect::<Vec<_>>()
+        };
+        let here = run(&xs);
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let xs = xs.clone();
+                std::thread::spawn(move || run(&xs))
+            })
+            .collect();
+        for t in threads {
+            assert_eq!(t.join().unwrap(), here);
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        assert_eq!(pool.install(|| run(&xs)), here);
     }
 
     #[test]
