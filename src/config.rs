@@ -102,6 +102,11 @@ pub struct DetectionConfig {
     pub min_spread: f64,
     /// Floor of the spread relative to the level (|median|), for the same reason.
     pub min_relative_spread: f64,
+    /// A point alarms only this far (in the signal's units) from the expected value, on a
+    /// side the signal cares about, however unusual it is: "not below 5 points of CPU".
+    pub min_deviation: f64,
+    /// ... and at least this fraction of the expected value's magnitude.
+    pub min_relative_deviation: f64,
     /// Which deviations count.
     pub direction: Direction,
     /// Points a new series is watched before it may alarm (ensemble).
@@ -187,6 +192,9 @@ impl Default for DetectionConfig {
             close_after,
             min_spread: 0.0,
             min_relative_spread: 0.001,
+            // Off: how far is far enough is the operator's call, per signal.
+            min_deviation: 0.0,
+            min_relative_deviation: 0.0,
             direction: Direction::Both,
             warmup: 64,
             engine,
@@ -418,6 +426,8 @@ const DETECTION_KEYS: &[&str] = &[
     "close_after",
     "min_spread",
     "min_relative_spread",
+    "min_deviation",
+    "min_relative_deviation",
     "direction",
     "warmup",
     "engine",
@@ -652,6 +662,8 @@ impl Walker {
         for (key, slot) in [
             ("min_spread", &mut d.min_spread),
             ("min_relative_spread", &mut d.min_relative_spread),
+            ("min_deviation", &mut d.min_deviation),
+            ("min_relative_deviation", &mut d.min_relative_deviation),
         ] {
             if let Some(v) = self.float(t, path, key) {
                 if v >= 0.0 {
@@ -726,6 +738,8 @@ mod tests {
         name = "latency"
         query = 'max(latency)'
         threshold_per = "point"
+        min_deviation = 0.05
+        min_relative_deviation = 0.2
     "#;
 
     #[test]
@@ -750,6 +764,12 @@ mod tests {
             c.signals[1].detection.threshold_per, None,
             "\"point\" overrides"
         );
+        let latency = &c.signals[1].detection;
+        assert_eq!(
+            (latency.min_deviation, latency.min_relative_deviation),
+            (0.05, 0.2)
+        );
+        assert_eq!((d.min_deviation, d.min_relative_deviation), (0.0, 0.0));
     }
 
     #[test]
@@ -801,6 +821,8 @@ mod tests {
             [[signals]]
             name = "3bad"
             threshold = -1
+            min_deviation = -3
+            min_relative_deviation = "a lot"
         "#;
         let errs = Config::parse(bad, Path::new(".")).unwrap_err();
         let want = [
@@ -815,6 +837,8 @@ mod tests {
             "signals[2].name: \"3bad\" must match",
             "signals[2].query: missing required field",
             "signals[2].threshold: must be between 0 and 1",
+            "signals[2].min_deviation: must not be negative",
+            "signals[2].min_relative_deviation: expected a finite number",
         ];
         for w in want {
             assert!(

@@ -91,6 +91,9 @@ pub struct Detector {
     baseline: Model,
     hysteresis: Hysteresis,
     threshold: f64,
+    direction: Direction,
+    min_deviation: f64,
+    min_relative_deviation: f64,
 }
 
 impl Detector {
@@ -105,6 +108,9 @@ impl Detector {
             baseline: model,
             hysteresis: Hysteresis::new(cfg.open_after, cfg.close_after),
             threshold: cfg.threshold,
+            direction: cfg.direction,
+            min_deviation: cfg.min_deviation,
+            min_relative_deviation: cfg.min_relative_deviation,
         }
     }
 
@@ -120,8 +126,20 @@ impl Detector {
 
     /// Scores one point (seeing only what came before it), then learns from it.
     pub fn step(&mut self, t: f64, value: f64) -> Step {
-        let assessment = self.baseline.update(t, value);
-        let anomalous = assessment.is_anomalous(self.threshold);
+        let mut assessment = self.baseline.update(t, value);
+        // The operator's minimum deviation is a promise, not a tendency: the band widens
+        // to it, and a point inside it is normal however unusual the baseline finds it.
+        let needed = self
+            .min_deviation
+            .max(self.min_relative_deviation * assessment.expected.abs());
+        let far_enough =
+            needed <= 0.0 || directional(value - assessment.expected, self.direction) >= needed;
+        // (NaN edges, "no band yet", stay NaN.)
+        if needed > 0.0 && !assessment.lower.is_nan() && !assessment.upper.is_nan() {
+            assessment.lower = assessment.lower.min(assessment.expected - needed);
+            assessment.upper = assessment.upper.max(assessment.expected + needed);
+        }
+        let anomalous = assessment.is_anomalous(self.threshold) && far_enough;
         Step {
             assessment,
             anomalous,
@@ -159,5 +177,85 @@ pub fn directional(z: f64, direction: Direction) -> f64 {
         Direction::Up => z.max(0.0),
         Direction::Down => (-z).max(0.0),
         Direction::Both => z.abs(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic pseudo-noise in [-1, 1].
+    fn noisy(i: usize) -> f64 {
+        ((i as f64 * 12.9898).sin() * 43758.5453).fract() * 2.0 - 1.0
+    }
+
+    /// Whether an anomaly opens on 2,000 five-minute points of noise around 100 followed
+    /// by ten points `jump` away, and the band at the last point.
+    fn opens(cfg: &DetectionConfig, jump: f64) -> (bool, Assessment) {
+        let mut d = Detector::new(cfg);
+        let mut opened = false;
+        let mut last = None;
+        for i in 0..2010 {
+            let x = 100.0 + noisy(i) + if i >= 2000 { jump } else { 0.0 };
+            let step = d.step(i as f64 * 300.0, x);
+            opened |= i >= 2000 && step.transition == Transition::Opened;
+            last = Some(step.assessment);
+        }
+        (opened, last.expect("points were fed"))
+    }
+
+    #[test]
+    fn an_unusual_point_too_close_to_normal_for_the_operator_does_not_alarm() {
+        // Six units is some ten spreads of this noise: the baseline alone alarms.
+        let plain = DetectionConfig::default();
+        assert!(opens(&plain, 6.0).0);
+        assert!(opens(&plain, -6.0).0);
+        let absolute = DetectionConfig {
+            min_deviation: 8.0,
+            ..plain.clone()
+        };
+        let relative = DetectionConfig {
+            min_relative_deviation: 0.08,
+            ..plain.clone()
+        };
+        for cfg in [&absolute, &relative] {
+            assert!(!opens(cfg, 6.0).0, "{cfg:?}");
+            assert!(!opens(cfg, -6.0).0, "{cfg:?}");
+            assert!(opens(cfg, 12.0).0, "{cfg:?}");
+            assert!(opens(cfg, -12.0).0, "{cfg:?}");
+            // The band says the same: it reaches at least the minimum either way.
+            let (_, a) = opens(cfg, 0.0);
+            assert!(
+                a.upper >= a.expected + 7.9 && a.lower <= a.expected - 7.9,
+                "{a:?}"
+            );
+        }
+        // Only a deviation on a side the signal cares about counts.
+        let up = DetectionConfig {
+            direction: Direction::Up,
+            min_deviation: 8.0,
+            ..plain.clone()
+        };
+        assert!(opens(&up, 12.0).0);
+        assert!(!opens(&up, -12.0).0);
+    }
+
+    #[test]
+    fn no_minimum_leaves_the_band_and_verdicts_to_the_baseline() {
+        let cfg = DetectionConfig::default();
+        let mut d = Detector::new(&cfg);
+        let mut b = new_baseline(&cfg);
+        let mut alarmed = false;
+        for i in 0..600 {
+            let jump = if (500..510).contains(&i) { 9.0 } else { 0.0 };
+            let (t, x) = (i as f64 * 300.0, 100.0 + noisy(i) + jump);
+            let (step, a) = (d.step(t, x), b.update(t, x));
+            // NaN edges (warming up) compare unequal: compare bit patterns.
+            assert_eq!(step.assessment.lower.to_bits(), a.lower.to_bits(), "{i}");
+            assert_eq!(step.assessment.upper.to_bits(), a.upper.to_bits(), "{i}");
+            assert_eq!(step.anomalous, a.is_anomalous(cfg.threshold), "{i}");
+            alarmed |= step.anomalous;
+        }
+        assert!(alarmed, "the jump should have been anomalous");
     }
 }
