@@ -96,11 +96,15 @@ const RECORD_SPAN: f64 = 0.2;
 /// steps.
 const RECORD_MEMORY: f64 = 10.0 * TAIL_MEMORY;
 
-/// Smoothing of the typical time between points, for `threshold_per`.
+/// Smoothing of the typical time between points (for `threshold_per`, and to see gaps).
 const ALPHA_INTERVAL: f64 = 0.05;
 /// A pause longer than this many typical intervals counts as this many: a gap in the data
 /// is not a slower query rate.
 const GAP: f64 = 10.0;
+/// A pause of more than this many typical intervals is a gap in the data: the jump
+/// across it is a change over the whole pause, not over one step (an exporter down
+/// for an hour comes back with its value of an hour later).
+const GAP_STEPS: f64 = 2.0;
 
 /// Raw scores are capped here so that one absurd point cannot wreck a calibration.
 const RAW_CAP: f64 = 1e3;
@@ -408,10 +412,12 @@ impl Stats {
         )
     }
 
-    /// The raw component scores of `x`, signed where a direction applies:
-    /// level, first difference, level shift and change point.
-    fn raw(&self, x: f64, floor: f64, even: f64, w: f64) -> [f64; K] {
+    /// The raw component scores of `x`, `gap` typical intervals after the previous point,
+    /// signed where a direction applies: level, first difference, level shift and change
+    /// point.
+    fn raw(&self, x: f64, floor: f64, even: f64, w: f64, gap: f64) -> [f64; K] {
         let (scale, dscale) = self.scales(floor, even);
+        let dscale = across(dscale, scale, gap);
         let fast = self.fast + per_step(ALPHA_FAST, w) * (x - self.fast);
         [
             (x - self.mean) / scale,
@@ -439,7 +445,7 @@ impl Stats {
         )
     }
 
-    fn learn(&mut self, x: f64, floor: f64, even: f64, direction: Direction, w: f64) {
+    fn learn(&mut self, x: f64, floor: f64, even: f64, direction: Direction, w: f64, gap: f64) {
         if self.n == 0.0 {
             *self = Stats {
                 n: w,
@@ -481,8 +487,11 @@ impl Stats {
         self.dev += a * ((xc - self.mean).abs() * even - self.dev);
         self.mean += a * (xc - self.mean);
         self.fast += per_step(ALPHA_FAST, w).max(a) * (x - self.fast);
-        self.ddev += a * ((dxc - self.dmean).abs() * even - self.ddev);
-        self.dmean += a * (dxc - self.dmean);
+        // A difference across a gap is no one-step difference: it must not widen theirs.
+        if gap <= GAP_STEPS {
+            self.ddev += a * ((dxc - self.dmean).abs() * even - self.ddev);
+            self.dmean += a * (dxc - self.dmean);
+        }
         // The difference is taken against the value a reference step ago: at finer steps,
         // against the recent path smoothed over that span.
         self.prev = if w >= 1.0 {
@@ -546,7 +555,7 @@ pub struct Ensemble {
     /// Seconds a tail probability is counted per (`threshold_per`; 0: per point).
     #[serde(default)]
     per: f64,
-    /// Typical seconds between points (0 until two points were seen; kept only with `per`).
+    /// Typical seconds between points (0 until two points were seen).
     #[serde(default)]
     interval: f64,
     /// Time of the latest point.
@@ -591,26 +600,41 @@ impl Ensemble {
         }
     }
 
-    /// Learns the time between points and says how many points a tail probability is
-    /// counted over: `per / interval` with `threshold_per` (at least one), else one. The
+    /// How many points a tail probability is counted over: `per / interval` with `threshold_per` (at least one), else one. The
     /// union bound over the points of `per`: a stricter count, as the memories already
     /// run in time and neighbouring points share most of their evidence.
-    fn points_per_statement(&mut self, dt: Option<f64>) -> f64 {
+    fn points_per_statement(&self) -> f64 {
         if self.per == 0.0 {
             return 1.0;
-        }
-        if let Some(dt) = dt {
-            self.interval = if self.interval > 0.0 {
-                self.interval + ALPHA_INTERVAL * (dt.min(GAP * self.interval) - self.interval)
-            } else {
-                dt
-            };
         }
         if self.interval > 0.0 {
             (self.per / self.interval).max(1.0)
         } else {
             1.0
         }
+    }
+
+    /// How many typical intervals the latest pause spanned (at least 1) and, across a gap,
+    /// how many points the k-means missed; then learns the typical interval from it.
+    fn gap(&mut self, dt: Option<f64>) -> (f64, usize) {
+        let Some(dt) = dt else { return (1.0, 0) };
+        let gap = if self.interval > 0.0 {
+            (dt / self.interval).max(1.0)
+        } else {
+            1.0
+        };
+        // The k-means sees a point per step (per point, if coarser data).
+        let missed = if gap > GAP_STEPS {
+            ((dt / self.interval.max(STEP)).round() - 1.0).clamp(0.0, 1e6) as usize
+        } else {
+            0
+        };
+        self.interval = if self.interval > 0.0 {
+            self.interval + ALPHA_INTERVAL * (dt.min(GAP * self.interval) - self.interval)
+        } else {
+            dt
+        };
+        (gap, missed)
     }
 
     /// Seconds since the previous point (none for the first, or out of order); `t` is
@@ -759,6 +783,7 @@ impl Baseline for Ensemble {
             };
         }
         let dt = self.step(t);
+        let (gap, missed) = self.gap(dt);
         // A point stands for its share of a step, at most one (coarser data count per
         // point). The first point (`last_w` starts at 1) and a repeated or out-of-order
         // timestamp count as much as the point before: a whole step at five minutes, its
@@ -785,7 +810,7 @@ impl Baseline for Ensemble {
             best
         };
         let warm = self.plain.n > self.warmup;
-        let raw_plain = self.plain.raw(x, floor, 1.0, w);
+        let raw_plain = self.plain.raw(x, floor, 1.0, w, gap);
         let l_plain = if warm {
             calibrate(&mut self.cal_plain, raw_plain)
         } else {
@@ -793,6 +818,7 @@ impl Baseline for Ensemble {
         };
         // The path's shape (k-means distance) counts in every representation, on the side
         // the signal cares about.
+        self.ml.bridge(x, missed);
         self.ml_due += w;
         if self.ml_due >= 1.0 {
             // Keep the remainder, so the k-means' clock does not drift (ten tenths are
@@ -815,7 +841,10 @@ impl Baseline for Ensemble {
         let mut l_resid = None;
         if let Some(p) = seasonal {
             if self.resid.n > self.warmup {
-                let l = calibrate(&mut self.cal_resid, self.resid.raw(x - p, floor, even, w));
+                let l = calibrate(
+                    &mut self.cal_resid,
+                    self.resid.raw(x - p, floor, even, w, gap),
+                );
                 l_resid = resid_ready.then_some((p, l));
             }
         }
@@ -836,7 +865,7 @@ impl Baseline for Ensemble {
         } else {
             score
         };
-        let score = likelier(score, self.points_per_statement(dt));
+        let score = likelier(score, self.points_per_statement());
         let warming_up = !warm || self.cal_plain[0].seen <= CALIBRATION_WARMUP;
         // Anomalous points are remembered by time of day; one that recurs daily is a habit.
         let score = if !warming_up && score >= self.threshold && self.habit(t, deviation.abs()) {
@@ -861,9 +890,9 @@ impl Baseline for Ensemble {
             warming_up,
         };
         if let Some(p) = seasonal {
-            self.resid.learn(x - p, floor, even, dir, w);
+            self.resid.learn(x - p, floor, even, dir, w, gap);
         }
-        self.plain.learn(x, floor, 1.0, dir, w);
+        self.plain.learn(x, floor, 1.0, dir, w, gap);
         self.record.learn(x, self.plain.mean, w);
         self.learn_profile(b, x, floor, w);
         a
@@ -890,6 +919,16 @@ mod buckets {
         v.try_into()
             .map_err(|_| serde::de::Error::invalid_length(n, &"one value per profile bucket"))
     }
+}
+
+/// The spread of a difference taken across `gap` typical intervals: a random walk's
+/// grows with the square root of the steps, and no difference of two values of the
+/// series is expected wider than that of two independent ones (`sqrt(2)` level spreads).
+fn across(dscale: f64, scale: f64, gap: f64) -> f64 {
+    if gap <= GAP_STEPS {
+        return dscale;
+    }
+    (dscale * gap.sqrt()).min(dscale.max(std::f64::consts::SQRT_2 * scale))
 }
 
 /// The smoothing `alpha` of one reference step, for a point worth `w` of a step: the
@@ -1203,6 +1242,36 @@ mod tests {
             e.update(f64::from(i) * 300.0, 1.0);
         }
         assert_eq!(e.seen[0], 12.0);
+    }
+
+    #[test]
+    fn a_change_across_a_gap_in_the_data_is_judged_as_a_change_over_the_gap() {
+        // A slow wave with little noise: the values wander over ±20 while a step moves them
+        // by 0.25 at most. Then two hours of data go missing, and the wave has moved on by
+        // some 6 units (25 steps' change; well within its range).
+        let wave = |i: usize| 100.0 + 20.0 * (i as f64 * std::f64::consts::TAU / 500.0).sin();
+        let run = |gap_from: usize, jump: f64| -> bool {
+            let mut e = ensemble();
+            let mut alarmed = false;
+            for i in (0..3200).filter(|i| !(gap_from..gap_from + 24).contains(i)) {
+                let x = wave(i) + 0.2 * noisy(i) + if i >= gap_from { jump } else { 0.0 };
+                let a = e.update(i as f64 * STEP, x);
+                alarmed |= (gap_from + 24..gap_from + 30).contains(&i) && a.score >= threshold();
+            }
+            alarmed
+        };
+        // Where the wave is steepest, across the gap.
+        let steep = 3000;
+        assert!(
+            (wave(steep + 24) - wave(steep - 1)).abs() > 6.0,
+            "the test needs a change across the gap"
+        );
+        assert!(
+            !run(steep, 0.0),
+            "the wave's own change across a gap alarmed"
+        );
+        // A jump the wave never makes still alarms, gap or no gap.
+        assert!(run(steep, 40.0));
     }
 
     #[test]

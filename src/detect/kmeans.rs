@@ -97,15 +97,34 @@ impl LagKMeans {
             (true, Some(f)) => Some(f64::from(self.distance(&f) / self.scale)),
             _ => None,
         };
-        self.ring[self.next] = x;
-        self.next = (self.next + 1) % N;
-        self.filled = (self.filled + 1).min(N);
-        self.since += 1;
+        self.push(x);
         if self.filled == N && (self.since >= RETRAIN || !self.is_trained()) {
             self.train();
             self.since = 0;
         }
         score
+    }
+
+    /// Fills a gap of `missing` points before `x` (which [`update`](Self::update) is given
+    /// next) with the straight line from the last value: the path across a gap is
+    /// unknown, and a jump over it is a change over the whole gap, not one step's.
+    pub fn bridge(&mut self, x: f64, missing: usize) {
+        if !x.is_finite() || self.filled == 0 {
+            return;
+        }
+        let (last, x) = (self.back(0), x as f32);
+        let span = (missing + 1) as f32;
+        // Only the last D of them reach a feature.
+        for j in (1..=missing.min(D)).rev() {
+            self.push(x - (x - last) * j as f32 / span);
+        }
+    }
+
+    fn push(&mut self, x: f32) {
+        self.ring[self.next] = x;
+        self.next = (self.next + 1) % N;
+        self.filled = (self.filled + 1).min(N);
+        self.since += 1;
     }
 
     /// The `i`-th most recent stored value (0 = newest).
@@ -228,6 +247,23 @@ mod tests {
         // The wave stops and the value jumps: a path the model never saw.
         let jump = m.update(wave(1499) + 25.0).unwrap();
         assert!(jump > 5.0 * p99, "jump {jump} vs p99 {p99}");
+    }
+
+    #[test]
+    fn a_gap_bridged_by_a_straight_line_is_no_jump() {
+        // A steady climb with a little noise, then ten points missing.
+        let climb = |i: usize| i as f64 + 0.2 * noisy(i);
+        let (mut bridged, mut jumped) = (LagKMeans::new(), LagKMeans::new());
+        for m in [&mut bridged, &mut jumped] {
+            m.fit(&(0..500).map(climb).collect::<Vec<_>>());
+        }
+        bridged.bridge(climb(510), 9);
+        let (calm, jump) = (bridged.update(climb(510)), jumped.update(climb(510)));
+        let (calm, jump) = (calm.unwrap(), jump.unwrap());
+        assert!(calm < 1.5, "the climb went on as before: {calm}");
+        assert!(jump > 5.0, "unbridged, ten points' climb in one: {jump}");
+        // The next points see only the climb's slope.
+        assert!(bridged.update(climb(511)).unwrap() < 1.5);
     }
 
     #[test]
