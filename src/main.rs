@@ -392,7 +392,8 @@ fn backtest(
     let mut results = Vec::with_capacity(files.len());
     let mut total_rows = 0;
     for (n, (name, path)) in files.iter().enumerate() {
-        let rows = bt::read_series(path)?;
+        let bt::Series { rows, problems } = bt::read_series(path)?;
+        report_problems(path, &problems, progress);
         let (windows, labelled) = match labels.as_ref().and_then(|l| l.get(name)) {
             Some(w) => (bt::window_rows(&rows, w, path)?, true),
             None => (Vec::new(), false),
@@ -521,6 +522,27 @@ fn rss_bytes() -> Option<u64> {
     Some(pages * 4096)
 }
 
+/// Says on stderr what was wrong with a backtest file's lines: the first few, then how
+/// many more (a broken export should not flood the terminal).
+fn report_problems(path: &Path, problems: &[String], progress: bool) {
+    const SHOWN: usize = 3;
+    if problems.is_empty() {
+        return;
+    }
+    if progress {
+        // Off the progress bar's line.
+        eprintln!();
+    }
+    for p in problems.iter().take(SHOWN) {
+        eprintln!("warning: {}: {p}", path.display());
+    }
+    match problems.len() - problems.len().min(SHOWN) {
+        0 => {}
+        1 => eprintln!("warning: {}: 1 more line like these", path.display()),
+        n => eprintln!("warning: {}: {n} more lines like these", path.display()),
+    }
+}
+
 fn bench(data: &Path, config: Option<&Path>, series: usize) -> anyhow::Result<ExitCode> {
     use homeostat::backtest as bt;
     use homeostat::detect::Detector;
@@ -533,7 +555,7 @@ fn bench(data: &Path, config: Option<&Path>, series: usize) -> anyhow::Result<Ex
     };
     let files: Vec<Vec<bt::Row>> = bt::csv_files(data)?
         .iter()
-        .map(|(_, p)| bt::read_series(p))
+        .map(|(_, p)| bt::read_series(p).map(|s| s.rows))
         .collect::<Result<_, _>>()?;
     let points: usize = files.iter().map(Vec::len).sum();
     anyhow::ensure!(points > 0, "{}: no data", data.display());

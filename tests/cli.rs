@@ -392,3 +392,45 @@ fn backtest_scores_a_labelled_spike_as_nab_does() {
         "labels mark the window"
     );
 }
+
+#[test]
+fn backtest_warns_of_a_bad_line_and_scores_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data/c");
+    std::fs::create_dir_all(&data).unwrap();
+    let mut csv = String::from("timestamp,value\n");
+    for i in 0..300u32 {
+        let v = if i == 100 {
+            "n/a".to_string()
+        } else {
+            format!("{}", 10 + i % 3)
+        };
+        csv.push_str(&format!("2024-01-01 {:02}:{:02}:00,{v}\n", i / 60, i % 60));
+    }
+    std::fs::write(data.join("gappy.csv"), csv).unwrap();
+    std::fs::write(
+        data.join("fine.csv"),
+        "timestamp,value\n2024-01-01 00:00:00,1\n",
+    )
+    .unwrap();
+    let out_dir = dir.path().join("out");
+    let out = homeostat(&[
+        "backtest",
+        "--data",
+        dir.path().join("data").to_str().unwrap(),
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("gappy.csv: line 102: \"n/a\" is not a finite number, taken as missing"),
+        "{stderr}"
+    );
+    assert!(stdout.starts_with("2 files, 301 rows"), "{stdout}");
+    let results = std::fs::read_to_string(out_dir.join("c/gappy.csv")).unwrap();
+    assert_eq!(
+        results.lines().nth(101),
+        Some("2024-01-01 01:40:00,NaN,0,0")
+    );
+}

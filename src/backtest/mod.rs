@@ -56,51 +56,75 @@ pub struct Row {
     pub timestamp: String,
     /// Unix seconds.
     pub t: f64,
-    /// The value.
+    /// The value (NaN where the file has none, or one that is not a number: missing data).
     pub value: f64,
 }
 
-/// Reads a `timestamp,value` CSV (header first; timestamps like `2014-04-01 00:00:00`).
-pub fn read_series(path: &Path) -> Result<Vec<Row>, BacktestError> {
+/// A file's rows, and what was wrong with the lines that were skipped or taken as
+/// missing (`line N: ...`).
+#[derive(Debug, Clone, Default)]
+pub struct Series {
+    /// The rows, in file order.
+    pub rows: Vec<Row>,
+    /// One entry per line that was not taken as written.
+    pub problems: Vec<String>,
+}
+
+/// Reads a `timestamp,value` CSV (a header line first, if any; timestamps like
+/// `2014-04-01 00:00:00`, or Unix seconds). A bad line does not lose the file: a value
+/// that is empty or not a finite number is kept as missing (NaN: never an anomaly), and
+/// a line without a readable timestamp is skipped; each is listed in `problems`.
+pub fn read_series(path: &Path) -> Result<Series, BacktestError> {
     let text = std::fs::read_to_string(path).map_err(io(path))?;
-    let bad = |line: usize, reason: String| BacktestError::Format {
-        path: path.to_path_buf(),
-        reason: format!("line {line}: {reason}"),
-    };
-    let mut rows = Vec::new();
-    for (i, line) in text.lines().enumerate().skip(1) {
+    let mut series = Series::default();
+    for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        let (ts, v) = line
-            .split_once(',')
-            .ok_or_else(|| bad(i + 1, "expected `timestamp,value`".into()))?;
-        let t = parse_time(ts).ok_or_else(|| bad(i + 1, format!("bad timestamp {ts:?}")))?;
-        let value: f64 = v
-            .trim()
-            .parse()
-            .map_err(|e| bad(i + 1, format!("bad value {v:?}: {e}")))?;
-        rows.push(Row {
+        let Some((ts, v)) = line.split_once(',') else {
+            series.problems.push(format!(
+                "line {}: expected `timestamp,value`, skipped",
+                i + 1
+            ));
+            continue;
+        };
+        let Some(t) = parse_time(ts) else {
+            // The first line is a header unless it reads as data.
+            if i > 0 {
+                let problem = format!("line {}: bad timestamp {ts:?}, skipped", i + 1);
+                series.problems.push(problem);
+            }
+            continue;
+        };
+        let value = match v.trim().parse::<f64>() {
+            Ok(x) if x.is_finite() => x,
+            _ => {
+                let problem = format!(
+                    "line {}: {v:?} is not a finite number, taken as missing",
+                    i + 1
+                );
+                series.problems.push(problem);
+                f64::NAN
+            }
+        };
+        series.rows.push(Row {
             timestamp: ts.trim().to_string(),
             t,
             value,
         });
     }
-    Ok(rows)
+    Ok(series)
 }
 
-/// Unix seconds of `YYYY-MM-DD HH:MM:SS[.ffffff]` (UTC).
+/// Unix seconds of `YYYY-MM-DD HH:MM:SS[.ffffff]` (UTC; a `T` and a `Z` may be written)
+/// or of a plain number of Unix seconds.
 pub fn parse_time(ts: &str) -> Option<f64> {
     let ts = ts.trim();
-    let (whole, frac) = ts.split_once('.').unwrap_or((ts, ""));
-    let t = humantime::parse_rfc3339_weak(whole).ok()?;
-    let secs = t.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs_f64();
-    let frac: f64 = if frac.is_empty() {
-        0.0
-    } else {
-        format!("0.{frac}").parse().ok()?
-    };
-    Some(secs + frac)
+    if let Ok(secs) = ts.parse::<f64>() {
+        return secs.is_finite().then_some(secs);
+    }
+    let t = humantime::parse_rfc3339_weak(ts).ok()?;
+    Some(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs_f64())
 }
 
 /// NAB's `combined_windows.json`: file → windows as `[start, end]` timestamps.
@@ -160,6 +184,14 @@ pub fn run_series(rows: &[Row], cfg: &DetectionConfig) -> Scored {
         threshold: cfg.threshold,
     };
     for r in rows {
+        if !r.value.is_finite() {
+            // Missing data, as live: no evidence either way, never an anomaly.
+            detector.interrupt();
+            out.anomaly_score.push(0.0);
+            out.band.push((f64::NAN, f64::NAN));
+            out.score.push(0.0);
+            continue;
+        }
         let step = detector.step(r.t, r.value);
         let s = if step.transition == Transition::Opened {
             1.0
@@ -283,7 +315,65 @@ mod tests {
     fn times_parse_with_and_without_fractions() {
         assert_eq!(parse_time("1970-01-01 00:01:00"), Some(60.0));
         assert_eq!(parse_time("1970-01-01 00:01:00.500000"), Some(60.5));
+        assert_eq!(parse_time("1970-01-01T00:01:00.25Z"), Some(60.25));
+        assert_eq!(parse_time(" 1396310400 "), Some(1_396_310_400.0));
         assert_eq!(parse_time("yesterday"), None);
+        assert_eq!(parse_time("NaN"), None);
+    }
+
+    #[test]
+    fn a_bad_line_is_reported_and_loses_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.csv");
+        let text = "timestamp,value\n\
+                    2024-01-01 00:00:00,1\n\
+                    2024-01-01 00:05:00,abc\n\
+                    2024-01-01 00:10:00,\n\
+                    2024-01-01 00:15:00,NaN\n\
+                    not-a-time,3\n\
+                    no comma here\n\
+                    2024-01-01 00:20:00,2.5\n";
+        std::fs::write(&path, text).unwrap();
+        let s = read_series(&path).unwrap();
+        let values: Vec<String> = s.rows.iter().map(|r| r.value.to_string()).collect();
+        assert_eq!(values, ["1", "NaN", "NaN", "NaN", "2.5"]);
+        assert_eq!(s.rows[4].t - s.rows[0].t, 1200.0);
+        let lines: Vec<&str> = s.problems.iter().map(|p| &p[..7]).collect();
+        assert_eq!(
+            lines,
+            ["line 3:", "line 4:", "line 5:", "line 6:", "line 7:"]
+        );
+        assert!(s.problems[3].contains("skipped"), "{:?}", s.problems);
+        // Without a header, the first line is data.
+        std::fs::write(&path, "1396310400,4\n1396310700,5\n").unwrap();
+        let s = read_series(&path).unwrap();
+        assert_eq!((s.rows.len(), s.problems.len()), (2, 0));
+    }
+
+    #[test]
+    fn missing_values_score_nothing_and_break_no_run() {
+        // The spike of `a_spike_is_one_detection_at_the_row_it_opens`, with missing values
+        // scattered before it: they are never anomalies, and the spike still is one.
+        let rows: Vec<Row> = (0..1000)
+            .map(|i| Row {
+                timestamp: String::new(),
+                t: i as f64 * 300.0,
+                value: match i {
+                    _ if i % 97 == 5 => f64::NAN,
+                    800..810 => 50.0,
+                    _ => 10.0 + ((i * 7) % 5) as f64 * 0.1,
+                },
+            })
+            .collect();
+        let s = run_series(&rows, &DetectionConfig::default());
+        for (i, r) in rows.iter().enumerate().filter(|(_, r)| r.value.is_nan()) {
+            assert_eq!((s.anomaly_score[i], s.score[i]), (0.0, 0.0), "row {i}");
+            assert!(s.band[i].0.is_nan(), "row {i}");
+        }
+        let detections: Vec<usize> = (0..1000)
+            .filter(|&i| s.anomaly_score[i] >= DETECTION_THRESHOLD)
+            .collect();
+        assert_eq!(detections, vec![800]);
     }
 
     #[test]

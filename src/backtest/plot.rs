@@ -99,9 +99,15 @@ pub fn write_png(
         }
         let (mut prev, mut prev_s) = (None, None);
         for (i, r) in rows.iter().enumerate() {
-            let (x, y) = (col(i), y_of(r.value));
-            c.vline(x, prev.unwrap_or(y), y, SERIES);
-            prev = Some(y);
+            let x = col(i);
+            if r.value.is_finite() {
+                let y = y_of(r.value);
+                c.vline(x, prev.unwrap_or(y), y, SERIES);
+                prev = Some(y);
+            } else {
+                // Missing data: a break in the line.
+                prev = None;
+            }
             let s = s_of(scored.score.get(i).copied().unwrap_or(0.0));
             c.vline(x, prev_s.unwrap_or(s), s, SCORE);
             prev_s = Some(s);
