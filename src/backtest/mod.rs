@@ -366,7 +366,7 @@ mod tests {
             })
             .collect();
         let s = run_series(&rows, &DetectionConfig::default());
-        for (i, r) in rows.iter().enumerate().filter(|(_, r)| r.value.is_nan()) {
+        for i in (0..rows.len()).filter(|&i| rows[i].value.is_nan()) {
             assert_eq!((s.anomaly_score[i], s.score[i]), (0.0, 0.0), "row {i}");
             assert!(s.band[i].0.is_nan(), "row {i}");
         }
