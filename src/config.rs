@@ -105,7 +105,8 @@ pub struct DetectionConfig {
     /// A point alarms only this far (in the signal's units) from the expected value, on a
     /// side the signal cares about, however unusual it is: "not below 5 points of CPU".
     pub min_deviation: f64,
-    /// ... and at least this fraction of the expected value's magnitude.
+    /// A point alarms only this fraction of |expected| away, or more (with `min_deviation`,
+    /// the larger of the two applies).
     pub min_relative_deviation: f64,
     /// Which deviations count.
     pub direction: Direction,

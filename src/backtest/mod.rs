@@ -76,12 +76,19 @@ pub struct Series {
 /// a line without a readable timestamp is skipped; each is listed in `problems`.
 pub fn read_series(path: &Path) -> Result<Series, BacktestError> {
     let text = std::fs::read_to_string(path).map_err(io(path))?;
+    // A byte-order mark (spreadsheet exports) is not part of the first field.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let mut series = Series::default();
+    let mut first = true;
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
+        let header_may_be_here = std::mem::replace(&mut first, false);
         let Some((ts, v)) = line.split_once(',') else {
+            if header_may_be_here {
+                continue;
+            }
             series.problems.push(format!(
                 "line {}: expected `timestamp,value`, skipped",
                 i + 1
@@ -90,7 +97,7 @@ pub fn read_series(path: &Path) -> Result<Series, BacktestError> {
         };
         let Some(t) = parse_time(ts) else {
             // The first line is a header unless it reads as data.
-            if i > 0 {
+            if !header_may_be_here {
                 let problem = format!("line {}: bad timestamp {ts:?}, skipped", i + 1);
                 series.problems.push(problem);
             }
@@ -117,10 +124,13 @@ pub fn read_series(path: &Path) -> Result<Series, BacktestError> {
 }
 
 /// Unix seconds of `YYYY-MM-DD HH:MM:SS[.ffffff]` (UTC; a `T` and a `Z` may be written)
-/// or of a plain number of Unix seconds.
+/// or of a plain number: Unix seconds, or milliseconds when it is too large for seconds.
 pub fn parse_time(ts: &str) -> Option<f64> {
+    /// Seconds beyond the year 5000: surely milliseconds.
+    const MILLIS_FROM: f64 = 1e11;
     let ts = ts.trim();
-    if let Ok(secs) = ts.parse::<f64>() {
+    if let Ok(n) = ts.parse::<f64>() {
+        let secs = if n.abs() >= MILLIS_FROM { n / 1e3 } else { n };
         return secs.is_finite().then_some(secs);
     }
     let t = humantime::parse_rfc3339_weak(ts).ok()?;
@@ -317,6 +327,7 @@ mod tests {
         assert_eq!(parse_time("1970-01-01 00:01:00.500000"), Some(60.5));
         assert_eq!(parse_time("1970-01-01T00:01:00.25Z"), Some(60.25));
         assert_eq!(parse_time(" 1396310400 "), Some(1_396_310_400.0));
+        assert_eq!(parse_time("1396310400500"), Some(1_396_310_400.5));
         assert_eq!(parse_time("yesterday"), None);
         assert_eq!(parse_time("NaN"), None);
     }
@@ -344,14 +355,20 @@ mod tests {
             ["line 3:", "line 4:", "line 5:", "line 6:", "line 7:"]
         );
         assert!(s.problems[3].contains("skipped"), "{:?}", s.problems);
-        // Without a header, the first line is data.
+        // Without a header, the first line is data; a header may come after blank
+        // lines and a byte-order mark.
         std::fs::write(&path, "1396310400,4\n1396310700,5\n").unwrap();
         let s = read_series(&path).unwrap();
         assert_eq!((s.rows.len(), s.problems.len()), (2, 0));
+        std::fs::write(&path, "\u{feff}\n\ntimestamp,value\n1396310400,4\n").unwrap();
+        let s = read_series(&path).unwrap();
+        assert_eq!((s.rows.len(), s.problems.len()), (1, 0), "{:?}", s.problems);
+        std::fs::write(&path, "\u{feff}1396310400,4\n").unwrap();
+        assert_eq!(read_series(&path).unwrap().rows.len(), 1);
     }
 
     #[test]
-    fn missing_values_score_nothing_and_break_no_run() {
+    fn missing_values_are_never_anomalies() {
         // The spike of `a_spike_is_one_detection_at_the_row_it_opens`, with missing values
         // scattered before it: they are never anomalies, and the spike still is one.
         let rows: Vec<Row> = (0..1000)

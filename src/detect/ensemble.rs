@@ -101,10 +101,10 @@ const ALPHA_INTERVAL: f64 = 0.05;
 /// A pause longer than this many typical intervals counts as this many: a gap in the data
 /// is not a slower query rate.
 const GAP: f64 = 10.0;
-/// A pause of more than this many typical intervals is a gap in the data: the jump
-/// across it is a change over the whole pause, not over one step (an exporter down
-/// for an hour comes back with its value of an hour later).
-const GAP_STEPS: f64 = 2.0;
+/// A pause of this many steps or more is a gap in the data (a point was missed, however
+/// the timing jitters): the difference across it does not teach the differences'
+/// spread, and the k-means bridges it.
+const GAP_STEPS: f64 = 1.5;
 
 /// Raw scores are capped here so that one absurd point cannot wreck a calibration.
 const RAW_CAP: f64 = 1e3;
@@ -412,7 +412,7 @@ impl Stats {
         )
     }
 
-    /// The raw component scores of `x`, `gap` typical intervals after the previous point,
+    /// The raw component scores of `x`, `gap` steps after the previous point,
     /// signed where a direction applies: level, first difference, level shift and change
     /// point.
     fn raw(&self, x: f64, floor: f64, even: f64, w: f64, gap: f64) -> [f64; K] {
@@ -488,7 +488,7 @@ impl Stats {
         self.mean += a * (xc - self.mean);
         self.fast += per_step(ALPHA_FAST, w).max(a) * (x - self.fast);
         // A difference across a gap is no one-step difference: it must not widen theirs.
-        if gap <= GAP_STEPS {
+        if gap < GAP_STEPS {
             self.ddev += a * ((dxc - self.dmean).abs() * even - self.ddev);
             self.dmean += a * (dxc - self.dmean);
         }
@@ -600,9 +600,10 @@ impl Ensemble {
         }
     }
 
-    /// How many points a tail probability is counted over: `per / interval` with `threshold_per` (at least one), else one. The
-    /// union bound over the points of `per`: a stricter count, as the memories already
-    /// run in time and neighbouring points share most of their evidence.
+    /// How many points a tail probability is counted over: `per / interval` with
+    /// `threshold_per` (at least one), else one. The union bound over the points of
+    /// `per`: a stricter count, as the memories already run in time and neighbouring
+    /// points share most of their evidence.
     fn points_per_statement(&self) -> f64 {
         if self.per == 0.0 {
             return 1.0;
@@ -614,18 +615,19 @@ impl Ensemble {
         }
     }
 
-    /// How many typical intervals the latest pause spanned (at least 1) and, across a gap,
-    /// how many points the k-means missed; then learns the typical interval from it.
+    /// How many steps the latest pause spanned (at least 1; a step is the reference
+    /// [`STEP`], or the typical interval of coarser data: what the difference and the
+    /// k-means count in) and how many points the k-means missed; then learns the typical
+    /// interval from it.
     fn gap(&mut self, dt: Option<f64>) -> (f64, usize) {
         let Some(dt) = dt else { return (1.0, 0) };
         let gap = if self.interval > 0.0 {
-            (dt / self.interval).max(1.0)
+            (dt / self.interval.max(STEP)).max(1.0)
         } else {
             1.0
         };
-        // The k-means sees a point per step (per point, if coarser data).
-        let missed = if gap > GAP_STEPS {
-            ((dt / self.interval.max(STEP)).round() - 1.0).clamp(0.0, 1e6) as usize
+        let missed = if gap >= GAP_STEPS {
+            (gap.round() - 1.0).min(1e6) as usize
         } else {
             0
         };
@@ -641,7 +643,9 @@ impl Ensemble {
     /// the latest point from now on.
     fn step(&mut self, t: f64) -> Option<f64> {
         let dt = self.last_t.map(|last| t - last).filter(|dt| *dt > 0.0);
-        self.last_t = Some(t);
+        // An out-of-order point does not turn the clock back: the next one would seem to
+        // come after a gap.
+        self.last_t = Some(self.last_t.map_or(t, |last| last.max(t)));
         dt
     }
 
@@ -921,11 +925,13 @@ mod buckets {
     }
 }
 
-/// The spread of a difference taken across `gap` typical intervals: a random walk's
-/// grows with the square root of the steps, and no difference of two values of the
-/// series is expected wider than that of two independent ones (`sqrt(2)` level spreads).
+/// The spread of a difference taken across `gap` steps: a random walk's grows with the
+/// square root of the steps, and no difference of two values of the series is expected
+/// wider than that of two independent ones (`sqrt(2)` level spreads). An exporter down
+/// for an hour comes back with its value of an hour later: a change over the whole
+/// pause, not over one step.
 fn across(dscale: f64, scale: f64, gap: f64) -> f64 {
-    if gap <= GAP_STEPS {
+    if gap <= 1.0 {
         return dscale;
     }
     (dscale * gap.sqrt()).min(dscale.max(std::f64::consts::SQRT_2 * scale))

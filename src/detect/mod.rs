@@ -129,11 +129,18 @@ impl Detector {
         let mut assessment = self.baseline.update(t, value);
         // The operator's minimum deviation is a promise, not a tendency: the band widens
         // to it, and a point inside it is normal however unusual the baseline finds it.
+        // Its score is held just below the threshold, so that the exported score still
+        // meets the threshold exactly when the point is anomalous.
         let needed = self
             .min_deviation
             .max(self.min_relative_deviation * assessment.expected.abs());
         let far_enough =
             needed <= 0.0 || directional(value - assessment.expected, self.direction) >= needed;
+        if !far_enough && assessment.score >= self.threshold && self.threshold > 0.0 {
+            // The largest float below the (positive) threshold: `f64::next_down` needs
+            // Rust 1.86.
+            assessment.score = f64::from_bits(self.threshold.to_bits() - 1);
+        }
         // (NaN edges, "no band yet", stay NaN.)
         if needed > 0.0 && !assessment.lower.is_nan() && !assessment.upper.is_nan() {
             assessment.lower = assessment.lower.min(assessment.expected - needed);
@@ -198,6 +205,12 @@ mod tests {
         for i in 0..2010 {
             let x = 100.0 + noisy(i) + if i >= 2000 { jump } else { 0.0 };
             let step = d.step(i as f64 * 300.0, x);
+            // What is exported says what was decided.
+            assert_eq!(
+                step.anomalous,
+                step.assessment.score >= cfg.threshold,
+                "{i}"
+            );
             opened |= i >= 2000 && step.transition == Transition::Opened;
             last = Some(step.assessment);
         }
