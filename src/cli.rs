@@ -54,6 +54,9 @@ pub enum Command {
         /// Use this config's `[detection]` defaults instead of the built-in ones.
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// With `--config`, use this signal's settings (its overrides of `[detection]`).
+        #[arg(long, requires = "config")]
+        signal: Option<String>,
         /// With `--labels`, print per file where each window was detected and the false alarms.
         #[arg(long)]
         details: bool,

@@ -68,6 +68,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             labels,
             out,
             config,
+            signal,
             details,
             plot,
         } => backtest(
@@ -75,6 +76,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             labels.as_deref(),
             out.as_deref(),
             config.as_deref(),
+            signal.as_deref(),
             details,
             plot.as_deref(),
         ),
@@ -365,21 +367,41 @@ fn playbook_test_dir(dir: &Path) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// The detection settings a backtest or benchmark runs with: the built-in defaults, a
+/// config's `[detection]`, or one of its signals' resolved settings.
+fn detection_settings(
+    config: Option<&Path>,
+    signal: Option<&str>,
+) -> Result<homeostat::config::DetectionConfig, ExitCode> {
+    let Some(path) = config else {
+        return Ok(homeostat::config::DetectionConfig::default());
+    };
+    let cfg = load_config(path)?;
+    let Some(name) = signal else {
+        return Ok(cfg.detection);
+    };
+    match cfg.signals.into_iter().find(|s| s.name == name) {
+        Some(s) => Ok(s.detection),
+        None => {
+            eprintln!("{}: no signal named {name:?}", path.display());
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
 fn backtest(
     data: &Path,
     labels: Option<&Path>,
     out: Option<&Path>,
     config: Option<&Path>,
+    signal: Option<&str>,
     details: bool,
     plot: Option<&Path>,
 ) -> anyhow::Result<ExitCode> {
     use homeostat::backtest::{self as bt, nab};
-    let detection = match config {
-        Some(c) => match load_config(c) {
-            Ok(cfg) => cfg.detection,
-            Err(code) => return Ok(code),
-        },
-        None => homeostat::config::DetectionConfig::default(),
+    let detection = match detection_settings(config, signal) {
+        Ok(d) => d,
+        Err(code) => return Ok(code),
     };
     let labels = labels.map(bt::read_labels).transpose()?;
     let files = bt::csv_files(data)?;
@@ -546,12 +568,9 @@ fn report_problems(path: &Path, problems: &[String], progress: bool) {
 fn bench(data: &Path, config: Option<&Path>, series: usize) -> anyhow::Result<ExitCode> {
     use homeostat::backtest as bt;
     use homeostat::detect::Detector;
-    let detection = match config {
-        Some(c) => match load_config(c) {
-            Ok(cfg) => cfg.detection,
-            Err(code) => return Ok(code),
-        },
-        None => homeostat::config::DetectionConfig::default(),
+    let detection = match detection_settings(config, None) {
+        Ok(d) => d,
+        Err(code) => return Ok(code),
     };
     let files: Vec<Vec<bt::Row>> = bt::csv_files(data)?
         .iter()

@@ -434,3 +434,64 @@ fn backtest_warns_of_a_bad_line_and_scores_the_rest() {
         Some("2024-01-01 01:40:00,NaN,0,0")
     );
 }
+
+#[test]
+fn backtest_runs_with_one_signals_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data/c");
+    std::fs::create_dir_all(&data).unwrap();
+    // The spike of `backtest_scores_a_labelled_spike_as_nab_does`: ~10, then 100.
+    let mut csv = String::from("timestamp,value\n");
+    for i in 0..1000u32 {
+        let v = if (800..810).contains(&i) {
+            100.0
+        } else {
+            10.0 + f64::from(i % 7) * 0.1
+        };
+        csv.push_str(&format!("2024-01-01 {:02}:{:02}:00,{v}\n", i / 60, i % 60));
+    }
+    std::fs::write(data.join("spike.csv"), csv).unwrap();
+    let config = write(
+        dir.path(),
+        "homeostat.toml",
+        r#"
+        [prometheus]
+        url = "http://127.0.0.1:9090"
+        [[signals]]
+        name = "plain"
+        query = "up"
+        [[signals]]
+        name = "calm"
+        query = "up"
+        min_deviation = 1000
+        "#,
+    );
+    let data_dir = dir.path().join("data");
+    let run = |signal: &str| {
+        homeostat(&[
+            "backtest",
+            "--data",
+            data_dir.to_str().unwrap(),
+            "--config",
+            &config,
+            "--signal",
+            signal,
+        ])
+    };
+    let detections = |out: &Output| {
+        let (stdout, stderr) = text(out);
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+        last["detections"].as_u64().unwrap()
+    };
+    assert_eq!(detections(&run("plain")), 1);
+    assert_eq!(
+        detections(&run("calm")),
+        0,
+        "a 90-unit spike is within 1000"
+    );
+    let unknown = run("nope");
+    let (_, stderr) = text(&unknown);
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(stderr.contains("no signal named \"nope\""), "{stderr}");
+}
