@@ -323,13 +323,9 @@ fn playbook_list_shows_triggers_and_scope() {
     );
 }
 
-#[test]
-fn backtest_scores_a_labelled_spike_as_nab_does() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data/synthetic");
-    std::fs::create_dir_all(&data).unwrap();
-    // 1000 rows a minute apart (the ensemble judges after ~600); rows 800..810 jump
-    // from ~10 to 100.
+/// 1000 rows a minute apart from 2024-01-01 00:00 (the ensemble judges after ~600);
+/// rows 800..810 jump from ~10 to 100.
+fn spike_csv() -> String {
     let mut csv = String::from("timestamp,value\n");
     for i in 0..1000u32 {
         let (h, m) = (i / 60, i % 60);
@@ -340,7 +336,15 @@ fn backtest_scores_a_labelled_spike_as_nab_does() {
         };
         csv.push_str(&format!("2024-01-01 {h:02}:{m:02}:00,{v}\n"));
     }
-    std::fs::write(data.join("spike.csv"), csv).unwrap();
+    csv
+}
+
+#[test]
+fn backtest_scores_a_labelled_spike_as_nab_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data/synthetic");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("spike.csv"), spike_csv()).unwrap();
     // The window covers rows 790..=810 (21 rows).
     let labels = json!({"synthetic/spike.csv": [["2024-01-01 13:10:00.000000", "2024-01-01 13:30:00.000000"]]});
     let labels_path = write(dir.path(), "labels.json", &labels.to_string());
@@ -440,17 +444,7 @@ fn backtest_runs_with_one_signals_settings() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data/c");
     std::fs::create_dir_all(&data).unwrap();
-    // The spike of `backtest_scores_a_labelled_spike_as_nab_does`: ~10, then 100.
-    let mut csv = String::from("timestamp,value\n");
-    for i in 0..1000u32 {
-        let v = if (800..810).contains(&i) {
-            100.0
-        } else {
-            10.0 + f64::from(i % 7) * 0.1
-        };
-        csv.push_str(&format!("2024-01-01 {:02}:{:02}:00,{v}\n", i / 60, i % 60));
-    }
-    std::fs::write(data.join("spike.csv"), csv).unwrap();
+    std::fs::write(data.join("spike.csv"), spike_csv()).unwrap();
     let config = write(
         dir.path(),
         "homeostat.toml",
