@@ -149,24 +149,33 @@ pub fn read_labels(path: &Path) -> Result<Labels, BacktestError> {
     })
 }
 
-/// Turns timestamp windows into inclusive row ranges (timestamps must be row timestamps).
+/// Turns timestamp windows into inclusive row ranges: the rows whose timestamps lie in
+/// the window, as NAB labels them (its own windows start and end on rows; others need
+/// not). A window that is unreadable or holds no row is an error: the labels are not
+/// this file's.
 pub fn window_rows(
     rows: &[Row],
     windows: &[(String, String)],
     file: &Path,
 ) -> Result<Vec<(usize, usize)>, BacktestError> {
-    let index = |ts: &str| {
-        let t = parse_time(ts)?;
-        rows.iter().position(|r| (r.t - t).abs() < 1e-3)
-    };
+    // A thousandth of a second either way: written timestamps round.
+    const SLACK: f64 = 1e-3;
     windows
         .iter()
-        .map(|(a, b)| match (index(a), index(b)) {
-            (Some(l), Some(r)) if l <= r => Ok((l, r)),
-            _ => Err(BacktestError::Format {
+        .map(|(a, b)| {
+            let inside = match (parse_time(a), parse_time(b)) {
+                (Some(start), Some(end)) => {
+                    let within = |r: &Row| start - SLACK <= r.t && r.t <= end + SLACK;
+                    rows.iter()
+                        .position(within)
+                        .zip(rows.iter().rposition(within))
+                }
+                _ => None,
+            };
+            inside.ok_or_else(|| BacktestError::Format {
                 path: file.to_path_buf(),
-                reason: format!("window [{a}, {b}] does not match row timestamps"),
-            }),
+                reason: format!("window [{a}, {b}] holds no row of the file"),
+            })
         })
         .collect()
 }
@@ -410,11 +419,26 @@ mod tests {
             window_rows(&rows, &w, Path::new("x")).unwrap(),
             vec![(1, 3)]
         );
+        // Boundaries between rows take the rows inside.
         let off = vec![(
             "1970-01-01 00:01:30".to_string(),
-            "1970-01-01 00:03:00".to_string(),
+            "1970-01-01 00:03:10".to_string(),
         )];
-        assert!(window_rows(&rows, &off, Path::new("x")).is_err());
+        assert_eq!(
+            window_rows(&rows, &off, Path::new("x")).unwrap(),
+            vec![(2, 3)]
+        );
+        for empty in [
+            ("00:01:10", "00:01:50"),
+            ("00:09:00", "00:10:00"),
+            ("x", "00:01:00"),
+        ] {
+            let w = vec![(
+                format!("1970-01-01 {}", empty.0),
+                format!("1970-01-01 {}", empty.1),
+            )];
+            assert!(window_rows(&rows, &w, Path::new("x")).is_err(), "{empty:?}");
+        }
     }
 
     #[test]
