@@ -86,7 +86,8 @@ impl Baseline for Model {
 }
 
 /// The per-series engine that `run` and `backtest` both use: a baseline, the
-/// threshold, and the hysteresis that turns points into anomaly events.
+/// threshold, the operator's minimum deviation, and the hysteresis that turns points
+/// into anomaly events.
 pub struct Detector {
     baseline: Model,
     hysteresis: Hysteresis,
