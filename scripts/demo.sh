@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# homeostat demo: a real Prometheus on loopback with three days of backfilled history
+# homeostat demo: a real Prometheus on loopback with eight days of backfilled history
 # for a few signals, a live exporter that turns one series anomalous after a while,
 # and homeostat in dry-run watching it. Shows the anomaly, the plan and the audit log,
 # stops everything it started, and exits 0.
@@ -50,8 +50,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-say "backfilling 3 days of history into a fresh Prometheus TSDB"
-python3 scripts/demo_data.py history --out "$DEMO_DIR/history.om" --days 3
+say "backfilling 8 days of history into a fresh Prometheus TSDB"
+python3 scripts/demo_data.py history --out "$DEMO_DIR/history.om" --days 8
 promtool tsdb create-blocks-from openmetrics "$DEMO_DIR/history.om" "$DEMO_DIR/prometheus-data" >"$DEMO_DIR/promtool.log" 2>&1 \
     || { cat "$DEMO_DIR/promtool.log"; exit 1; }
 
@@ -91,8 +91,8 @@ audit_log = "audit.jsonl"
 max_backoff = "10s"
 
 [detection]
-history = "2d"
-history_step = "1m"
+history = "7d"
+history_step = "5m"
 
 [[signals]]
 name = "node_cpu"
