@@ -182,11 +182,10 @@ impl Default for DetectionConfig {
         let (threshold, open_after, close_after) = engine.defaults();
         DetectionConfig {
             // A week: a daily series is judged on its values alone until its daily profile
-            // and the residuals' tail models are trained (about four days); before that,
-            // each day's rise is a surprise. Fitted from two days, such series opened 1.2
-            // to 1.5 false anomalies each in their first live day; from three days or
-            // more, none (see the README). Five minutes is the engine's own step: the
-            // week costs fewer points (2,016) than two days at a minute did (2,880).
+            // and the residuals' tail models are trained; before that, each day's rise is
+            // a surprise (the README's "How much history" has the figures). Five minutes
+            // is the engine's own step: the week costs fewer points (2,016) than two days
+            // at a minute did (2,880).
             history: Duration::from_secs(7 * 86_400),
             history_step: Duration::from_secs(300),
             window: 240,

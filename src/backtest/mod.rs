@@ -151,8 +151,8 @@ pub fn read_labels(path: &Path) -> Result<Labels, BacktestError> {
 
 /// Turns timestamp windows into inclusive row ranges: the rows whose timestamps lie in
 /// the window, as NAB labels them (its own windows start and end on rows; others need
-/// not). A window that is unreadable or holds no row is an error: the labels are not
-/// this file's.
+/// not). A window that is unreadable, holds no row, or spans rows out of time order is
+/// an error.
 pub fn window_rows(
     rows: &[Row],
     windows: &[(String, String)],
@@ -172,10 +172,18 @@ pub fn window_rows(
                 }
                 _ => None,
             };
-            inside.ok_or_else(|| BacktestError::Format {
+            let bad = |why: &str| BacktestError::Format {
                 path: file.to_path_buf(),
-                reason: format!("window [{a}, {b}] holds no row of the file"),
-            })
+                reason: format!("window [{a}, {b}] {why}"),
+            };
+            match inside {
+                None => Err(bad("holds no row of the file")),
+                // A range of rows is the window only if the rows are in time order.
+                Some((l, r)) if !rows[l..=r].windows(2).all(|p| p[0].t <= p[1].t) => {
+                    Err(bad("spans rows that are not in time order"))
+                }
+                Some(range) => Ok(range),
+            }
         })
         .collect()
 }
@@ -439,6 +447,9 @@ mod tests {
             )];
             assert!(window_rows(&rows, &w, Path::new("x")).is_err(), "{empty:?}");
         }
+        let mut shuffled = rows.clone();
+        shuffled.swap(2, 4);
+        assert!(window_rows(&shuffled, &w, Path::new("x")).is_err());
     }
 
     #[test]
