@@ -558,7 +558,7 @@ fn report_problems(path: &Path, problems: &[String], progress: bool) {
     for p in problems.iter().take(SHOWN) {
         eprintln!("warning: {}: {p}", path.display());
     }
-    match problems.len() - problems.len().min(SHOWN) {
+    match problems.len().saturating_sub(SHOWN) {
         0 => {}
         1 => eprintln!("warning: {}: 1 more line like these", path.display()),
         n => eprintln!("warning: {}: {n} more lines like these", path.display()),

@@ -85,31 +85,27 @@ pub fn read_series(path: &Path) -> Result<Series, BacktestError> {
             continue;
         }
         let header_may_be_here = std::mem::replace(&mut first, false);
-        let Some((ts, v)) = line.split_once(',') else {
-            if header_may_be_here {
+        let n = i + 1;
+        let parsed = match line.split_once(',') {
+            None => Err(format!("line {n}: expected `timestamp,value`, skipped")),
+            Some((ts, v)) => parse_time(ts)
+                .map(|t| (ts, t, v))
+                .ok_or_else(|| format!("line {n}: bad timestamp {ts:?}, skipped")),
+        };
+        let (ts, t, v) = match parsed {
+            Ok(row) => row,
+            Err(problem) => {
+                // The first line is a header unless it reads as data.
+                if !header_may_be_here {
+                    series.problems.push(problem);
+                }
                 continue;
             }
-            series.problems.push(format!(
-                "line {}: expected `timestamp,value`, skipped",
-                i + 1
-            ));
-            continue;
-        };
-        let Some(t) = parse_time(ts) else {
-            // The first line is a header unless it reads as data.
-            if !header_may_be_here {
-                let problem = format!("line {}: bad timestamp {ts:?}, skipped", i + 1);
-                series.problems.push(problem);
-            }
-            continue;
         };
         let value = match v.trim().parse::<f64>() {
             Ok(x) if x.is_finite() => x,
             _ => {
-                let problem = format!(
-                    "line {}: {v:?} is not a finite number, taken as missing",
-                    i + 1
-                );
+                let problem = format!("line {n}: {v:?} is not a finite number, taken as missing");
                 series.problems.push(problem);
                 f64::NAN
             }
@@ -211,14 +207,7 @@ pub fn run_series(rows: &[Row], cfg: &DetectionConfig) -> Scored {
         threshold: cfg.threshold,
     };
     for r in rows {
-        if !r.value.is_finite() {
-            // Missing data, as live: no evidence either way, never an anomaly.
-            detector.interrupt();
-            out.anomaly_score.push(0.0);
-            out.band.push((f64::NAN, f64::NAN));
-            out.score.push(0.0);
-            continue;
-        }
+        // A missing value (NaN) is no evidence either way, as live: `Detector::step`.
         let step = detector.step(r.t, r.value);
         let s = if step.transition == Transition::Opened {
             1.0

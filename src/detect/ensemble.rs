@@ -960,14 +960,11 @@ fn bucket(t: f64) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::detect::noisy;
 
     /// Evenly spread over [0, 1), in no particular order.
     fn uniform(i: usize) -> f64 {
         (i as f64 * 0.618_033_988_7).fract()
-    }
-
-    fn noisy(i: usize) -> f64 {
-        ((i as f64 * 12.9898).sin() * 43758.5453).fract() * 2.0 - 1.0
     }
 
     #[test]

@@ -218,10 +218,7 @@ impl LagKMeans {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn noisy(i: usize) -> f64 {
-        ((i as f64 * 12.9898).sin() * 43758.5453).fract() * 2.0 - 1.0
-    }
+    use crate::detect::noisy;
 
     fn wave(i: usize) -> f64 {
         10.0 * (i as f64 * std::f64::consts::TAU / 24.0).sin() + 0.3 * noisy(i)

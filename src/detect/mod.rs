@@ -125,8 +125,25 @@ impl Detector {
         self.baseline.fit(history);
     }
 
-    /// Scores one point (seeing only what came before it), then learns from it.
+    /// Scores one point (seeing only what came before it), then learns from it. A value
+    /// that is not a finite number is missing data: no evidence either way (the run
+    /// towards opening or closing is interrupted), never an anomaly, nothing learnt.
     pub fn step(&mut self, t: f64, value: f64) -> Step {
+        if !value.is_finite() {
+            self.hysteresis.interrupt();
+            return Step {
+                assessment: Assessment {
+                    score: 0.0,
+                    deviation: 0.0,
+                    expected: f64::NAN,
+                    lower: f64::NAN,
+                    upper: f64::NAN,
+                    warming_up: false,
+                },
+                anomalous: false,
+                transition: Transition::None,
+            };
+        }
         let mut assessment = self.baseline.update(t, value);
         // The operator's minimum deviation is a promise, not a tendency: the band widens
         // to it, and a point inside it is normal however unusual the baseline finds it.
@@ -188,14 +205,15 @@ pub fn directional(z: f64, direction: Direction) -> f64 {
     }
 }
 
+/// Deterministic pseudo-noise in [-1, 1], for the detectors' tests.
+#[cfg(test)]
+fn noisy(i: usize) -> f64 {
+    ((i as f64 * 12.9898).sin() * 43758.5453).fract() * 2.0 - 1.0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Deterministic pseudo-noise in [-1, 1].
-    fn noisy(i: usize) -> f64 {
-        ((i as f64 * 12.9898).sin() * 43758.5453).fract() * 2.0 - 1.0
-    }
 
     /// Whether an anomaly opens on 2,000 five-minute points of noise around 100 followed
     /// by ten points `jump` away, and the band at the last point.
@@ -252,6 +270,40 @@ mod tests {
         };
         assert!(opens(&up, 12.0).0);
         assert!(!opens(&up, -12.0).0);
+    }
+
+    #[test]
+    fn a_missing_value_is_no_evidence_either_way() {
+        // An anomaly opens on the jump and closes after five normal points; a missing
+        // value among those five interrupts their run, so it closes that much later.
+        let cfg = DetectionConfig {
+            close_after: 5,
+            ..DetectionConfig::default()
+        };
+        let closed_at = |missing: Option<usize>| {
+            let mut d = Detector::new(&cfg);
+            let mut opened = false;
+            for i in 0..2400 {
+                let jump = if (2000..2010).contains(&i) { 12.0 } else { 0.0 };
+                let x = if Some(i) == missing {
+                    f64::NAN
+                } else {
+                    100.0 + noisy(i) + jump
+                };
+                let step = d.step(i as f64 * 300.0, x);
+                if x.is_nan() {
+                    assert!(!step.anomalous && step.assessment.score == 0.0, "{step:?}");
+                }
+                opened |= step.transition == Transition::Opened;
+                if opened && step.transition == Transition::Closed {
+                    return i;
+                }
+            }
+            panic!("the anomaly never closed");
+        };
+        let closed = closed_at(None);
+        assert!(closed > 2010, "{closed}");
+        assert_eq!(closed_at(Some(closed - 2)), closed + 3);
     }
 
     #[test]

@@ -117,6 +117,7 @@ impl Baseline for RollingRobust {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::detect::noisy;
 
     fn cfg() -> DetectionConfig {
         DetectionConfig {
@@ -125,11 +126,6 @@ mod tests {
             min_relative_spread: 0.0,
             ..DetectionConfig::default()
         }
-    }
-
-    fn noisy(i: usize) -> f64 {
-        // Deterministic pseudo-noise in [-1, 1].
-        ((i as f64 * 12.9898).sin() * 43758.5453).fract() * 2.0 - 1.0
     }
 
     #[test]
