@@ -178,7 +178,10 @@ struct Calibration {
 
 impl Calibration {
     /// Likelihood (1 - tail probability) that the recent score is unusual, then learn.
-    fn likelihood(&mut self, r: f64, w: f64) -> f64 {
+    /// `rescaled`: the raw scores' scale itself jumps from time to time (the k-means'
+    /// distances, measured afresh at each retraining), so surprises too move the
+    /// quantile: it must follow.
+    fn likelihood(&mut self, r: f64, w: f64, rescaled: bool) -> f64 {
         let r = r.min(RAW_CAP);
         if self.seen == 0.0 {
             (self.short, self.judged, self.quantile) = (r, r, r);
@@ -240,12 +243,20 @@ impl Calibration {
         let a = (w / (self.seen + w)).max(w / TAIL_MEMORY);
         self.level += a * (s - self.level);
         let above = s > self.quantile;
-        let step = w * ALPHA_QUANTILE * self.level.max(1e-9);
-        self.quantile += if above {
-            step * PEAK_QUANTILE
-        } else {
-            -step * (1.0 - PEAK_QUANTILE)
-        };
+        // A surprise does not move the quantile either (SPOT's rule, as for the peaks):
+        // the quantile climbs 32 times faster than it falls, so an incident's hours lifted
+        // it for days, and the next surprise was judged from a threshold the peaks were
+        // never measured over. The statistics' scores are in spreads that keep adapting,
+        // so their usual range does not move; a k-means retrained on a quiet stretch
+        // measures the next busy one in new units, and its quantile has to climb.
+        if !surprise || rescaled {
+            let step = w * ALPHA_QUANTILE * self.level.max(1e-9);
+            self.quantile += if above {
+                step * PEAK_QUANTILE
+            } else {
+                -step * (1.0 - PEAK_QUANTILE)
+            };
+        }
         self.exceed += a * (f64::from(u8::from(above)) - self.exceed);
         self.upcross += a * (f64::from(u8::from(above && !self.above)) - self.upcross);
         self.above = above;
@@ -809,7 +820,7 @@ impl Baseline for Ensemble {
                 || (directional(raw[0], dir) > SIDE_MARGIN && directional(raw[2], dir) > 0.0);
             for (c, r) in cal.iter_mut().zip(raw) {
                 let r = if side { directional(r, dir) } else { 0.0 };
-                best = best.max(c.likelihood(r, w));
+                best = best.max(c.likelihood(r, w, false));
             }
             best
         };
@@ -834,7 +845,7 @@ impl Baseline for Ensemble {
         let ml_side = dir == Direction::Both || directional(raw_plain[0], dir) > SIDE_MARGIN;
         let l_ml = likelier(
             self.cal_ml
-                .likelihood(if ml_side { raw_ml } else { 0.0 }, w),
+                .likelihood(if ml_side { raw_ml } else { 0.0 }, w, true),
             ML_DISCOUNT,
         );
         // The seasonal view takes over when it explains the series clearly better and its
@@ -1406,6 +1417,30 @@ mod tests {
         }
         assert!(r.hi < 1.2, "{r:?}");
         assert!(r.likelihood(2.0, 1e-9, Direction::Up) > 0.9999, "{r:?}");
+    }
+
+    #[test]
+    fn an_incident_does_not_blunt_the_next_one() {
+        // Noise, then an incident: eight spreads up for two hours. A day later a smaller
+        // one, four spreads for half an hour, must still alarm. The tails' quantiles learn
+        // from ordinary scores only; lifted by the first incident (they climb 32 times
+        // faster than they fall), they had the second judged as ordinary.
+        let mut e = ensemble();
+        let mut hits = Vec::new();
+        for i in 0..4000 {
+            let x = 10.0
+                + noisy(i)
+                + match i {
+                    3000..3024 => 8.0,
+                    3300..3306 => 4.0,
+                    _ => 0.0,
+                };
+            if e.update(i as f64 * STEP, x).score >= threshold() {
+                hits.push(i);
+            }
+        }
+        assert!(hits.iter().any(|i| (3000..3024).contains(i)), "{hits:?}");
+        assert!(hits.iter().any(|i| (3300..3306).contains(i)), "{hits:?}");
     }
 
     #[test]
