@@ -147,7 +147,8 @@ struct Calibration {
     judged: f64,
     /// Running mean of the smoothed score: the quantile's step size.
     level: f64,
-    /// Running [`PEAK_QUANTILE`] of the smoothed score.
+    /// Running [`PEAK_QUANTILE`] of the smoothed score, over ordinary points (a surprise
+    /// does not move it).
     quantile: f64,
     /// Forgetting average of "the score exceeded the quantile".
     exceed: f64,
@@ -1421,10 +1422,11 @@ mod tests {
 
     #[test]
     fn an_incident_does_not_blunt_the_next_one() {
-        // Noise, then an incident: eight spreads up for two hours. A day later a smaller
-        // one, four spreads for half an hour, must still alarm. The tails' quantiles learn
-        // from ordinary scores only; lifted by the first incident (they climb 32 times
-        // faster than they fall), they had the second judged as ordinary.
+        // Noise within ±1, then an incident: 8 up for two hours. A day later a smaller
+        // one, 4 up for half an hour, must still alarm. The tails' quantiles learn from
+        // ordinary scores only; lifted by the first incident (they climb 32 times faster
+        // than they fall), they had the second judged as ordinary: it alarmed only on its
+        // way back down.
         let mut e = ensemble();
         let mut hits = Vec::new();
         for i in 0..4000 {
