@@ -25,6 +25,13 @@ const PLAYBOOK = #{ name: "restart", trigger: #{ signal: "errors", min_score: 0.
 fn plan(anomaly) { [#{ kind: "k8s.rollout_restart", target: #{ namespace: "shop", deployment: "cart" } }] }
 "#;
 
+/// A backtest's data directory for one category under `dir`, created.
+fn category(dir: &Path, name: &str) -> std::path::PathBuf {
+    let data = dir.join("data").join(name);
+    std::fs::create_dir_all(&data).unwrap();
+    data
+}
+
 fn write(dir: &Path, name: &str, body: &str) -> String {
     let p = dir.join(name);
     std::fs::write(&p, body).unwrap();
@@ -342,8 +349,7 @@ fn spike_csv() -> String {
 #[test]
 fn backtest_scores_a_labelled_spike_as_nab_does() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data/synthetic");
-    std::fs::create_dir_all(&data).unwrap();
+    let data = category(dir.path(), "synthetic");
     std::fs::write(data.join("spike.csv"), spike_csv()).unwrap();
     // The window covers rows 790..=810 (21 rows).
     let labels = json!({"synthetic/spike.csv": [["2024-01-01 13:10:00.000000", "2024-01-01 13:30:00.000000"]]});
@@ -400,8 +406,7 @@ fn backtest_scores_a_labelled_spike_as_nab_does() {
 #[test]
 fn backtest_warns_of_a_bad_line_and_scores_the_rest() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data/c");
-    std::fs::create_dir_all(&data).unwrap();
+    let data = category(dir.path(), "c");
     let mut csv = String::from("timestamp,value\n");
     for i in 0..300u32 {
         let v = if i == 100 {
@@ -442,8 +447,7 @@ fn backtest_warns_of_a_bad_line_and_scores_the_rest() {
 #[test]
 fn backtest_runs_with_one_signals_settings() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data/c");
-    std::fs::create_dir_all(&data).unwrap();
+    let data = category(dir.path(), "c");
     std::fs::write(data.join("spike.csv"), spike_csv()).unwrap();
     let config = write(
         dir.path(),
