@@ -328,11 +328,11 @@ impl Calibration {
         let g = (0.5 * (1.0 - ratio)).clamp(0.0, 0.45);
         let sigma = (0.5 * mean * (1.0 + ratio)).max(1e-12);
         // A fit from sixteen peaks knows its scale to a quarter; plugged in as if exact,
-        // it makes the far tail far too thin, and a young model alarms at what a few more
-        // peaks would have shown to be its series' habit. The next peak's law given n peaks of an
-        // exponential tail (scale-free prior on its scale) is the Lomax law
-        // (1 + y / (n sigma))^-n, a generalised Pareto of shape 1/n: the shape gains
-        // 1/n, n being the peaks the forgetting moments weigh.
+        // it makes the far tail far too thin, and a young model alarms at what a few
+        // more peaks would have shown to be its series' habit. The next peak's law,
+        // given n peaks of an exponential tail (scale-free prior on its scale), is the
+        // Lomax law (1 + y / (n sigma))^-n: a generalised Pareto of shape 1/n. So the
+        // shape gains 1/n, n being the peaks the forgetting moments weigh.
         let n = self.peaks.clamp(1.0, PEAK_MEMORY);
         (g + 1.0 / n, sigma)
     }
@@ -1692,25 +1692,5 @@ mod tests {
             "{}",
             std::mem::size_of::<Ensemble>()
         );
-    }
-}
-#[cfg(test)]
-mod tmpcheck {
-    use super::*;
-    #[test]
-    fn tmp_surprises() {
-        let mut e = Ensemble::new(&crate::config::DetectionConfig::default());
-        for i in 0..1200usize {
-            let n = ((i as f64 * 12.9898).sin() * 43758.5453).fract();
-            let x = 10.0 + n + if i % 500 == 250 { 30.0 } else { 0.0 };
-            e.update(i as f64 * 300.0, x);
-            if i == 260 || i == 760 || i == 1100 {
-                eprintln!(
-                    "{i} {:?} peaks {:?}",
-                    e.cal_plain.iter().map(|c| c.surprises).collect::<Vec<_>>(),
-                    e.cal_plain.iter().map(|c| c.peaks).collect::<Vec<_>>()
-                );
-            }
-        }
     }
 }
