@@ -306,12 +306,7 @@ impl Calibration {
         }
         let (g, sigma) = self.shape();
         let odds = (self.rate() / BEYOND_DOUBT).max(1.0);
-        let y = if g.abs() < 1e-6 {
-            sigma * odds.ln()
-        } else {
-            sigma / g * (odds.powf(g) - 1.0)
-        };
-        Some(self.quantile + y)
+        Some(self.quantile + sigma / g * (odds.powf(g) - 1.0))
     }
 
     /// How often the smoothed score exceeds the quantile (at least once in the memory).
@@ -320,7 +315,9 @@ impl Calibration {
     }
 
     /// The generalised Pareto's shape and scale for the next peak: fitted by the method
-    /// of moments, the shape then raised by how few peaks the fit rests on.
+    /// of moments, the shape then raised by how few peaks the fit rests on (so it is at
+    /// least 1 / [`PEAK_MEMORY`], never the exponential's 0, and `1 + g y / sigma > 1`
+    /// for every excess `y`).
     fn shape(&self) -> (f64, f64) {
         let mean = self.m1.max(1e-12);
         let var = (self.m2 - self.m1 * self.m1).max(1e-24);
@@ -347,17 +344,7 @@ impl Calibration {
             return Some(1.0);
         }
         let (g, sigma) = self.shape();
-        let survival = if g.abs() < 1e-6 {
-            (-y / sigma).exp()
-        } else {
-            let base = 1.0 + g * y / sigma;
-            if base <= 0.0 {
-                0.0
-            } else {
-                base.powf(-1.0 / g)
-            }
-        };
-        Some(self.rate() * survival)
+        Some(self.rate() * (1.0 + g * y / sigma).powf(-1.0 / g))
     }
 }
 
