@@ -54,6 +54,10 @@ struct OpenAnomaly {
     id: String,
     started: SystemTime,
     peak_score: f64,
+    /// What made the series unusual when it opened, and whether against its daily
+    /// profile: why it opened, for as long as it stays open.
+    evidence: String,
+    seasonal: bool,
     /// Playbooks already run for it: one plan per playbook per anomaly.
     handled: BTreeSet<String>,
 }
@@ -402,6 +406,8 @@ struct Unclosed {
     labels: Labels,
     started_unix: f64,
     peak_score: f64,
+    evidence: String,
+    seasonal: bool,
     /// Playbooks already matched (or suppressed) for it.
     handled: BTreeSet<String>,
 }
@@ -426,6 +432,9 @@ fn track_open(open: &mut BTreeMap<String, Unclosed>, r: &AuditRecord) {
                     labels,
                     started_unix: number("started_unix"),
                     peak_score: number("peak_score"),
+                    // Empty in a record written before evidence was recorded.
+                    evidence: text("evidence").unwrap_or_default(),
+                    seasonal: r.data["seasonal"].as_bool().unwrap_or(false),
                     handled: BTreeSet::new(),
                 },
             );
@@ -468,6 +477,8 @@ async fn resume(
                     id: u.id,
                     started,
                     peak_score: u.peak_score,
+                    evidence: u.evidence,
+                    seasonal: u.seasonal,
                     handled: u.handled,
                 });
             }
@@ -665,10 +676,12 @@ async fn process(
                     id: id.clone(),
                     started,
                     peak_score: a.score,
+                    evidence: a.evidence.to_string(),
+                    seasonal: a.seasonal,
                     handled: BTreeSet::new(),
                 });
                 let anomaly = describe(&s.cfg, &p.labels, series);
-                warn!(signal = %name, series = %p.labels, value = p.value, expected = a.expected, score = format!("{:.2}", a.score), id = %id, "anomaly opened");
+                warn!(signal = %name, series = %p.labels, value = p.value, expected = a.expected, score = format!("{:.2}", a.score), evidence = %a.evidence, seasonal = a.seasonal, id = %id, "anomaly opened");
                 record(
                     ctx,
                     "anomaly_opened",
@@ -779,6 +792,8 @@ fn describe(signal: &SignalConfig, labels: &Labels, series: &Series) -> Anomaly 
         score: a.score,
         peak_score: open.peak_score,
         direction: if a.deviation >= 0.0 { "up" } else { "down" }.to_string(),
+        evidence: open.evidence.clone(),
+        seasonal: open.seasonal,
         started_at: humantime::format_rfc3339_millis(open.started).to_string(),
         started_unix: unix(open.started),
         duration_secs: open
@@ -919,7 +934,7 @@ mod tests {
         let opened = |id: &str, pod: &str| {
             rec(
                 "anomaly_opened",
-                json!({"id": id, "signal": "latency", "labels": {"pod": pod}, "started_unix": 100.0, "peak_score": 0.9995}),
+                json!({"id": id, "signal": "latency", "labels": {"pod": pod}, "started_unix": 100.0, "peak_score": 0.9995, "evidence": "jump", "seasonal": true}),
             )
         };
         let log = [
@@ -955,6 +970,8 @@ mod tests {
                 labels: serde_json::from_value(json!({"pod": "b"})).unwrap(),
                 started_unix: 100.0,
                 peak_score: 0.9995,
+                evidence: "jump".into(),
+                seasonal: true,
                 handled: ["restart".to_string(), "scale".to_string()].into(),
             }]
         );

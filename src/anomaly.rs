@@ -35,6 +35,13 @@ pub struct Anomaly {
     pub peak_score: f64,
     /// `up` when the value is above the band, `down` when below.
     pub direction: String,
+    /// What made the series unusual when the anomaly opened: `level` (far from the
+    /// expected value), `jump` (from the previous point), `shift` (the recent level
+    /// moved), `drift` (small deviations added up), `shape` (an unusual path) or `record`
+    /// (beyond its range). Empty for alerts.
+    pub evidence: String,
+    /// Whether it was judged against the series' daily profile rather than its level.
+    pub seasonal: bool,
     /// RFC 3339 time the anomaly opened.
     pub started_at: String,
     /// Unix seconds the anomaly opened.
@@ -62,6 +69,8 @@ impl Default for Anomaly {
             score: 0.0,
             peak_score: 0.0,
             direction: "up".into(),
+            evidence: String::new(),
+            seasonal: false,
             started_at: String::new(),
             started_unix: 0.0,
             duration_secs: 0.0,

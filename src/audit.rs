@@ -410,7 +410,7 @@ pub fn summarize(kind: &str, data: &Value, width: usize) -> String {
     };
     let out = match kind {
         "anomaly_opened" => format!(
-            "{} {}{} value={} expected={} band=[{}, {}] score={}",
+            "{} {}{} value={} expected={} band=[{}, {}] score={}{}",
             s("id"),
             s("signal"),
             labels(&data["labels"]),
@@ -418,7 +418,13 @@ pub fn summarize(kind: &str, data: &Value, width: usize) -> String {
             num("expected"),
             num("lower"),
             num("upper"),
-            num("score")
+            num("score"),
+            // Absent from records written before the evidence was kept.
+            match (s("evidence").as_str(), data["seasonal"].as_bool()) {
+                ("", _) => String::new(),
+                (e, Some(true)) => format!(" evidence={e} (daily profile)"),
+                (e, _) => format!(" evidence={e}"),
+            }
         ),
         "anomaly_closed" => format!(
             "{} {}{} after {}s ({})",
@@ -746,6 +752,15 @@ mod tests {
         assert_eq!(
             summarize("plan", &plan, 200),
             "an-1 by p (dry-run): k8s.cordon node=n1"
+        );
+        let opened = json!({"id": "an-2", "signal": "cpu", "labels": {"pod": "a"},
+            "value": 9.0, "expected": 1.0, "lower": 0.0, "upper": 2.0, "score": 0.9995,
+            "evidence": "jump", "seasonal": true});
+        assert!(
+            summarize("anomaly_opened", &opened, 200)
+                .ends_with("score=0.9995 evidence=jump (daily profile)"),
+            "{}",
+            summarize("anomaly_opened", &opened, 200)
         );
     }
 }

@@ -446,6 +446,7 @@ fn backtest(
             windows,
             labelled,
             detections,
+            evidence: scored.evidence,
         });
     }
     if progress {
@@ -468,25 +469,8 @@ fn backtest(
         return Ok(ExitCode::SUCCESS);
     };
     if details {
-        // Per file: each window's first detection as a fraction of the window (0 = its
-        // first row, the best), or MISS; then the false alarms.
-        for r in results.iter().filter(|r| r.labelled) {
-            let d = nab::file_detail(&r.detections, &r.windows);
-            let hits: Vec<String> = d
-                .first_hit
-                .iter()
-                .zip(&r.windows)
-                .map(|(h, (l, h_))| match h {
-                    Some(off) => format!("{:.2}", *off as f64 / (h_ - l + 1) as f64),
-                    None => "MISS".to_string(),
-                })
-                .collect();
-            println!(
-                "  {:<52} windows [{}] false alarms {}",
-                r.name,
-                hits.join(" "),
-                d.false_positives
-            );
+        for line in bt::details(&results) {
+            println!("{line}");
         }
     }
     let table = bt::score_table(&results);

@@ -190,6 +190,9 @@ async fn only_the_spiky_series_opens_an_anomaly_and_gets_a_dry_run_plan() {
     assert_eq!(opened.len(), 1, "{records:#?}");
     assert_eq!(opened[0].data["labels"]["pod"], "spiky");
     assert_eq!(opened[0].data["signal"], "latency");
+    // Why it opened: a spike is far from the level and from the previous point alike.
+    let evidence = opened[0].data["evidence"].as_str().unwrap_or("");
+    assert!(["level", "jump"].contains(&evidence), "{:?}", opened[0]);
     let id = opened[0].data["id"].as_str().unwrap();
 
     let plans = of_kind(&records, "plan");

@@ -16,7 +16,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use crate::config::DetectionConfig;
-use crate::detect::{Detector, Transition};
+use crate::detect::{Detector, Evidence, Transition};
 
 /// The `anomaly_score` at or above which a row is a detection.
 pub const DETECTION_THRESHOLD: f64 = 0.5;
@@ -195,6 +195,8 @@ pub struct Scored {
     pub score: Vec<f64>,
     /// The detector's threshold on [`Scored::score`].
     pub threshold: f64,
+    /// Per row, what scored highest and whether against the daily profile.
+    pub evidence: Vec<(Evidence, bool)>,
 }
 
 /// Runs a fresh engine over a series, point by point.
@@ -205,6 +207,7 @@ pub fn run_series(rows: &[Row], cfg: &DetectionConfig) -> Scored {
         band: Vec::with_capacity(rows.len()),
         score: Vec::with_capacity(rows.len()),
         threshold: cfg.threshold,
+        evidence: Vec::with_capacity(rows.len()),
     };
     for r in rows {
         // A missing value (NaN) is no evidence either way, as live: `Detector::step`.
@@ -218,6 +221,8 @@ pub fn run_series(rows: &[Row], cfg: &DetectionConfig) -> Scored {
         out.band
             .push((step.assessment.lower, step.assessment.upper));
         out.score.push(step.assessment.score);
+        out.evidence
+            .push((step.assessment.evidence, step.assessment.seasonal));
     }
     out
 }
@@ -235,6 +240,74 @@ pub struct FileResult {
     pub labelled: bool,
     /// Detection per row.
     pub detections: Vec<bool>,
+    /// Per row, what scored highest and whether against the daily profile.
+    pub evidence: Vec<(Evidence, bool)>,
+}
+
+/// What `--details` prints: per labelled file, each window's first detection as a
+/// fraction of the window (0 = its first row, the best) or MISS, and the false alarms,
+/// each with what opened it; then both counted by evidence over all files. Which kind of
+/// evidence raises the false alarms is where tuning starts.
+pub fn details(results: &[FileResult]) -> Vec<String> {
+    let why = |r: &FileResult, row: usize| match r.evidence.get(row) {
+        Some((e, true)) => format!("daily {e}"),
+        Some((e, false)) => e.to_string(),
+        None => "?".to_string(),
+    };
+    let mut found: BTreeMap<String, usize> = BTreeMap::new();
+    let mut false_alarms: BTreeMap<String, usize> = BTreeMap::new();
+    let mut lines = Vec::new();
+    for r in results.iter().filter(|r| r.labelled) {
+        let d = nab::file_detail(&r.detections, &r.windows);
+        let hits: Vec<String> = d
+            .first_hit
+            .iter()
+            .zip(&r.windows)
+            .map(|(hit, &(first, last))| match hit {
+                Some(off) => {
+                    let e = why(r, first + off);
+                    let at = format!("{:.2} {e}", *off as f64 / (last - first + 1) as f64);
+                    *found.entry(e).or_default() += 1;
+                    at
+                }
+                None => "MISS".to_string(),
+            })
+            .collect();
+        let mut by: BTreeMap<String, usize> = BTreeMap::new();
+        for &row in &d.false_positives {
+            *by.entry(why(r, row)).or_default() += 1;
+        }
+        for (e, n) in &by {
+            *false_alarms.entry(e.clone()).or_default() += n;
+        }
+        lines.push(format!(
+            "  {:<52} windows [{}] false alarms {}{}",
+            r.name,
+            hits.join(", "),
+            d.false_positives.len(),
+            counted(&by, " (", ")"),
+        ));
+    }
+    lines.push(format!(
+        "  windows first detected by {}",
+        counted(&found, "", "")
+    ));
+    lines.push(format!(
+        "  false alarms opened by {}",
+        counted(&false_alarms, "", "")
+    ));
+    lines
+}
+
+/// `level 3, jump 1`, most first, between `open` and `close`; nothing when empty.
+fn counted(by: &BTreeMap<String, usize>, open: &str, close: &str) -> String {
+    if by.is_empty() {
+        return String::new();
+    }
+    let mut v: Vec<_> = by.iter().collect();
+    v.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    let parts: Vec<String> = v.iter().map(|(e, n)| format!("{e} {n}")).collect();
+    format!("{open}{}{close}", parts.join(", "))
 }
 
 impl FileResult {
@@ -326,6 +399,31 @@ pub fn score_table(results: &[FileResult]) -> Vec<(String, usize, usize, [f64; 3
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn details_name_what_opened_each_detection() {
+        // 40 rows, probation 6: a window at 20..=29 first detected at row 25 (halfway),
+        // a missed one at 32..=35, false alarms at rows 10 and 15 and 38.
+        let mut evidence = vec![(Evidence::Level, false); 40];
+        evidence[25] = (Evidence::Jump, true);
+        evidence[15] = (Evidence::Drift, false);
+        let r = FileResult {
+            name: "cat/a.csv".into(),
+            rows: 40,
+            windows: vec![(20, 29), (32, 35)],
+            labelled: true,
+            detections: (0..40).map(|i| [10, 15, 25, 27, 38].contains(&i)).collect(),
+            evidence,
+        };
+        let lines = details(&[r]);
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert!(
+            lines[0].ends_with("windows [0.50 daily jump, MISS] false alarms 3 (level 2, drift 1)"),
+            "{lines:?}"
+        );
+        assert_eq!(lines[1], "  windows first detected by daily jump 1");
+        assert_eq!(lines[2], "  false alarms opened by level 2, drift 1");
+    }
 
     #[test]
     fn times_parse_with_and_without_fractions() {

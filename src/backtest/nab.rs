@@ -98,15 +98,15 @@ pub fn score_file(detections: &[bool], windows: &[(usize, usize)], p: &Profile) 
 pub struct FileDetail {
     /// First detection per window, as an offset from the window's first row.
     pub first_hit: Vec<Option<usize>>,
-    /// Detections after probation that fall in no window.
-    pub false_positives: usize,
+    /// The rows of detections after probation that fall in no window.
+    pub false_positives: Vec<usize>,
 }
 
 /// Where one file's detections fell (see [`FileDetail`]).
 pub fn file_detail(detections: &[bool], windows: &[(usize, usize)]) -> FileDetail {
     let skip = probation(detections.len());
     let mut first_hit = vec![None; windows.len()];
-    let mut false_positives = 0;
+    let mut false_positives = Vec::new();
     for (i, _) in detections
         .iter()
         .enumerate()
@@ -116,7 +116,7 @@ pub fn file_detail(detections: &[bool], windows: &[(usize, usize)]) -> FileDetai
             Some(w) => {
                 first_hit[w].get_or_insert(i - windows[w].0);
             }
-            None => false_positives += 1,
+            None => false_positives.push(i),
         }
     }
     FileDetail {
@@ -216,7 +216,7 @@ mod tests {
         // Probation 3 rows: row 2 is ignored; 5 and 19 are false positives; 11 then 12 in the window.
         let d = file_detail(&hits(20, &[2, 5, 11, 12, 19]), &[(10, 12), (15, 16)]);
         assert_eq!(d.first_hit, vec![Some(1), None]);
-        assert_eq!(d.false_positives, 2);
+        assert_eq!(d.false_positives, vec![5, 19]);
     }
 
     #[test]

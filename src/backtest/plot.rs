@@ -159,6 +159,7 @@ mod tests {
             band: vec![(f64::NAN, f64::NAN); 160],
             score: vec![0.1; 160],
             threshold: 0.9,
+            evidence: Vec::new(),
         };
         scored.anomaly_score[120] = 1.0;
         let dir = tempfile::tempdir().unwrap();

@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::kmeans::LagKMeans;
-use super::{directional, Assessment, Baseline};
+use super::{directional, Assessment, Baseline, Evidence};
 use crate::config::{DetectionConfig, Direction};
 
 /// `sqrt(pi / 2)`: turns a mean absolute deviation into a normal standard deviation.
@@ -127,6 +127,14 @@ const LEARN_BELOW_RISK: f64 = 1e-3;
 const BEYOND_DOUBT: f64 = 1e-6;
 /// Recent surprises after which similar ones are taken as the series' own pattern.
 const REPEATS_ARE_NORMAL: f64 = 2.0;
+/// What each statistics component measures, in [`Stats::raw`]'s order.
+const COMPONENTS: [Evidence; K] = [
+    Evidence::Level,
+    Evidence::Jump,
+    Evidence::Shift,
+    Evidence::Drift,
+];
+
 /// A repeated surprise still alarms when it beats the earlier ones by this factor.
 const BIGGER_BY: f64 = 2.0;
 
@@ -793,6 +801,8 @@ impl Baseline for Ensemble {
                 lower: f64::NAN,
                 upper: f64::NAN,
                 warming_up: true,
+                evidence: Evidence::Level,
+                seasonal: false,
             };
         }
         let dt = self.step(t);
@@ -816,18 +826,22 @@ impl Baseline for Ensemble {
             // dip is no rise of latency, and neither is a busy drop.
             let side = dir == Direction::Both
                 || (directional(raw[0], dir) > SIDE_MARGIN && directional(raw[2], dir) > 0.0);
-            for (c, r) in cal.iter_mut().zip(raw) {
+            let mut which = 0;
+            for (i, (c, r)) in cal.iter_mut().zip(raw).enumerate() {
                 let r = if side { directional(r, dir) } else { 0.0 };
-                best = best.max(c.likelihood(r, w, false));
+                let l = c.likelihood(r, w, false);
+                if l > best {
+                    (best, which) = (l, i);
+                }
             }
-            best
+            (best, COMPONENTS[which])
         };
         let warm = self.plain.n > self.warmup;
         let raw_plain = self.plain.raw(x, floor, 1.0, w, gap);
         let l_plain = if warm {
             calibrate(&mut self.cal_plain, raw_plain)
         } else {
-            0.0
+            (0.0, Evidence::Level)
         };
         // The path's shape (k-means distance) counts in every representation, on the side
         // the signal cares about.
@@ -861,7 +875,7 @@ impl Baseline for Ensemble {
                 l_resid = resid_ready.then_some((p, l));
             }
         }
-        let (score, expected, scale, deviation) = match l_resid {
+        let ((score, evidence), expected, scale, deviation) = match l_resid {
             Some((p, l)) => {
                 let (sc, _) = self.resid.scales(floor, even);
                 (l, p + self.resid.mean, sc, (x - p - self.resid.mean) / sc)
@@ -872,11 +886,17 @@ impl Baseline for Ensemble {
             }
         };
         // The path's shape (k-means, once trained) and a record count in every view.
-        let score = if warm {
+        let (score, evidence) = if warm {
             let l_ml = if self.ml.is_trained() { l_ml } else { 0.0 };
-            score.max(l_ml).max(self.record.likelihood(x, floor, dir))
+            let l_record = self.record.likelihood(x, floor, dir);
+            [(l_ml, Evidence::Shape), (l_record, Evidence::Record)]
+                .into_iter()
+                .fold(
+                    (score, evidence),
+                    |best, c| if c.0 > best.0 { c } else { best },
+                )
         } else {
-            score
+            (score, evidence)
         };
         let score = likelier(score, self.points_per_statement());
         let warming_up = !warm || self.cal_plain[0].seen <= CALIBRATION_WARMUP;
@@ -901,6 +921,8 @@ impl Baseline for Ensemble {
                 expected + self.band * scale
             },
             warming_up,
+            evidence,
+            seasonal: l_resid.is_some(),
         };
         if let Some(p) = seasonal {
             self.resid.learn(x - p, floor, even, dir, w, gap);
@@ -997,6 +1019,54 @@ mod tests {
         let spike = e.update(2000.0 * STEP, 30.0);
         assert!(spike.score > 0.9999, "{spike:?}");
         assert!(spike.score > worst, "noise peaked at {worst}");
+    }
+
+    #[test]
+    fn the_evidence_names_what_made_the_point_unusual() {
+        // After calm noise: a lone jump, a value beyond the range ever seen, and a slow
+        // drift each open with their own kind of evidence.
+        let calm = |e: &mut Ensemble| {
+            for i in 0..3000 {
+                e.update(i as f64 * STEP, 10.0 + noisy(i));
+            }
+        };
+        let first_alarm = |e: &mut Ensemble, xs: &[f64]| {
+            xs.iter()
+                .enumerate()
+                .map(|(k, &x)| e.update((3000 + k) as f64 * STEP, x))
+                .find(|a| a.score >= threshold())
+                .map(|a| (a.evidence, a.seasonal))
+        };
+        // A spike: far from the level and from the previous point alike.
+        let mut e = ensemble();
+        calm(&mut e);
+        let spike = first_alarm(&mut e, &[10.0, 10.0, 10.0, 30.0]);
+        assert!(
+            matches!(spike, Some((Evidence::Level | Evidence::Jump, false))),
+            "{spike:?}"
+        );
+        // Spikes of 30 every 500 steps have become routine; one of 45 is no larger than
+        // twice theirs, so it is just another of them, but it is beyond every value
+        // seen so far: a record.
+        let mut e = ensemble();
+        for i in 0..5000 {
+            let spike = if i % 500 == 250 { 30.0 } else { 0.0 };
+            e.update(i as f64 * STEP, 10.0 + noisy(i) + spike);
+        }
+        let a = e.update(5000.0 * STEP, 55.0);
+        assert!(a.score >= threshold(), "{a:?}");
+        assert_eq!((a.evidence, a.seasonal), (Evidence::Record, false));
+        // A slow drift: a tenth of the noise's spread per step, no single step unusual.
+        let mut e = ensemble();
+        calm(&mut e);
+        let ramp: Vec<f64> = (0..300)
+            .map(|k| 10.0 + noisy(3000 + k) + 0.01 * k as f64)
+            .collect();
+        let drift = first_alarm(&mut e, &ramp);
+        assert!(
+            matches!(drift, Some((Evidence::Drift | Evidence::Shift, false))),
+            "{drift:?}"
+        );
     }
 
     /// Points of a day at the reference step (five minutes).

@@ -15,6 +15,47 @@ pub use robust::RollingRobust;
 
 use crate::config::{DetectionConfig, Direction};
 
+/// What made a point unusual: the component of the baseline that judged it most
+/// surprising. An SRE's first question when an anomaly opens, and a playbook's to branch
+/// on (a step change calls for other actions than a slow drift).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Evidence {
+    /// The value is far from the expected level (the rolling robust baseline's only kind).
+    #[default]
+    Level,
+    /// It jumped from the previous point by more than its usual steps.
+    Jump,
+    /// The recent level (about five steps) moved away from the expected one.
+    Shift,
+    /// Small deviations to one side added up (CUSUM): a slow drift or a lasting change.
+    Drift,
+    /// The path's recent shape is unlike its usual ones (k-means over lag features).
+    Shape,
+    /// Beyond the range the series has kept.
+    Record,
+}
+
+impl Evidence {
+    /// The name used in the audit log, the playbooks' `anomaly.evidence` and the logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Evidence::Level => "level",
+            Evidence::Jump => "jump",
+            Evidence::Shift => "shift",
+            Evidence::Drift => "drift",
+            Evidence::Shape => "shape",
+            Evidence::Record => "record",
+        }
+    }
+}
+
+impl std::fmt::Display for Evidence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What a baseline says about one point.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Assessment {
@@ -31,6 +72,11 @@ pub struct Assessment {
     pub upper: f64,
     /// True while the baseline has too little data to judge; never anomalous then.
     pub warming_up: bool,
+    /// Which component scored highest.
+    pub evidence: Evidence,
+    /// Whether the point was judged against the daily profile (its residual), not
+    /// against the plain level.
+    pub seasonal: bool,
 }
 
 impl Assessment {
@@ -139,6 +185,8 @@ impl Detector {
                     lower: f64::NAN,
                     upper: f64::NAN,
                     warming_up: false,
+                    evidence: Evidence::Level,
+                    seasonal: false,
                 },
                 anomalous: false,
                 transition: Transition::None,

@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 
-use super::{directional, Assessment, Baseline};
+use super::{directional, Assessment, Baseline, Evidence};
 use crate::config::{DetectionConfig, Direction};
 
 /// The scale factor that makes the MAD estimate a normal distribution's standard deviation.
@@ -94,6 +94,8 @@ impl Baseline for RollingRobust {
                 lower: f64::NAN,
                 upper: f64::NAN,
                 warming_up: true,
+                evidence: Evidence::Level,
+                seasonal: false,
             }
         } else {
             let (median, spread) = self.level_and_spread();
@@ -105,6 +107,8 @@ impl Baseline for RollingRobust {
                 lower: median - self.threshold * spread,
                 upper: median + self.threshold * spread,
                 warming_up: false,
+                evidence: Evidence::Level,
+                seasonal: false,
             }
         };
         if value.is_finite() {

@@ -696,6 +696,8 @@ pub(crate) mod tests {
             score: peak,
             peak_score: peak,
             direction: "up".into(),
+            evidence: "level".into(),
+            seasonal: false,
             started_at: "2026-11-24T10:00:00Z".into(),
             started_unix: 0.0,
             duration_secs: duration,
