@@ -35,6 +35,13 @@ const CALIBRATION_WARMUP: f64 = 64.0;
 /// differences, was dropped: on NAB it raised ten false alarms for each window it found,
 /// and what it sees, the difference component sees too.)
 const K: usize = 4;
+/// What each statistics component measures, in [`Stats::raw`]'s order.
+const COMPONENTS: [Evidence; K] = [
+    Evidence::Level,
+    Evidence::Jump,
+    Evidence::Shift,
+    Evidence::Drift,
+];
 /// For one direction, how far (in spreads) a point must be on that side of the level
 /// for the components to speak: a recovery lands within noise of the level.
 const SIDE_MARGIN: f64 = 1.0;
@@ -127,14 +134,6 @@ const LEARN_BELOW_RISK: f64 = 1e-3;
 const BEYOND_DOUBT: f64 = 1e-6;
 /// Recent surprises after which similar ones are taken as the series' own pattern.
 const REPEATS_ARE_NORMAL: f64 = 2.0;
-/// What each statistics component measures, in [`Stats::raw`]'s order.
-const COMPONENTS: [Evidence; K] = [
-    Evidence::Level,
-    Evidence::Jump,
-    Evidence::Shift,
-    Evidence::Drift,
-];
-
 /// A repeated surprise still alarms when it beats the earlier ones by this factor.
 const BIGGER_BY: f64 = 2.0;
 
@@ -1023,8 +1022,8 @@ mod tests {
 
     #[test]
     fn the_evidence_names_what_made_the_point_unusual() {
-        // After calm noise: a lone jump, a value beyond the range ever seen, and a slow
-        // drift each open with their own kind of evidence.
+        // A spike after calm noise, a value beyond the range ever seen, and a slow drift
+        // each alarm with their own kind of evidence.
         let calm = |e: &mut Ensemble| {
             for i in 0..3000 {
                 e.update(i as f64 * STEP, 10.0 + noisy(i));
@@ -1045,9 +1044,9 @@ mod tests {
             matches!(spike, Some((Evidence::Level | Evidence::Jump, false))),
             "{spike:?}"
         );
-        // Spikes of 30 every 500 steps have become routine; one of 45 is no larger than
-        // twice theirs, so it is just another of them, but it is beyond every value
-        // seen so far: a record.
+        // Spikes of 30 every 500 steps have become routine; one 45 above the level is no
+        // larger than twice theirs, so it is just another of them to the statistics, but
+        // it is beyond every value seen so far: a record.
         let mut e = ensemble();
         for i in 0..5000 {
             let spike = if i % 500 == 250 { 30.0 } else { 0.0 };
@@ -1056,7 +1055,7 @@ mod tests {
         let a = e.update(5000.0 * STEP, 55.0);
         assert!(a.score >= threshold(), "{a:?}");
         assert_eq!((a.evidence, a.seasonal), (Evidence::Record, false));
-        // A slow drift: a tenth of the noise's spread per step, no single step unusual.
+        // A slow drift: 0.01 per step in noise spanning 9 to 11, no single step unusual.
         let mut e = ensemble();
         calm(&mut e);
         let ramp: Vec<f64> = (0..300)

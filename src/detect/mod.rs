@@ -18,8 +18,7 @@ use crate::config::{DetectionConfig, Direction};
 /// What made a point unusual: the component of the baseline that judged it most
 /// surprising. An SRE's first question when an anomaly opens, and a playbook's to branch
 /// on (a step change calls for other actions than a slow drift).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Evidence {
     /// The value is far from the expected level (the rolling robust baseline's only kind).
     #[default]
