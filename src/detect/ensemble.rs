@@ -1047,11 +1047,7 @@ mod tests {
         // Spikes of 30 every 500 steps have become routine; one 45 above the level is no
         // larger than twice theirs, so it is just another of them to the statistics, but
         // it is beyond every value seen so far: a record.
-        let mut e = ensemble();
-        for i in 0..5000 {
-            let spike = if i % 500 == 250 { 30.0 } else { 0.0 };
-            e.update(i as f64 * STEP, 10.0 + noisy(i) + spike);
-        }
+        let mut e = routine_spikes();
         let a = e.update(5000.0 * STEP, 55.0);
         assert!(a.score >= threshold(), "{a:?}");
         assert_eq!((a.evidence, a.seasonal), (Evidence::Record, false));
@@ -1066,6 +1062,17 @@ mod tests {
             matches!(drift, Some((Evidence::Drift | Evidence::Shift, false))),
             "{drift:?}"
         );
+    }
+
+    /// An ensemble that has seen 5,000 steps of noise around 10 with a spike of 30 every
+    /// 500: surprises have become routine.
+    fn routine_spikes() -> Ensemble {
+        let mut e = ensemble();
+        for i in 0..5000 {
+            let spike = if i % 500 == 250 { 30.0 } else { 0.0 };
+            e.update(i as f64 * STEP, 10.0 + noisy(i) + spike);
+        }
+        e
     }
 
     /// Points of a day at the reference step (five minutes).
@@ -1545,11 +1552,7 @@ mod tests {
         // every 15 s: a jump ten times their size, for five minutes. Every point of it
         // alarms: it is no larger than its own first point, but it is no repeat of
         // the earlier, smaller surprises either.
-        let mut e = ensemble();
-        for i in 0..5000 {
-            let spike = if i % 500 == 250 { 30.0 } else { 0.0 };
-            e.update(i as f64 * STEP, 10.0 + noisy(i) + spike);
-        }
+        let mut e = routine_spikes();
         let start = 5000.0 * STEP;
         let scores: Vec<f64> = (0..20)
             .map(|k| e.update(start + 15.0 * k as f64, 310.0 + noisy(k)).score)
