@@ -871,20 +871,23 @@ impl Baseline for Ensemble {
         // tail models can judge: until then it could only say "don't know" (hours of
         // five-minute data, weeks of hourly data), so the values' view goes on judging.
         self.seasonal_view = self.use_seasonal();
-        let resid_calibrated = self.cal_resid.iter().all(Calibration::ready);
-        let resid_ready = self.seasonal_view && resid_calibrated;
-        let resid_vetoes = !self.seasonal_view
-            && resid_calibrated
-            && self.resid.dev < SEASONAL_VETO * self.plain.dev;
         let (mut l_resid, mut veto) = (None, None);
         if let Some(p) = seasonal {
             if self.resid.n > self.warmup {
+                // Ready as of before this point, which it then learns.
+                let calibrated = self.cal_resid.iter().all(Calibration::ready);
                 let l = calibrate(
                     &mut self.cal_resid,
                     self.resid.raw(x - p, floor, even, w, gap),
                 );
-                l_resid = resid_ready.then_some((p, l));
-                veto = resid_vetoes.then_some(l.0);
+                if calibrated {
+                    if self.seasonal_view {
+                        l_resid = Some((p, l));
+                    } else if self.resid.dev < SEASONAL_VETO * self.plain.dev {
+                        // Short of judging, a profile nearly as good may veto.
+                        veto = Some(l.0);
+                    }
+                }
             }
         }
         let ((score, evidence), expected, scale, deviation) = match l_resid {
