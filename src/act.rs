@@ -7,7 +7,9 @@
 //! in dry-run, which records the exact action that would run and changes nothing.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -16,7 +18,7 @@ use tracing::{info, warn};
 use crate::anomaly::Anomaly;
 use crate::audit::{AuditError, Auditor};
 use crate::playbook::{Action, Limits, OnFailure, Plan, Playbook, World};
-use crate::source::{unix_now, PromSource};
+use crate::source::{unix_now, Source};
 
 /// How one action ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -64,8 +66,8 @@ pub struct StepResult {
 pub struct Executor {
     /// The audit log.
     pub audit: Auditor,
-    /// Prometheus, for verification.
-    pub source: PromSource,
+    /// Where verification conditions are queried.
+    pub source: Arc<dyn Source>,
     /// How often a verification condition is re-evaluated.
     pub verify_every: Duration,
     /// Sandbox limits for `on_result`.

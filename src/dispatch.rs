@@ -4,18 +4,19 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use serde_json::json;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use crate::act::Executor;
 use crate::anomaly::Anomaly;
 use crate::audit::{AuditError, AuditRecord};
+use crate::metrics::{Metrics, PlaybookResult};
 use crate::playbook::{Limits, Playbook};
-use crate::server::Telemetry;
 use crate::source::unix_now;
 
 /// The active playbooks and the incidents they are working on.
@@ -29,8 +30,50 @@ pub struct Dispatcher {
     groups: HashMap<(String, String), Instant>,
     limits: Limits,
     executor: Executor,
-    telemetry: Arc<Mutex<Telemetry>>,
+    metrics: Arc<Metrics>,
+    /// Plans being made and run: off the detection tick, which never waits on a script.
     incidents: JoinSet<()>,
+}
+
+/// Runs a matched playbook's `plan()` in the sandbox, audits the plan (or the failure),
+/// and hands it to the executor.
+async fn plan_and_run(
+    executor: Executor,
+    metrics: Arc<Metrics>,
+    limits: Limits,
+    pb: Arc<Playbook>,
+    anomaly: Anomaly,
+) -> Result<(), AuditError> {
+    let audit = executor.audit.clone();
+    let (p, a, l, world) = (
+        pb.clone(),
+        anomaly.clone(),
+        limits.clone(),
+        executor.world.clone(),
+    );
+    // Rhai is synchronous; the sandbox's own deadline bounds the run, this one backs it up.
+    let run = tokio::task::spawn_blocking(move || p.plan(&a, &l, world, unix_now()));
+    let result = match tokio::time::timeout(limits.timeout + Duration::from_secs(2), run).await {
+        Ok(Ok(r)) => r.map_err(|e| e.to_string()),
+        Ok(Err(join)) => Err(format!("playbook run panicked: {join}")),
+        Err(_) => Err("playbook run exceeded its wall-clock limit".to_string()),
+    };
+    match result {
+        Ok(plan) => {
+            audit
+                .record("plan", json!({"anomaly_id": anomaly.id, "playbook": pb.name, "mode": pb.mode.as_str(), "round": 0, "actions": plan.actions}))
+                .await?;
+            warn!(playbook = %pb.name, anomaly = %anomaly.id, mode = pb.mode.as_str(), "{}", plan.render());
+            metrics.playbook_run(&pb.name, PlaybookResult::Planned);
+            executor.run_incident(pb, anomaly, plan).await
+        }
+        Err(e) => {
+            error!(playbook = %pb.name, anomaly = %anomaly.id, error = %e, "playbook failed");
+            audit.record("playbook_failed", json!({"anomaly_id": anomaly.id, "playbook": pb.name, "stage": "plan", "error": e})).await?;
+            metrics.playbook_run(&pb.name, PlaybookResult::Failed);
+            Ok(())
+        }
+    }
 }
 
 /// The age of the latest plan per (playbook, group), folded from the audit log's
@@ -87,7 +130,7 @@ impl Dispatcher {
         playbooks: Vec<Playbook>,
         limits: Limits,
         executor: Executor,
-        telemetry: Arc<Mutex<Telemetry>>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let seen = paths
             .iter()
@@ -101,7 +144,7 @@ impl Dispatcher {
             groups: HashMap::new(),
             limits,
             executor,
-            telemetry,
+            metrics,
             incidents: JoinSet::new(),
         };
         d.publish();
@@ -129,14 +172,13 @@ impl Dispatcher {
         n
     }
 
-    /// Shows the active playbooks (and their versions) in telemetry.
+    /// Shows the active playbooks (and their versions) in the metrics.
     fn publish(&self) {
-        let mut t = self.telemetry.lock().unwrap_or_else(|p| p.into_inner());
-        t.playbooks = self
-            .active
-            .iter()
-            .map(|p| (p.name.clone(), p.sha256.clone()))
-            .collect();
+        self.metrics.playbooks_active(
+            self.active
+                .iter()
+                .map(|p| (p.name.as_str(), p.sha256.as_str())),
+        );
     }
 
     /// The active playbooks.
@@ -144,14 +186,10 @@ impl Dispatcher {
         &self.active
     }
 
-    fn count(&self, playbook: &str, result: &str) {
-        let mut t = self.telemetry.lock().unwrap_or_else(|p| p.into_inner());
-        *t.playbook_runs
-            .entry((playbook.to_string(), result.to_string()))
-            .or_default() += 1;
-    }
-
-    /// Runs every matching playbook not yet in `handled` for this event, once per incident.
+    /// Runs every matching playbook not yet in `handled` for this event, once per
+    /// incident: the match (or the cooldown that suppresses it) is audited here; making
+    /// the plan and running it go on in a task of their own, so the caller never waits
+    /// on a script.
     pub async fn respond(
         &mut self,
         anomaly: &Anomaly,
@@ -174,49 +212,25 @@ impl Dispatcher {
                         json!({"anomaly_id": anomaly.id, "playbook": pb.name, "group": group, "reason": "cooldown", "last_plan_secs_ago": ago, "cooldown_secs": pb.cooldown.as_secs_f64()}),
                     )
                     .await?;
-                self.count(&pb.name, "suppressed");
+                self.metrics
+                    .playbook_run(&pb.name, PlaybookResult::Suppressed);
                 continue;
             }
             self.groups.insert(key, Instant::now());
             audit
                 .record("playbook_matched", json!({"anomaly_id": anomaly.id, "playbook": pb.name, "sha256": pb.sha256, "group": group, "anomaly": anomaly}))
                 .await?;
-            let (p, a, limits, world) = (
-                pb.clone(),
-                anomaly.clone(),
+            let (executor, metrics, limits) = (
+                self.executor.clone(),
+                self.metrics.clone(),
                 self.limits.clone(),
-                self.executor.world.clone(),
             );
-            // Rhai is synchronous; the sandbox's own deadline bounds the run, this one backs it up.
-            let run = tokio::task::spawn_blocking(move || p.plan(&a, &limits, world, unix_now()));
-            let result =
-                match tokio::time::timeout(self.limits.timeout + Duration::from_secs(2), run).await
-                {
-                    Ok(Ok(r)) => r.map_err(|e| e.to_string()),
-                    Ok(Err(join)) => Err(format!("playbook run panicked: {join}")),
-                    Err(_) => Err("playbook run exceeded its wall-clock limit".to_string()),
-                };
-            match result {
-                Ok(plan) => {
-                    audit
-                        .record("plan", json!({"anomaly_id": anomaly.id, "playbook": pb.name, "mode": pb.mode.as_str(), "round": 0, "actions": plan.actions}))
-                        .await?;
-                    warn!(playbook = %pb.name, anomaly = %anomaly.id, mode = pb.mode.as_str(), "{}", plan.render());
-                    self.count(&pb.name, "planned");
-                    let executor = self.executor.clone();
-                    let anomaly = anomaly.clone();
-                    self.incidents.spawn(async move {
-                        if let Err(e) = executor.run_incident(pb, anomaly, plan).await {
-                            error!(error = %e, "incident stopped: the audit log cannot be written");
-                        }
-                    });
+            let anomaly = anomaly.clone();
+            self.incidents.spawn(async move {
+                if let Err(e) = plan_and_run(executor, metrics, limits, pb, anomaly).await {
+                    error!(error = %e, "incident stopped: the audit log cannot be written");
                 }
-                Err(e) => {
-                    error!(playbook = %pb.name, anomaly = %anomaly.id, error = %e, "playbook failed");
-                    audit.record("playbook_failed", json!({"anomaly_id": anomaly.id, "playbook": pb.name, "stage": "plan", "error": e})).await?;
-                    self.count(&pb.name, "failed");
-                }
-            }
+            });
         }
         Ok(())
     }

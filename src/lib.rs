@@ -4,15 +4,16 @@
 //! | module | owns |
 //! |---|---|
 //! | [`config`] | typed config, named defaults, validation that lists every problem |
-//! | [`source`] | Prometheus API client: instant queries live, range queries for history |
+//! | [`source`] | the `Source` seam; the Prometheus API client: instant queries live, range queries for history |
 //! | [`detect`] | pure, synchronous baselines and the hysteresis that opens/closes anomalies |
 //! | [`anomaly`] | the anomaly event handed to playbooks and the audit log |
 //! | [`playbook`] | the Rhai sandbox, triggers, and the plan a script returns |
 //! | [`dispatch`] | which playbooks answer an event, one plan per incident, hot reload |
 //! | [`act`] | the executor: the only door to the outside world, audited first; verification and escalation |
 //! | [`audit`] | the append-only, hash-chained record of every step |
-//! | [`server`] | `/metrics`, `/healthz`, `/readyz`, the Alertmanager webhook |
-//! | [`agent`] | the daemon loop tying them together |
+//! | [`metrics`] | the agent's metrics (prometheus-client) and health, with typed methods |
+//! | [`server`] | `/metrics`, `/healthz`, `/readyz`, the Alertmanager webhook: encodes, never acts |
+//! | [`agent`] | the daemon loop; per-signal rules as a pure state machine ([`agent::watch`]) |
 //! | [`backtest`] | the live engine over CSV files, scored as NAB scores |
 //! | [`labels`] | label sets and PromQL-style matchers |
 //! | [`models`] | fitted baselines saved under `models/`, schema-versioned |
@@ -29,6 +30,7 @@ pub mod config;
 pub mod detect;
 pub mod dispatch;
 pub mod labels;
+pub mod metrics;
 pub mod models;
 pub mod playbook;
 pub mod server;

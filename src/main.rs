@@ -185,7 +185,7 @@ fn run(path: &Path) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        homeostat::agent::run(config, playbooks, rejected, shutdown_signal())
+        homeostat::agent::start(config, playbooks, rejected, shutdown_signal())
             .await
             .context("homeostat run")
     })?;

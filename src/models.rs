@@ -109,6 +109,11 @@ pub fn save(dir: &Path, models: &SignalModels) -> Result<PathBuf, ModelError> {
     Ok(file)
 }
 
+/// Writes several signals' models, each atomically; one failure does not stop the others.
+pub fn save_all(dir: &Path, batch: &[SignalModels]) -> Vec<Result<PathBuf, ModelError>> {
+    batch.iter().map(|m| save(dir, m)).collect()
+}
+
 /// Reads a signal's models if there is a usable file for these settings.
 pub fn load(
     dir: &Path,

@@ -1,6 +1,10 @@
-//! Reading metrics from a Prometheus-API store: instant queries for the live loop,
-//! range queries for history. Knows nothing of baselines.
+//! Reading metrics: the [`Source`] seam the agent and the executor query through, and
+//! its implementation for a Prometheus-API store ([`PromSource`]: Prometheus, Thanos,
+//! Mimir, VictoriaMetrics). Instant queries for the live loop, range queries for
+//! history. Knows nothing of baselines.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus_http_query::response::Data;
@@ -78,6 +82,54 @@ pub struct History {
     pub samples: Vec<(f64, f64)>,
 }
 
+/// A boxed, sendable future, so that [`Source`] can be used as a trait object.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Where metrics come from: a Prometheus-API store in production, a scripted fake in
+/// tests (as Prometheus' rule manager injects its `QueryFunc`).
+pub trait Source: Send + Sync + 'static {
+    /// Evaluates an instant query at unix time `at` (now when `None`).
+    fn instant_at<'a>(
+        &'a self,
+        query: &'a str,
+        at: Option<f64>,
+    ) -> BoxFuture<'a, Result<Vec<Point>, SourceError>>;
+
+    /// Evaluates a range query over `[end - span, end]` at `step` resolution.
+    fn range<'a>(
+        &'a self,
+        query: &'a str,
+        end: f64,
+        span: Duration,
+        step: Duration,
+    ) -> BoxFuture<'a, Result<Vec<History>, SourceError>>;
+
+    /// Evaluates an instant query now.
+    fn instant<'a>(&'a self, query: &'a str) -> BoxFuture<'a, Result<Vec<Point>, SourceError>> {
+        self.instant_at(query, None)
+    }
+}
+
+impl Source for PromSource {
+    fn instant_at<'a>(
+        &'a self,
+        query: &'a str,
+        at: Option<f64>,
+    ) -> BoxFuture<'a, Result<Vec<Point>, SourceError>> {
+        Box::pin(PromSource::instant_at(self, query, at))
+    }
+
+    fn range<'a>(
+        &'a self,
+        query: &'a str,
+        end: f64,
+        span: Duration,
+        step: Duration,
+    ) -> BoxFuture<'a, Result<Vec<History>, SourceError>> {
+        Box::pin(PromSource::range(self, query, end, span, step))
+    }
+}
+
 /// A Prometheus HTTP API client.
 #[derive(Clone)]
 pub struct PromSource {
@@ -110,11 +162,6 @@ impl PromSource {
             .map_err(|e| SourceError::Request(e.to_string()))?;
         let client = Client::from(http, url).map_err(SourceError::from)?;
         Ok(PromSource { client })
-    }
-
-    /// Evaluates an instant query now.
-    pub async fn instant(&self, query: &str) -> Result<Vec<Point>, SourceError> {
-        self.instant_at(query, None).await
     }
 
     /// Evaluates an instant query at unix time `at` (now when `None`).

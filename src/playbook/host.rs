@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::labels::Labels;
-use crate::source::PromSource;
+use crate::source::Source;
 
 /// Read-only lookups a script may make. Errors are messages shown to the script's author.
 pub trait World: Send + Sync {
@@ -155,14 +155,14 @@ impl World for RecordedWorld {
 /// The agent's world: Prometheus for real; Kubernetes and OpenStack lookups report that
 /// no client is configured in this build rather than pretend.
 pub struct LiveWorld {
-    source: PromSource,
+    source: Arc<dyn Source>,
     handle: tokio::runtime::Handle,
     timeout: Duration,
 }
 
 impl LiveWorld {
     /// Lookups run on `handle` (scripts run on the blocking pool) with a per-call timeout.
-    pub fn new(source: PromSource, handle: tokio::runtime::Handle, timeout: Duration) -> Self {
+    pub fn new(source: Arc<dyn Source>, handle: tokio::runtime::Handle, timeout: Duration) -> Self {
         LiveWorld {
             source,
             handle,

@@ -1,0 +1,600 @@
+//! The daemon: fit baselines from history, then every interval query each signal,
+//! score each series, open and close anomalies, hand them to the playbooks, and publish
+//! metrics. This is the async shell: the per-signal rules live in [`watch`] (pure),
+//! what a previous run left behind in [`restore`], and I/O comes in through the
+//! [`Source`] seam and a listener the caller binds, so tests run it in process.
+
+pub mod restore;
+pub mod watch;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde_json::json;
+use tokio::sync::{mpsc, watch as signal_watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tracing::{debug, error, info, warn};
+
+use crate::act::Executor;
+use crate::anomaly::{AlertmanagerAlert, Anomaly};
+use crate::audit::{AuditError, AuditLog, Auditor};
+use crate::config::Config;
+use crate::dispatch::{Dispatcher, PlanAges};
+use crate::metrics::{Metrics, Snapshot};
+use crate::models::{self, SignalModels};
+use crate::playbook::{Limits, LiveWorld, Playbook};
+use crate::server::{self, AppState};
+use crate::source::{unix_now, Point, PromSource, Source, SourceError};
+use restore::Restored;
+use watch::{SignalWatch, Timing, WatchEvent};
+
+/// Why the daemon could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The audit log cannot be written: nothing may run without it.
+    #[error("audit log: {0}")]
+    Audit(#[from] AuditError),
+    /// The HTTP listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The configured address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A signal handler could not be installed.
+    #[error("cannot listen for signals: {source}")]
+    Signal {
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The Prometheus client could not be built.
+    #[error("prometheus: {0}")]
+    Source(#[from] SourceError),
+}
+
+/// What the daemon runs with: a validated config, the playbooks that loaded (and the
+/// problems of those that did not), where metrics come from, and where its own go.
+pub struct Agent {
+    /// The validated config.
+    pub config: Config,
+    /// Playbooks loaded at start.
+    pub playbooks: Vec<Playbook>,
+    /// Playbooks that failed to load, so the start record names them.
+    pub rejected: Vec<String>,
+    /// Where signals are queried.
+    pub source: Arc<dyn Source>,
+    /// The agent's metrics and health, shared with the HTTP server.
+    pub metrics: Arc<Metrics>,
+}
+
+/// How often playbook files are checked for changes.
+const RELOAD_EVERY: Duration = Duration::from_secs(2);
+
+/// Alert batches the webhook may queue before it answers 503 (Alertmanager retries).
+const ALERT_QUEUE: usize = 64;
+
+/// The longest silence of the loop that still counts as alive: generous, since a tick
+/// may wait on a timed-out query.
+pub fn liveness_window(config: &Config) -> Duration {
+    config.agent.interval * 3
+        + config.prometheus.timeout
+        + config.agent.playbook_timeout
+        + Duration::from_secs(30)
+}
+
+/// Runs the daemon against the configured Prometheus on the configured listen address
+/// until `shutdown` resolves. Config and playbooks must be validated.
+pub async fn start(
+    config: Config,
+    playbooks: Vec<Playbook>,
+    rejected: Vec<String>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
+    let listener = tokio::net::TcpListener::bind(config.agent.listen)
+        .await
+        .map_err(|source| AgentError::Listen {
+            addr: config.agent.listen,
+            source,
+        })?;
+    let source = Arc::new(PromSource::new(
+        &config.prometheus.url,
+        config.prometheus.timeout,
+    )?);
+    let metrics = Arc::new(Metrics::new(liveness_window(&config)));
+    let agent = Agent {
+        config,
+        playbooks,
+        rejected,
+        source,
+        metrics,
+    };
+    run(agent, listener, shutdown).await
+}
+
+/// What the loop needs, passed around instead of a god object.
+struct Context {
+    source: Arc<dyn Source>,
+    audit: Auditor,
+    metrics: Arc<Metrics>,
+    timing: Timing,
+    models_dir: std::path::PathBuf,
+}
+
+/// Runs the daemon, serving HTTP on `listener`, until `shutdown` resolves.
+pub async fn run(
+    agent: Agent,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
+    let Agent {
+        config,
+        playbooks,
+        rejected,
+        source,
+        metrics,
+    } = agent;
+    let audit = Auditor::new(AuditLog::open(&config.agent.audit_log)?);
+    let listen = listener.local_addr().ok();
+    let (stop_tx, mut server_stop) = signal_watch::channel(false);
+    // Bounded: when the agent is busy, the webhook answers 503 and Alertmanager retries.
+    let (alerts_tx, mut alerts_rx) = mpsc::channel::<Vec<AlertmanagerAlert>>(ALERT_QUEUE);
+    let state = AppState {
+        metrics: metrics.clone(),
+        alerts: alerts_tx,
+    };
+    let server = tokio::spawn(server::serve(listener, state, async move {
+        let _ = server_stop.wait_for(|s| *s).await;
+    }));
+    info!(listen = ?listen, audit_log = %audit.path().display(), signals = config.signals.len(), playbooks = playbooks.len(), "homeostat started");
+
+    let limits = Limits {
+        timeout: config.agent.playbook_timeout,
+        ..Limits::default()
+    };
+    let executor = Executor {
+        audit: audit.clone(),
+        source: source.clone(),
+        verify_every: config.agent.interval,
+        limits: limits.clone(),
+        world: Arc::new(LiveWorld::new(
+            source.clone(),
+            tokio::runtime::Handle::current(),
+            config.prometheus.timeout,
+        )),
+        max_follow_ups: 3,
+    };
+    let mut dispatcher = Dispatcher::new(
+        config.playbooks.clone(),
+        config.signals.iter().map(|s| s.name.clone()).collect(),
+        playbooks,
+        limits,
+        executor,
+        metrics.clone(),
+    );
+    // What a previous run left behind: plans whose cooldowns still run, and anomalies
+    // it stopped with open (one streaming pass over the log).
+    let now = SystemTime::now();
+    let mut plans = PlanAges::default();
+    let mut unclosed = BTreeMap::new();
+    crate::audit::scan(
+        audit.path(),
+        &[
+            "anomaly_opened",
+            "anomaly_closed",
+            "playbook_matched",
+            "playbook_suppressed",
+        ],
+        |r| {
+            restore::track_open(&mut unclosed, &r);
+            plans.note(&r, now);
+        },
+    )?;
+    let restored = dispatcher.restore_cooldowns(plans);
+    if restored > 0 {
+        info!(
+            restored,
+            "cooldowns of recent plans restored from the audit log"
+        );
+    }
+    let ctx = Context {
+        source,
+        audit,
+        metrics,
+        timing: Timing {
+            interval: config.agent.interval,
+            series_ttl: config.agent.series_ttl,
+            max_backoff: config.agent.max_backoff,
+        },
+        models_dir: config.agent.models_dir.clone(),
+    };
+    ctx.audit
+        .record(
+            "agent_started",
+            json!({
+                "version": env!("CARGO_PKG_VERSION"),
+                "signals": config.signals.iter().map(|s| &s.name).collect::<Vec<_>>(),
+                "playbooks": dispatcher.playbooks().iter().map(|p| json!({"name": p.name, "path": p.path, "sha256": p.sha256})).collect::<Vec<_>>(),
+                "rejected_playbooks": rejected,
+            }),
+        )
+        .await?;
+    for problem in &rejected {
+        ctx.audit
+            .record(
+                "playbook_rejected",
+                json!({"stage": "start", "error": problem}),
+            )
+            .await?;
+    }
+
+    let start = Instant::now();
+    let mut watches: Vec<SignalWatch> = config
+        .signals
+        .iter()
+        .map(|cfg| SignalWatch::new(cfg.clone(), start))
+        .collect();
+
+    tokio::pin!(shutdown);
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|source| AgentError::Signal { source })?;
+    let save_every = config.agent.models_save_every;
+    let result: Result<(), AuditError> = async {
+        // Fitting may take a while on a big store; shutdown must still be prompt.
+        tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            _ = fit_all(&ctx, &mut watches) => {}
+        }
+        for r in restore::resume(&mut watches, std::mem::take(&mut unclosed)) {
+            let (kind, data) = restore::record_of(&r);
+            match &r {
+                Restored::Resumed { anomaly: u, .. } => {
+                    info!(signal = %u.signal, series = %u.labels, id = %u.id, "anomaly resumed")
+                }
+                Restored::Closed { anomaly: u, reason } => {
+                    info!(signal = %u.signal, series = %u.labels, id = %u.id, reason, "anomaly closed")
+                }
+            }
+            ctx.audit.record(kind, data).await?;
+        }
+        let mut ticker = tokio::time::interval(ctx.timing.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Playbook files are polled for changes; SIGHUP reloads at once.
+        let mut reload = tokio::time::interval(RELOAD_EVERY);
+        reload.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut save = tokio::time::interval_at(Instant::now() + save_every, save_every);
+        save.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => return Ok(()),
+                _ = ticker.tick() => {}
+                Some(alerts) = alerts_rx.recv() => {
+                    respond_to_alerts(&ctx, &mut dispatcher, alerts).await?;
+                    continue;
+                }
+                _ = reload.tick() => {
+                    dispatcher.reload().await?;
+                    continue;
+                }
+                _ = save.tick() => {
+                    save_models(&ctx, &watches).await;
+                    continue;
+                }
+                _ = hangup.recv() => {
+                    info!("SIGHUP received: reloading playbooks");
+                    dispatcher.reload().await?;
+                    continue;
+                }
+            }
+            // Queries are cancellable; processing (audit writes, dispatch) runs to completion.
+            let results = tokio::select! {
+                _ = &mut shutdown => return Ok(()),
+                r = query_all(&ctx, &watches) => r,
+            };
+            for (idx, result) in results {
+                process(&ctx, &mut dispatcher, &mut watches[idx], result).await?;
+            }
+            dispatcher.reap();
+            publish(&ctx, &watches);
+        }
+    }
+    .await;
+
+    info!("shutting down");
+    // What was learned survives the restart.
+    save_models(&ctx, &watches).await;
+    // Plans and verifications in flight are abandoned: their records so far say how far
+    // they got.
+    let interrupted = dispatcher.stop().await;
+    let _ = stop_tx.send(true);
+    let stopped = ctx
+        .audit
+        .record(
+            "agent_stopped",
+            json!({"reason": if result.is_ok() { "signal" } else { "error" }, "incidents_interrupted": interrupted}),
+        )
+        .await;
+    if tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .is_err()
+    {
+        warn!("http server did not stop within 5s");
+    }
+    result?;
+    stopped?;
+    Ok(())
+}
+
+/// Audits each alert; firing ones go to the playbooks (grouping and cooldown dedupe
+/// Alertmanager's repeated notifications).
+async fn respond_to_alerts(
+    ctx: &Context,
+    dispatcher: &mut Dispatcher,
+    alerts: Vec<AlertmanagerAlert>,
+) -> Result<(), AuditError> {
+    for alert in alerts {
+        let event = Anomaly::from_alert(&alert, unix_now());
+        info!(alert = %event.signal, status = %alert.status, labels = %event.labels, "alert received");
+        ctx.audit.record("alert_received", json!({"id": event.id, "status": alert.status, "labels": alert.labels, "annotations": alert.annotations, "starts_at": alert.starts_at})).await?;
+        if alert.status == "firing" {
+            dispatcher.respond(&event, &mut BTreeSet::new()).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Starts every signal's baselines: from saved models where there are usable ones
+/// (then catching up on the history since they were saved), else from history alone.
+async fn fit_all(ctx: &Context, watches: &mut [SignalWatch]) {
+    let now = unix_now();
+    for w in watches.iter_mut() {
+        let cfg = w.config().clone();
+        let d = &cfg.detection;
+        // The whole history is fetched even with saved models: series that appeared since
+        // the save need all of it; known ones skip what they have seen.
+        let since = now - d.history.as_secs_f64();
+        match models::load(&ctx.models_dir, &cfg.name, d) {
+            Ok(Some(saved)) => {
+                let age = now - saved.updated_to;
+                w.load_saved(saved, Instant::now());
+                info!(signal = %cfg.name, series = w.len(), age_secs = format!("{age:.0}"), "loaded saved models");
+            }
+            Ok(None) => {}
+            Err(e) => {
+                warn!(signal = %cfg.name, error = %e, "saved models not used; fitting from history")
+            }
+        }
+        let span = Duration::from_secs_f64((now - since).max(d.history_step.as_secs_f64()));
+        match ctx
+            .source
+            .range(&cfg.query, now, span, d.history_step)
+            .await
+        {
+            Ok(histories) => {
+                let points: usize = histories.iter().map(|h| h.samples.len()).sum();
+                w.fit_history(histories, Instant::now());
+                info!(signal = %cfg.name, series = w.len(), points, "fitted baselines from history");
+            }
+            Err(e) => {
+                warn!(signal = %cfg.name, error = %e, "cannot fetch history; series will warm up from live data")
+            }
+        }
+        w.fitted(Instant::now());
+    }
+}
+
+/// Queries every signal that is due, concurrently.
+async fn query_all(
+    ctx: &Context,
+    watches: &[SignalWatch],
+) -> Vec<(usize, Result<Vec<Point>, SourceError>)> {
+    let now = Instant::now();
+    let mut set = JoinSet::new();
+    for (idx, w) in watches.iter().enumerate() {
+        if !w.is_due(now) {
+            continue;
+        }
+        let source = ctx.source.clone();
+        let query = w.config().query.clone();
+        set.spawn(async move { (idx, source.instant(&query).await) });
+    }
+    let mut out = Vec::with_capacity(set.len());
+    while let Some(r) = set.join_next().await {
+        match r {
+            Ok(v) => out.push(v),
+            Err(e) => error!(error = %e, "query task failed"),
+        }
+    }
+    // Deterministic processing order, whatever order the answers came in.
+    out.sort_by_key(|(i, _)| *i);
+    out
+}
+
+/// One signal's query result: through its state machine, then each event logged,
+/// audited, counted and, for anomalous points, handed to the playbooks.
+async fn process(
+    ctx: &Context,
+    dispatcher: &mut Dispatcher,
+    w: &mut SignalWatch,
+    result: Result<Vec<Point>, SourceError>,
+) -> Result<(), AuditError> {
+    let mut events = Vec::new();
+    if let Some(points) = w.accept(result, Instant::now(), &ctx.timing, &mut events) {
+        if let Some(unknown) = w.wants_history(&points, Instant::now()) {
+            fetch_history(ctx, w, unknown).await;
+        }
+        w.score(
+            points,
+            Instant::now(),
+            SystemTime::now(),
+            &ctx.timing,
+            &mut events,
+        );
+    }
+    let name = w.config().name.clone();
+    for event in events {
+        match event {
+            WatchEvent::QueryFailed {
+                error,
+                kind,
+                failures,
+                retry_in,
+            } => {
+                warn!(signal = %name, %error, failures, retry_in = ?retry_in, "query failed; series marked stale");
+                ctx.metrics.query_failed(&name, kind);
+            }
+            WatchEvent::QueryRecovered { after_failures } => {
+                info!(signal = %name, after_failures, "query recovered");
+            }
+            WatchEvent::NoSeries => {
+                warn!(signal = %name, "query returned no series; series marked stale");
+                ctx.metrics.query_empty(&name);
+            }
+            WatchEvent::Opened(a) => {
+                warn!(signal = %name, series = %a.labels, value = a.value, expected = a.expected, score = format!("{:.2}", a.score), evidence = %a.evidence, seasonal = a.seasonal, id = %a.id, "anomaly opened");
+                ctx.audit
+                    .record(
+                        "anomaly_opened",
+                        serde_json::to_value(&a).expect("anomaly serialises"),
+                    )
+                    .await?;
+                ctx.metrics.anomaly_opened(&name);
+            }
+            WatchEvent::Closed {
+                id,
+                labels,
+                duration_secs,
+                peak_score,
+                reason,
+            } => {
+                info!(signal = %name, series = %labels, id = %id, duration_secs, reason, "anomaly closed");
+                let data = match duration_secs {
+                    Some(secs) => {
+                        json!({"id": id, "signal": name, "labels": labels, "duration_secs": secs, "peak_score": peak_score, "reason": reason})
+                    }
+                    None => {
+                        json!({"id": id, "signal": name, "labels": labels, "peak_score": peak_score, "reason": reason})
+                    }
+                };
+                ctx.audit.record("anomaly_closed", data).await?;
+            }
+            WatchEvent::Anomalous(a) => {
+                let mut handled = w.handled(&a.labels);
+                dispatcher.respond(&a, &mut handled).await?;
+                w.mark_handled(&a.labels, handled);
+            }
+            WatchEvent::Forgotten { labels } => {
+                info!(signal = %name, series = %labels, "series vanished; forgotten");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Fits series that appeared after start from their history.
+async fn fetch_history(ctx: &Context, w: &mut SignalWatch, unknown: Vec<crate::labels::Labels>) {
+    let cfg = w.config().clone();
+    let d = &cfg.detection;
+    match ctx
+        .source
+        .range(&cfg.query, unix_now(), d.history, d.history_step)
+        .await
+    {
+        Ok(histories) => {
+            debug!(signal = %cfg.name, series = unknown.len(), "fitting new series from history");
+            w.adopt(histories, &unknown, Instant::now());
+        }
+        Err(e) => {
+            debug!(signal = %cfg.name, error = %e, "no history for new series; warming up live")
+        }
+    }
+}
+
+/// Publishes this tick's snapshot to the metrics.
+fn publish(ctx: &Context, watches: &[SignalWatch]) {
+    let mut snapshot = Snapshot {
+        audit_records: ctx.audit.written(),
+        ..Snapshot::default()
+    };
+    for w in watches {
+        let (health, gauges) = w.gauges();
+        snapshot.signals.insert(w.config().name.clone(), health);
+        snapshot.series.extend(gauges);
+    }
+    snapshot
+        .series
+        .sort_by(|a, b| (&a.signal, &a.labels).cmp(&(&b.signal, &b.labels)));
+    ctx.metrics.tick(snapshot);
+}
+
+/// Saves every signal's models; blocking file I/O runs off the async threads.
+async fn save_models(ctx: &Context, watches: &[SignalWatch]) {
+    let saved_at = unix_now();
+    let batch: Vec<SignalModels> = watches.iter().filter_map(|w| w.models(saved_at)).collect();
+    let dir = ctx.models_dir.clone();
+    match tokio::task::spawn_blocking(move || models::save_all(&dir, &batch)).await {
+        Ok(results) => {
+            for r in results {
+                if let Err(e) = r {
+                    warn!(error = %e, "cannot save models");
+                }
+            }
+            debug!(dir = %ctx.models_dir.display(), "models saved");
+        }
+        Err(e) => error!(error = %e, "model save task failed"),
+    }
+}
+
+/// What `homeostat fit` did for one signal.
+#[derive(Debug, Clone)]
+pub struct FitReport {
+    /// The signal.
+    pub signal: String,
+    /// Series fitted and points read, or why none could be.
+    pub outcome: Result<(usize, usize), String>,
+}
+
+/// Fits every signal from Prometheus history and saves the models (`homeostat fit`);
+/// `progress` hears about each signal as it is done.
+pub async fn fit_and_save(
+    config: &Config,
+    mut progress: impl FnMut(usize, &FitReport),
+) -> Result<Vec<FitReport>, AgentError> {
+    let source = PromSource::new(&config.prometheus.url, config.prometheus.timeout)?;
+    let now = unix_now();
+    let mut reports = Vec::new();
+    for (i, cfg) in config.signals.iter().enumerate() {
+        let d = &cfg.detection;
+        let outcome = match Source::range(&source, &cfg.query, now, d.history, d.history_step).await
+        {
+            Err(e) => Err(e.to_string()),
+            Ok(histories) if histories.is_empty() => {
+                Err("the query returned no series over the history".to_string())
+            }
+            Ok(histories) => {
+                let points: usize = histories.iter().map(|h| h.samples.len()).sum();
+                let mut w = SignalWatch::new(cfg.clone(), Instant::now());
+                w.fit_history(histories, Instant::now());
+                w.fitted(Instant::now());
+                let models = w.models(unix_now()).expect("fitted above");
+                let n = models.series.len();
+                let dir = config.agent.models_dir.clone();
+                match tokio::task::spawn_blocking(move || models::save(&dir, &models)).await {
+                    Ok(Ok(_)) => Ok((n, points)),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        };
+        let report = FitReport {
+            signal: cfg.name.clone(),
+            outcome,
+        };
+        progress(i, &report);
+        reports.push(report);
+    }
+    Ok(reports)
+}
