@@ -1,0 +1,712 @@
+//! The daemon's behaviour, in process and in virtual time: `agent::run` with a scripted
+//! [`Source`] in place of Prometheus, a listener bound here and handed over, and
+//! `tokio::time` paused, so hysteresis, backoff, cooldowns, restarts and verification
+//! deadlines take milliseconds and never depend on the machine's speed.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use homeostat::agent::{self, Agent, AgentError};
+use homeostat::audit::AuditRecord;
+use homeostat::config::Config;
+use homeostat::labels::Labels;
+use homeostat::metrics::Metrics;
+use homeostat::source::{BoxFuture, History, Point, Source, SourceError};
+use serde_json::json;
+use tokio::sync::{oneshot, Notify};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use common::{noise, now_secs, of_kind, verify_log};
+
+const QUERY: &str = "max by (pod) (hs_test_latency)";
+
+/// What the fake answers to a query.
+#[derive(Debug, Clone)]
+enum Answer {
+    /// These series, at these values (NaN: the store's NaN).
+    Values(Vec<(Labels, f64)>),
+    /// A connection error.
+    Down,
+    /// Wait until the gate opens, then answer nothing.
+    Gated(Arc<Notify>),
+}
+
+/// A scripted Prometheus: answers per query string, keeps one day of history per series
+/// it has been told about, and remembers when each query was asked (virtual time).
+struct Fake {
+    answers: Mutex<HashMap<String, Answer>>,
+    history: Mutex<HashMap<String, Vec<History>>>,
+    asked: Mutex<Vec<(String, Instant)>>,
+    /// Unix seconds at virtual time `start`: points are stamped with virtual time.
+    t0: f64,
+    start: Instant,
+}
+
+impl Fake {
+    fn new() -> Arc<Fake> {
+        Arc::new(Fake {
+            answers: Mutex::default(),
+            history: Mutex::default(),
+            asked: Mutex::default(),
+            t0: now_secs(),
+            start: Instant::now(),
+        })
+    }
+
+    /// One day of minute points around 100 for each pod, ending two minutes ago.
+    fn with_history(self: &Arc<Self>, query: &str, pods: &[&str]) -> Arc<Self> {
+        let end = self.t0 - 120.0;
+        let histories = pods
+            .iter()
+            .enumerate()
+            .map(|(seed, pod)| History {
+                labels: pod_labels(pod),
+                samples: (0..1440)
+                    .map(|i| {
+                        (
+                            end - (1439 - i) as f64 * 60.0,
+                            100.0 + 2.0 * noise(i * 7 + seed + 1),
+                        )
+                    })
+                    .collect(),
+            })
+            .collect();
+        self.history
+            .lock()
+            .unwrap()
+            .insert(query.to_string(), histories);
+        self.clone()
+    }
+
+    fn answer(&self, query: &str, answer: Answer) {
+        self.answers
+            .lock()
+            .unwrap()
+            .insert(query.to_string(), answer);
+    }
+
+    /// Sets the pods' current values of the signal's query.
+    fn set(&self, values: &[(&str, f64)]) {
+        self.answer(
+            QUERY,
+            Answer::Values(values.iter().map(|(p, v)| (pod_labels(p), *v)).collect()),
+        );
+    }
+
+    /// Virtual seconds since the fake was made, at which `query` was asked.
+    fn asked(&self, query: &str) -> Vec<f64> {
+        self.asked
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(q, _)| q == query)
+            .map(|(_, at)| at.duration_since(self.start).as_secs_f64())
+            .collect()
+    }
+}
+
+impl Source for Fake {
+    fn instant_at<'a>(
+        &'a self,
+        query: &'a str,
+        _at: Option<f64>,
+    ) -> BoxFuture<'a, Result<Vec<Point>, SourceError>> {
+        let now = Instant::now();
+        self.asked.lock().unwrap().push((query.to_string(), now));
+        let t = self.t0 + now.duration_since(self.start).as_secs_f64();
+        let answer = self.answers.lock().unwrap().get(query).cloned();
+        Box::pin(async move {
+            match answer {
+                None => Ok(vec![]),
+                Some(Answer::Down) => Err(SourceError::Request("connection refused".into())),
+                Some(Answer::Gated(gate)) => {
+                    gate.notified().await;
+                    Ok(vec![])
+                }
+                Some(Answer::Values(v)) => Ok(v
+                    .into_iter()
+                    .map(|(labels, value)| Point { labels, t, value })
+                    .collect()),
+            }
+        })
+    }
+
+    fn range<'a>(
+        &'a self,
+        query: &'a str,
+        _end: f64,
+        _span: Duration,
+        _step: Duration,
+    ) -> BoxFuture<'a, Result<Vec<History>, SourceError>> {
+        let h = self.history.lock().unwrap().get(query).cloned();
+        Box::pin(async move { Ok(h.unwrap_or_default()) })
+    }
+}
+
+fn pod_labels(pod: &str) -> Labels {
+    Labels::from_pairs([("pod", pod)])
+}
+
+/// A dry-run playbook answering the latency signal: restart, verified by
+/// `restart_done` within 5 s, escalating to a notification when that fails.
+const RESTART: &str = r#"
+const PLAYBOOK = #{
+    name: "restart",
+    trigger: #{ signal: "latency", min_score: 0.999 },
+    allowed: #{ kinds: ["k8s.rollout_restart", "notify.alertmanager"] },
+    group_by: ["pod"],
+    cooldown: "10m",
+};
+fn plan(anomaly) {
+    [#{ kind: "k8s.rollout_restart", target: #{ namespace: "test", deployment: anomaly.labels.pod },
+        verify: #{ query: "restart_done", within: "5s" }, on_failure: "escalate" }]
+}
+fn on_result(anomaly, results) {
+    if results[0].escalated { [#{ kind: "notify.alertmanager", params: #{ summary: "restart did not help" } }] } else { [] }
+}
+"#;
+
+/// The agent's config in `dir`: one signal, the given `[detection]` and `[agent]` extras.
+fn config(dir: &Path, playbooks: &[(&str, &str)], agent_extra: &str, detection: &str) -> Config {
+    let mut names = Vec::new();
+    for (name, body) in playbooks {
+        std::fs::write(dir.join(format!("{name}.rhai")), body).unwrap();
+        names.push(format!("\"{name}.rhai\""));
+    }
+    let text = format!(
+        r#"
+playbooks = [{}]
+[prometheus]
+url = "http://127.0.0.1:9"
+[agent]
+interval = "1s"
+audit_log = "audit.jsonl"
+models_dir = "models"
+playbook_timeout = "30s"
+{agent_extra}
+[detection]
+history = "1d"
+history_step = "1m"
+{detection}
+[[signals]]
+name = "latency"
+query = '{QUERY}'
+direction = "up"
+"#,
+        names.join(", ")
+    );
+    Config::parse(&text, dir).unwrap_or_else(|e| panic!("{e:#?}"))
+}
+
+/// The agent running in this test's runtime.
+struct Daemon {
+    metrics: Arc<Metrics>,
+    log: PathBuf,
+    addr: std::net::SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), AgentError>>,
+}
+
+impl Daemon {
+    /// Starts the agent and waits until it has fitted and ticked once.
+    async fn start(config: Config, source: Arc<Fake>) -> Daemon {
+        let (playbooks, rejected) =
+            homeostat::load_playbooks(&config, &homeostat::playbook::Limits::default());
+        assert!(rejected.is_empty(), "{rejected:?}");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let metrics = Arc::new(Metrics::new(agent::liveness_window(&config)));
+        let log = config.agent.audit_log.clone();
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(agent::run(
+            Agent {
+                config,
+                playbooks,
+                rejected,
+                source,
+                metrics: metrics.clone(),
+            },
+            listener,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        let d = Daemon {
+            metrics,
+            log,
+            addr,
+            stop: Some(stop),
+            task,
+        };
+        d.wait("the first tick", Duration::from_secs(30), |d| {
+            d.metrics.is_ready()
+        })
+        .await;
+        d
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.await.unwrap().unwrap();
+    }
+
+    fn records(&self) -> Vec<AuditRecord> {
+        common::records(&self.log)
+    }
+
+    fn kinds(&self, kind: &str) -> Vec<AuditRecord> {
+        of_kind(&self.records(), kind)
+            .into_iter()
+            .cloned()
+            .collect()
+    }
+
+    fn ticks(&self) -> u64 {
+        common::sample(&self.metrics.encode(), "homeostat_ticks_total").unwrap_or(0.0) as u64
+    }
+
+    /// Lets exactly `n` more ticks run (each queries the signal once).
+    async fn ticks_pass(&self, n: u64) {
+        let target = self.ticks() + n;
+        self.wait("ticks", Duration::from_secs(n * 2 + 5), |d| {
+            d.ticks() >= target
+        })
+        .await;
+    }
+
+    /// Waits, in virtual time, until `cond` holds.
+    async fn wait(&self, what: &str, limit: Duration, mut cond: impl FnMut(&Daemon) -> bool) {
+        let deadline = Instant::now() + limit;
+        while !cond(self) {
+            assert!(
+                Instant::now() < deadline,
+                "no {what} within {limit:?} (virtual); log: {:#?}",
+                self.records()
+                    .iter()
+                    .map(|r| (&r.kind, &r.data))
+                    .collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_anomaly_opens_and_closes_by_the_configured_hysteresis_and_plans_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::new().with_history(QUERY, &["spiky", "clean"]);
+    fake.set(&[("spiky", 100.0), ("clean", 99.5)]);
+    let cfg = config(
+        dir.path(),
+        &[("restart", RESTART)],
+        "",
+        "open_after = 2\nclose_after = 3",
+    );
+    let d = Daemon::start(cfg, fake.clone()).await;
+    d.ticks_pass(3).await;
+    assert!(d.kinds("anomaly_opened").is_empty());
+
+    // One anomalous point is not enough (open_after = 2) ...
+    fake.set(&[("spiky", 300.0), ("clean", 99.5)]);
+    d.ticks_pass(1).await;
+    assert!(
+        d.kinds("anomaly_opened").is_empty(),
+        "opened after one point"
+    );
+    // ... the second opens it, and names that point.
+    fake.set(&[("spiky", 301.0), ("clean", 100.5)]);
+    d.ticks_pass(1).await;
+    let opened = d.kinds("anomaly_opened");
+    assert_eq!(opened.len(), 1, "{opened:#?}");
+    assert_eq!(opened[0].data["labels"], json!({"pod": "spiky"}));
+    assert_eq!(opened[0].data["value"], json!(301.0));
+    let id = opened[0].data["id"].as_str().unwrap().to_string();
+
+    // It stays one anomaly with one plan while it lasts.
+    for v in 302..310 {
+        fake.set(&[("spiky", f64::from(v)), ("clean", 100.0)]);
+        d.ticks_pass(1).await;
+    }
+    assert_eq!(d.kinds("anomaly_opened").len(), 1);
+    d.wait("the plan", Duration::from_secs(5), |d| {
+        !d.kinds("plan").is_empty()
+    })
+    .await;
+    assert_eq!(d.kinds("playbook_matched").len(), 1);
+
+    // Back to normal: it closes only after quiet points, never before close_after of them.
+    fake.set(&[("spiky", 100.0), ("clean", 100.0)]);
+    d.ticks_pass(2).await;
+    assert!(
+        d.kinds("anomaly_closed").is_empty(),
+        "closed within 2 quiet points"
+    );
+    d.wait("the close", Duration::from_secs(60), |d| {
+        !d.kinds("anomaly_closed").is_empty()
+    })
+    .await;
+    let closed = d.kinds("anomaly_closed");
+    assert_eq!(closed[0].data["id"], json!(id));
+    assert_eq!(closed[0].data["reason"], json!("back to normal"));
+    let snap = d.metrics.snapshot();
+    assert!(snap.series.iter().all(|g| !g.open && !g.stale), "{snap:#?}");
+    d.stop().await;
+    verify_log(&dir.path().join("audit.jsonl"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn missing_data_is_stale_never_an_anomaly() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::new().with_history(QUERY, &["a", "b"]);
+    fake.set(&[("a", 100.0), ("b", 100.0)]);
+    let d = Daemon::start(
+        config(dir.path(), &[("restart", RESTART)], "", ""),
+        fake.clone(),
+    )
+    .await;
+    let stale = |d: &Daemon, pod: &str| {
+        d.metrics
+            .snapshot()
+            .series
+            .iter()
+            .find(|g| g.labels == pod_labels(pod))
+            .map(|g| g.stale)
+    };
+
+    // NaN (0/0 in a ratio), a series missing from the answer, an empty answer, a failed
+    // query: each is missing data.
+    fake.set(&[("a", f64::NAN), ("b", 100.0)]);
+    d.ticks_pass(2).await;
+    assert_eq!(stale(&d, "a"), Some(true));
+    assert_eq!(stale(&d, "b"), Some(false));
+    fake.set(&[("b", 100.0)]);
+    d.ticks_pass(2).await;
+    assert_eq!(stale(&d, "a"), Some(true));
+    fake.set(&[]);
+    d.ticks_pass(2).await;
+    assert_eq!(stale(&d, "b"), Some(true));
+    assert_eq!(d.metrics.snapshot().signals["latency"].up, false);
+    fake.answer(QUERY, Answer::Down);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    // Data again, at its usual level: nothing happened.
+    fake.set(&[("a", 100.0), ("b", 100.0)]);
+    d.wait("fresh data", Duration::from_secs(30), |d| {
+        stale(d, "a") == Some(false)
+    })
+    .await;
+    d.ticks_pass(3).await;
+    assert!(d.kinds("anomaly_opened").is_empty());
+    assert!(d.kinds("playbook_matched").is_empty());
+    let m = d.metrics.encode();
+    assert!(
+        m.contains("homeostat_empty_results_total{signal=\"latency\"} 2"),
+        "{m}"
+    );
+    d.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_query_backs_off_exponentially_up_to_max_backoff_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::new().with_history(QUERY, &["a"]);
+    fake.set(&[("a", 100.0)]);
+    let d = Daemon::start(
+        config(dir.path(), &[], "max_backoff = \"8s\"", ""),
+        fake.clone(),
+    )
+    .await;
+    fake.answer(QUERY, Answer::Down);
+    let down_at = fake.asked(QUERY).len();
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    fake.set(&[("a", 100.0)]);
+    let failed = fake.asked(QUERY).len();
+    d.wait("three answered queries", Duration::from_secs(30), |_| {
+        fake.asked(QUERY).len() >= failed + 3
+    })
+    .await;
+    let asked = fake.asked(QUERY);
+    let gaps: Vec<f64> = asked[down_at..]
+        .windows(2)
+        .map(|w| (w[1] - w[0]).round())
+        .collect();
+    // 1, 2, 4, 8 s, then 8 s at most; once it answers, every interval again.
+    assert_eq!(&gaps[..4], &[1.0, 2.0, 4.0, 8.0], "{gaps:?}");
+    let (failing, recovered) = gaps.split_at(gaps.len() - 2);
+    assert!(failing[4..].iter().all(|g| *g == 8.0), "{gaps:?}");
+    assert_eq!(recovered, [1.0, 1.0], "{gaps:?}");
+    let m = d.metrics.encode();
+    let errors = common::sample(
+        &m,
+        "homeostat_query_errors_total{signal=\"latency\",kind=\"request\"}",
+    )
+    .unwrap();
+    // Each gap up to the first answer followed a failure: 8 failed queries in 40 s, not 40.
+    assert_eq!(errors as usize, failing.len(), "{m}");
+    assert_eq!(failing.len(), 8, "{gaps:?}");
+    assert!(d.metrics.snapshot().signals["latency"].up);
+    d.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_resumes_the_open_anomaly_under_its_id_without_planning_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::new().with_history(QUERY, &["a"]);
+    fake.set(&[("a", 100.0)]);
+    let cfg = || config(dir.path(), &[("restart", RESTART)], "", "");
+    let d = Daemon::start(cfg(), fake.clone()).await;
+    fake.set(&[("a", 400.0)]);
+    d.wait("a plan", Duration::from_secs(10), |d| {
+        !d.kinds("plan").is_empty()
+    })
+    .await;
+    d.stop().await;
+    let id = of_kind(
+        &common::records(&dir.path().join("audit.jsonl")),
+        "anomaly_opened",
+    )[0]
+    .data["id"]
+        .clone();
+
+    let d = Daemon::start(cfg(), fake.clone()).await;
+    d.ticks_pass(5).await;
+    let resumed = d.kinds("anomaly_resumed");
+    assert_eq!(resumed.len(), 1);
+    assert_eq!(resumed[0].data["id"], id);
+    assert_eq!(resumed[0].data["handled"], json!(["restart"]));
+    assert_eq!(d.kinds("anomaly_opened").len(), 1, "opened again");
+    assert_eq!(d.kinds("playbook_matched").len(), 1, "planned again");
+    fake.set(&[("a", 100.0)]);
+    d.wait("the close", Duration::from_secs(120), |d| {
+        !d.kinds("anomaly_closed").is_empty()
+    })
+    .await;
+    assert_eq!(d.kinds("anomaly_closed")[0].data["id"], id);
+    d.stop().await;
+    verify_log(&dir.path().join("audit.jsonl"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_second_incident_within_the_cooldown_is_suppressed_and_one_after_it_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::new().with_history(QUERY, &["a"]);
+    fake.set(&[("a", 100.0)]);
+    let cfg = config(dir.path(), &[("restart", RESTART)], "", "close_after = 2");
+    let d = Daemon::start(cfg, fake.clone()).await;
+    let incident = |v: f64| {
+        let fake = fake.clone();
+        async move {
+            fake.set(&[("a", v)]);
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            fake.set(&[("a", 100.0)]);
+        }
+    };
+    incident(400.0).await;
+    d.wait("the first close", Duration::from_secs(120), |d| {
+        d.kinds("anomaly_closed").len() == 1
+    })
+    .await;
+    // Two minutes later: within the 10 min cooldown.
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    incident(700.0).await;
+    d.wait(
+        "the second anomaly's suppression",
+        Duration::from_secs(30),
+        |d| !d.kinds("playbook_suppressed").is_empty(),
+    )
+    .await;
+    let suppressed = &d.kinds("playbook_suppressed")[0].data;
+    assert_eq!(suppressed["reason"], json!("cooldown"));
+    assert_eq!(suppressed["cooldown_secs"], json!(600.0));
+    let ago = suppressed["last_plan_secs_ago"].as_f64().unwrap();
+    assert!((120.0..300.0).contains(&ago), "{ago}");
+    assert_eq!(d.kinds("playbook_matched").len(), 1);
+    d.wait("the second close", Duration::from_secs(300), |d| {
+        d.kinds("anomaly_closed").len() == 2
+    })
+    .await;
+
+    // Past the cooldown, the next incident gets its plan.
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    incident(1500.0).await;
+    d.wait("a second plan", Duration::from_secs(30), |d| {
+        d.kinds("playbook_matched").len() == 2
+    })
+    .await;
+    assert_eq!(d.kinds("anomaly_opened").len(), 3);
+    d.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_verification_escalates_at_its_deadline_and_a_passed_one_ends_the_incident() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::new().with_history(QUERY, &["a", "b"]);
+    fake.set(&[("a", 100.0), ("b", 100.0)]);
+    let d = Daemon::start(
+        config(dir.path(), &[("restart", RESTART)], "", ""),
+        fake.clone(),
+    )
+    .await;
+
+    // `restart_done` never returns data: the verification fails at its 5 s deadline, and
+    // on_result's follow-up runs as round 1.
+    fake.set(&[("a", 400.0), ("b", 100.0)]);
+    d.wait("the first incident's end", Duration::from_secs(30), |d| {
+        !d.kinds("incident_done").is_empty()
+    })
+    .await;
+    let v = d.kinds("verification");
+    assert_eq!(v.len(), 1, "{v:#?}");
+    assert_eq!(v[0].data["passed"], json!(false));
+    let elapsed = v[0].data["elapsed_secs"].as_f64().unwrap();
+    assert!((4.0..=5.0).contains(&elapsed), "gave up after {elapsed}s");
+    let plans = d.kinds("plan");
+    assert_eq!(plans.len(), 2);
+    assert_eq!(plans[1].data["round"], json!(1));
+    assert_eq!(
+        plans[1].data["actions"][0]["kind"],
+        json!("notify.alertmanager")
+    );
+    assert!(plans[1].seq > v[0].seq);
+
+    // Now the condition holds after 2 s: the verification passes then, and on_result
+    // returns nothing more.
+    fake.set(&[("a", 400.0), ("b", 400.0)]);
+    d.wait("the second plan", Duration::from_secs(30), |d| {
+        d.kinds("plan").len() == 3
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    fake.answer(
+        "restart_done",
+        Answer::Values(vec![(Labels::default(), 1.0)]),
+    );
+    d.wait("the second incident's end", Duration::from_secs(30), |d| {
+        d.kinds("incident_done").len() == 2
+    })
+    .await;
+    let v = d.kinds("verification");
+    assert_eq!(v[1].data["passed"], json!(true));
+    let elapsed = v[1].data["elapsed_secs"].as_f64().unwrap();
+    assert!((2.0..4.0).contains(&elapsed), "passed after {elapsed}s");
+    assert_eq!(d.kinds("plan").len(), 3, "no follow-up after a pass");
+    d.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_playbook_never_holds_up_the_detection_tick() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::new().with_history(QUERY, &["a"]);
+    fake.set(&[("a", 100.0)]);
+    let gate = Arc::new(Notify::new());
+    fake.answer("gate", Answer::Gated(gate.clone()));
+    let slow = r#"
+const PLAYBOOK = #{ name: "slow", trigger: #{ signal: "latency", min_score: 0.999 },
+    allowed: #{ kinds: ["notify.alertmanager"] } };
+fn plan(anomaly) {
+    prom::query("gate");
+    [#{ kind: "notify.alertmanager", params: #{ summary: "slow" } }]
+}
+"#;
+    let d = Daemon::start(config(dir.path(), &[("slow", slow)], "", ""), fake.clone()).await;
+    fake.set(&[("a", 400.0)]);
+    // Once the script waits on the gate, in a blocking thread, virtual time stands still
+    // unless moved: move it by hand, a second at a time, and watch the ticks go on.
+    let step = || async {
+        tokio::time::advance(Duration::from_secs(1)).await;
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+    for _ in 0..10 {
+        if !d.kinds("playbook_matched").is_empty() {
+            break;
+        }
+        step().await;
+    }
+    assert_eq!(d.kinds("playbook_matched").len(), 1);
+    let before = d.ticks();
+    for _ in 0..5 {
+        step().await;
+    }
+    assert!(
+        d.ticks() >= before + 4,
+        "{} ticks during the playbook",
+        d.ticks() - before
+    );
+    assert!(
+        d.kinds("plan").is_empty(),
+        "the plan came before the gate opened"
+    );
+    gate.notify_one();
+    d.wait("the plan", Duration::from_secs(10), |d| {
+        !d.kinds("plan").is_empty()
+    })
+    .await;
+    d.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_webhook_on_the_handed_over_listener_runs_a_playbook_for_a_firing_alert() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::new().with_history(QUERY, &["a"]);
+    fake.set(&[("a", 100.0)]);
+    let reboot = r#"
+const PLAYBOOK = #{ name: "reboot", trigger: #{ alertname: "InstanceDown" },
+    allowed: #{ kinds: ["openstack.server_reboot"] } };
+fn plan(alert) {
+    [#{ kind: "openstack.server_reboot", target: #{ server: alert.labels.instance }, params: #{ type: "soft" } }]
+}
+"#;
+    let d = Daemon::start(
+        config(dir.path(), &[("reboot", reboot)], "", ""),
+        fake.clone(),
+    )
+    .await;
+    let body = json!({
+        "version": "4", "status": "firing", "receiver": "homeostat", "groupKey": "{}:{}",
+        "alerts": [{"status": "firing", "labels": {"alertname": "InstanceDown", "instance": "vm-1"},
+            "annotations": {}, "startsAt": "2026-12-07T10:00:00Z", "endsAt": "0001-01-01T00:00:00Z",
+            "fingerprint": "f1"}]
+    });
+    let (status, _) = post(d.addr, "/api/v1/alertmanager", &body.to_string()).await;
+    assert_eq!(status, 202);
+    let (status, text) = post(d.addr, "/api/v1/alertmanager", "{not json").await;
+    assert_eq!(status, 400, "{text}");
+    d.wait("the plan", Duration::from_secs(10), |d| {
+        !d.kinds("plan").is_empty()
+    })
+    .await;
+    let plan = &d.kinds("plan")[0].data;
+    assert_eq!(plan["actions"][0]["target"], json!({"server": "vm-1"}));
+    let m = d.metrics.encode();
+    for line in [
+        "homeostat_webhook_requests_total{result=\"accepted\"} 1",
+        "homeostat_webhook_requests_total{result=\"malformed\"} 1",
+        "homeostat_playbook_runs_total{playbook=\"reboot\",result=\"planned\"} 1",
+    ] {
+        assert!(m.contains(line), "{line} in {m}");
+    }
+    d.stop().await;
+}
+
+/// A plain HTTP/1.1 POST over the loopback listener; returns status and body.
+async fn post(addr: std::net::SocketAddr, path: &str, body: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let status = out[9..12].parse().unwrap();
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
+    (status, body)
+}
