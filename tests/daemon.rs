@@ -390,7 +390,7 @@ async fn missing_data_is_stale_never_an_anomaly() {
     fake.set(&[]);
     d.ticks_pass(2).await;
     assert_eq!(stale(&d, "b"), Some(true));
-    assert_eq!(d.metrics.snapshot().signals["latency"].up, false);
+    assert!(!d.metrics.snapshot().signals["latency"].up);
     fake.answer(QUERY, Answer::Down);
     tokio::time::sleep(Duration::from_secs(10)).await;
     // Data again, at its usual level: nothing happened.
