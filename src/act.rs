@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tracing::{info, warn};
 
@@ -19,7 +19,7 @@ use crate::playbook::{Action, Limits, OnFailure, Plan, Playbook, World};
 use crate::source::{unix_now, PromSource};
 
 /// How one action ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// Recorded, not dispatched.
@@ -39,7 +39,7 @@ impl Outcome {
 }
 
 /// What became of one step; `on_result` receives these.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepResult {
     /// 1-based step number.
     pub step: usize,
