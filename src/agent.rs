@@ -7,14 +7,16 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde_json::json;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
 
 use crate::act::Executor;
 use crate::anomaly::{anomaly_id, AlertmanagerAlert, Anomaly};
-use crate::audit::{AuditError, AuditLog, AuditRecord, Auditor};
+use crate::audit::{
+    AgentStarted, AgentStopped, AlertReceived, AnomalyClosed, AnomalyResumed, AuditError, AuditLog,
+    Auditor, Event, PlaybookRejected, PlaybookVersion,
+};
 use crate::config::{Config, SignalConfig};
 use crate::detect::{Assessment, Detector, Transition};
 use crate::dispatch::{Dispatcher, PlanAges};
@@ -180,8 +182,11 @@ pub async fn run(
             "playbook_suppressed",
         ],
         |r| {
-            track_open(&mut unclosed, &r);
-            plans.note(&r, now);
+            // One that does not read as its kind is skipped: it cannot be resumed from.
+            if let Ok(event) = r.event() {
+                track_open(&mut unclosed, &event);
+                plans.note(&event, r.time(), now);
+            }
         },
     )?;
     let restored = dispatcher.restore_cooldowns(plans);
@@ -202,12 +207,19 @@ pub async fn run(
     };
     record(
         &ctx,
-        "agent_started",
-        json!({
-            "version": env!("CARGO_PKG_VERSION"),
-            "signals": config.signals.iter().map(|s| &s.name).collect::<Vec<_>>(),
-            "playbooks": dispatcher.playbooks().iter().map(|p| json!({"name": p.name, "path": p.path, "sha256": p.sha256})).collect::<Vec<_>>(),
-            "rejected_playbooks": rejected,
+        Event::AgentStarted(AgentStarted {
+            version: env!("CARGO_PKG_VERSION").into(),
+            signals: config.signals.iter().map(|s| s.name.clone()).collect(),
+            playbooks: dispatcher
+                .playbooks()
+                .iter()
+                .map(|p| PlaybookVersion {
+                    name: p.name.clone(),
+                    path: p.path.clone(),
+                    sha256: p.sha256.clone(),
+                })
+                .collect(),
+            rejected_playbooks: rejected.clone(),
         }),
     )
     .await?;
@@ -215,8 +227,10 @@ pub async fn run(
     for problem in &rejected {
         record(
             &ctx,
-            "playbook_rejected",
-            json!({"stage": "start", "error": problem}),
+            Event::PlaybookRejected(PlaybookRejected::AtStart {
+                stage: "start".into(),
+                error: problem.clone(),
+            }),
         )
         .await?;
     }
@@ -298,8 +312,10 @@ pub async fn run(
     let _ = stop_tx.send(true);
     let stopped = record(
         &ctx,
-        "agent_stopped",
-        json!({"reason": if result.is_ok() { "signal" } else { "error" }, "incidents_interrupted": interrupted}),
+        Event::AgentStopped(AgentStopped {
+            reason: if result.is_ok() { "signal" } else { "error" }.into(),
+            incidents_interrupted: interrupted,
+        }),
     )
     .await;
     if tokio::time::timeout(Duration::from_secs(5), server)
@@ -314,8 +330,8 @@ pub async fn run(
 }
 
 /// Appends an audit record.
-async fn record(ctx: &Context, kind: &str, data: serde_json::Value) -> Result<u64, AuditError> {
-    ctx.audit.record(kind, data).await
+async fn record(ctx: &Context, event: Event) -> Result<u64, AuditError> {
+    ctx.audit.record(event).await
 }
 
 /// Audits each alert; firing ones go to the playbooks (grouping and cooldown dedupe
@@ -328,7 +344,17 @@ async fn respond_to_alerts(
     for alert in alerts {
         let event = Anomaly::from_alert(&alert, unix_now());
         info!(alert = %event.signal, status = %alert.status, labels = %event.labels, "alert received");
-        record(ctx, "alert_received", json!({"id": event.id, "status": alert.status, "labels": alert.labels, "annotations": alert.annotations, "starts_at": alert.starts_at})).await?;
+        record(
+            ctx,
+            Event::AlertReceived(AlertReceived {
+                id: event.id.clone(),
+                status: alert.status.clone(),
+                labels: event.labels.clone(),
+                annotations: alert.annotations.clone(),
+                starts_at: alert.starts_at.clone(),
+            }),
+        )
+        .await?;
         if alert.status == "firing" {
             dispatcher.respond(&event, &mut BTreeSet::new()).await?;
         }
@@ -412,46 +438,39 @@ struct Unclosed {
     handled: BTreeSet<String>,
 }
 
-/// Folds one audit record, in log order, into the anomalies open so far (by id).
-fn track_open(open: &mut BTreeMap<String, Unclosed>, r: &AuditRecord) {
-    let text = |k: &str| r.data[k].as_str().map(str::to_string);
-    match r.kind.as_str() {
-        "anomaly_opened" => {
-            let (Some(id), Some(signal)) = (text("id"), text("signal")) else {
-                return;
-            };
-            let Ok(labels) = serde_json::from_value(r.data["labels"].clone()) else {
-                return;
-            };
-            let number = |k: &str| r.data[k].as_f64().unwrap_or(0.0);
+/// Folds one audit event, in log order, into the anomalies open so far (by id).
+fn track_open(open: &mut BTreeMap<String, Unclosed>, event: &Event) {
+    match event {
+        // One without its series cannot be resumed.
+        Event::AnomalyOpened(a) if !a.id.is_empty() && !a.signal.is_empty() => {
             open.insert(
-                id.clone(),
+                a.id.clone(),
                 Unclosed {
-                    id,
-                    signal,
-                    labels,
-                    started_unix: number("started_unix"),
-                    peak_score: number("peak_score"),
+                    id: a.id.clone(),
+                    signal: a.signal.clone(),
+                    labels: a.labels.clone(),
+                    started_unix: a.started_unix,
+                    peak_score: a.peak_score,
                     // Empty in a record written before evidence was recorded.
-                    evidence: text("evidence").unwrap_or_default(),
-                    seasonal: r.data["seasonal"].as_bool().unwrap_or(false),
+                    evidence: a.evidence.clone(),
+                    seasonal: a.seasonal,
                     handled: BTreeSet::new(),
                 },
             );
         }
-        "anomaly_closed" => {
-            if let Some(id) = text("id") {
-                open.remove(&id);
-            }
+        Event::AnomalyClosed(c) => {
+            open.remove(&c.id);
         }
-        "playbook_matched" | "playbook_suppressed" => {
-            if let (Some(id), Some(playbook)) = (text("anomaly_id"), text("playbook")) {
-                if let Some(u) = open.get_mut(&id) {
-                    u.handled.insert(playbook);
-                }
-            }
-        }
+        Event::PlaybookMatched(m) => note_handled(open, &m.anomaly_id, &m.playbook),
+        Event::PlaybookSuppressed(s) => note_handled(open, &s.anomaly_id, &s.playbook),
         _ => {}
+    }
+}
+
+/// Notes that a playbook has been run (or held back) for an open anomaly.
+fn note_handled(open: &mut BTreeMap<String, Unclosed>, anomaly_id: &str, playbook: &str) {
+    if let Some(u) = open.get_mut(anomaly_id) {
+        u.handled.insert(playbook.to_string());
     }
 }
 
@@ -472,7 +491,17 @@ async fn resume(
                 let started = UNIX_EPOCH + Duration::from_secs_f64(u.started_unix.max(0.0));
                 series.detector.resume_open();
                 info!(signal = %u.signal, series = %u.labels, id = %u.id, "anomaly resumed");
-                record(ctx, "anomaly_resumed", json!({"id": u.id, "signal": u.signal, "labels": u.labels, "started_at": humantime::format_rfc3339_millis(started).to_string(), "handled": u.handled})).await?;
+                record(
+                    ctx,
+                    Event::AnomalyResumed(AnomalyResumed {
+                        id: u.id.clone(),
+                        signal: u.signal.clone(),
+                        labels: u.labels.clone(),
+                        started_at: humantime::format_rfc3339_millis(started).to_string(),
+                        handled: u.handled.clone(),
+                    }),
+                )
+                .await?;
                 series.open = Some(OpenAnomaly {
                     id: u.id,
                     started,
@@ -489,7 +518,18 @@ async fn resume(
                     "signal no longer configured"
                 };
                 info!(signal = %u.signal, series = %u.labels, id = %u.id, reason, "anomaly closed");
-                record(ctx, "anomaly_closed", json!({"id": u.id, "signal": u.signal, "labels": u.labels, "peak_score": u.peak_score, "reason": reason})).await?;
+                record(
+                    ctx,
+                    Event::AnomalyClosed(AnomalyClosed {
+                        id: u.id,
+                        signal: u.signal,
+                        labels: u.labels,
+                        duration_secs: None,
+                        peak_score: u.peak_score,
+                        reason: reason.into(),
+                    }),
+                )
+                .await?;
             }
         }
     }
@@ -682,12 +722,7 @@ async fn process(
                 });
                 let anomaly = describe(&s.cfg, &p.labels, series);
                 warn!(signal = %name, series = %p.labels, value = p.value, expected = a.expected, score = format!("{:.2}", a.score), evidence = %a.evidence, seasonal = a.seasonal, id = %id, "anomaly opened");
-                record(
-                    ctx,
-                    "anomaly_opened",
-                    serde_json::to_value(&anomaly).expect("anomaly serialises"),
-                )
-                .await?;
+                record(ctx, Event::AnomalyOpened(anomaly)).await?;
                 *ctx.telemetry
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -703,7 +738,18 @@ async fn process(
                         .map(|d| d.as_secs_f64())
                         .unwrap_or(0.0);
                     info!(signal = %name, series = %p.labels, id = %open.id, duration_secs = secs, "anomaly closed");
-                    record(ctx, "anomaly_closed", json!({"id": open.id, "signal": name, "labels": p.labels, "duration_secs": secs, "peak_score": open.peak_score, "reason": "back to normal"})).await?;
+                    record(
+                        ctx,
+                        Event::AnomalyClosed(AnomalyClosed {
+                            id: open.id,
+                            signal: name.clone(),
+                            labels: p.labels.clone(),
+                            duration_secs: Some(secs),
+                            peak_score: open.peak_score,
+                            reason: "back to normal".into(),
+                        }),
+                    )
+                    .await?;
                 }
             }
             Transition::None => {}
@@ -741,7 +787,18 @@ async fn expire(ctx: &Context, s: &mut SignalState) -> Result<(), AuditError> {
         if let Some(series) = s.series.remove(&labels) {
             info!(signal = %s.cfg.name, series = %labels, "series vanished; forgotten");
             if let Some(open) = series.open {
-                record(ctx, "anomaly_closed", json!({"id": open.id, "signal": s.cfg.name, "labels": labels, "peak_score": open.peak_score, "reason": "series vanished"})).await?;
+                record(
+                    ctx,
+                    Event::AnomalyClosed(AnomalyClosed {
+                        id: open.id,
+                        signal: s.cfg.name.clone(),
+                        labels,
+                        duration_secs: None,
+                        peak_score: open.peak_score,
+                        reason: "series vanished".into(),
+                    }),
+                )
+                .await?;
             }
         }
     }
@@ -918,48 +975,53 @@ pub async fn fit_and_save(
 mod tests {
     use super::*;
 
-    fn rec(kind: &str, data: serde_json::Value) -> AuditRecord {
-        AuditRecord {
-            seq: 0,
-            ts: String::new(),
-            kind: kind.into(),
-            prev: String::new(),
-            data,
-            hash: String::new(),
-        }
-    }
+    use crate::audit::{PlaybookMatched, PlaybookSuppressed};
 
     #[test]
     fn the_log_tells_which_anomalies_a_previous_run_left_open() {
         let opened = |id: &str, pod: &str| {
-            rec(
-                "anomaly_opened",
-                json!({"id": id, "signal": "latency", "labels": {"pod": pod}, "started_unix": 100.0, "peak_score": 0.9995, "evidence": "jump", "seasonal": true}),
-            )
+            Event::AnomalyOpened(Anomaly {
+                id: id.into(),
+                signal: "latency".into(),
+                labels: Labels::from_pairs([("pod", pod)]),
+                started_unix: 100.0,
+                peak_score: 0.9995,
+                evidence: "jump".into(),
+                seasonal: true,
+                ..Anomaly::default()
+            })
+        };
+        let matched = |id: &str, playbook: &str| {
+            Event::PlaybookMatched(PlaybookMatched {
+                anomaly_id: id.into(),
+                playbook: playbook.into(),
+                ..PlaybookMatched::default()
+            })
         };
         let log = [
             opened("an-1", "a"),
             opened("an-2", "b"),
-            rec(
-                "playbook_matched",
-                json!({"anomaly_id": "an-2", "playbook": "restart"}),
-            ),
-            rec(
-                "playbook_suppressed",
-                json!({"anomaly_id": "an-2", "playbook": "scale"}),
-            ),
+            matched("an-2", "restart"),
+            Event::PlaybookSuppressed(PlaybookSuppressed {
+                anomaly_id: "an-2".into(),
+                playbook: "scale".into(),
+                ..PlaybookSuppressed::default()
+            }),
             // An alert's plan: no anomaly of homeostat's own.
-            rec(
-                "playbook_matched",
-                json!({"anomaly_id": "al-9", "playbook": "restart"}),
-            ),
-            rec("anomaly_closed", json!({"id": "an-1"})),
-            // Unreadable: skipped, not fatal.
-            rec("anomaly_opened", json!({"id": "an-3"})),
+            matched("al-9", "restart"),
+            Event::AnomalyClosed(AnomalyClosed {
+                id: "an-1".into(),
+                ..AnomalyClosed::default()
+            }),
+            // Without its series: skipped, not fatal.
+            Event::AnomalyOpened(Anomaly {
+                id: "an-3".into(),
+                ..Anomaly::default()
+            }),
         ];
         let mut open = BTreeMap::new();
-        for r in &log {
-            track_open(&mut open, r);
+        for event in &log {
+            track_open(&mut open, event);
         }
         let left: Vec<&Unclosed> = open.values().collect();
         assert_eq!(
@@ -967,7 +1029,7 @@ mod tests {
             [&Unclosed {
                 id: "an-2".into(),
                 signal: "latency".into(),
-                labels: serde_json::from_value(json!({"pod": "b"})).unwrap(),
+                labels: Labels::from_pairs([("pod", "b")]),
                 started_unix: 100.0,
                 peak_score: 0.9995,
                 evidence: "jump".into(),

@@ -435,13 +435,12 @@ impl Auditor {
         self.written.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Appends and fsyncs a record; returns once it is durable.
-    pub async fn record(&self, kind: &str, data: Value) -> Result<u64, AuditError> {
+    /// Appends and fsyncs an event; returns once it is durable.
+    pub async fn record(&self, event: Event) -> Result<u64, AuditError> {
         let log = self.log.clone();
-        let kind = kind.to_string();
         let seq = tokio::task::spawn_blocking(move || {
             let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
-            log.append(&kind, &data)
+            log.record(&event)
         })
         .await
         .expect("audit append does not panic")?;
