@@ -11,17 +11,20 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use serde::Serialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use tracing::{info, warn};
 
 use crate::anomaly::Anomaly;
-use crate::audit::{AuditError, Auditor};
+use crate::audit::{
+    ActionIntent, ActionOutcome, AuditError, Auditor, EscalationLimit, Event, IncidentDone,
+    PlanChosen, PlaybookFailed, Verification,
+};
 use crate::playbook::{Action, Limits, OnFailure, Plan, Playbook, World};
 use crate::source::{unix_now, Source};
 
 /// How one action ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// Recorded, not dispatched.
@@ -41,7 +44,7 @@ impl Outcome {
 }
 
 /// What became of one step; `on_result` receives these.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepResult {
     /// 1-based step number.
     pub step: usize,
@@ -93,14 +96,13 @@ impl Executor {
             if !playbook.has_on_result {
                 return Ok(());
             }
-            let results_json = serde_json::to_value(&results).expect("results serialise");
+            let r = serde_json::to_value(&results).expect("results serialise");
             let (pb, a, limits, world) = (
                 playbook.clone(),
                 anomaly.clone(),
                 self.limits.clone(),
                 self.world.clone(),
             );
-            let r = results_json.clone();
             let follow = tokio::task::spawn_blocking(move || {
                 pb.on_result(&a, &r, &limits, world, unix_now())
             })
@@ -110,7 +112,12 @@ impl Executor {
             match follow {
                 Ok(None) => {
                     self.audit
-                        .record("incident_done", json!({"anomaly_id": anomaly.id, "playbook": playbook.name, "round": round, "results": results_json}))
+                        .record(Event::IncidentDone(IncidentDone {
+                            anomaly_id: anomaly.id.clone(),
+                            playbook: playbook.name.clone(),
+                            round,
+                            results,
+                        }))
                         .await?;
                     return Ok(());
                 }
@@ -118,26 +125,39 @@ impl Executor {
                     round += 1;
                     warn!(playbook = %playbook.name, anomaly = %anomaly.id, round, "on_result escalates: {}", next.render());
                     self.audit
-                        .record(
-                            "plan",
-                            json!({"anomaly_id": anomaly.id, "playbook": playbook.name, "mode": playbook.mode.as_str(), "round": round, "after": results_json, "actions": next.actions}),
-                        )
+                        .record(Event::Plan(PlanChosen {
+                            anomaly_id: anomaly.id.clone(),
+                            playbook: playbook.name.clone(),
+                            mode: playbook.mode.as_str().into(),
+                            round,
+                            after: Some(results),
+                            actions: next.actions.clone(),
+                        }))
                         .await?;
                     plan = next;
                 }
                 Ok(Some(next)) => {
                     warn!(playbook = %playbook.name, anomaly = %anomaly.id, "follow-up plan dropped: escalation limit reached");
                     self.audit
-                        .record(
-                            "escalation_limit",
-                            json!({"anomaly_id": anomaly.id, "playbook": playbook.name, "limit": self.max_follow_ups, "dropped_actions": next.actions}),
-                        )
+                        .record(Event::EscalationLimit(EscalationLimit {
+                            anomaly_id: anomaly.id.clone(),
+                            playbook: playbook.name.clone(),
+                            limit: self.max_follow_ups,
+                            dropped_actions: next.actions,
+                        }))
                         .await?;
                     return Ok(());
                 }
                 Err(e) => {
                     warn!(playbook = %playbook.name, anomaly = %anomaly.id, error = %e, "on_result failed");
-                    self.audit.record("playbook_failed", json!({"anomaly_id": anomaly.id, "playbook": playbook.name, "stage": "on_result", "error": e})).await?;
+                    self.audit
+                        .record(Event::PlaybookFailed(PlaybookFailed {
+                            anomaly_id: anomaly.id.clone(),
+                            playbook: playbook.name.clone(),
+                            stage: "on_result".into(),
+                            error: e,
+                        }))
+                        .await?;
                     return Ok(());
                 }
             }
@@ -171,21 +191,27 @@ impl Executor {
             }
             // The intent must be durable before anything could be dispatched.
             self.audit
-                .record(
-                    "action_intent",
-                    json!({
-                        "anomaly_id": plan.anomaly_id, "playbook": plan.playbook, "round": round, "step": step,
-                        "mode": playbook.mode.as_str(), "effective_mode": "dry-run", "action": action,
-                    }),
-                )
+                .record(Event::ActionIntent(ActionIntent {
+                    anomaly_id: plan.anomaly_id.clone(),
+                    playbook: plan.playbook.clone(),
+                    round,
+                    step,
+                    mode: playbook.mode.as_str().into(),
+                    effective_mode: "dry-run".into(),
+                    action: action.clone(),
+                }))
                 .await?;
             result.outcome = Outcome::DryRun;
             info!(playbook = %plan.playbook, anomaly = %plan.anomaly_id, step, outcome = result.outcome.as_str(), "{action}");
             self.audit
-                .record(
-                    "action_outcome",
-                    json!({"anomaly_id": plan.anomaly_id, "playbook": plan.playbook, "round": round, "step": step, "kind": action.kind, "outcome": result.outcome}),
-                )
+                .record(Event::ActionOutcome(ActionOutcome {
+                    anomaly_id: plan.anomaly_id.clone(),
+                    playbook: plan.playbook.clone(),
+                    round,
+                    step,
+                    kind: action.kind.clone(),
+                    outcome: result.outcome,
+                }))
                 .await?;
             if action.verify.is_some() {
                 let passed = self.verify(plan, round, step, action).await?;
@@ -232,14 +258,17 @@ impl Executor {
         let elapsed = started.elapsed().as_secs_f64();
         info!(playbook = %plan.playbook, anomaly = %plan.anomaly_id, step, passed, elapsed_secs = elapsed, query = %v.query, "verification");
         self.audit
-            .record(
-                "verification",
-                json!({
-                    "anomaly_id": plan.anomaly_id, "playbook": plan.playbook, "round": round, "step": step,
-                    "query": v.query, "within_secs": v.within.as_secs_f64(), "passed": passed,
-                    "elapsed_secs": elapsed, "last_error": last_error,
-                }),
-            )
+            .record(Event::Verification(Verification {
+                anomaly_id: plan.anomaly_id.clone(),
+                playbook: plan.playbook.clone(),
+                round,
+                step,
+                query: v.query.clone(),
+                within_secs: v.within.as_secs_f64(),
+                passed,
+                elapsed_secs: elapsed,
+                last_error,
+            }))
             .await?;
         Ok(passed)
     }

@@ -7,14 +7,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use serde_json::json;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use crate::act::Executor;
 use crate::anomaly::Anomaly;
-use crate::audit::{AuditError, AuditRecord};
+use crate::audit::{
+    AuditError, Event, PlanChosen, PlaybookFailed, PlaybookMatched, PlaybookRejected,
+    PlaybookReloaded, PlaybookSuppressed,
+};
 use crate::metrics::{Metrics, PlaybookResult};
 use crate::playbook::{Limits, Playbook};
 use crate::source::unix_now;
@@ -61,7 +63,14 @@ async fn plan_and_run(
     match result {
         Ok(plan) => {
             audit
-                .record("plan", json!({"anomaly_id": anomaly.id, "playbook": pb.name, "mode": pb.mode.as_str(), "round": 0, "actions": plan.actions}))
+                .record(Event::Plan(PlanChosen {
+                    anomaly_id: anomaly.id.clone(),
+                    playbook: pb.name.clone(),
+                    mode: pb.mode.as_str().into(),
+                    round: 0,
+                    after: None,
+                    actions: plan.actions.clone(),
+                }))
                 .await?;
             warn!(playbook = %pb.name, anomaly = %anomaly.id, mode = pb.mode.as_str(), "{}", plan.render());
             metrics.playbook_run(&pb.name, PlaybookResult::Planned);
@@ -69,7 +78,14 @@ async fn plan_and_run(
         }
         Err(e) => {
             error!(playbook = %pb.name, anomaly = %anomaly.id, error = %e, "playbook failed");
-            audit.record("playbook_failed", json!({"anomaly_id": anomaly.id, "playbook": pb.name, "stage": "plan", "error": e})).await?;
+            audit
+                .record(Event::PlaybookFailed(PlaybookFailed {
+                    anomaly_id: anomaly.id.clone(),
+                    playbook: pb.name.clone(),
+                    stage: "plan".into(),
+                    error: e,
+                }))
+                .await?;
             metrics.playbook_run(&pb.name, PlaybookResult::Failed);
             Ok(())
         }
@@ -77,30 +93,28 @@ async fn plan_and_run(
 }
 
 /// The age of the latest plan per (playbook, group), folded from the audit log's
-/// `playbook_matched` records (other kinds are ignored): what a restart restores
+/// `playbook_matched` events (other events are ignored): what a restart restores
 /// cooldowns from. One entry per group, however long the log. A record whose time cannot
 /// be read counts as made now: when in doubt, remediate less.
 #[derive(Debug, Default)]
 pub struct PlanAges(HashMap<(String, String), Duration>);
 
 impl PlanAges {
-    /// Notes one record, as of `now`.
-    pub fn note(&mut self, r: &AuditRecord, now: SystemTime) {
-        if r.kind != "playbook_matched" {
-            return;
-        }
-        let (Some(playbook), Some(group)) = (r.data["playbook"].as_str(), r.data["group"].as_str())
-        else {
+    /// Notes one event, written at `written` (`None`: unreadable), as of `now`.
+    pub fn note(&mut self, event: &Event, written: Option<SystemTime>, now: SystemTime) {
+        // One written before grouping existed has no group to restore.
+        let Event::PlaybookMatched(m) = event else {
             return;
         };
-        let age = humantime::parse_rfc3339_weak(&r.ts)
-            .ok()
-            .map_or(Duration::ZERO, |t| {
-                now.duration_since(t).unwrap_or(Duration::ZERO)
-            });
+        if m.group.is_empty() {
+            return;
+        }
+        let age = written.map_or(Duration::ZERO, |t| {
+            now.duration_since(t).unwrap_or(Duration::ZERO)
+        });
         let slot = self
             .0
-            .entry((playbook.to_string(), group.to_string()))
+            .entry((m.playbook.clone(), m.group.clone()))
             .or_insert(age);
         *slot = (*slot).min(age);
     }
@@ -207,10 +221,14 @@ impl Dispatcher {
                 let ago = last.elapsed().as_secs_f64();
                 info!(playbook = %pb.name, anomaly = %anomaly.id, %group, "suppressed: a plan for this incident ran {ago:.0}s ago");
                 audit
-                    .record(
-                        "playbook_suppressed",
-                        json!({"anomaly_id": anomaly.id, "playbook": pb.name, "group": group, "reason": "cooldown", "last_plan_secs_ago": ago, "cooldown_secs": pb.cooldown.as_secs_f64()}),
-                    )
+                    .record(Event::PlaybookSuppressed(PlaybookSuppressed {
+                        anomaly_id: anomaly.id.clone(),
+                        playbook: pb.name.clone(),
+                        group,
+                        reason: "cooldown".into(),
+                        last_plan_secs_ago: ago,
+                        cooldown_secs: pb.cooldown.as_secs_f64(),
+                    }))
                     .await?;
                 self.metrics
                     .playbook_run(&pb.name, PlaybookResult::Suppressed);
@@ -218,7 +236,13 @@ impl Dispatcher {
             }
             self.groups.insert(key, Instant::now());
             audit
-                .record("playbook_matched", json!({"anomaly_id": anomaly.id, "playbook": pb.name, "sha256": pb.sha256, "group": group, "anomaly": anomaly}))
+                .record(Event::PlaybookMatched(PlaybookMatched {
+                    anomaly_id: anomaly.id.clone(),
+                    playbook: pb.name.clone(),
+                    sha256: pb.sha256.clone(),
+                    group,
+                    anomaly: anomaly.clone(),
+                }))
                 .await?;
             let (executor, metrics, limits) = (
                 self.executor.clone(),
@@ -269,7 +293,13 @@ impl Dispatcher {
                 Err(e) => {
                     if self.seen.remove(&path).is_some() {
                         warn!(path = %path.display(), error = %e, "playbook file unreadable; its loaded version stays active");
-                        audit.record("playbook_rejected", json!({"path": path, "error": format!("cannot read: {e}"), "kept_sha256": self.active_sha(&path)})).await?;
+                        audit
+                            .record(Event::PlaybookRejected(PlaybookRejected::Unreadable {
+                                path: path.clone(),
+                                error: format!("cannot read: {e}"),
+                                kept_sha256: self.active_sha(&path),
+                            }))
+                            .await?;
                     }
                     continue;
                 }
@@ -286,7 +316,14 @@ impl Dispatcher {
             match self.load_checked(&path) {
                 Ok(pb) => {
                     info!(path = %path.display(), playbook = %pb.name, "playbook reloaded");
-                    audit.record("playbook_reloaded", json!({"path": path, "playbook": pb.name, "old_sha256": old, "new_sha256": sha})).await?;
+                    audit
+                        .record(Event::PlaybookReloaded(PlaybookReloaded {
+                            path: path.clone(),
+                            playbook: pb.name.clone(),
+                            old_sha256: old,
+                            new_sha256: sha,
+                        }))
+                        .await?;
                     self.active.retain(|p| p.path != path);
                     self.active.push(Arc::new(pb));
                     self.publish();
@@ -294,10 +331,12 @@ impl Dispatcher {
                 Err(e) => {
                     error!(path = %path.display(), "playbook change rejected; the previous version stays active: {e}");
                     audit
-                        .record(
-                            "playbook_rejected",
-                            json!({"path": path, "error": e, "old_sha256": old, "new_sha256": sha}),
-                        )
+                        .record(Event::PlaybookRejected(PlaybookRejected::Changed {
+                            path: path.clone(),
+                            error: e,
+                            old_sha256: old,
+                            new_sha256: sha,
+                        }))
                         .await?;
                 }
             }
@@ -337,38 +376,36 @@ impl Dispatcher {
 mod tests {
     use super::*;
 
-    fn matched(playbook: &str, group: &str, ts: String) -> AuditRecord {
-        AuditRecord {
-            seq: 1,
-            ts,
-            kind: "playbook_matched".into(),
-            prev: String::new(),
-            data: json!({"playbook": playbook, "group": group}),
-            hash: String::new(),
-        }
+    fn matched(playbook: &str, group: &str) -> Event {
+        Event::PlaybookMatched(PlaybookMatched {
+            playbook: playbook.into(),
+            group: group.into(),
+            ..PlaybookMatched::default()
+        })
     }
 
     #[test]
     fn plans_within_their_cooldown_survive_a_restart() {
-        // Whole seconds, so the millisecond timestamps are exact.
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(unix_now() as u64);
-        let ago = |secs: u64| {
-            humantime::format_rfc3339_millis(now - Duration::from_secs(secs)).to_string()
-        };
-        let mut other = matched("restart", "app=cart", ago(1));
-        other.kind = "plan".into();
-        let records = [
-            matched("restart", "app=cart", ago(300)),
-            matched("restart", "app=cart", ago(120)),
-            matched("restart", "app=shop", ago(900)),
-            matched("retired", "app=cart", ago(60)),
-            matched("restart", "app=web", "yesterday-ish".into()),
-            other,
+        let now = SystemTime::now();
+        let ago = |secs: u64| Some(now - Duration::from_secs(secs));
+        let other = Event::Plan(PlanChosen {
+            playbook: "restart".into(),
+            ..PlanChosen::default()
+        });
+        let events = [
+            (matched("restart", "app=cart"), ago(300)),
+            (matched("restart", "app=cart"), ago(120)),
+            (matched("restart", "app=shop"), ago(900)),
+            (matched("retired", "app=cart"), ago(60)),
+            (matched("restart", "app=web"), None),
+            // Written before grouping: nothing to restore.
+            (matched("restart", ""), ago(1)),
+            (other, ago(1)),
         ];
         let cooldown = |name: &str| (name == "restart").then_some(Duration::from_secs(600));
         let mut ages = PlanAges::default();
-        for r in &records {
-            ages.note(r, now);
+        for (event, written) in &events {
+            ages.note(event, *written, now);
         }
         let got = ages.within(cooldown);
         let key = |g: &str| ("restart".to_string(), g.to_string());

@@ -12,7 +12,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use serde_json::json;
 use tokio::sync::{mpsc, watch as signal_watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -20,7 +19,10 @@ use tracing::{debug, error, info, warn};
 
 use crate::act::Executor;
 use crate::anomaly::{AlertmanagerAlert, Anomaly};
-use crate::audit::{AuditError, AuditLog, Auditor};
+use crate::audit::{
+    AgentStarted, AgentStopped, AlertReceived, AnomalyClosed, AuditError, AuditLog, Auditor, Event,
+    PlaybookRejected, PlaybookVersion,
+};
 use crate::config::Config;
 use crate::dispatch::{Dispatcher, PlanAges};
 use crate::metrics::{Metrics, Snapshot};
@@ -189,8 +191,11 @@ pub async fn run(
             "playbook_suppressed",
         ],
         |r| {
-            restore::track_open(&mut unclosed, &r);
-            plans.note(&r, now);
+            // One that does not read as its kind is skipped: it cannot be resumed from.
+            if let Ok(event) = r.event() {
+                restore::track_open(&mut unclosed, &event);
+                plans.note(&event, r.time(), now);
+            }
         },
     )?;
     let restored = dispatcher.restore_cooldowns(plans);
@@ -212,22 +217,27 @@ pub async fn run(
         models_dir: config.agent.models_dir.clone(),
     };
     ctx.audit
-        .record(
-            "agent_started",
-            json!({
-                "version": env!("CARGO_PKG_VERSION"),
-                "signals": config.signals.iter().map(|s| &s.name).collect::<Vec<_>>(),
-                "playbooks": dispatcher.playbooks().iter().map(|p| json!({"name": p.name, "path": p.path, "sha256": p.sha256})).collect::<Vec<_>>(),
-                "rejected_playbooks": rejected,
-            }),
-        )
+        .record(Event::AgentStarted(AgentStarted {
+            version: env!("CARGO_PKG_VERSION").into(),
+            signals: config.signals.iter().map(|s| s.name.clone()).collect(),
+            playbooks: dispatcher
+                .playbooks()
+                .iter()
+                .map(|p| PlaybookVersion {
+                    name: p.name.clone(),
+                    path: p.path.clone(),
+                    sha256: p.sha256.clone(),
+                })
+                .collect(),
+            rejected_playbooks: rejected.clone(),
+        }))
         .await?;
     for problem in &rejected {
         ctx.audit
-            .record(
-                "playbook_rejected",
-                json!({"stage": "start", "error": problem}),
-            )
+            .record(Event::PlaybookRejected(PlaybookRejected::AtStart {
+                stage: "start".into(),
+                error: problem.clone(),
+            }))
             .await?;
     }
 
@@ -249,7 +259,6 @@ pub async fn run(
             _ = fit_all(&ctx, &mut watches) => {}
         }
         for r in restore::resume(&mut watches, std::mem::take(&mut unclosed)) {
-            let (kind, data) = restore::record_of(&r);
             match &r {
                 Restored::Resumed { anomaly: u, .. } => {
                     info!(signal = %u.signal, series = %u.labels, id = %u.id, "anomaly resumed")
@@ -258,7 +267,7 @@ pub async fn run(
                     info!(signal = %u.signal, series = %u.labels, id = %u.id, reason, "anomaly closed")
                 }
             }
-            ctx.audit.record(kind, data).await?;
+            ctx.audit.record(r.event()).await?;
         }
         let mut ticker = tokio::time::interval(ctx.timing.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -312,10 +321,10 @@ pub async fn run(
     let _ = stop_tx.send(true);
     let stopped = ctx
         .audit
-        .record(
-            "agent_stopped",
-            json!({"reason": if result.is_ok() { "signal" } else { "error" }, "incidents_interrupted": interrupted}),
-        )
+        .record(Event::AgentStopped(AgentStopped {
+            reason: if result.is_ok() { "signal" } else { "error" }.into(),
+            incidents_interrupted: interrupted,
+        }))
         .await;
     if tokio::time::timeout(Duration::from_secs(5), server)
         .await
@@ -338,7 +347,15 @@ async fn respond_to_alerts(
     for alert in alerts {
         let event = Anomaly::from_alert(&alert, unix_now());
         info!(alert = %event.signal, status = %alert.status, labels = %event.labels, "alert received");
-        ctx.audit.record("alert_received", json!({"id": event.id, "status": alert.status, "labels": alert.labels, "annotations": alert.annotations, "starts_at": alert.starts_at})).await?;
+        ctx.audit
+            .record(Event::AlertReceived(AlertReceived {
+                id: event.id.clone(),
+                status: alert.status.clone(),
+                labels: event.labels.clone(),
+                annotations: alert.annotations.clone(),
+                starts_at: alert.starts_at.clone(),
+            }))
+            .await?;
         if alert.status == "firing" {
             dispatcher.respond(&event, &mut BTreeSet::new()).await?;
         }
@@ -455,12 +472,7 @@ async fn process(
             }
             WatchEvent::Opened(a) => {
                 warn!(signal = %name, series = %a.labels, value = a.value, expected = a.expected, score = format!("{:.2}", a.score), evidence = %a.evidence, seasonal = a.seasonal, id = %a.id, "anomaly opened");
-                ctx.audit
-                    .record(
-                        "anomaly_opened",
-                        serde_json::to_value(&a).expect("anomaly serialises"),
-                    )
-                    .await?;
+                ctx.audit.record(Event::AnomalyOpened(a)).await?;
                 ctx.metrics.anomaly_opened(&name);
             }
             WatchEvent::Closed {
@@ -471,15 +483,16 @@ async fn process(
                 reason,
             } => {
                 info!(signal = %name, series = %labels, id = %id, duration_secs, reason, "anomaly closed");
-                let data = match duration_secs {
-                    Some(secs) => {
-                        json!({"id": id, "signal": name, "labels": labels, "duration_secs": secs, "peak_score": peak_score, "reason": reason})
-                    }
-                    None => {
-                        json!({"id": id, "signal": name, "labels": labels, "peak_score": peak_score, "reason": reason})
-                    }
-                };
-                ctx.audit.record("anomaly_closed", data).await?;
+                ctx.audit
+                    .record(Event::AnomalyClosed(AnomalyClosed {
+                        id,
+                        signal: name.clone(),
+                        labels,
+                        duration_secs,
+                        peak_score,
+                        reason: reason.into(),
+                    }))
+                    .await?;
             }
             WatchEvent::Anomalous(a) => {
                 let mut handled = w.handled(&a.labels);

@@ -5,10 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, UNIX_EPOCH};
 
-use serde_json::json;
-
 use super::watch::{OpenAnomaly, SignalWatch};
-use crate::audit::AuditRecord;
+use crate::audit::{AnomalyClosed, AnomalyResumed, Event};
 use crate::labels::Labels;
 
 /// An anomaly the audit log shows opened and never closed: the agent stopped (or
@@ -33,46 +31,39 @@ pub struct Unclosed {
     pub handled: BTreeSet<String>,
 }
 
-/// Folds one audit record, in log order, into the anomalies open so far (by id).
-pub fn track_open(open: &mut BTreeMap<String, Unclosed>, r: &AuditRecord) {
-    let text = |k: &str| r.data[k].as_str().map(str::to_string);
-    match r.kind.as_str() {
-        "anomaly_opened" => {
-            let (Some(id), Some(signal)) = (text("id"), text("signal")) else {
-                return;
-            };
-            let Ok(labels) = serde_json::from_value(r.data["labels"].clone()) else {
-                return;
-            };
-            let number = |k: &str| r.data[k].as_f64().unwrap_or(0.0);
+/// Folds one audit event, in log order, into the anomalies open so far (by id).
+pub fn track_open(open: &mut BTreeMap<String, Unclosed>, event: &Event) {
+    match event {
+        // One without its series cannot be resumed.
+        Event::AnomalyOpened(a) if !a.id.is_empty() && !a.signal.is_empty() => {
             open.insert(
-                id.clone(),
+                a.id.clone(),
                 Unclosed {
-                    id,
-                    signal,
-                    labels,
-                    started_unix: number("started_unix"),
-                    peak_score: number("peak_score"),
+                    id: a.id.clone(),
+                    signal: a.signal.clone(),
+                    labels: a.labels.clone(),
+                    started_unix: a.started_unix,
+                    peak_score: a.peak_score,
                     // Empty in a record written before evidence was recorded.
-                    evidence: text("evidence").unwrap_or_default(),
-                    seasonal: r.data["seasonal"].as_bool().unwrap_or(false),
+                    evidence: a.evidence.clone(),
+                    seasonal: a.seasonal,
                     handled: BTreeSet::new(),
                 },
             );
         }
-        "anomaly_closed" => {
-            if let Some(id) = text("id") {
-                open.remove(&id);
-            }
+        Event::AnomalyClosed(c) => {
+            open.remove(&c.id);
         }
-        "playbook_matched" | "playbook_suppressed" => {
-            if let (Some(id), Some(playbook)) = (text("anomaly_id"), text("playbook")) {
-                if let Some(u) = open.get_mut(&id) {
-                    u.handled.insert(playbook);
-                }
-            }
-        }
+        Event::PlaybookMatched(m) => note_handled(open, &m.anomaly_id, &m.playbook),
+        Event::PlaybookSuppressed(s) => note_handled(open, &s.anomaly_id, &s.playbook),
         _ => {}
+    }
+}
+
+/// Notes that a playbook has been run (or held back) for an open anomaly.
+fn note_handled(open: &mut BTreeMap<String, Unclosed>, anomaly_id: &str, playbook: &str) {
+    if let Some(u) = open.get_mut(anomaly_id) {
+        u.handled.insert(playbook.to_string());
     }
 }
 
@@ -134,70 +125,84 @@ pub fn resume(watches: &mut [SignalWatch], unclosed: BTreeMap<String, Unclosed>)
     out
 }
 
-/// The `data` of the audit record for a restored anomaly.
-pub fn record_of(r: &Restored) -> (&'static str, serde_json::Value) {
-    match r {
-        Restored::Resumed {
-            anomaly: u,
-            started_at,
-        } => (
-            "anomaly_resumed",
-            json!({"id": u.id, "signal": u.signal, "labels": u.labels, "started_at": started_at, "handled": u.handled}),
-        ),
-        Restored::Closed { anomaly: u, reason } => (
-            "anomaly_closed",
-            json!({"id": u.id, "signal": u.signal, "labels": u.labels, "peak_score": u.peak_score, "reason": reason}),
-        ),
+impl Restored {
+    /// The audit event that records it.
+    pub fn event(&self) -> Event {
+        match self {
+            Restored::Resumed {
+                anomaly: u,
+                started_at,
+            } => Event::AnomalyResumed(AnomalyResumed {
+                id: u.id.clone(),
+                signal: u.signal.clone(),
+                labels: u.labels.clone(),
+                started_at: started_at.clone(),
+                handled: u.handled.clone(),
+            }),
+            Restored::Closed { anomaly: u, reason } => Event::AnomalyClosed(AnomalyClosed {
+                id: u.id.clone(),
+                signal: u.signal.clone(),
+                labels: u.labels.clone(),
+                duration_secs: None,
+                peak_score: u.peak_score,
+                reason: (*reason).into(),
+            }),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
-    fn rec(kind: &str, data: serde_json::Value) -> AuditRecord {
-        AuditRecord {
-            seq: 0,
-            ts: String::new(),
-            kind: kind.into(),
-            prev: String::new(),
-            data,
-            hash: String::new(),
-        }
-    }
+    use crate::anomaly::Anomaly;
+    use crate::audit::{PlaybookMatched, PlaybookSuppressed};
 
     #[test]
     fn the_log_tells_which_anomalies_a_previous_run_left_open() {
         let opened = |id: &str, pod: &str| {
-            rec(
-                "anomaly_opened",
-                json!({"id": id, "signal": "latency", "labels": {"pod": pod}, "started_unix": 100.0, "peak_score": 0.9995, "evidence": "jump", "seasonal": true}),
-            )
+            Event::AnomalyOpened(Anomaly {
+                id: id.into(),
+                signal: "latency".into(),
+                labels: Labels::from_pairs([("pod", pod)]),
+                started_unix: 100.0,
+                peak_score: 0.9995,
+                evidence: "jump".into(),
+                seasonal: true,
+                ..Anomaly::default()
+            })
+        };
+        let matched = |id: &str, playbook: &str| {
+            Event::PlaybookMatched(PlaybookMatched {
+                anomaly_id: id.into(),
+                playbook: playbook.into(),
+                ..PlaybookMatched::default()
+            })
         };
         let log = [
             opened("an-1", "a"),
             opened("an-2", "b"),
-            rec(
-                "playbook_matched",
-                json!({"anomaly_id": "an-2", "playbook": "restart"}),
-            ),
-            rec(
-                "playbook_suppressed",
-                json!({"anomaly_id": "an-2", "playbook": "scale"}),
-            ),
+            matched("an-2", "restart"),
+            Event::PlaybookSuppressed(PlaybookSuppressed {
+                anomaly_id: "an-2".into(),
+                playbook: "scale".into(),
+                ..PlaybookSuppressed::default()
+            }),
             // An alert's plan: no anomaly of homeostat's own.
-            rec(
-                "playbook_matched",
-                json!({"anomaly_id": "al-9", "playbook": "restart"}),
-            ),
-            rec("anomaly_closed", json!({"id": "an-1"})),
-            // Unreadable: skipped, not fatal.
-            rec("anomaly_opened", json!({"id": "an-3"})),
+            matched("al-9", "restart"),
+            Event::AnomalyClosed(AnomalyClosed {
+                id: "an-1".into(),
+                ..AnomalyClosed::default()
+            }),
+            // Without its series: skipped, not fatal.
+            Event::AnomalyOpened(Anomaly {
+                id: "an-3".into(),
+                ..Anomaly::default()
+            }),
         ];
         let mut open = BTreeMap::new();
-        for r in &log {
-            track_open(&mut open, r);
+        for event in &log {
+            track_open(&mut open, event);
         }
         let left: Vec<&Unclosed> = open.values().collect();
         assert_eq!(
@@ -205,7 +210,7 @@ mod tests {
             [&Unclosed {
                 id: "an-2".into(),
                 signal: "latency".into(),
-                labels: serde_json::from_value(json!({"pod": "b"})).unwrap(),
+                labels: Labels::from_pairs([("pod", "b")]),
                 started_unix: 100.0,
                 peak_score: 0.9995,
                 evidence: "jump".into(),

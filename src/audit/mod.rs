@@ -9,6 +9,15 @@
 //! A chain alone cannot show that its tail was cut off, so every append also rewrites
 //! a small *head* file beside the log (`<log>.head`: the last seq and hash),
 //! atomically (write, fsync, rename). `verify` checks the log against it.
+//!
+//! What a record says is typed: the agent writes [`Event`]s and reads them back with
+//! [`AuditRecord::event`]; [`AuditRecord`] is the raw, verifiable line.
+
+mod event;
+mod summary;
+
+pub use event::*;
+pub use summary::summarize;
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
@@ -72,6 +81,19 @@ pub struct AuditRecord {
     pub data: Value,
     /// This record's hash.
     pub hash: String,
+}
+
+impl AuditRecord {
+    /// What the record says, typed; fails for a kind this version does not know or data
+    /// that does not read as its kind.
+    pub fn event(&self) -> Result<Event, serde_json::Error> {
+        Event::from_parts(&self.kind, &self.data)
+    }
+
+    /// When it was written; `None` if its time does not read.
+    pub fn time(&self) -> Option<SystemTime> {
+        humantime::parse_rfc3339_weak(&self.ts).ok()
+    }
 }
 
 /// The writer. Single owner; share it through [`Auditor`].
@@ -148,7 +170,16 @@ impl AuditLog {
         &self.path
     }
 
-    /// Appends one record and fsyncs it (and the head) before returning its sequence number.
+    /// Appends an event and fsyncs it (and the head) before returning its sequence number.
+    pub fn record(&mut self, event: &Event) -> Result<u64, AuditError> {
+        let (kind, data) = event.to_parts();
+        self.append(&kind, &data)
+    }
+
+    /// Appends a record of any kind and data, typed or not, and fsyncs it (and the
+    /// head) before returning its sequence number. The agent writes through
+    /// [`record`](Self::record); this is for records no [`Event`] describes (tests of
+    /// damaged or foreign logs).
     pub fn append(&mut self, kind: &str, data: &Value) -> Result<u64, AuditError> {
         let seq = self.seq + 1;
         let ts = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
@@ -375,225 +406,6 @@ pub fn scan(path: &Path, kinds: &[&str], mut f: impl FnMut(AuditRecord)) -> Resu
     Ok(())
 }
 
-/// A one-line summary of a record for tables: the fields that matter for its kind
-/// first, in reading order, then `key=value` for the rest of a kind it does not know.
-pub fn summarize(kind: &str, data: &Value, width: usize) -> String {
-    let s = |k: &str| match &data[k] {
-        Value::String(s) => s.clone(),
-        Value::Null => String::new(),
-        other => other.to_string(),
-    };
-    let num = |k: &str| {
-        data[k]
-            .as_f64()
-            .map(|v| format!("{v:.4}"))
-            .unwrap_or_else(|| "-".into())
-    };
-    let labels = |v: &Value| match v {
-        Value::Object(m) => {
-            let parts: Vec<String> = m
-                .iter()
-                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-                .collect();
-            format!("{{{}}}", parts.join(","))
-        }
-        _ => String::new(),
-    };
-    let action = |a: &Value| {
-        let mut t = a["kind"].as_str().unwrap_or("?").to_string();
-        if let Value::Object(m) = &a["target"] {
-            for (k, v) in m {
-                t.push_str(&format!(" {k}={}", v.as_str().unwrap_or_default()));
-            }
-        }
-        t
-    };
-    let out = match kind {
-        "anomaly_opened" => format!(
-            "{} {}{} value={} expected={} band=[{}, {}] score={}{}",
-            s("id"),
-            s("signal"),
-            labels(&data["labels"]),
-            num("value"),
-            num("expected"),
-            num("lower"),
-            num("upper"),
-            num("score"),
-            // Absent from records written before the evidence was kept.
-            match (s("evidence").as_str(), data["seasonal"].as_bool()) {
-                ("", _) => String::new(),
-                (e, Some(true)) => format!(" evidence={e} (daily profile)"),
-                (e, _) => format!(" evidence={e}"),
-            }
-        ),
-        "anomaly_closed" => format!(
-            "{} {}{} after {}s ({})",
-            s("id"),
-            s("signal"),
-            labels(&data["labels"]),
-            num("duration_secs"),
-            s("reason")
-        ),
-        "anomaly_resumed" => format!(
-            "{} {}{} open since {}",
-            s("id"),
-            s("signal"),
-            labels(&data["labels"]),
-            s("started_at")
-        ),
-        "playbook_matched" => format!("{} -> playbook {}", s("anomaly_id"), s("playbook")),
-        "plan" => {
-            let steps: Vec<String> = data["actions"]
-                .as_array()
-                .map(|a| a.iter().map(action).collect())
-                .unwrap_or_default();
-            format!(
-                "{} by {} ({}): {}",
-                s("anomaly_id"),
-                s("playbook"),
-                s("mode"),
-                if steps.is_empty() {
-                    "nothing to do".into()
-                } else {
-                    steps.join("; ")
-                }
-            )
-        }
-        "action_intent" => format!(
-            "{} step {}: {} ({})",
-            s("anomaly_id"),
-            s("step"),
-            action(&data["action"]),
-            s("mode")
-        ),
-        "action_outcome" => format!(
-            "{} step {}: {} -> {}",
-            s("anomaly_id"),
-            s("step"),
-            s("kind"),
-            s("outcome")
-        ),
-        "verification" => format!(
-            "{} step {}: {} after {}s: {}",
-            s("anomaly_id"),
-            s("step"),
-            if data["passed"] == Value::Bool(true) {
-                "passed"
-            } else {
-                "FAILED"
-            },
-            num("elapsed_secs"),
-            s("query")
-        ),
-        "incident_done" => {
-            let steps: Vec<String> = data["results"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .map(|r| {
-                            format!(
-                                "{}:{}{}",
-                                r["kind"].as_str().unwrap_or("?"),
-                                r["outcome"].as_str().unwrap_or("?"),
-                                if r["failed"] == Value::Bool(true) {
-                                    "(failed)"
-                                } else {
-                                    ""
-                                }
-                            )
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            format!(
-                "{} by {} after round {}: {}",
-                s("anomaly_id"),
-                s("playbook"),
-                s("round"),
-                steps.join(", ")
-            )
-        }
-        "playbook_suppressed" => format!(
-            "{} playbook {} group {}: {} (last plan {}s ago)",
-            s("anomaly_id"),
-            s("playbook"),
-            s("group"),
-            s("reason"),
-            num("last_plan_secs_ago")
-        ),
-        "playbook_reloaded" => format!(
-            "{} {} -> {}",
-            s("path"),
-            short(&s("old_sha256")),
-            short(&s("new_sha256"))
-        ),
-        "playbook_rejected" => format!("{} {}: {}", s("path"), short(&s("new_sha256")), s("error")),
-        "alert_received" => format!("{} {} {}", s("id"), s("status"), labels(&data["labels"])),
-        "agent_started" => {
-            let names = |k: &str| {
-                data[k]
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .map(|p| p.as_str().or(p["name"].as_str()).unwrap_or("?").to_string())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    })
-                    .unwrap_or_default()
-            };
-            format!(
-                "version {} signals [{}] playbooks [{}]",
-                s("version"),
-                names("signals"),
-                names("playbooks")
-            )
-        }
-        "playbook_failed" => format!(
-            "{} playbook {}: {}",
-            s("anomaly_id"),
-            s("playbook"),
-            s("error")
-        ),
-        _ => generic(data),
-    };
-    truncate(out, width)
-}
-
-/// The first 12 hex digits of a hash, enough to tell versions apart in a table.
-fn short(h: &str) -> &str {
-    h.get(..12).unwrap_or(h)
-}
-
-fn truncate(out: String, width: usize) -> String {
-    if out.chars().count() > width {
-        out.chars()
-            .take(width.saturating_sub(1))
-            .collect::<String>()
-            + "…"
-    } else {
-        out
-    }
-}
-
-/// `key=value` pairs of a record's data.
-fn generic(data: &Value) -> String {
-    let mut out = String::new();
-    if let Value::Object(map) = data {
-        for (k, v) in map {
-            if !out.is_empty() {
-                out.push(' ');
-            }
-            match v {
-                Value::String(s) => out.push_str(&format!("{k}={s}")),
-                other => out.push_str(&format!("{k}={other}")),
-            }
-        }
-    } else {
-        out = data.to_string();
-    }
-    out
-}
-
 /// A cloneable, async-friendly handle to the log; appends run on the blocking pool.
 #[derive(Debug, Clone)]
 pub struct Auditor {
@@ -623,13 +435,12 @@ impl Auditor {
         self.written.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Appends and fsyncs a record; returns once it is durable.
-    pub async fn record(&self, kind: &str, data: Value) -> Result<u64, AuditError> {
+    /// Appends and fsyncs an event; returns once it is durable.
+    pub async fn record(&self, event: Event) -> Result<u64, AuditError> {
         let log = self.log.clone();
-        let kind = kind.to_string();
         let seq = tokio::task::spawn_blocking(move || {
             let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
-            log.append(&kind, &data)
+            log.record(&event)
         })
         .await
         .expect("audit append does not panic")?;
@@ -735,32 +546,5 @@ mod tests {
         let (_d, path) = write_log(2);
         std::fs::remove_file(head_path(&path)).unwrap();
         assert!(verify(&path).unwrap_err().reason.contains("head file"));
-    }
-
-    #[test]
-    fn summarize_by_kind_and_truncate() {
-        let s = summarize("other", &json!({"a": "x", "b": [1, 2]}), 100);
-        assert_eq!(s, "a=x b=[1,2]");
-        assert_eq!(
-            summarize("other", &json!({"a": "xxxxxxxx"}), 5)
-                .chars()
-                .count(),
-            5
-        );
-        let plan = json!({"anomaly_id": "an-1", "playbook": "p", "mode": "dry-run",
-            "actions": [{"kind": "k8s.cordon", "target": {"node": "n1"}}]});
-        assert_eq!(
-            summarize("plan", &plan, 200),
-            "an-1 by p (dry-run): k8s.cordon node=n1"
-        );
-        let opened = json!({"id": "an-2", "signal": "cpu", "labels": {"pod": "a"},
-            "value": 9.0, "expected": 1.0, "lower": 0.0, "upper": 2.0, "score": 0.9995,
-            "evidence": "jump", "seasonal": true});
-        assert!(
-            summarize("anomaly_opened", &opened, 200)
-                .ends_with("score=0.9995 evidence=jump (daily profile)"),
-            "{}",
-            summarize("anomaly_opened", &opened, 200)
-        );
     }
 }

@@ -1,0 +1,259 @@
+//! One-line summaries of records for `homeostat audit list`.
+
+use std::fmt::Write as _;
+
+use serde_json::Value;
+
+use super::event::{Event, PlaybookRejected};
+use crate::labels::Labels;
+use crate::playbook::Action;
+
+/// A one-line summary of a record for tables: the fields that matter for its kind, in
+/// reading order; `key=value` pairs for a kind it does not know or a record that does not
+/// read as its kind.
+pub fn summarize(kind: &str, data: &Value, width: usize) -> String {
+    let out = match Event::from_parts(kind, data) {
+        Ok(event) => event.summary(),
+        Err(_) => generic(data),
+    };
+    truncate(out, width)
+}
+
+impl Event {
+    /// The record in one line, as [`summarize`] shows it (not truncated).
+    pub fn summary(&self) -> String {
+        match self {
+            Event::AnomalyOpened(a) => format!(
+                "{} {}{} value={} expected={} band=[{}, {}] score={}{}",
+                a.id,
+                a.signal,
+                labels(&a.labels),
+                num(a.value),
+                num(a.expected),
+                num(a.lower),
+                num(a.upper),
+                num(a.score),
+                // Empty in records written before the evidence was kept.
+                match (a.evidence.as_str(), a.seasonal) {
+                    ("", _) => String::new(),
+                    (e, true) => format!(" evidence={e} (daily profile)"),
+                    (e, false) => format!(" evidence={e}"),
+                }
+            ),
+            Event::AnomalyClosed(c) => format!(
+                "{} {}{} after {}s ({})",
+                c.id,
+                c.signal,
+                labels(&c.labels),
+                c.duration_secs.map_or_else(|| "-".into(), num),
+                c.reason
+            ),
+            Event::AnomalyResumed(r) => format!(
+                "{} {}{} open since {}",
+                r.id,
+                r.signal,
+                labels(&r.labels),
+                r.started_at
+            ),
+            Event::PlaybookMatched(m) => format!("{} -> playbook {}", m.anomaly_id, m.playbook),
+            Event::Plan(p) => {
+                let steps: Vec<String> = p.actions.iter().map(action).collect();
+                format!(
+                    "{} by {} ({}): {}",
+                    p.anomaly_id,
+                    p.playbook,
+                    p.mode,
+                    if steps.is_empty() {
+                        "nothing to do".into()
+                    } else {
+                        steps.join("; ")
+                    }
+                )
+            }
+            Event::ActionIntent(i) => format!(
+                "{} step {}: {} ({})",
+                i.anomaly_id,
+                i.step,
+                action(&i.action),
+                i.mode
+            ),
+            Event::ActionOutcome(o) => format!(
+                "{} step {}: {} -> {}",
+                o.anomaly_id,
+                o.step,
+                o.kind,
+                o.outcome.as_str()
+            ),
+            Event::Verification(v) => format!(
+                "{} step {}: {} after {}s: {}",
+                v.anomaly_id,
+                v.step,
+                if v.passed { "passed" } else { "FAILED" },
+                num(v.elapsed_secs),
+                v.query
+            ),
+            Event::IncidentDone(d) => {
+                let steps: Vec<String> = d
+                    .results
+                    .iter()
+                    .map(|r| {
+                        format!(
+                            "{}:{}{}",
+                            r.kind,
+                            r.outcome.as_str(),
+                            if r.failed { "(failed)" } else { "" }
+                        )
+                    })
+                    .collect();
+                format!(
+                    "{} by {} after round {}: {}",
+                    d.anomaly_id,
+                    d.playbook,
+                    d.round,
+                    steps.join(", ")
+                )
+            }
+            Event::PlaybookSuppressed(s) => format!(
+                "{} playbook {} group {}: {} (last plan {}s ago)",
+                s.anomaly_id,
+                s.playbook,
+                s.group,
+                s.reason,
+                num(s.last_plan_secs_ago)
+            ),
+            Event::PlaybookReloaded(r) => format!(
+                "{} {} -> {}",
+                r.path.display(),
+                short(r.old_sha256.as_deref().unwrap_or_default()),
+                short(&r.new_sha256)
+            ),
+            Event::PlaybookRejected(r) => {
+                let (path, new, error) = match r {
+                    PlaybookRejected::Changed {
+                        path,
+                        new_sha256,
+                        error,
+                        ..
+                    } => (path.display().to_string(), new_sha256.as_str(), error),
+                    PlaybookRejected::Unreadable { path, error, .. } => {
+                        (path.display().to_string(), "", error)
+                    }
+                    PlaybookRejected::AtStart { error, .. } => (String::new(), "", error),
+                };
+                format!("{path} {}: {error}", short(new))
+            }
+            Event::AlertReceived(a) => format!("{} {} {}", a.id, a.status, labels(&a.labels)),
+            Event::AgentStarted(s) => format!(
+                "version {} signals [{}] playbooks [{}]",
+                s.version,
+                s.signals.join(", "),
+                s.playbooks
+                    .iter()
+                    .map(|p| p.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Event::PlaybookFailed(f) => {
+                format!("{} playbook {}: {}", f.anomaly_id, f.playbook, f.error)
+            }
+            Event::AgentStopped(_) | Event::EscalationLimit(_) => generic(&self.to_parts().1),
+        }
+    }
+}
+
+/// A number for tables; `-` for a missing one (NaN: JSON's `null`).
+fn num(v: f64) -> String {
+    if v.is_nan() {
+        "-".into()
+    } else {
+        format!("{v:.4}")
+    }
+}
+
+/// `{k=v,…}`, unquoted: easier to read in a table than PromQL's form.
+fn labels(l: &Labels) -> String {
+    let parts: Vec<String> = l.0.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    format!("{{{}}}", parts.join(","))
+}
+
+/// The kind and target of an action (its parameters would not fit).
+fn action(a: &Action) -> String {
+    let mut t = a.kind.clone();
+    for (k, v) in &a.target {
+        let _ = write!(t, " {k}={v}");
+    }
+    t
+}
+
+/// The first 12 hex digits of a hash, enough to tell versions apart in a table.
+fn short(h: &str) -> &str {
+    h.get(..12).unwrap_or(h)
+}
+
+fn truncate(out: String, width: usize) -> String {
+    if out.chars().count() > width {
+        out.chars()
+            .take(width.saturating_sub(1))
+            .collect::<String>()
+            + "…"
+    } else {
+        out
+    }
+}
+
+/// `key=value` pairs of a record's data.
+fn generic(data: &Value) -> String {
+    let mut out = String::new();
+    if let Value::Object(map) = data {
+        for (k, v) in map {
+            if !out.is_empty() {
+                out.push(' ');
+            }
+            match v {
+                Value::String(s) => out.push_str(&format!("{k}={s}")),
+                other => out.push_str(&format!("{k}={other}")),
+            }
+        }
+    } else {
+        out = data.to_string();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn summarize_by_kind_and_truncate() {
+        let s = summarize("other", &json!({"a": "x", "b": [1, 2]}), 100);
+        assert_eq!(s, "a=x b=[1,2]");
+        assert_eq!(
+            summarize("other", &json!({"a": "xxxxxxxx"}), 5)
+                .chars()
+                .count(),
+            5
+        );
+        let plan = json!({"anomaly_id": "an-1", "playbook": "p", "mode": "dry-run",
+            "actions": [{"kind": "k8s.cordon", "target": {"node": "n1"}}]});
+        assert_eq!(
+            summarize("plan", &plan, 200),
+            "an-1 by p (dry-run): k8s.cordon node=n1"
+        );
+        let opened = json!({"id": "an-2", "signal": "cpu", "labels": {"pod": "a"},
+            "value": 9.0, "expected": 1.0, "lower": 0.0, "upper": 2.0, "score": 0.9995,
+            "evidence": "jump", "seasonal": true});
+        assert!(
+            summarize("anomaly_opened", &opened, 200)
+                .ends_with("score=0.9995 evidence=jump (daily profile)"),
+            "{}",
+            summarize("anomaly_opened", &opened, 200)
+        );
+        // A record that does not read as its kind still shows what it holds.
+        assert_eq!(
+            summarize("verification", &json!({"passed": "maybe"}), 100),
+            "passed=maybe"
+        );
+    }
+}
