@@ -14,6 +14,7 @@
 //! | [`server`] | `/metrics`, `/healthz`, `/readyz`, the Alertmanager webhook |
 //! | [`agent`] | the daemon loop tying them together |
 //! | [`backtest`] | the live engine over CSV files, scored as NAB scores |
+//! | [`report`] | what the offline commands print (`check`, `playbook`, `audit`, `fit`) |
 //! | [`labels`] | label sets and PromQL-style matchers |
 //! | [`models`] | fitted baselines saved under `models/`, schema-versioned |
 //! | [`cli`] | command-line definitions |
@@ -31,6 +32,7 @@ pub mod dispatch;
 pub mod labels;
 pub mod models;
 pub mod playbook;
+pub mod report;
 pub mod server;
 pub mod source;
 
