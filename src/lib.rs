@@ -15,6 +15,7 @@
 //! | [`agent`] | the daemon loop tying them together |
 //! | [`backtest`] | the live engine over CSV files, scored as NAB scores |
 //! | [`report`] | what the offline commands print (`check`, `playbook`, `audit`, `fit`) |
+//! | [`progress`] | progress of long commands on stderr: a bar on a terminal, lines in a log |
 //! | [`labels`] | label sets and PromQL-style matchers |
 //! | [`models`] | fitted baselines saved under `models/`, schema-versioned |
 //! | [`cli`] | command-line definitions |
@@ -32,6 +33,7 @@ pub mod dispatch;
 pub mod labels;
 pub mod models;
 pub mod playbook;
+pub mod progress;
 pub mod report;
 pub mod server;
 pub mod source;
