@@ -13,7 +13,7 @@
 //! | [`audit`] | the append-only, hash-chained record of every step |
 //! | [`server`] | `/metrics`, `/healthz`, `/readyz`, the Alertmanager webhook |
 //! | [`agent`] | the daemon loop tying them together |
-//! | [`backtest`] | the live engine over CSV files, scored as NAB scores |
+//! | [`backtest`] | the live engine over CSV files, scored as NAB scores, and its report |
 //! | [`report`] | what the offline commands print (`check`, `playbook`, `audit`, `fit`) |
 //! | [`progress`] | progress of long commands on stderr: a bar on a terminal, lines in a log |
 //! | [`labels`] | label sets and PromQL-style matchers |
