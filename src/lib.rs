@@ -14,6 +14,7 @@
 //! | [`server`] | `/metrics`, `/healthz`, `/readyz`, the Alertmanager webhook |
 //! | [`agent`] | the daemon loop tying them together |
 //! | [`backtest`] | the live engine over CSV files, scored as NAB scores, and its report |
+//! | [`bench`] | the engine's throughput on one core and memory per series |
 //! | [`report`] | what the offline commands print (`check`, `playbook`, `audit`, `fit`) |
 //! | [`progress`] | progress of long commands on stderr: a bar on a terminal, lines in a log |
 //! | [`labels`] | label sets and PromQL-style matchers |
@@ -26,6 +27,7 @@ pub mod agent;
 pub mod anomaly;
 pub mod audit;
 pub mod backtest;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod detect;
