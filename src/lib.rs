@@ -14,7 +14,10 @@
 //! | [`metrics`] | the agent's metrics (prometheus-client) and health, with typed methods |
 //! | [`server`] | `/metrics`, `/healthz`, `/readyz`, the Alertmanager webhook: encodes, never acts |
 //! | [`agent`] | the daemon loop; per-signal rules as a pure state machine ([`agent::watch`]) |
-//! | [`backtest`] | the live engine over CSV files, scored as NAB scores |
+//! | [`backtest`] | the live engine over CSV files, scored as NAB scores, and its report |
+//! | [`bench`] | the engine's throughput on one core and memory per series |
+//! | [`report`] | what the offline commands print (`check`, `playbook`, `audit`, `fit`) |
+//! | [`progress`] | progress of long commands on stderr: a bar on a terminal, lines in a log |
 //! | [`labels`] | label sets and PromQL-style matchers |
 //! | [`models`] | fitted baselines saved under `models/`, schema-versioned |
 //! | [`cli`] | command-line definitions |
@@ -25,6 +28,7 @@ pub mod agent;
 pub mod anomaly;
 pub mod audit;
 pub mod backtest;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod detect;
@@ -33,6 +37,8 @@ pub mod labels;
 pub mod metrics;
 pub mod models;
 pub mod playbook;
+pub mod progress;
+pub mod report;
 pub mod server;
 pub mod source;
 

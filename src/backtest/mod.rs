@@ -10,6 +10,12 @@
 
 pub mod nab;
 pub mod plot;
+pub mod report;
+
+pub use report::{
+    settings, Backtest, BacktestReport, BacktestSummary, CategoryScore, Event, FileDone,
+    SettingsError,
+};
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -39,6 +45,12 @@ pub enum BacktestError {
         path: PathBuf,
         /// What is wrong, with the line where it helps.
         reason: String,
+    },
+    /// The data directory holds no `*.csv` file.
+    #[error("{dir}: no *.csv files")]
+    NoFiles {
+        /// The data directory.
+        dir: PathBuf,
     },
 }
 
@@ -314,6 +326,11 @@ impl FileResult {
     /// NAB's category: the first path component.
     pub fn category(&self) -> &str {
         self.name.split('/').next().unwrap_or("")
+    }
+
+    /// Rows detected as anomalous.
+    pub fn detection_count(&self) -> usize {
+        self.detections.iter().filter(|d| **d).count()
     }
 }
 

@@ -1,0 +1,404 @@
+//! `homeostat backtest` as a library call: every file of a data directory through a
+//! fresh engine, optionally written out (`--out`) and drawn (`--plot`), then scored
+//! per NAB category; and the report it prints.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::{nab, BacktestError, FileResult, DETECTION_THRESHOLD};
+use crate::config::DetectionConfig;
+use crate::progress::Progress;
+use crate::report::{self, Problems};
+
+/// Why the detection settings of a backtest or benchmark cannot be had.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// The config file is not valid.
+    #[error(transparent)]
+    Config(#[from] Problems),
+    /// The config has no signal of that name.
+    #[error("{}: no signal named {name:?}", .config.display())]
+    NoSignal {
+        /// The config file.
+        config: PathBuf,
+        /// The name asked for.
+        name: String,
+    },
+}
+
+/// The detection settings a backtest or benchmark runs with: the built-in defaults, a
+/// config's `[detection]`, or one of its signals' resolved settings.
+pub fn settings(
+    config: Option<&Path>,
+    signal: Option<&str>,
+) -> Result<DetectionConfig, SettingsError> {
+    let Some(path) = config else {
+        return Ok(DetectionConfig::default());
+    };
+    let cfg = report::load_config(path)?;
+    let Some(name) = signal else {
+        return Ok(cfg.detection);
+    };
+    match cfg.signals.into_iter().find(|s| s.name == name) {
+        Some(s) => Ok(s.detection),
+        None => Err(SettingsError::NoSignal {
+            config: path.to_path_buf(),
+            name: name.to_string(),
+        }),
+    }
+}
+
+/// One backtest: where the data is and what to do with it.
+#[derive(Debug, Clone, Copy)]
+pub struct Backtest<'a> {
+    /// Directory of `<category>/<file>.csv` files (`timestamp,value`).
+    pub data: &'a Path,
+    /// NAB `combined_windows.json`: score the run for the three NAB profiles.
+    pub labels: Option<&'a Path>,
+    /// Write NAB-format results here, at each file's relative path.
+    pub out: Option<&'a Path>,
+    /// Write one PNG per file here.
+    pub plot: Option<&'a Path>,
+    /// The detection settings every file runs with.
+    pub detection: &'a DetectionConfig,
+    /// With labels, report where each window was detected and the false alarms.
+    pub details: bool,
+}
+
+/// What a running backtest tells its caller, as it goes.
+#[derive(Debug, Clone, Copy)]
+pub enum Event<'a> {
+    /// A line about a file's lines that were not taken as written.
+    Warning(&'a str),
+    /// A file is done.
+    FileDone(FileDone<'a>),
+}
+
+/// A file is done: the `done`-th of `total`.
+#[derive(Debug, Clone, Copy)]
+pub struct FileDone<'a> {
+    /// Files done so far, this one included.
+    pub done: usize,
+    /// Files in the run.
+    pub total: usize,
+    /// The file's name relative to the data directory.
+    pub name: &'a str,
+    /// Rows it had.
+    pub rows: usize,
+}
+
+impl Event<'_> {
+    /// Shows the event on `progress`: a warning above the bar, a file done as a step.
+    pub fn show(self, progress: &Progress) {
+        match self {
+            Event::Warning(line) => progress.note(line),
+            Event::FileDone(file) => progress.step(file.done, file.total, file),
+        }
+    }
+}
+
+impl fmt::Display for FileDone<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {} rows", self.name, self.rows)
+    }
+}
+
+impl Backtest<'_> {
+    /// Runs every file, telling `on` of warnings and each file done; a directory without
+    /// `*.csv` files is [`BacktestError::NoFiles`].
+    pub fn run(&self, mut on: impl FnMut(Event<'_>)) -> Result<BacktestReport, BacktestError> {
+        let labels = self.labels.map(super::read_labels).transpose()?;
+        let files = super::csv_files(self.data)?;
+        if files.is_empty() {
+            return Err(BacktestError::NoFiles {
+                dir: self.data.to_path_buf(),
+            });
+        }
+        let started = std::time::Instant::now();
+        let mut results = Vec::with_capacity(files.len());
+        let mut total_rows = 0;
+        for (n, (name, path)) in files.iter().enumerate() {
+            let super::Series { rows, problems } = super::read_series(path)?;
+            for line in warnings(path, &problems) {
+                on(Event::Warning(&line));
+            }
+            let (windows, labelled) = match labels.as_ref().and_then(|l| l.get(name)) {
+                Some(w) => (super::window_rows(&rows, w, path)?, true),
+                None => (Vec::new(), false),
+            };
+            let scored = super::run_series(&rows, self.detection);
+            if let Some(out) = self.out {
+                super::write_results(&out.join(name), &rows, &scored, &windows)?;
+            }
+            if let Some(plot) = self.plot {
+                let png = plot.join(name).with_extension("png");
+                super::plot::write_png(&png, &rows, &scored, &windows)?;
+            }
+            total_rows += rows.len();
+            on(Event::FileDone(FileDone {
+                done: n + 1,
+                total: files.len(),
+                name,
+                rows: rows.len(),
+            }));
+            let detections = scored
+                .anomaly_score
+                .iter()
+                .map(|s| *s >= DETECTION_THRESHOLD)
+                .collect();
+            results.push(FileResult {
+                name: name.clone(),
+                rows: rows.len(),
+                windows,
+                labelled,
+                detections,
+                evidence: scored.evidence,
+            });
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        let detections = results.iter().map(FileResult::detection_count).sum();
+        let scores = labels.map(|_| category_scores(&results));
+        Ok(BacktestReport {
+            files: results,
+            rows: total_rows,
+            detections,
+            seconds,
+            scores,
+            details: self.details,
+        })
+    }
+}
+
+/// The warning lines for a file's problems: the first few, then how many more (a broken
+/// export should not flood the terminal).
+fn warnings(path: &Path, problems: &[String]) -> Vec<String> {
+    const SHOWN: usize = 3;
+    let mut lines: Vec<String> = problems
+        .iter()
+        .take(SHOWN)
+        .map(|p| format!("warning: {}: {p}", path.display()))
+        .collect();
+    match problems.len().saturating_sub(SHOWN) {
+        0 => {}
+        1 => lines.push(format!(
+            "warning: {}: 1 more line like these",
+            path.display()
+        )),
+        n => lines.push(format!(
+            "warning: {}: {n} more lines like these",
+            path.display()
+        )),
+    }
+    lines
+}
+
+/// One line of the score table: a NAB category, or `total`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CategoryScore {
+    /// The category (the first path component), or `total`.
+    pub name: String,
+    /// Labelled files in it.
+    pub files: usize,
+    /// Label windows in them.
+    pub windows: usize,
+    /// Detections in them.
+    pub detections: usize,
+    /// Normalised score per profile of [`nab::PROFILES`] (NaN without windows).
+    pub scores: [f64; 3],
+}
+
+/// The score table of labelled files, the `total` line last.
+fn category_scores(results: &[FileResult]) -> Vec<CategoryScore> {
+    super::score_table(results)
+        .into_iter()
+        .map(|(name, files, windows, scores)| {
+            let detections = results
+                .iter()
+                .filter(|r| r.labelled && (name == "total" || r.category() == name))
+                .map(FileResult::detection_count)
+                .sum();
+            CategoryScore {
+                name,
+                files,
+                windows,
+                detections,
+                scores,
+            }
+        })
+        .collect()
+}
+
+/// What a backtest found; `Display` is the text `homeostat backtest` prints before its
+/// JSON line ([`BacktestReport::summary`]).
+#[derive(Debug, Clone)]
+pub struct BacktestReport {
+    /// Each file's outcome, in name order.
+    pub files: Vec<FileResult>,
+    /// Rows over all files.
+    pub rows: usize,
+    /// Detections over all files.
+    pub detections: usize,
+    /// Wall-clock seconds of the run (reading, scoring, writing).
+    pub seconds: f64,
+    /// With labels, the score table, the `total` line last.
+    pub scores: Option<Vec<CategoryScore>>,
+    /// Whether the text lists where each window was detected (`--details`).
+    pub details: bool,
+}
+
+impl BacktestReport {
+    /// The machine-readable summary: the last line `homeostat backtest` prints.
+    pub fn summary(&self) -> BacktestSummary {
+        let total = self
+            .scores
+            .as_ref()
+            .map(|t| t.last().expect("the total line is always there").scores);
+        BacktestSummary {
+            detections: self.detections,
+            reward_low_fn_rate: total.map(|s| s[2]),
+            reward_low_fp_rate: total.map(|s| s[1]),
+            rows: self.rows,
+            seconds: self.seconds,
+            standard: total.map(|s| s[0]),
+            threshold: DETECTION_THRESHOLD,
+        }
+    }
+}
+
+impl fmt::Display for BacktestReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{} files, {} rows, {} detections, {:.2}s",
+            self.files.len(),
+            self.rows,
+            self.detections,
+            self.seconds
+        )?;
+        let Some(table) = &self.scores else {
+            return Ok(());
+        };
+        if self.details {
+            for line in super::details(&self.files) {
+                writeln!(f, "{line}")?;
+            }
+        }
+        writeln!(
+            f,
+            "{:<24} {:>5} {:>7} {:>10} {:>9} {:>19} {:>19}",
+            "category",
+            "files",
+            "windows",
+            "detections",
+            nab::PROFILES[0].name,
+            nab::PROFILES[1].name,
+            nab::PROFILES[2].name
+        )?;
+        // A category without windows has no normalised score (NaN): its false alarms count in the total.
+        let show = |v: f64| {
+            if v.is_nan() {
+                "n/a".to_string()
+            } else {
+                format!("{v:.2}")
+            }
+        };
+        for c in table {
+            writeln!(
+                f,
+                "{:<24} {:>5} {:>7} {:>10} {:>9} {:>19} {:>19}",
+                c.name,
+                c.files,
+                c.windows,
+                c.detections,
+                show(c.scores[0]),
+                show(c.scores[1]),
+                show(c.scores[2])
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The backtest's JSON line. Fields are in the line's key order, which has always been
+/// alphabetical; the scores are there only with labels (`null` where NaN).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct BacktestSummary {
+    /// Detections over all files.
+    pub detections: usize,
+    /// Total score, profile `reward_low_FN_rate`.
+    #[serde(rename = "reward_low_FN_rate", skip_serializing_if = "Option::is_none")]
+    pub reward_low_fn_rate: Option<f64>,
+    /// Total score, profile `reward_low_FP_rate`.
+    #[serde(rename = "reward_low_FP_rate", skip_serializing_if = "Option::is_none")]
+    pub reward_low_fp_rate: Option<f64>,
+    /// Rows over all files.
+    pub rows: usize,
+    /// Wall-clock seconds of the run.
+    pub seconds: f64,
+    /// Total score, profile `standard`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub standard: Option<f64>,
+    /// The `anomaly_score` at or above which a row is a detection.
+    pub threshold: f64,
+}
+
+impl fmt::Display for BacktestSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Numbers and names only: serialising cannot fail.
+        f.write_str(&serde_json::to_string(self).map_err(|_| fmt::Error)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warnings_show_three_then_count_the_rest() {
+        let p = Path::new("d/a.csv");
+        let problems: Vec<String> = (1..=5).map(|i| format!("line {i}: bad")).collect();
+        assert_eq!(
+            warnings(p, &problems[..1]),
+            ["warning: d/a.csv: line 1: bad"]
+        );
+        assert_eq!(
+            warnings(p, &problems[..4])[3],
+            "warning: d/a.csv: 1 more line like these"
+        );
+        let all = warnings(p, &problems);
+        assert_eq!(all.len(), 4);
+        assert_eq!(all[3], "warning: d/a.csv: 2 more lines like these");
+    }
+
+    #[test]
+    fn the_summary_has_scores_only_with_labels() {
+        let mut report = BacktestReport {
+            files: Vec::new(),
+            rows: 10,
+            detections: 1,
+            seconds: 0.5,
+            scores: None,
+            details: false,
+        };
+        assert_eq!(
+            report.summary().to_string(),
+            r#"{"detections":1,"rows":10,"seconds":0.5,"threshold":0.5}"#
+        );
+        report.scores = Some(vec![CategoryScore {
+            name: "total".into(),
+            files: 0,
+            windows: 0,
+            detections: 0,
+            scores: [f64::NAN, 1.5, 2.0],
+        }]);
+        assert_eq!(
+            report.summary().to_string(),
+            r#"{"detections":1,"reward_low_FN_rate":2.0,"reward_low_FP_rate":1.5,"rows":10,"seconds":0.5,"standard":null,"threshold":0.5}"#
+        );
+        assert!(report
+            .to_string()
+            .ends_with("n/a                1.50                2.00\n"));
+    }
+}
