@@ -273,3 +273,105 @@ impl Executor {
         Ok(passed)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{AuditLog, AuditRecord};
+    use crate::playbook::{RecordedWorld, Verify};
+    use crate::source::{BoxFuture, History, Point, SourceError};
+
+    /// A store whose every query answers with no data: a verification never holds.
+    struct Silent;
+
+    impl Source for Silent {
+        fn instant_at<'a>(
+            &'a self,
+            _: &'a str,
+            _: Option<f64>,
+        ) -> BoxFuture<'a, Result<Vec<Point>, SourceError>> {
+            Box::pin(async { Ok(vec![]) })
+        }
+
+        fn range<'a>(
+            &'a self,
+            _: &'a str,
+            _: f64,
+            _: Duration,
+            _: Duration,
+        ) -> BoxFuture<'a, Result<Vec<History>, SourceError>> {
+            Box::pin(async { Ok(vec![]) })
+        }
+    }
+
+    fn action(kind: &str, verify: Option<Verify>, on_failure: OnFailure) -> Action {
+        Action {
+            kind: kind.into(),
+            target: [("node".to_string(), "n1".to_string())].into(),
+            params: Default::default(),
+            verify,
+            on_failure,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_step_is_audited_before_it_runs_and_a_failed_verification_stops_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("audit.jsonl");
+        let limits = Limits::default();
+        let playbook = Playbook::from_source(
+            r#"const PLAYBOOK = #{ name: "drain", trigger: #{ signal: "s" },
+                allowed: #{ kinds: ["k8s.cordon", "k8s.drain"] } };
+               fn plan(a) { [] }"#,
+            std::path::Path::new("drain.rhai"),
+            &limits,
+        )
+        .unwrap();
+        let executor = Executor {
+            audit: Auditor::new(AuditLog::open(&log).unwrap()),
+            source: Arc::new(Silent),
+            verify_every: Duration::from_secs(1),
+            limits,
+            world: Arc::new(RecordedWorld::default()),
+            max_follow_ups: 3,
+        };
+        let plan = Plan {
+            playbook: "drain".into(),
+            anomaly_id: "an-1".into(),
+            actions: vec![
+                action(
+                    "k8s.cordon",
+                    Some(Verify {
+                        query: "node_ready".into(),
+                        within: Duration::from_secs(3),
+                    }),
+                    OnFailure::Stop,
+                ),
+                action("k8s.drain", None, OnFailure::Stop),
+            ],
+        };
+        let results = executor.execute(&playbook, &plan, 0).await.unwrap();
+
+        assert_eq!(results.len(), 2);
+        assert_eq!(results[0].outcome, Outcome::DryRun);
+        assert_eq!(results[0].verified, Some(false));
+        assert!(results[0].failed && !results[0].escalated);
+        assert_eq!(results[1].outcome, Outcome::Skipped, "ran after a failed step");
+        let records: Vec<AuditRecord> = crate::audit::read_records(&log).unwrap();
+        let kinds: Vec<&str> = records.iter().map(|r| r.kind.as_str()).collect();
+        // Intent strictly before the outcome; nothing at all for the skipped step.
+        assert_eq!(kinds, ["action_intent", "action_outcome", "verification"]);
+        let Ok(Event::ActionIntent(intent)) = records[0].event() else {
+            panic!("{:?}", records[0]);
+        };
+        assert_eq!(intent.action, plan.actions[0]);
+        assert_eq!(intent.effective_mode, "dry-run");
+        let Ok(Event::Verification(v)) = records[2].event() else {
+            panic!("{:?}", records[2]);
+        };
+        assert!(!v.passed);
+        // Polled every second until one more poll would pass the 3 s deadline.
+        assert_eq!(v.elapsed_secs, 3.0);
+        assert_eq!(crate::audit::verify(&log), Ok(3));
+    }
+}
