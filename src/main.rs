@@ -14,6 +14,29 @@ use homeostat::playbook::Limits;
 use homeostat::progress::Progress;
 use homeostat::report::{self, load_config, CasesError, FitLine, Problems, TrialError};
 
+/// Writes to stdout. A closed pipe (`homeostat audit list … | head`) ends the program
+/// quietly, as ripgrep does; any other write error ends it with exit code 1.
+fn emit(args: std::fmt::Arguments) {
+    use std::io::Write as _;
+    if let Err(e) = std::io::stdout().lock().write_fmt(args) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write output: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// `print!` through [`emit`].
+macro_rules! out {
+    ($($arg:tt)*) => { emit(format_args!($($arg)*)) };
+}
+
+/// `println!` through [`emit`].
+macro_rules! outln {
+    ($($arg:tt)*) => { emit(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -61,7 +84,7 @@ fn code(ok: bool, failure: u8) -> ExitCode {
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Check { config: path } => {
-            print!("{}", report::check(&path, &load_config(&path)?)?);
+            out!("{}", report::check(&path, &load_config(&path)?)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Run { config } => run(&config),
@@ -70,7 +93,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         } => {
             let config = load_config(&path)?;
             let (playbooks, problems) = homeostat::load_playbooks(&config, &Limits::default());
-            print!("{}", report::PlaybookListing(&playbooks));
+            out!("{}", report::PlaybookListing(&playbooks));
             eprint!("{}", report::Rejected(&problems));
             Ok(code(problems.is_empty(), 2))
         }
@@ -78,9 +101,9 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             command: PlaybookCommand::Test { path, .. },
         } if path.is_dir() => {
             let cases = report::Cases::find(&path)?;
-            println!("{cases}");
-            let tally = cases.run(|case| println!("{case}"));
-            println!("{tally}");
+            outln!("{cases}");
+            let tally = cases.run(|case| outln!("{case}"));
+            outln!("{tally}");
             Ok(code(tally.all_passed(), 1))
         }
         Command::Playbook {
@@ -96,7 +119,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             let (anomaly, world, results) =
                 (anomaly.as_deref(), world.as_deref(), results.as_deref());
             let plans = report::trial(&path, anomaly, world, results, |note| eprintln!("{note}"))?;
-            print!("{}", report::Plans::new(&plans, json));
+            out!("{}", report::Plans::new(&plans, json));
             Ok(ExitCode::SUCCESS)
         }
         Command::Fit { config } => fit(&config),
@@ -121,8 +144,8 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             let progress = Progress::stderr();
             let report = backtest.run(|event| event.show(&progress))?;
             progress.finish();
-            print!("{report}");
-            println!("{}", report.summary());
+            out!("{report}");
+            outln!("{}", report.summary());
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {
@@ -132,8 +155,8 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         } => {
             let detection = backtest::settings(config.as_deref(), None)?;
             let report = bench::measure(&data, &detection, series)?;
-            print!("{report}");
-            println!("{}", report.summary());
+            out!("{report}");
+            outln!("{}", report.summary());
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit {
@@ -141,7 +164,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         } => {
             let verdict = report::AuditVerdict::of(&log);
             if verdict.intact() {
-                println!("{verdict}");
+                outln!("{verdict}");
             } else {
                 eprintln!("{verdict}");
             }
@@ -150,7 +173,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Audit {
             command: AuditCommand::List { log, kind, width },
         } => {
-            print!(
+            out!(
                 "{}",
                 report::AuditTable::read(&log, kind.as_deref(), width)?
             );
@@ -209,6 +232,6 @@ fn fit(path: &Path) -> anyhow::Result<ExitCode> {
     }))?;
     progress.finish();
     let fitted = report::Fitted::new(&reports, signals, &config.agent.models_dir);
-    println!("{fitted}");
+    outln!("{fitted}");
     Ok(code(fitted.failed() == 0, 1))
 }

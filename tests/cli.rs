@@ -493,3 +493,20 @@ fn backtest_runs_with_one_signals_settings() {
     assert_eq!(unknown.status.code(), Some(2));
     assert!(stderr.contains("no signal named \"nope\""), "{stderr}");
 }
+
+#[test]
+fn a_closed_stdout_pipe_ends_the_command_quietly() {
+    use std::process::Stdio;
+    // `homeostat playbook list … | head -0`: the reader is gone before the first write.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_homeostat"))
+        .args(["playbook", "list", "-c", "deploy/homeostat.example.toml"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("runs the binary");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let (_, stderr) = text(&out);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
