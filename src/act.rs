@@ -356,7 +356,11 @@ mod tests {
         assert_eq!(results[0].outcome, Outcome::DryRun);
         assert_eq!(results[0].verified, Some(false));
         assert!(results[0].failed && !results[0].escalated);
-        assert_eq!(results[1].outcome, Outcome::Skipped, "ran after a failed step");
+        assert_eq!(
+            results[1].outcome,
+            Outcome::Skipped,
+            "ran after a failed step"
+        );
         let records: Vec<AuditRecord> = crate::audit::read_records(&log).unwrap();
         let kinds: Vec<&str> = records.iter().map(|r| r.kind.as_str()).collect();
         // Intent strictly before the outcome; nothing at all for the skipped step.
