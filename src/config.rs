@@ -183,7 +183,7 @@ impl Default for DetectionConfig {
         DetectionConfig {
             // A week: a daily series is judged on its values alone until its daily profile
             // and the residuals' tail models are trained; before that, each day's rise is
-            // a surprise (the README's "How much history" has the figures). Five minutes
+            // a surprise (docs/engine.md, "How much history", has the figures). Five minutes
             // is the engine's own step: the week costs fewer points (2,016) than two days
             // at a minute did (2,880).
             history: Duration::from_secs(7 * 86_400),
@@ -191,7 +191,7 @@ impl Default for DetectionConfig {
             window: 240,
             threshold,
             // Per point, as NAB and most benchmarks count; `"5m"` is the advice for
-            // fast query intervals (see the README).
+            // fast query intervals (see docs/engine.md).
             threshold_per: None,
             open_after,
             close_after,

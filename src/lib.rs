@@ -19,7 +19,7 @@
 //! | [`report`] | what the offline commands print (`check`, `playbook`, `audit`, `fit`) |
 //! | [`progress`] | progress of long commands on stderr: a bar on a terminal, lines in a log |
 //! | [`labels`] | label sets and PromQL-style matchers |
-//! | [`models`] | fitted baselines saved under `models/`, schema-versioned |
+//! | [`models`] | fitted baselines saved under `agent.models_dir`, schema-versioned |
 //! | [`cli`] | command-line definitions |
 #![forbid(unsafe_code)]
 

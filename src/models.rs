@@ -3,7 +3,7 @@
 //! One JSON file per signal, `<models_dir>/<signal>.json`:
 //!
 //! ```json
-//! {"schema": 1, "signal": "http_error_ratio", "detection": "<hash of the detection settings>",
+//! {"schema": 6, "signal": "http_error_ratio", "detection": "<hash of the detection settings>",
 //!  "saved_at": 1795545402.3, "updated_to": 1795545400.0,
 //!  "series": [{"labels": {"deployment": "cart"}, "model": {"engine": "robust", ...}}]}
 //! ```
