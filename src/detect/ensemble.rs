@@ -1018,6 +1018,9 @@ fn bucket(t: f64) -> usize {
 }
 
 #[cfg(test)]
+mod saved;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::detect::noisy;
