@@ -13,7 +13,7 @@ use super::{directional, Assessment, Baseline, Evidence};
 use crate::config::{DetectionConfig, Direction};
 
 /// `sqrt(pi / 2)`: turns a mean absolute deviation into a normal standard deviation.
-const MAD_TO_SIGMA: f64 = 1.253_314_137;
+const MEAN_ABS_DEV_TO_SIGMA: f64 = 1.253_314_137;
 
 /// Smoothing of the slow level and spread (memory of roughly 1/alpha steps). Like every
 /// memory, smoothing and count here, it is per reference [`STEP`] of data.
@@ -34,9 +34,9 @@ const CALIBRATION_WARMUP: f64 = 64.0;
 /// are signed. (An activity-change component, the log ratio of recent to usual absolute
 /// differences, was dropped: on NAB it raised ten false alarms for each window it found,
 /// and what it sees, the difference component sees too.)
-const K: usize = 4;
+const STAT_COMPONENTS: usize = 4;
 /// What each statistics component measures, in [`Stats::raw`]'s order.
-const COMPONENTS: [Evidence; K] = [
+const STAT_EVIDENCE: [Evidence; STAT_COMPONENTS] = [
     Evidence::Level,
     Evidence::Jump,
     Evidence::Shift,
@@ -431,15 +431,15 @@ impl Stats {
     /// here (1: the values' view).
     fn scales(&self, floor: f64, even: f64) -> (f64, f64) {
         (
-            (MAD_TO_SIGMA * self.dev / even).max(floor),
-            (MAD_TO_SIGMA * self.ddev / even).max(floor),
+            (MEAN_ABS_DEV_TO_SIGMA * self.dev / even).max(floor),
+            (MEAN_ABS_DEV_TO_SIGMA * self.ddev / even).max(floor),
         )
     }
 
     /// The raw component scores of `x`, `gap` steps after the previous point,
     /// signed where a direction applies: level, first difference, level shift and change
     /// point.
-    fn raw(&self, x: f64, floor: f64, even: f64, w: f64, gap: f64) -> [f64; K] {
+    fn raw(&self, x: f64, floor: f64, even: f64, w: f64, gap: f64) -> [f64; STAT_COMPONENTS] {
         let (scale, dscale) = self.scales(floor, even);
         let dscale = across(dscale, scale, gap);
         let fast = self.fast + per_step(ALPHA_FAST, w) * (x - self.fast);
@@ -534,8 +534,8 @@ impl Stats {
 pub struct Ensemble {
     plain: Stats,
     resid: Stats,
-    cal_plain: [Calibration; K],
-    cal_resid: [Calibration; K],
+    cal_plain: [Calibration; STAT_COMPONENTS],
+    cal_resid: [Calibration; STAT_COMPONENTS],
     /// The ML component: k-means over lag features, and its calibration.
     ml: LagKMeans,
     cal_ml: Calibration,
@@ -595,8 +595,8 @@ impl Ensemble {
         Ensemble {
             plain: Stats::default(),
             resid: Stats::default(),
-            cal_plain: [Calibration::default(); K],
-            cal_resid: [Calibration::default(); K],
+            cal_plain: [Calibration::default(); STAT_COMPONENTS],
+            cal_resid: [Calibration::default(); STAT_COMPONENTS],
             ml: LagKMeans::new(),
             cal_ml: Calibration::default(),
             ml_due: 0.0,
@@ -766,7 +766,7 @@ impl Ensemble {
         // A trained bucket learns a point clipped to five of its spreads (like the
         // level): one spike must not make this time of day look high and noisy for days.
         let x = if seen >= f64::from(PROFILE_MIN) {
-            let reach = CLIP * (MAD_TO_SIGMA * d).max(floor);
+            let reach = CLIP * (MEAN_ABS_DEV_TO_SIGMA * d).max(floor);
             x.max(p - reach).min(p + reach)
         } else {
             x
@@ -826,7 +826,7 @@ impl Baseline for Ensemble {
         let seasonal = self.seasonal(b);
         let even = self.evener(b);
         let dir = self.direction;
-        let calibrate = |cal: &mut [Calibration; K], raw: [f64; K]| {
+        let calibrate = |cal: &mut [Calibration; STAT_COMPONENTS], raw: [f64; STAT_COMPONENTS]| {
             let mut best = 0.0f64;
             // For one direction, every component speaks only while the point is on that
             // side of the level, and the recent (fast) level too: the steep recovery from a
@@ -841,7 +841,7 @@ impl Baseline for Ensemble {
                     (best, which) = (l, i);
                 }
             }
-            (best, COMPONENTS[which])
+            (best, STAT_EVIDENCE[which])
         };
         let warm = self.plain.n > self.warmup;
         let raw_plain = self.plain.raw(x, floor, 1.0, w, gap);
@@ -1248,7 +1248,7 @@ mod tests {
             // tails is that view alone.
             let values_judge = !e.use_seasonal();
             let mut alone = e.clone();
-            alone.cal_resid = [Calibration::default(); K];
+            alone.cal_resid = [Calibration::default(); STAT_COMPONENTS];
             let zone = values_judge
                 && e.cal_resid.iter().all(Calibration::ready)
                 && e.resid.dev < SEASONAL_VETO * e.plain.dev;
