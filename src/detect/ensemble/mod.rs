@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 use super::kmeans::LagKMeans;
 use super::{directional, Assessment, Baseline, Evidence};
 use crate::config::{DetectionConfig, Direction};
+use clock::{across, per_step, Clock, Tick, GAP_STEPS, STEP};
+
+mod clock;
 
 /// `sqrt(pi / 2)`: turns a mean absolute deviation into a normal standard deviation.
 const MEAN_ABS_DEV_TO_SIGMA: f64 = 1.253_314_137;
@@ -58,11 +61,6 @@ const BUCKETS: usize = 48;
 const ALPHA_PROFILE: f64 = 0.1;
 /// Steps a bucket must have seen before it predicts: two days of five-minute data.
 const PROFILE_MIN: f32 = 12.0;
-/// The reference step, in seconds: a point counts for one step at most, a point of finer
-/// data for its share. Counted per point, a series queried every 15 s would forget in
-/// hours what a five-minute one keeps for days (a profile bucket would be trained in
-/// three minutes), and alarm all day.
-const STEP: f64 = 300.0;
 /// The daily profile replaces the plain level when its residuals are this much smaller.
 const SEASONAL_GAIN: f64 = 0.6;
 /// ... and keeps judging while they stay this much smaller. An anomaly widens the
@@ -110,16 +108,6 @@ const RECORD_SPAN: f64 = 0.2;
 /// pace (about half a year), and the record's rarity is counted over at most this many
 /// steps.
 const RECORD_MEMORY: f64 = 10.0 * TAIL_MEMORY;
-
-/// Smoothing of the typical time between points (for `threshold_per`, and to see gaps).
-const ALPHA_INTERVAL: f64 = 0.05;
-/// A pause longer than this many typical intervals counts as this many: a gap in the data
-/// is not a slower query rate.
-const GAP: f64 = 10.0;
-/// A pause of this many steps or more is a gap in the data (a point was missed, however
-/// the timing jitters): the difference across it does not teach the differences'
-/// spread, and the k-means bridges it.
-const GAP_STEPS: f64 = 1.5;
 
 /// Raw scores are capped here so that one absurd point cannot wreck a calibration.
 const RAW_CAP: f64 = 1e3;
@@ -576,17 +564,9 @@ pub struct Ensemble {
     warmup: f64,
     /// The signal's threshold: anomalies are what habits are made of.
     threshold: f64,
-    /// Seconds a tail probability is counted per (`threshold_per`; 0: per point).
-    #[serde(default)]
-    per: f64,
-    /// Typical seconds between points (0 until two points were seen).
-    #[serde(default)]
-    interval: f64,
-    /// Time of the latest point.
-    #[serde(default)]
-    last_t: Option<f64>,
-    /// The latest point's share of a step (1 before any).
-    last_w: f64,
+    /// When the points came.
+    #[serde(flatten)]
+    clock: Clock,
 }
 
 impl Ensemble {
@@ -617,60 +597,8 @@ impl Ensemble {
             band: 4.0,
             warmup: f64::from(cfg.warmup),
             threshold: cfg.threshold,
-            per: cfg.threshold_per.map_or(0.0, |d| d.as_secs_f64()),
-            interval: 0.0,
-            last_t: None,
-            last_w: 1.0,
+            clock: Clock::new(cfg.threshold_per.map_or(0.0, |d| d.as_secs_f64())),
         }
-    }
-
-    /// How many points a tail probability is counted over: `per / interval` with
-    /// `threshold_per` (at least one), else one. The union bound over the points of
-    /// `per`: a stricter count, as the memories already run in time and neighbouring
-    /// points share most of their evidence.
-    fn points_per_statement(&self) -> f64 {
-        if self.per == 0.0 {
-            return 1.0;
-        }
-        if self.interval > 0.0 {
-            (self.per / self.interval).max(1.0)
-        } else {
-            1.0
-        }
-    }
-
-    /// How many steps the latest pause spanned (at least 1; a step is the reference
-    /// [`STEP`], or the typical interval of coarser data: what the difference and the
-    /// k-means count in) and how many points the k-means missed; then learns the typical
-    /// interval from it.
-    fn gap(&mut self, dt: Option<f64>) -> (f64, usize) {
-        let Some(dt) = dt else { return (1.0, 0) };
-        let gap = if self.interval > 0.0 {
-            (dt / self.interval.max(STEP)).max(1.0)
-        } else {
-            1.0
-        };
-        let missed = if gap >= GAP_STEPS {
-            (gap.round() - 1.0).min(1e6) as usize
-        } else {
-            0
-        };
-        self.interval = if self.interval > 0.0 {
-            self.interval + ALPHA_INTERVAL * (dt.min(GAP * self.interval) - self.interval)
-        } else {
-            dt
-        };
-        (gap, missed)
-    }
-
-    /// Seconds since the previous point (none for the first, or out of order); `t` is
-    /// the latest point from now on.
-    fn step(&mut self, t: f64) -> Option<f64> {
-        let dt = self.last_t.map(|last| t - last).filter(|dt| *dt > 0.0);
-        // An out-of-order point does not turn the clock back: the next one would seem to
-        // come after a gap.
-        self.last_t = Some(self.last_t.map_or(t, |last| last.max(t)));
-        dt
     }
 
     fn floor(&self) -> f64 {
@@ -812,14 +740,7 @@ impl Baseline for Ensemble {
                 seasonal: false,
             };
         }
-        let dt = self.step(t);
-        let (gap, missed) = self.gap(dt);
-        // A point stands for its share of a step, at most one (coarser data count per
-        // point). The first point (`last_w` starts at 1) and a repeated or out-of-order
-        // timestamp count as much as the point before: a whole step at five minutes, its
-        // share at 15 s.
-        let w = dt.map_or(self.last_w, |dt| (dt / STEP).min(1.0));
-        self.last_w = w;
+        let Tick { w, gap, missed } = self.clock.tick(t);
         let floor = self.floor();
         // The time-of-day bucket, once per point: the profile's and the evener's.
         let b = bucket(t);
@@ -917,7 +838,7 @@ impl Baseline for Ensemble {
         } else {
             (score, evidence)
         };
-        let score = likelier(score, self.points_per_statement());
+        let score = likelier(score, self.clock.points_per_statement());
         let warming_up = !warm || self.cal_plain[0].seen <= CALIBRATION_WARMUP;
         // Anomalous points are remembered by time of day; one that recurs daily is a habit.
         let score = if !warming_up && score >= self.threshold && self.habit(t, deviation.abs()) {
@@ -977,28 +898,6 @@ mod buckets {
         let n = v.len();
         v.try_into()
             .map_err(|_| serde::de::Error::invalid_length(n, &"one value per profile bucket"))
-    }
-}
-
-/// The spread of a difference taken across `gap` steps: a random walk's grows with the
-/// square root of the steps, and no difference of two values of the series is expected
-/// wider than that of two independent ones (`sqrt(2)` level spreads). An exporter down
-/// for an hour comes back with its value of an hour later: a change over the whole
-/// pause, not over one step.
-fn across(dscale: f64, scale: f64, gap: f64) -> f64 {
-    if gap <= 1.0 {
-        return dscale;
-    }
-    (dscale * gap.sqrt()).min(dscale.max(std::f64::consts::SQRT_2 * scale))
-}
-
-/// The smoothing `alpha` of one reference step, for a point worth `w` of a step: the
-/// same memory in time whatever the sampling (exactly `alpha` at a full step).
-fn per_step(alpha: f64, w: f64) -> f64 {
-    if w >= 1.0 {
-        alpha
-    } else {
-        1.0 - (1.0 - alpha).powf(w)
     }
 }
 

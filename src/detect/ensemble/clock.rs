@@ -1,0 +1,146 @@
+//! The ensemble's clock: every memory counts time, not points. A point stands for its
+//! share of a reference [`STEP`] (at most one), smoothing is given per step, and a pause
+//! much longer than the series' usual interval is a gap in the data, not a slower
+//! query rate.
+
+use serde::{Deserialize, Serialize};
+
+/// The reference step, in seconds: a point counts for one step at most, a point of finer
+/// data for its share. Counted per point, a series queried every 15 s would forget in
+/// hours what a five-minute one keeps for days (a profile bucket would be trained in
+/// three minutes), and alarm all day.
+pub(super) const STEP: f64 = 300.0;
+/// Smoothing of the typical time between points (for `threshold_per`, and to see gaps).
+const ALPHA_INTERVAL: f64 = 0.05;
+/// A pause longer than this many typical intervals counts as this many: a gap in the data
+/// is not a slower query rate.
+const GAP: f64 = 10.0;
+/// A pause of this many steps or more is a gap in the data (a point was missed, however
+/// the timing jitters): the difference across it does not teach the differences'
+/// spread, and the k-means bridges it.
+pub(super) const GAP_STEPS: f64 = 1.5;
+
+/// When the series' points came: the latest one's time and share of a step, and the
+/// typical interval between them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct Clock {
+    /// Seconds a tail probability is counted per (`threshold_per`; 0: per point).
+    #[serde(default)]
+    per: f64,
+    /// Typical seconds between points (0 until two points were seen).
+    #[serde(default)]
+    interval: f64,
+    /// Time of the latest point.
+    #[serde(default)]
+    last_t: Option<f64>,
+    /// The latest point's share of a step (1 before any).
+    last_w: f64,
+}
+
+/// How a new point stands in time.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Tick {
+    /// Its share of a reference step (at most 1).
+    pub(super) w: f64,
+    /// How many steps the pause before it spanned (at least 1).
+    pub(super) gap: f64,
+    /// How many points the k-means missed in that pause.
+    pub(super) missed: usize,
+}
+
+impl Clock {
+    /// A clock before any point, counting tail probabilities per `per` seconds (0: per
+    /// point).
+    pub(super) fn new(per: f64) -> Self {
+        Clock {
+            per,
+            interval: 0.0,
+            last_t: None,
+            last_w: 1.0,
+        }
+    }
+
+    /// Takes in a point at time `t`: how it stands after the previous one.
+    pub(super) fn tick(&mut self, t: f64) -> Tick {
+        let dt = self.since_last(t);
+        let (gap, missed) = self.gap(dt);
+        // A point stands for its share of a step, at most one (coarser data count per
+        // point). The first point (`last_w` starts at 1) and a repeated or out-of-order
+        // timestamp count as much as the point before: a whole step at five minutes, its
+        // share at 15 s.
+        let w = dt.map_or(self.last_w, |dt| (dt / STEP).min(1.0));
+        self.last_w = w;
+        Tick { w, gap, missed }
+    }
+
+    /// How many points a tail probability is counted over: `per / interval` with
+    /// `threshold_per` (at least one), else one. The union bound over the points of
+    /// `per`: a stricter count, as the memories already run in time and neighbouring
+    /// points share most of their evidence.
+    pub(super) fn points_per_statement(&self) -> f64 {
+        if self.per == 0.0 {
+            return 1.0;
+        }
+        if self.interval > 0.0 {
+            (self.per / self.interval).max(1.0)
+        } else {
+            1.0
+        }
+    }
+
+    /// How many steps the latest pause spanned (at least 1; a step is the reference
+    /// [`STEP`], or the typical interval of coarser data: what the difference and the
+    /// k-means count in) and how many points the k-means missed; then learns the typical
+    /// interval from it.
+    fn gap(&mut self, dt: Option<f64>) -> (f64, usize) {
+        let Some(dt) = dt else { return (1.0, 0) };
+        let gap = if self.interval > 0.0 {
+            (dt / self.interval.max(STEP)).max(1.0)
+        } else {
+            1.0
+        };
+        let missed = if gap >= GAP_STEPS {
+            (gap.round() - 1.0).min(1e6) as usize
+        } else {
+            0
+        };
+        self.interval = if self.interval > 0.0 {
+            self.interval + ALPHA_INTERVAL * (dt.min(GAP * self.interval) - self.interval)
+        } else {
+            dt
+        };
+        (gap, missed)
+    }
+
+    /// Seconds since the previous point (none for the first, or out of order); `t` is
+    /// the latest point from now on.
+    fn since_last(&mut self, t: f64) -> Option<f64> {
+        let dt = self.last_t.map(|last| t - last).filter(|dt| *dt > 0.0);
+        // An out-of-order point does not turn the clock back: the next one would seem to
+        // come after a gap.
+        self.last_t = Some(self.last_t.map_or(t, |last| last.max(t)));
+        dt
+    }
+}
+
+/// The smoothing `alpha` of one reference step, for a point worth `w` of a step: the
+/// same memory in time whatever the sampling (exactly `alpha` at a full step).
+pub(super) fn per_step(alpha: f64, w: f64) -> f64 {
+    if w >= 1.0 {
+        alpha
+    } else {
+        1.0 - (1.0 - alpha).powf(w)
+    }
+}
+
+/// The spread of a difference taken across `gap` steps: a random walk's grows with the
+/// square root of the steps, and no difference of two values of the series is expected
+/// wider than that of two independent ones (`sqrt(2)` level spreads). An exporter down
+/// for an hour comes back with its value of an hour later: a change over the whole
+/// pause, not over one step.
+pub(super) fn across(dscale: f64, scale: f64, gap: f64) -> f64 {
+    if gap <= 1.0 {
+        return dscale;
+    }
+    (dscale * gap.sqrt()).min(dscale.max(std::f64::consts::SQRT_2 * scale))
+}
