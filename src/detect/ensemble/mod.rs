@@ -12,8 +12,10 @@ use super::kmeans::LagKMeans;
 use super::{directional, Assessment, Baseline, Evidence};
 use crate::config::{DetectionConfig, Direction};
 use clock::{across, per_step, Clock, Tick, GAP_STEPS, STEP};
+use spot::{likelier, Spot, BIGGER_BY, CALIBRATION_WARMUP, TAIL_MEMORY};
 
 mod clock;
+mod spot;
 
 /// `sqrt(pi / 2)`: turns a mean absolute deviation into a normal standard deviation.
 const MEAN_ABS_DEV_TO_SIGMA: f64 = 1.253_314_137;
@@ -23,16 +25,9 @@ const MEAN_ABS_DEV_TO_SIGMA: f64 = 1.253_314_137;
 const ALPHA_SLOW: f64 = 0.01;
 /// Smoothing of the fast level, used to see level shifts.
 const ALPHA_FAST: f64 = 0.2;
-/// Smoothing of each component's recent score (about five steps): what is judged is a
-/// short run of evidence, so a lone noisy point is damped and a large or lasting
-/// deviation is not. On NAB, 0.3 and 0.15 scored 2-3 points lower.
-const ALPHA_SHORT: f64 = 0.2;
 /// Outliers move the statistics at most this many spreads, so one spike does not
 /// teach the baseline that spikes are normal.
 const CLIP: f64 = 5.0;
-/// Steps of scores a component's calibration sees before it judges any.
-const CALIBRATION_WARMUP: f64 = 64.0;
-
 /// The components: level, first difference, level shift and change point (CUSUM). All
 /// are signed. (An activity-change component, the log ratio of recent to usual absolute
 /// differences, was dropped: on NAB it raised ten false alarms for each window it found,
@@ -108,248 +103,6 @@ const RECORD_SPAN: f64 = 0.2;
 /// pace (about half a year), and the record's rarity is counted over at most this many
 /// steps.
 const RECORD_MEMORY: f64 = 10.0 * TAIL_MEMORY;
-
-/// Raw scores are capped here so that one absurd point cannot wreck a calibration.
-const RAW_CAP: f64 = 1e3;
-
-/// Quantile above which a component's smoothed scores count as peaks of its tail.
-const PEAK_QUANTILE: f64 = 0.97;
-/// Step of the streaming quantile, relative to the scores' running mean.
-const ALPHA_QUANTILE: f64 = 0.02;
-/// Memory of the tail model, in steps (exceedance rate and peak moments forget at this
-/// pace: 17 days).
-const TAIL_MEMORY: f64 = 5000.0;
-/// Peaks needed before the tail model speaks.
-const MIN_PEAKS: f64 = 16.0;
-/// The peaks the tail's moments weigh at most (they forget over this many).
-const PEAK_MEMORY: f64 = TAIL_MEMORY * (1.0 - PEAK_QUANTILE);
-/// Points whose tail probability is below this are not learnt as peaks (SPOT's rule:
-/// anomalies must not teach the tail that they are normal).
-const LEARN_BELOW_RISK: f64 = 1e-3;
-/// A tail probability beyond doubt: evidence past it adds nothing to the smoothed score.
-const BEYOND_DOUBT: f64 = 1e-6;
-/// Recent surprises after which similar ones are taken as the series' own pattern.
-const REPEATS_ARE_NORMAL: f64 = 2.0;
-/// A repeated surprise still alarms when it beats the earlier ones by this factor.
-const BIGGER_BY: f64 = 2.0;
-
-/// How unusual a component's recent score is, from a streaming peaks-over-threshold
-/// model of its own tail (SPOT, Siffer et al., KDD 2017): the smoothed score's
-/// exceedances over a high running quantile follow a generalised Pareto distribution,
-/// fitted by the method of moments from forgetting averages. Heavy-tailed series (counts,
-/// bursts) then alarm at the rate a light-tailed one does, without a Gaussian guess.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
-struct Calibration {
-    seen: f64,
-    /// Smoothed raw score: what the tail is learnt from.
-    short: f64,
-    /// Smoothed raw score with each point's evidence capped beyond doubt: what is judged.
-    /// A point a hundred spreads out is anomalous, but it must not keep the score so for
-    /// hours after the values are back (the smoothing decays by steps); the tail, though,
-    /// goes on treating that aftermath as a surprise and does not learn it as a peak.
-    /// (0 in a model saved before it existed: it catches up within a few steps.)
-    #[serde(default)]
-    judged: f64,
-    /// Running mean of the smoothed score: the quantile's step size.
-    level: f64,
-    /// Running [`PEAK_QUANTILE`] of the smoothed score, over ordinary points (a surprise
-    /// does not move it).
-    quantile: f64,
-    /// Forgetting average of "the score exceeded the quantile".
-    exceed: f64,
-    /// Forgetting average of "the score crossed above the quantile here" (the onsets of
-    /// exceedances: with `exceed`, how many points one excursion lasts).
-    upcross: f64,
-    /// Whether the previous score exceeded the quantile.
-    above: bool,
-    /// Steps of peaks seen (for warm-up).
-    peaks: f64,
-    /// Forgetting first and second moments of the excess over the quantile.
-    m1: f64,
-    m2: f64,
-    /// Forgetting count of past surprises (runs below [`LEARN_BELOW_RISK`], counted
-    /// when they end).
-    surprises: f64,
-    /// The largest excess among past surprises (forgetting, too).
-    surprise_max: f64,
-    /// The part of a step still to pass before the current surprise is over (a run of
-    /// surprises that pauses for less than a step goes on).
-    lull: f64,
-    /// The largest excess of the current surprise (0: none under way). It joins the
-    /// past ones only when it ends: measured against itself, every point of an incident
-    /// after its first would be "no larger than the recent ones", a repeat.
-    #[serde(default)]
-    run_max: f64,
-}
-
-impl Calibration {
-    /// Likelihood (1 - tail probability) that the recent score is unusual, then learn.
-    /// `rescaled`: the raw scores' scale itself jumps from time to time (the k-means'
-    /// distances, measured afresh at each retraining), so surprises too move the
-    /// quantile: it must follow.
-    fn likelihood(&mut self, r: f64, w: f64, rescaled: bool) -> f64 {
-        let r = r.min(RAW_CAP);
-        if self.seen == 0.0 {
-            (self.short, self.judged, self.quantile) = (r, r, r);
-        } else {
-            let a = per_step(ALPHA_SHORT, w);
-            self.short += a * (r - self.short);
-            // A point alone at this cap is already beyond doubt (see `judged`). The cap
-            // lies above the quantile: below it, it need not be computed.
-            let capped = if ALPHA_SHORT * r > self.quantile {
-                self.beyond_doubt().map_or(r, |s| r.min(s / ALPHA_SHORT))
-            } else {
-                r
-            };
-            self.judged += a * (capped - self.judged);
-        }
-        // The evidence smoothed over about five steps, where a point counts at least as
-        // much as one at a full step would (the same at five minutes, as scores are never
-        // negative). Counted by its share alone, a jump of a hundred spreads queried every
-        // second would take a minute to be news.
-        let s = self.short.max(ALPHA_SHORT * r);
-        let excess = s - self.quantile;
-        let tail = self.tail(s).map(|p| self.counted_per_step(p, w));
-        let surprise = tail.is_some_and(|p| p < LEARN_BELOW_RISK);
-        // Surprises that keep coming, no larger than the earlier ones, are a pattern of this
-        // series (a nightly job, a bursty source): they are as likely as their recent rate.
-        let repeat = surprise
-            && self.surprises >= REPEATS_ARE_NORMAL
-            && excess <= BIGGER_BY * self.surprise_max;
-        let judged = self.judged.max(ALPHA_SHORT * r);
-        // The same score has the same tail: most points need only one.
-        let verdict = if judged == s {
-            tail
-        } else {
-            self.tail(judged).map(|p| self.counted_per_step(p, w))
-        }
-        .map(|p| {
-            if repeat {
-                p.max(self.surprises / TAIL_MEMORY)
-            } else {
-                p
-            }
-        });
-        let forget = 1.0 - w / TAIL_MEMORY;
-        self.surprises *= forget;
-        self.surprise_max *= forget;
-        if surprise {
-            self.run_max = self.run_max.max(excess);
-            self.lull = 1.0;
-        } else if self.run_max > 0.0 {
-            self.lull -= w;
-            if self.lull <= 0.0 {
-                self.surprises += 1.0;
-                self.surprise_max = self.surprise_max.max(self.run_max);
-                (self.run_max, self.lull) = (0.0, 0.0);
-            }
-        }
-        // Learn: the running quantile (stochastic approximation), the exceedance rate, and
-        // the moments of the excess.
-        let a = (w / (self.seen + w)).max(w / TAIL_MEMORY);
-        self.level += a * (s - self.level);
-        let above = s > self.quantile;
-        // A surprise does not move the quantile either (SPOT's rule, as for the peaks):
-        // the quantile climbs 32 times faster than it falls, so an incident's hours lifted
-        // it for days, and the next surprise was judged from a threshold the peaks were
-        // never measured over. The statistics' scores are in spreads that keep adapting,
-        // so their usual range does not move; a k-means retrained on a quiet stretch
-        // measures the next busy one in new units, and its quantile has to climb.
-        if !surprise || rescaled {
-            let step = w * ALPHA_QUANTILE * self.level.max(1e-9);
-            self.quantile += if above {
-                step * PEAK_QUANTILE
-            } else {
-                -step * (1.0 - PEAK_QUANTILE)
-            };
-        }
-        self.exceed += a * (f64::from(u8::from(above)) - self.exceed);
-        self.upcross += a * (f64::from(u8::from(above && !self.above)) - self.upcross);
-        self.above = above;
-        if above && !surprise {
-            let ap = (w / (self.peaks + w)).max(w / PEAK_MEMORY);
-            self.m1 += ap * (excess - self.m1);
-            self.m2 += ap * (excess * excess - self.m2);
-            self.peaks += w;
-        }
-        self.seen += w;
-        match verdict {
-            Some(p) => 1.0 - p,
-            None => 0.5,
-        }
-    }
-
-    /// Tail probability `p` of a point counted per step. The tail probability is per
-    /// point; what the threshold means is per step. Points finer than a step count as one
-    /// when they move together (an excursion lasts as many of them: a held sample, a
-    /// `rate` window); noise fresh at every point has that many more chances to cross, so
-    /// its probability is multiplied by the excursions it starts per step (the extremal
-    /// index over the points' share).
-    fn counted_per_step(&self, p: f64, w: f64) -> f64 {
-        if w >= 1.0 {
-            return p;
-        }
-        let excursions = (self.upcross / self.exceed.max(1e-12)).min(1.0) / w;
-        if excursions > 1.0 {
-            (p * excursions).min(1.0)
-        } else {
-            p
-        }
-    }
-
-    /// Whether the tail model has seen enough to judge.
-    fn ready(&self) -> bool {
-        self.seen > CALIBRATION_WARMUP && self.peaks >= MIN_PEAKS
-    }
-
-    /// The score whose tail probability is [`BEYOND_DOUBT`], once enough peaks were seen.
-    fn beyond_doubt(&self) -> Option<f64> {
-        if !self.ready() {
-            return None;
-        }
-        let (g, sigma) = self.shape();
-        let odds = (self.rate() / BEYOND_DOUBT).max(1.0);
-        Some(self.quantile + sigma / g * (odds.powf(g) - 1.0))
-    }
-
-    /// How often the smoothed score exceeds the quantile (at least once in the memory).
-    fn rate(&self) -> f64 {
-        self.exceed.clamp(1.0 / TAIL_MEMORY, 1.0)
-    }
-
-    /// The generalised Pareto's shape and scale for the next peak: fitted by the method
-    /// of moments, the shape then raised by how few peaks the fit rests on (so it is at
-    /// least 1 / [`PEAK_MEMORY`], never the exponential's 0, and `1 + g y / sigma > 1`
-    /// for every excess `y`).
-    fn shape(&self) -> (f64, f64) {
-        let mean = self.m1.max(1e-12);
-        let var = (self.m2 - self.m1 * self.m1).max(1e-24);
-        let ratio = mean * mean / var;
-        let g = (0.5 * (1.0 - ratio)).clamp(0.0, 0.45);
-        let sigma = (0.5 * mean * (1.0 + ratio)).max(1e-12);
-        // A fit from sixteen peaks knows its scale to a quarter; plugged in as if exact,
-        // it makes the far tail far too thin, and a young model alarms at what a few
-        // more peaks would have shown to be its series' habit. The next peak's law,
-        // given n peaks of an exponential tail (scale-free prior on its scale), is the
-        // Lomax law (1 + y / (n sigma))^-n: a generalised Pareto of shape 1/n. So the
-        // shape gains 1/n, n being the peaks the forgetting moments weigh.
-        let n = self.peaks.clamp(1.0, PEAK_MEMORY);
-        (g + 1.0 / n, sigma)
-    }
-
-    /// The tail probability of smoothed score `s`, once enough peaks were seen.
-    fn tail(&self, s: f64) -> Option<f64> {
-        if !self.ready() {
-            return None;
-        }
-        let y = s - self.quantile;
-        if y <= 0.0 {
-            return Some(1.0);
-        }
-        let (g, sigma) = self.shape();
-        Some(self.rate() * (1.0 + g * y / sigma).powf(-1.0 / g))
-    }
-}
 
 /// The range a series has kept: a point beyond it by a clear margin is a record. For
 /// exchangeable data, a point beats the n before it with probability 1/(n + 1); that is
@@ -522,11 +275,11 @@ impl Stats {
 pub struct Ensemble {
     plain: Stats,
     resid: Stats,
-    cal_plain: [Calibration; STAT_COMPONENTS],
-    cal_resid: [Calibration; STAT_COMPONENTS],
+    cal_plain: [Spot; STAT_COMPONENTS],
+    cal_resid: [Spot; STAT_COMPONENTS],
     /// The ML component: k-means over lag features, and its calibration.
     ml: LagKMeans,
-    cal_ml: Calibration,
+    cal_ml: Spot,
     /// Steps since the k-means last saw a point, and its last distance: it sees the
     /// path one point per step, so its lags span the same time whatever the sampling.
     ml_due: f64,
@@ -575,10 +328,10 @@ impl Ensemble {
         Ensemble {
             plain: Stats::default(),
             resid: Stats::default(),
-            cal_plain: [Calibration::default(); STAT_COMPONENTS],
-            cal_resid: [Calibration::default(); STAT_COMPONENTS],
+            cal_plain: [Spot::default(); STAT_COMPONENTS],
+            cal_resid: [Spot::default(); STAT_COMPONENTS],
             ml: LagKMeans::new(),
-            cal_ml: Calibration::default(),
+            cal_ml: Spot::default(),
             ml_due: 0.0,
             ml_raw: 0.0,
             record: Record::default(),
@@ -747,7 +500,7 @@ impl Baseline for Ensemble {
         let seasonal = self.seasonal(b);
         let even = self.evener(b);
         let dir = self.direction;
-        let calibrate = |cal: &mut [Calibration; STAT_COMPONENTS], raw: [f64; STAT_COMPONENTS]| {
+        let calibrate = |cal: &mut [Spot; STAT_COMPONENTS], raw: [f64; STAT_COMPONENTS]| {
             let mut best = 0.0f64;
             // For one direction, every component speaks only while the point is on that
             // side of the level, and the recent (fast) level too: the steep recovery from a
@@ -757,7 +510,9 @@ impl Baseline for Ensemble {
             let mut which = 0;
             for (i, (c, r)) in cal.iter_mut().zip(raw).enumerate() {
                 let r = if side { directional(r, dir) } else { 0.0 };
-                let l = c.likelihood(r, w, false);
+                let j = c.judge(r, w);
+                c.learn(&j, w, false);
+                let l = j.likelihood;
                 if l > best {
                     (best, which) = (l, i);
                 }
@@ -783,11 +538,9 @@ impl Baseline for Ensemble {
         }
         let raw_ml = self.ml_raw;
         let ml_side = dir == Direction::Both || directional(raw_plain[0], dir) > SIDE_MARGIN;
-        let l_ml = likelier(
-            self.cal_ml
-                .likelihood(if ml_side { raw_ml } else { 0.0 }, w, true),
-            ML_DISCOUNT,
-        );
+        let ml_judged = self.cal_ml.judge(if ml_side { raw_ml } else { 0.0 }, w);
+        self.cal_ml.learn(&ml_judged, w, true);
+        let l_ml = likelier(ml_judged.likelihood, ML_DISCOUNT);
         // The seasonal view takes over when it explains the series clearly better and its
         // tail models can judge: until then it could only say "don't know" (hours of
         // five-minute data, weeks of hourly data), so the values' view goes on judging.
@@ -796,7 +549,7 @@ impl Baseline for Ensemble {
         if let Some(p) = seasonal {
             if self.resid.n > self.warmup {
                 // Ready as of before this point, which it then learns.
-                let calibrated = self.cal_resid.iter().all(Calibration::ready);
+                let calibrated = self.cal_resid.iter().all(Spot::ready);
                 let l = calibrate(
                     &mut self.cal_resid,
                     self.resid.raw(x - p, floor, even, w, gap),
@@ -839,7 +592,7 @@ impl Baseline for Ensemble {
             (score, evidence)
         };
         let score = likelier(score, self.clock.points_per_statement());
-        let warming_up = !warm || self.cal_plain[0].seen <= CALIBRATION_WARMUP;
+        let warming_up = !warm || self.cal_plain[0].seen() <= CALIBRATION_WARMUP;
         // Anomalous points are remembered by time of day; one that recurs daily is a habit.
         let score = if !warming_up && score >= self.threshold && self.habit(t, deviation.abs()) {
             likelier(self.threshold, HABIT_FACTOR)
@@ -899,11 +652,6 @@ mod buckets {
         v.try_into()
             .map_err(|_| serde::de::Error::invalid_length(n, &"one value per profile bucket"))
     }
-}
-
-/// The likelihood `l` with its tail probability `factor` times larger (at most 1).
-fn likelier(l: f64, factor: f64) -> f64 {
-    1.0 - ((1.0 - l) * factor).min(1.0)
 }
 
 /// The time-of-day bucket of unix time `t`.
@@ -1147,9 +895,9 @@ mod tests {
             // tails is that view alone.
             let values_judge = !e.use_seasonal();
             let mut alone = e.clone();
-            alone.cal_resid = [Calibration::default(); STAT_COMPONENTS];
+            alone.cal_resid = [Spot::default(); STAT_COMPONENTS];
             let zone = values_judge
-                && e.cal_resid.iter().all(Calibration::ready)
+                && e.cal_resid.iter().all(Spot::ready)
                 && e.resid.dev < SEASONAL_VETO * e.plain.dev;
             in_zone += usize::from(zone);
             let (level, profile) = (e.plain.mean, e.seasonal(bucket(t)));
@@ -1279,7 +1027,7 @@ mod tests {
             i += 1;
             assert!(i < 5 * DAY, "the profile should explain the wave");
         }
-        assert!(!e.cal_resid.iter().all(Calibration::ready), "{i}");
+        assert!(!e.cal_resid.iter().all(Spot::ready), "{i}");
         // Towards the middle of the wave's range.
         let jump = if wave(i) < 50.0 { 30.0 } else { -30.0 };
         let a = e.update(i as f64 * STEP, wave(i) + jump);
@@ -1542,29 +1290,6 @@ mod tests {
         }
         assert!(hits.iter().any(|i| (3000..3024).contains(i)), "{hits:?}");
         assert!(hits.iter().any(|i| (3300..3306).contains(i)), "{hits:?}");
-    }
-
-    #[test]
-    fn a_tail_fitted_from_few_peaks_is_judged_with_their_uncertainty() {
-        // Exponential excesses of mean 1 over the quantile (second moment 2). Given 16
-        // peaks, the next one's law is the Lomax (1 + y / 16)^-16; given the memory's
-        // 150, nearly e^-y. Ten means out: 4.2e-4 against 6.2e-5 (e^-10 = 4.5e-5).
-        let few = Calibration {
-            seen: 1000.0,
-            quantile: 1.0,
-            exceed: 0.03,
-            peaks: 16.0,
-            m1: 1.0,
-            m2: 2.0,
-            ..Calibration::default()
-        };
-        let many = Calibration { peaks: 1e4, ..few };
-        let y = 10.0;
-        let lomax = |n: f64| 0.03 * (1.0 + y / n).powf(-n);
-        let (p_few, p_many) = (few.tail(1.0 + y).unwrap(), many.tail(1.0 + y).unwrap());
-        assert!((p_few / lomax(16.0) - 1.0).abs() < 1e-9, "{p_few}");
-        assert!((p_many / lomax(PEAK_MEMORY) - 1.0).abs() < 1e-9, "{p_many}");
-        assert!(p_few > 5.0 * p_many, "{p_few} vs {p_many}");
     }
 
     #[test]
