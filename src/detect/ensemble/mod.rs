@@ -12,9 +12,11 @@ use super::kmeans::LagKMeans;
 use super::{directional, Assessment, Baseline, Evidence};
 use crate::config::{DetectionConfig, Direction};
 use clock::{across, per_step, Clock, Tick, GAP_STEPS, STEP};
-use spot::{likelier, Spot, BIGGER_BY, CALIBRATION_WARMUP, TAIL_MEMORY};
+use record::Record;
+use spot::{likelier, Spot, BIGGER_BY, CALIBRATION_WARMUP};
 
 mod clock;
+mod record;
 mod spot;
 
 /// `sqrt(pi / 2)`: turns a mean absolute deviation into a normal standard deviation.
@@ -95,59 +97,6 @@ const HABIT_FACTOR: f64 = 10.0;
 /// four false alarms for each window it found first; discounted, it still speaks when
 /// the path's shape breaks far beyond anything in its training.
 const ML_DISCOUNT: f64 = 10.0;
-
-/// A record must beat the range the series has kept by this fraction of that range: a
-/// new high by a hair is the ordinary drift of a counter, not news.
-const RECORD_SPAN: f64 = 0.2;
-/// Memory of the kept range, in steps: older extremes fade towards the level at this
-/// pace (about half a year), and the record's rarity is counted over at most this many
-/// steps.
-const RECORD_MEMORY: f64 = 10.0 * TAIL_MEMORY;
-
-/// The range a series has kept: a point beyond it by a clear margin is a record. For
-/// exchangeable data, a point beats the n before it with probability 1/(n + 1); that is
-/// its tail probability, whatever the distribution (the question an SRE asks first: has
-/// it ever been this high?). The other components may have learnt that surprises are
-/// routine for this series; a record is news all the same.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
-struct Record {
-    hi: f64,
-    lo: f64,
-    /// Steps the range was kept over (at most [`RECORD_MEMORY`]; 0: empty).
-    n: f64,
-}
-
-impl Record {
-    /// Likelihood that `x` is anomalous because it breaks the range on a side `direction`
-    /// cares about.
-    fn likelihood(&self, x: f64, floor: f64, direction: Direction) -> f64 {
-        if self.n < 1.0 {
-            return 0.0;
-        }
-        let margin = RECORD_SPAN * (self.hi - self.lo).max(floor);
-        let broke = match direction {
-            Direction::Up => x > self.hi + margin,
-            Direction::Down => x < self.lo - margin,
-            Direction::Both => x > self.hi + margin || x < self.lo - margin,
-        };
-        if broke {
-            1.0 - 1.0 / (self.n + 1.0)
-        } else {
-            0.0
-        }
-    }
-
-    /// Widens the range to `x`; the extremes fade towards `level`.
-    fn learn(&mut self, x: f64, level: f64, w: f64) {
-        if self.n == 0.0 {
-            (self.hi, self.lo) = (x, x);
-        }
-        let fade = w / RECORD_MEMORY;
-        self.hi = x.max(self.hi - fade * (self.hi - level).max(0.0));
-        self.lo = x.min(self.lo + fade * (level - self.lo).max(0.0));
-        self.n = (self.n + w).min(RECORD_MEMORY);
-    }
-}
 
 /// O(1) statistics of one representation of a series (the values themselves, or their
 /// residuals against the daily profile).
@@ -671,11 +620,6 @@ mod saved;
 mod tests {
     use super::*;
     use crate::detect::noisy;
-
-    /// Evenly spread over [0, 1), in no particular order.
-    fn uniform(i: usize) -> f64 {
-        (i as f64 * 0.618_033_988_7).fract()
-    }
 
     #[test]
     fn a_spike_in_noise_is_likely_anomalous_and_noise_is_not() {
@@ -1231,39 +1175,6 @@ mod tests {
         let biggest = xs.iter().cloned().fold(0.0, f64::max);
         let a = e.update(20_000.0 * STEP, 20.0 * biggest);
         assert!(a.score >= threshold(), "{a:?}");
-    }
-
-    #[test]
-    fn a_record_needs_a_clear_margin_and_is_as_rare_as_its_history() {
-        // 999 points in [0, 1]: a point at 1.1 is within the margin (a fifth of the
-        // range), one at 1.3 beats 999 points, which happens once in 1,000.
-        let mut r = Record::default();
-        for i in 0..999 {
-            r.learn(uniform(i), 0.5, 1.0);
-        }
-        let both = Direction::Both;
-        assert_eq!(r.likelihood(1.1, 1e-9, both), 0.0);
-        assert!((r.likelihood(1.3, 1e-9, both) - 0.999).abs() < 1e-12);
-        assert!((r.likelihood(-0.3, 1e-9, both) - 0.999).abs() < 1e-12);
-        assert_eq!(r.likelihood(-0.3, 1e-9, Direction::Up), 0.0);
-        assert_eq!(r.likelihood(1.3, 1e-9, Direction::Down), 0.0);
-    }
-
-    #[test]
-    fn an_old_extreme_fades_so_a_record_is_against_recent_history() {
-        // One spike to 10, then a long quiet [0, 1]: after a few memories the old spike no
-        // longer sets the bar, and a 2 is a record again.
-        let mut r = Record::default();
-        r.learn(10.0, 0.5, 1.0);
-        for i in 0..1000 {
-            r.learn(uniform(i), 0.5, 1.0);
-        }
-        assert_eq!(r.likelihood(2.0, 1e-9, Direction::Up), 0.0);
-        for i in 0..(4.0 * RECORD_MEMORY) as usize {
-            r.learn(uniform(i), 0.5, 1.0);
-        }
-        assert!(r.hi < 1.2, "{r:?}");
-        assert!(r.likelihood(2.0, 1e-9, Direction::Up) > 0.9999, "{r:?}");
     }
 
     #[test]
