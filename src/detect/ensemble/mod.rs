@@ -11,46 +11,21 @@ use serde::{Deserialize, Serialize};
 use super::kmeans::LagKMeans;
 use super::{directional, Assessment, Baseline, Evidence};
 use crate::config::{DetectionConfig, Direction};
-use clock::{across, per_step, Clock, Tick, GAP_STEPS, STEP};
+use clock::{per_step, Clock, Tick, STEP};
 use record::Record;
 use spot::{likelier, Spot, BIGGER_BY, CALIBRATION_WARMUP};
+use stats::{
+    Stats, ALPHA_SLOW, CLIP, LEVEL, MEAN_ABS_DEV_TO_SIGMA, SHIFT, STAT_COMPONENTS, STAT_EVIDENCE,
+};
 
 mod clock;
 mod record;
 mod spot;
+mod stats;
 
-/// `sqrt(pi / 2)`: turns a mean absolute deviation into a normal standard deviation.
-const MEAN_ABS_DEV_TO_SIGMA: f64 = 1.253_314_137;
-
-/// Smoothing of the slow level and spread (memory of roughly 1/alpha steps). Like every
-/// memory, smoothing and count here, it is per reference [`STEP`] of data.
-const ALPHA_SLOW: f64 = 0.01;
-/// Smoothing of the fast level, used to see level shifts.
-const ALPHA_FAST: f64 = 0.2;
-/// Outliers move the statistics at most this many spreads, so one spike does not
-/// teach the baseline that spikes are normal.
-const CLIP: f64 = 5.0;
-/// The components: level, first difference, level shift and change point (CUSUM). All
-/// are signed. (An activity-change component, the log ratio of recent to usual absolute
-/// differences, was dropped: on NAB it raised ten false alarms for each window it found,
-/// and what it sees, the difference component sees too.)
-const STAT_COMPONENTS: usize = 4;
-/// What each statistics component measures, in [`Stats::raw`]'s order.
-const STAT_EVIDENCE: [Evidence; STAT_COMPONENTS] = [
-    Evidence::Level,
-    Evidence::Jump,
-    Evidence::Shift,
-    Evidence::Drift,
-];
 /// For one direction, how far (in spreads) a point must be on that side of the level
 /// for the components to speak: a recovery lands within noise of the level.
 const SIDE_MARGIN: f64 = 1.0;
-
-/// CUSUM slack, in spreads: drifts smaller than this do not accumulate.
-const CUSUM_SLACK: f64 = 0.5;
-/// CUSUM evidence (in spreads) at which a change point is declared: the level restarts
-/// from the recent mean, so a new normal stops alarming.
-const CUSUM_CHANGE: f64 = 48.0;
 
 /// Buckets of the daily profile (30 minutes each).
 const BUCKETS: usize = 48;
@@ -97,125 +72,6 @@ const HABIT_FACTOR: f64 = 10.0;
 /// four false alarms for each window it found first; discounted, it still speaks when
 /// the path's shape breaks far beyond anything in its training.
 const ML_DISCOUNT: f64 = 10.0;
-
-/// O(1) statistics of one representation of a series (the values themselves, or their
-/// residuals against the daily profile).
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
-struct Stats {
-    /// Reference steps seen (a point counts for its share of one).
-    n: f64,
-    mean: f64,
-    dev: f64,
-    fast: f64,
-    prev: f64,
-    dmean: f64,
-    ddev: f64,
-    /// Two-sided CUSUM of standardised deviations from the level.
-    up: f64,
-    down: f64,
-}
-
-impl Stats {
-    /// The spreads of the level and of the difference here, in the values' units: the
-    /// spreads are kept evened out (see [`Ensemble::evener`]), `even` says by how much
-    /// here (1: the values' view).
-    fn scales(&self, floor: f64, even: f64) -> (f64, f64) {
-        (
-            (MEAN_ABS_DEV_TO_SIGMA * self.dev / even).max(floor),
-            (MEAN_ABS_DEV_TO_SIGMA * self.ddev / even).max(floor),
-        )
-    }
-
-    /// The raw component scores of `x`, `gap` steps after the previous point,
-    /// signed where a direction applies: level, first difference, level shift and change
-    /// point.
-    fn raw(&self, x: f64, floor: f64, even: f64, w: f64, gap: f64) -> [f64; STAT_COMPONENTS] {
-        let (scale, dscale) = self.scales(floor, even);
-        let dscale = across(dscale, scale, gap);
-        let fast = self.fast + per_step(ALPHA_FAST, w) * (x - self.fast);
-        [
-            (x - self.mean) / scale,
-            (x - self.prev - self.dmean) / dscale,
-            // An EWMA's standard deviation is sigma * sqrt(alpha / (2 - alpha)).
-            (fast - self.mean) / (scale * (ALPHA_FAST / (2.0 - ALPHA_FAST)).sqrt()),
-            {
-                let (up, down) = self.cusum(x, scale, w);
-                if up >= down {
-                    up
-                } else {
-                    -down
-                }
-            },
-        ]
-    }
-
-    /// The CUSUM statistics after `x` (clipped like the level, so one spike adds little).
-    fn cusum(&self, x: f64, scale: f64, w: f64) -> (f64, f64) {
-        let z = ((x - self.mean) / scale).clamp(-CLIP, CLIP);
-        (
-            // Grouped so that a full step computes exactly `up + z - slack`.
-            (self.up + w * z - w * CUSUM_SLACK).max(0.0),
-            (self.down - w * z - w * CUSUM_SLACK).max(0.0),
-        )
-    }
-
-    fn learn(&mut self, x: f64, floor: f64, even: f64, direction: Direction, w: f64, gap: f64) {
-        if self.n == 0.0 {
-            *self = Stats {
-                n: w,
-                mean: x,
-                fast: x,
-                prev: x,
-                ..Stats::default()
-            };
-            return;
-        }
-        // Early on, plain running averages; later, exponential forgetting.
-        let a = (w / (self.n + w)).max(per_step(ALPHA_SLOW, w));
-        let (scale, dscale) = self.scales(floor, even);
-        let dx = x - self.prev;
-        let (xc, dxc) = if self.n > 8.0 {
-            (
-                x.clamp(self.mean - CLIP * scale, self.mean + CLIP * scale),
-                dx.clamp(self.dmean - CLIP * dscale, self.dmean + CLIP * dscale),
-            )
-        } else {
-            (x, dx)
-        };
-        (self.up, self.down) = self.cusum(x, scale, w);
-        if self.up.max(self.down) > CUSUM_CHANGE {
-            // A change point: the level restarts from the recent mean (the spread stays),
-            // but only for a shift the signal cares about. Otherwise a dip of an `up`
-            // signal would become the level, and the recovery would look like a rise.
-            let cared = match direction {
-                Direction::Both => true,
-                Direction::Up => self.up > self.down,
-                Direction::Down => self.down > self.up,
-            };
-            if cared {
-                self.mean = self.fast;
-            }
-            self.up = 0.0;
-            self.down = 0.0;
-        }
-        self.dev += a * ((xc - self.mean).abs() * even - self.dev);
-        self.mean += a * (xc - self.mean);
-        self.fast += per_step(ALPHA_FAST, w).max(a) * (x - self.fast);
-        // A difference across a gap is no one-step difference: it must not widen theirs.
-        if gap < GAP_STEPS {
-            self.ddev += a * ((dxc - self.dmean).abs() * even - self.ddev);
-            self.dmean += a * (dxc - self.dmean);
-        }
-        // The difference is taken against the value a reference step ago: at finer steps,
-        // against the recent path smoothed over that span.
-        self.prev = if w >= 1.0 {
-            x
-        } else {
-            self.prev + w * (x - self.prev)
-        };
-        self.n += w;
-    }
-}
 
 /// Streaming statistics of the values and of their residuals against a time-of-day
 /// profile, each component calibrated to a likelihood; the profile's view is used
@@ -305,7 +161,7 @@ impl Ensemble {
 
     fn floor(&self) -> f64 {
         self.min_spread
-            .max(self.min_relative_spread * self.plain.mean.abs())
+            .max(self.min_relative_spread * self.plain.level.abs())
             .max(1e-9)
     }
 
@@ -334,7 +190,7 @@ impl Ensemble {
         } else {
             SEASONAL_GAIN
         };
-        self.resid.n > self.warmup && self.resid.dev < gain * self.plain.dev
+        self.resid.steps > self.warmup && self.resid.abs_dev < gain * self.plain.abs_dev
     }
 
     /// Remembers a notable point at time `t` of `size` spreads and says whether it is a
@@ -434,7 +290,7 @@ impl Baseline for Ensemble {
             return Assessment {
                 score: 0.0,
                 deviation: 0.0,
-                expected: self.plain.mean,
+                expected: self.plain.level,
                 lower: f64::NAN,
                 upper: f64::NAN,
                 warming_up: true,
@@ -455,7 +311,8 @@ impl Baseline for Ensemble {
             // side of the level, and the recent (fast) level too: the steep recovery from a
             // dip is no rise of latency, and neither is a busy drop.
             let side = dir == Direction::Both
-                || (directional(raw[0], dir) > SIDE_MARGIN && directional(raw[2], dir) > 0.0);
+                || (directional(raw[LEVEL], dir) > SIDE_MARGIN
+                    && directional(raw[SHIFT], dir) > 0.0);
             let mut which = 0;
             for (i, (c, r)) in cal.iter_mut().zip(raw).enumerate() {
                 let r = if side { directional(r, dir) } else { 0.0 };
@@ -468,7 +325,7 @@ impl Baseline for Ensemble {
             }
             (best, STAT_EVIDENCE[which])
         };
-        let warm = self.plain.n > self.warmup;
+        let warm = self.plain.steps > self.warmup;
         let raw_plain = self.plain.raw(x, floor, 1.0, w, gap);
         let l_plain = if warm {
             calibrate(&mut self.cal_plain, raw_plain)
@@ -486,7 +343,7 @@ impl Baseline for Ensemble {
             self.ml_raw = self.ml.update(x).unwrap_or(0.0);
         }
         let raw_ml = self.ml_raw;
-        let ml_side = dir == Direction::Both || directional(raw_plain[0], dir) > SIDE_MARGIN;
+        let ml_side = dir == Direction::Both || directional(raw_plain[LEVEL], dir) > SIDE_MARGIN;
         let ml_judged = self.cal_ml.judge(if ml_side { raw_ml } else { 0.0 }, w);
         self.cal_ml.learn(&ml_judged, w, true);
         let l_ml = likelier(ml_judged.likelihood, ML_DISCOUNT);
@@ -496,7 +353,7 @@ impl Baseline for Ensemble {
         self.seasonal_view = self.use_seasonal();
         let (mut l_resid, mut veto) = (None, None);
         if let Some(p) = seasonal {
-            if self.resid.n > self.warmup {
+            if self.resid.steps > self.warmup {
                 // Ready as of before this point, which it then learns.
                 let calibrated = self.cal_resid.iter().all(Spot::ready);
                 let l = calibrate(
@@ -506,7 +363,7 @@ impl Baseline for Ensemble {
                 if calibrated {
                     if self.seasonal_view {
                         l_resid = Some((p, l));
-                    } else if self.resid.dev < SEASONAL_VETO * self.plain.dev {
+                    } else if self.resid.abs_dev < SEASONAL_VETO * self.plain.abs_dev {
                         // Short of judging, a profile nearly as good may veto.
                         veto = Some(l.0);
                     }
@@ -516,7 +373,7 @@ impl Baseline for Ensemble {
         let ((score, evidence), expected, scale, deviation) = match l_resid {
             Some((p, l)) => {
                 let (sc, _) = self.resid.scales(floor, even);
-                (l, p + self.resid.mean, sc, (x - p - self.resid.mean) / sc)
+                (l, p + self.resid.level, sc, (x - p - self.resid.level) / sc)
             }
             None => {
                 let (sc, _) = self.plain.scales(floor, 1.0);
@@ -524,7 +381,7 @@ impl Baseline for Ensemble {
                 // lower its score.
                 let (l, evidence) = l_plain;
                 let l = veto.map_or(l, |v| l.min(v));
-                ((l, evidence), self.plain.mean, sc, raw_plain[0])
+                ((l, evidence), self.plain.level, sc, raw_plain[LEVEL])
             }
         };
         // The path's shape (k-means, once trained) and a record count in every view.
@@ -570,7 +427,7 @@ impl Baseline for Ensemble {
             self.resid.learn(x - p, floor, even, dir, w, gap);
         }
         self.plain.learn(x, floor, 1.0, dir, w, gap);
-        self.record.learn(x, self.plain.mean, w);
+        self.record.learn(x, self.plain.level, w);
         // An alarmed point does not teach its time of day (SPOT's rule, as for the tails):
         // learnt, an incident made its hours look normal the next day, and the profile
         // vetoed a second one there. A new daily shape is learnt once it is a habit.
@@ -762,7 +619,11 @@ mod tests {
             "{hits:?}"
         );
         assert!(hits.iter().all(|&i| i < 3300), "still alarming: {hits:?}");
-        assert!((e.plain.mean - 20.0).abs() < 1.0, "level {}", e.plain.mean);
+        assert!(
+            (e.plain.level - 20.0).abs() < 1.0,
+            "level {}",
+            e.plain.level
+        );
     }
 
     #[test]
@@ -842,9 +703,9 @@ mod tests {
             alone.cal_resid = [Spot::default(); STAT_COMPONENTS];
             let zone = values_judge
                 && e.cal_resid.iter().all(Spot::ready)
-                && e.resid.dev < SEASONAL_VETO * e.plain.dev;
+                && e.resid.abs_dev < SEASONAL_VETO * e.plain.abs_dev;
             in_zone += usize::from(zone);
-            let (level, profile) = (e.plain.mean, e.seasonal(bucket(t)));
+            let (level, profile) = (e.plain.level, e.seasonal(bucket(t)));
             let with_veto = e.update(t, x).score >= threshold();
             if !values_judge {
                 continue;
