@@ -144,3 +144,114 @@ pub(super) fn across(dscale: f64, scale: f64, gap: f64) -> f64 {
     }
     (dscale * gap.sqrt()).min(dscale.max(std::f64::consts::SQRT_2 * scale))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::*;
+    use super::*;
+
+    #[test]
+    fn threshold_per_counts_tail_probabilities_per_time_not_per_point() {
+        // The same noise, once every 15 s: per point it crosses 1 in 1,000 now and then;
+        // per five minutes each tail probability is twenty times larger (a union bound over
+        // the points of five minutes), and it does not. At a five-minute step the setting
+        // changes nothing.
+        let per_5m = DetectionConfig {
+            threshold_per: Some(std::time::Duration::from_secs(300)),
+            ..DetectionConfig::default()
+        };
+        let xs: Vec<f64> = (0..30_000).map(|i| 10.0 + noisy(i)).collect();
+        let run = |cfg: &DetectionConfig, step: f64| -> Vec<f64> {
+            let mut e = Ensemble::new(cfg);
+            let scores = xs
+                .iter()
+                .enumerate()
+                .map(|(i, &x)| e.update(i as f64 * step, x).score);
+            scores.collect()
+        };
+        let count = |scores: &[f64]| scores.iter().filter(|&&s| s >= threshold()).count();
+        let (point, per_time) = (run(&DetectionConfig::default(), 15.0), run(&per_5m, 15.0));
+        assert!(
+            count(&point) > 0,
+            "the noise should cross 1 in 1,000 now and then"
+        );
+        assert_eq!(count(&per_time), 0, "20x fewer chances: {per_time:?}");
+        assert_eq!(run(&DetectionConfig::default(), 300.0), run(&per_5m, 300.0));
+    }
+
+    #[test]
+    fn a_change_across_a_gap_in_the_data_is_judged_as_a_change_over_the_gap() {
+        // A slow wave with little noise: the values wander over ±20 while a step moves them
+        // by 0.25 at most. Then two hours of data go missing, and the wave has moved on by
+        // some 6 units (25 steps' change; well within its range).
+        let wave = |i: usize| 100.0 + 20.0 * (i as f64 * std::f64::consts::TAU / 500.0).sin();
+        let run = |gap_from: usize, jump: f64| -> bool {
+            let mut e = ensemble();
+            let mut alarmed = false;
+            for i in (0..3200).filter(|i| !(gap_from..gap_from + 24).contains(i)) {
+                let x = wave(i) + 0.2 * noisy(i) + if i >= gap_from { jump } else { 0.0 };
+                let a = e.update(i as f64 * STEP, x);
+                alarmed |= (gap_from + 24..gap_from + 30).contains(&i) && a.score >= threshold();
+            }
+            alarmed
+        };
+        // Where the wave is steepest, across the gap.
+        let steep = 3000;
+        assert!(
+            (wave(steep + 24) - wave(steep - 1)).abs() > 6.0,
+            "the test needs a change across the gap"
+        );
+        assert!(
+            !run(steep, 0.0),
+            "the wave's own change across a gap alarmed"
+        );
+        // A jump the wave never makes still alarms, gap or no gap.
+        assert!(run(steep, 40.0));
+    }
+
+    #[test]
+    fn the_verdicts_do_not_depend_on_the_sampling_step() {
+        // The same five-minute series, once as it is and twice queried every 15 s: each
+        // value held for its five minutes (an instant query returns the latest sample) and
+        // interpolated (a `rate(...[5m])` evaluated more often). The memories count time,
+        // not points, so the quiet part stays about as quiet and the level shift alarms in
+        // the same five minutes. Counted per point, the 15 s series forgot in hours what
+        // the five-minute one keeps for days, and alarmed 35 times before the shift.
+        let xs: Vec<f64> = (0..4000)
+            .map(|i| 10.0 + noisy(i) + if i >= 3500 { 5.0 } else { 0.0 })
+            .collect();
+        let episodes = |fine: usize, interpolate: bool| -> Vec<usize> {
+            let mut e = ensemble();
+            let mut onsets = Vec::new();
+            let mut was = false;
+            for (i, &x) in xs.iter().enumerate() {
+                let next = xs.get(i + 1).copied().unwrap_or(x);
+                for j in 0..fine {
+                    let u = j as f64 / fine as f64;
+                    let t = (i as f64 + u) * STEP;
+                    let x = if interpolate { x + u * (next - x) } else { x };
+                    let alarm = e.update(t, x).score >= threshold();
+                    if alarm && !was && i >= DAY {
+                        onsets.push(i);
+                    }
+                    was = alarm;
+                }
+            }
+            onsets
+        };
+        let coarse = episodes(1, false);
+        assert!(coarse.contains(&3500), "{coarse:?}");
+        let quiet = |v: &[usize]| v.iter().filter(|&&i| i < 3499).count();
+        for interpolate in [false, true] {
+            let fine = episodes(20, interpolate);
+            assert!(
+                fine.iter().any(|i| (3499..3501).contains(i)),
+                "interpolated {interpolate}: {fine:?}"
+            );
+            assert!(
+                quiet(&fine) <= quiet(&coarse) + 1,
+                "5 min: {coarse:?}, 15 s (interpolated {interpolate}): {fine:?}"
+            );
+        }
+    }
+}

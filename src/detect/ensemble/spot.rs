@@ -291,6 +291,7 @@ pub(super) fn likelier(l: f64, factor: f64) -> f64 {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::*;
     use super::*;
 
     #[test]
@@ -314,5 +315,157 @@ mod tests {
         assert!((p_few / lomax(16.0) - 1.0).abs() < 1e-9, "{p_few}");
         assert!((p_many / lomax(PEAK_MEMORY) - 1.0).abs() < 1e-9, "{p_many}");
         assert!(p_few > 5.0 * p_many, "{p_few} vs {p_many}");
+    }
+
+    #[test]
+    fn fresh_noise_at_every_fine_point_alarms_per_step_not_per_point() {
+        // Twenty days of noise drawn anew every 15 s: twenty times the points of a
+        // five-minute series, and each can cross. The threshold counts per step (the tail
+        // probability times the excursions started per step), so the false alarms stay
+        // near the 1 in 1,000 steps the threshold states, not twenty times that.
+        let steps = 20 * DAY;
+        let mut e = ensemble();
+        let (mut episodes, mut was) = (0, false);
+        for i in 0..steps * 20 {
+            let alarm = e.update(i as f64 * 15.0, 10.0 + noisy(i)).score >= threshold();
+            if alarm && !was && i >= 2 * DAY * 20 {
+                episodes += 1;
+            }
+            was = alarm;
+        }
+        let nominal = (steps - 2 * DAY) as f64 * (1.0 - threshold());
+        assert!(
+            episodes as f64 <= 1.5 * nominal,
+            "{episodes} false alarms in 18 days, nominal {nominal:.1}"
+        );
+    }
+
+    #[test]
+    fn heavy_tailed_noise_alarms_rarely_and_a_record_still_alarms() {
+        // Pareto-like bursts (a tweet-count series): the tail model learns how heavy the
+        // tail is, so ordinary bursts stay quiet; one far beyond them still alarms.
+        let xs: Vec<f64> = (0..20_000)
+            .map(|i| {
+                let u = (noisy(i) + 1.0) / 2.0;
+                5.0 / (1.0 - 0.999 * u).powf(0.5)
+            })
+            .collect();
+        let mut e = ensemble();
+        let hits = alarms(&mut e, &xs, 2000, threshold());
+        // Alarm episodes (a run of alarming points is one anomaly once hysteresis is on).
+        let episodes = hits
+            .iter()
+            .enumerate()
+            .filter(|(k, &i)| *k == 0 || hits[k - 1] + 1 != i)
+            .count();
+        // No more than the nominal rate (1 in 1,000 points by default), with some slack.
+        let nominal = 18_000.0 * (1.0 - threshold());
+        assert!(
+            episodes as f64 <= 1.5 * nominal,
+            "{episodes} episodes in 18,000 points: {hits:?}"
+        );
+        let biggest = xs.iter().cloned().fold(0.0, f64::max);
+        let a = e.update(20_000.0 * STEP, 20.0 * biggest);
+        assert!(a.score >= threshold(), "{a:?}");
+    }
+
+    #[test]
+    fn an_incident_does_not_blunt_the_next_one() {
+        // Noise within ±1, then an incident: 8 up for two hours. A day later a smaller
+        // one, 4 up for half an hour, must still alarm. The tails' quantiles learn from
+        // ordinary scores only; lifted by the first incident (they climb 32 times faster
+        // than they fall), they had the second judged as ordinary: it alarmed only on its
+        // way back down. It comes at the first one's hours: had the profile learnt them,
+        // the spread the incident left in the values' view would let it veto the second.
+        let mut e = ensemble();
+        let mut hits = Vec::new();
+        for i in 0..4000 {
+            let x = 10.0
+                + noisy(i)
+                + match i {
+                    3000..3024 => 8.0,
+                    3300..3306 => 4.0,
+                    _ => 0.0,
+                };
+            if e.update(i as f64 * STEP, x).score >= threshold() {
+                hits.push(i);
+            }
+        }
+        assert!(hits.iter().any(|i| (3000..3024).contains(i)), "{hits:?}");
+        assert!(hits.iter().any(|i| (3300..3306).contains(i)), "{hits:?}");
+    }
+
+    #[test]
+    fn an_incident_is_not_a_repeat_of_itself() {
+        // Spikes every 500 steps have made surprises routine. Then an incident, queried
+        // every 15 s: a jump ten times their size, for five minutes. Every point of it
+        // alarms: it is no larger than its own first point, but it is no repeat of
+        // the earlier, smaller surprises either.
+        let mut e = routine_spikes();
+        let start = 5000.0 * STEP;
+        let scores: Vec<f64> = (0..20)
+            .map(|k| e.update(start + 15.0 * k as f64, 310.0 + noisy(k)).score)
+            .collect();
+        assert!(scores.iter().all(|&s| s >= threshold()), "{scores:?}");
+    }
+
+    #[test]
+    fn the_score_falls_back_soon_after_a_huge_spike() {
+        // One point a thousand spreads up alarms; once the values are back, within ten
+        // steps, so is the score. The smoothing used to remember the spike's size and
+        // keep the anomaly open for 24 steps (two hours), or for more than 20 after a
+        // half-minute spike queried every 2 s; what lingers now is the recent level's
+        // (the shift component's) own memory of that half minute. (Both ways, the drop
+        // back is news of its own.)
+        let up = DetectionConfig {
+            direction: Direction::Up,
+            ..DetectionConfig::default()
+        };
+        for (step, spike_points) in [(STEP, 1), (2.0, 15)] {
+            let mut e = Ensemble::new(&up);
+            for i in 0..3000 {
+                e.update(i as f64 * STEP, 10.0 + noisy(i));
+            }
+            let start = 3000.0 * STEP;
+            let at = |k: usize| start + step * k as f64;
+            let spike: Vec<f64> = (0..spike_points)
+                .map(|k| e.update(at(k), 1000.0).score)
+                .collect();
+            assert!(spike.iter().all(|&s| s >= threshold()), "{spike:?}");
+            let after: Vec<f64> = (spike_points..spike_points + 3000)
+                .map(|k| e.update(at(k), 10.0 + noisy(k)).score)
+                .collect();
+            let back = after
+                .iter()
+                .position(|&s| s < threshold())
+                .unwrap_or(after.len());
+            let steps = back as f64 * step / STEP;
+            assert!(
+                steps <= 10.0,
+                "step {step}: still anomalous {steps} steps later"
+            );
+        }
+    }
+
+    #[test]
+    fn repeated_surprises_become_a_pattern() {
+        // A spike of the same size every 500 steps: the first ones alarm, until their
+        // rate is learnt (at 1 in 1,000, about five in the tail's memory, counted as they
+        // fade; the warm-up's spikes meet tails fitted from few peaks, too unsure to call
+        // each one a surprise, so up to the seventh may alarm; 500 steps are no daily
+        // habit), later ones do not.
+        let xs: Vec<f64> = (0..10_000)
+            .map(|i| 10.0 + noisy(i) + if i % 500 == 250 { 30.0 } else { 0.0 })
+            .collect();
+        let mut e = ensemble();
+        let hits = alarms(&mut e, &xs, 1000, threshold());
+        let spikes_alarmed = (1000..10_000)
+            .filter(|i| i % 500 == 250 && hits.iter().any(|h| (*i..i + 3).contains(h)))
+            .count();
+        assert!(hits.contains(&1250), "the first one alarms: {hits:?}");
+        assert!(
+            spikes_alarmed <= 7,
+            "{spikes_alarmed} of 18 spikes alarmed: {hits:?}"
+        );
     }
 }

@@ -193,3 +193,30 @@ impl Stats {
         self.steps += w;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::*;
+
+    #[test]
+    fn a_level_shift_alarms_then_becomes_the_new_normal() {
+        // Noise around 10, then from 3000 on around 20: the shift alarms at once, and a
+        // change point moves the level, so the new normal is quiet well before the slow
+        // level alone would have caught up.
+        let xs: Vec<f64> = (0..6000)
+            .map(|i| if i < 3000 { 10.0 } else { 20.0 } + noisy(i))
+            .collect();
+        let mut e = ensemble();
+        let hits = alarms(&mut e, &xs, 1000, threshold());
+        assert!(
+            hits.first().is_some_and(|&i| (3000..3003).contains(&i)),
+            "{hits:?}"
+        );
+        assert!(hits.iter().all(|&i| i < 3300), "still alarming: {hits:?}");
+        assert!(
+            (e.plain.level - 20.0).abs() < 1.0,
+            "level {}",
+            e.plain.level
+        );
+    }
+}
