@@ -5,23 +5,40 @@
 //! of the range the series has kept; the most surprised one scores. Surprises that recur
 //! at the same time of day (a nightly job) are remembered as habits. Constant memory, no
 //! look-ahead.
+//!
+//! One component per file:
+//!
+//! | file | component |
+//! |---|---|
+//! | `stats.rs` | one view's statistics and its four raw scores (level, jump, shift, drift) |
+//! | `spot.rs` | SPOT, the tail model that turns each raw score into a likelihood |
+//! | `shape.rs` | the path's shape: k-means over lag features (`detect::kmeans`) |
+//! | `record.rs` | the range the series has kept |
+//! | `profile.rs` | the daily profile, the residuals' view it gives, and its veto |
+//! | `habits.rs` | surprises that recur at the same time of day |
+//! | `clock.rs` | time: the reference step, per-step smoothing, gaps |
+//!
+//! This file combines them: what each says about a point ([`Ensemble::judge`]), how that
+//! becomes one score ([`Ensemble::assess`]), and what is learnt from the point
+//! ([`Ensemble::learn`]).
 
 use serde::{Deserialize, Serialize};
 
-use super::kmeans::LagKMeans;
 use super::{directional, Assessment, Baseline, Evidence};
 use crate::config::{DetectionConfig, Direction};
 use clock::{Clock, Tick};
-use habits::{habitual, Habits};
+use habits::{habitual, Habits, Recurrence};
 use profile::{bucket, explains, may_veto, DailyProfile};
 use record::Record;
-use spot::{likelier, Spot, CALIBRATION_WARMUP};
-use stats::{Stats, LEVEL, SHIFT, STAT_COMPONENTS, STAT_EVIDENCE};
+use shape::Shape;
+use spot::{likelier, Judgement, Spot};
+use stats::{Raw, Stats, LEVEL, SHIFT, STAT_COMPONENTS, STAT_EVIDENCE};
 
 mod clock;
 mod habits;
 mod profile;
 mod record;
+mod shape;
 mod spot;
 mod stats;
 
@@ -29,43 +46,42 @@ mod stats;
 /// for the components to speak: a recovery lands within noise of the level.
 const SIDE_MARGIN: f64 = 1.0;
 
-/// The ML component's tail probability is multiplied by this before it competes with
-/// the statistics. Its distances are noisier evidence: at full weight on NAB it raised
-/// four false alarms for each window it found first; discounted, it still speaks when
-/// the path's shape breaks far beyond anything in its training.
-const ML_DISCOUNT: f64 = 10.0;
-
 /// Streaming statistics of the values and of their residuals against a time-of-day
 /// profile, each component calibrated to a likelihood; the profile's view is used
 /// when it explains the series clearly better.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Ensemble {
+    /// The values' view: their statistics ...
     plain: Stats,
+    /// ... the residuals' view (against the daily profile): theirs ...
     resid: Stats,
-    cal_plain: [Spot; STAT_COMPONENTS],
-    cal_resid: [Spot; STAT_COMPONENTS],
-    /// The ML component: k-means over lag features, and its calibration.
-    ml: LagKMeans,
-    cal_ml: Spot,
-    /// Steps since the k-means last saw a point, and its last distance: it sees the
-    /// path one point per step, so its lags span the same time whatever the sampling.
-    ml_due: f64,
-    ml_raw: f64,
+    /// ... and each view's tails, one per statistics component.
+    #[serde(rename = "cal_plain")]
+    plain_tails: [Spot; STAT_COMPONENTS],
+    #[serde(rename = "cal_resid")]
+    resid_tails: [Spot; STAT_COMPONENTS],
+    /// The path's shape (the ML component).
+    #[serde(flatten)]
+    shape: Shape,
     /// The range kept so far, for records.
     record: Record,
-    /// The daily profile.
-    #[serde(flatten)]
-    profile: DailyProfile,
     /// Whether the profile's view judged the latest point (see [`profile::explains`];
     /// false in a model saved before it existed: the bar to take over again).
     #[serde(default)]
     seasonal_view: bool,
+    /// The daily profile.
+    #[serde(flatten)]
+    profile: DailyProfile,
     /// Surprises by time of day.
     #[serde(flatten)]
     habits: Habits,
+    /// The signal's absolute spread floor.
     min_spread: f64,
+    /// The signal's spread floor relative to the level.
     min_relative_spread: f64,
+    /// Which deviations the signal cares about.
     direction: Direction,
+    /// The expected band's half-width, in spreads.
     band: f64,
     /// Reference steps before the ensemble judges (the signal's `warmup`).
     warmup: f64,
@@ -76,21 +92,61 @@ pub struct Ensemble {
     clock: Clock,
 }
 
+/// One point as the components take it in.
+struct Point {
+    /// Unix time.
+    t: f64,
+    /// The value.
+    x: f64,
+    /// How it stands in time.
+    tick: Tick,
+    /// The spread floor, as of before it.
+    floor: f64,
+    /// Its time-of-day bucket.
+    bucket: usize,
+    /// The daily profile's prediction there, once trained.
+    predicted: Option<f64>,
+    /// The factor that evens out the residuals' spread there.
+    even: f64,
+}
+
+/// What the components made of one point, before it is learnt.
+struct Views {
+    /// Whether the values' view has seen the signal's warmup: before, no view judges.
+    warm: bool,
+    /// The values' raw component scores.
+    raw_plain: Raw,
+    /// The values' view (once warm).
+    plain: Option<Verdict>,
+    /// The residuals' view (where the profile predicts, once they have seen the
+    /// warmup), and whether all its tails could judge as of before this point.
+    resid: Option<(Verdict, bool)>,
+    /// The shape's tail's judgement.
+    shape: Judgement,
+}
+
+/// One view's verdict: its most surprised component, and each tail's judgement.
+struct Verdict {
+    /// The highest likelihood among the components.
+    likelihood: f64,
+    /// Which component gave it.
+    evidence: Evidence,
+    /// Each component's tail's judgement, to learn from.
+    judged: [Judgement; STAT_COMPONENTS],
+}
+
 impl Ensemble {
     /// An empty ensemble with the spread floors and direction of `cfg`.
     pub fn new(cfg: &DetectionConfig) -> Self {
         Ensemble {
             plain: Stats::default(),
             resid: Stats::default(),
-            cal_plain: [Spot::default(); STAT_COMPONENTS],
-            cal_resid: [Spot::default(); STAT_COMPONENTS],
-            ml: LagKMeans::new(),
-            cal_ml: Spot::default(),
-            ml_due: 0.0,
-            ml_raw: 0.0,
+            plain_tails: [Spot::default(); STAT_COMPONENTS],
+            resid_tails: [Spot::default(); STAT_COMPONENTS],
+            shape: Shape::new(),
             record: Record::default(),
-            profile: DailyProfile::new(),
             seasonal_view: false,
+            profile: DailyProfile::new(),
             habits: Habits::new(),
             min_spread: cfg.min_spread,
             min_relative_spread: cfg.min_relative_spread,
@@ -102,10 +158,183 @@ impl Ensemble {
         }
     }
 
+    /// The smallest spread the signal allows: its floors, and never zero.
     fn floor(&self) -> f64 {
         self.min_spread
             .max(self.min_relative_spread * self.plain.level.abs())
             .max(1e-9)
+    }
+
+    /// Takes in a point: when it came, and where it falls in the day.
+    fn observe(&mut self, t: f64, x: f64) -> Point {
+        let tick = self.clock.tick(t);
+        let floor = self.floor();
+        // The time-of-day bucket, once per point: the profile's and the evener's.
+        let bucket = bucket(t);
+        Point {
+            t,
+            x,
+            tick,
+            floor,
+            bucket,
+            predicted: self.profile.predict(bucket),
+            even: self.profile.evener(bucket),
+        }
+    }
+
+    /// What each view and the path's shape say about the point, each component judged
+    /// by its own tail.
+    fn judge(&mut self, p: &Point) -> Views {
+        let (dir, w, gap) = (self.direction, p.tick.w, p.tick.gap);
+        let warm = self.plain.steps > self.warmup;
+        let raw_plain = self.plain.raw(p.x, p.floor, 1.0, w, gap);
+        let plain = warm.then(|| judge_view(&mut self.plain_tails, raw_plain, dir, w));
+        // The path's shape (k-means distance) counts in every view, on the side the
+        // signal cares about.
+        let distance = self.shape.see(p.x, w, p.tick.missed);
+        let shape_side = dir == Direction::Both || directional(raw_plain[LEVEL], dir) > SIDE_MARGIN;
+        let shape = self.shape.judge(if shape_side { distance } else { 0.0 }, w);
+        let resid = match p.predicted {
+            Some(predicted) if self.resid.steps > self.warmup => {
+                // Ready as of before this point, which it then learns.
+                let calibrated = self.resid_tails.iter().all(Spot::ready);
+                let raw = self.resid.raw(p.x - predicted, p.floor, p.even, w, gap);
+                Some((judge_view(&mut self.resid_tails, raw, dir, w), calibrated))
+            }
+            _ => None,
+        };
+        Views {
+            warm,
+            raw_plain,
+            plain,
+            resid,
+            shape,
+        }
+    }
+
+    /// How the components' evidence becomes one score, with the expected band. One view
+    /// judges: the residuals' when the profile explains the series clearly better, else
+    /// the values'; the profile, nearly as good, may veto the values' alarms. The path's
+    /// shape and a record count in either view, and the most surprised component
+    /// scores. A tail probability is counted per `threshold_per`, and an alarm that
+    /// recurs daily is a habit. Also says how the point stands against the habits, if
+    /// it alarmed.
+    fn assess(&mut self, p: &Point, v: &Views) -> (Assessment, Option<Recurrence>) {
+        // The seasonal view takes over when it explains the series clearly better and its
+        // tail models can judge: until then it could only say "don't know" (hours of
+        // five-minute data, weeks of hourly data), so the values' view goes on judging.
+        self.seasonal_view = explains(&self.resid, &self.plain, self.seasonal_view, self.warmup);
+        let (mut judging, mut veto) = (None, None);
+        if let (Some(predicted), Some((resid, true))) = (p.predicted, &v.resid) {
+            if self.seasonal_view {
+                judging = Some((predicted, resid));
+            } else if may_veto(&self.resid, &self.plain) {
+                // Short of judging, a profile nearly as good may veto.
+                veto = Some(resid.likelihood);
+            }
+        }
+        let ((score, evidence), expected, scale, deviation) = match judging {
+            Some((predicted, resid)) => {
+                let (sc, _) = self.resid.scales(p.floor, p.even);
+                (
+                    (resid.likelihood, resid.evidence),
+                    predicted + self.resid.level,
+                    sc,
+                    (p.x - predicted - self.resid.level) / sc,
+                )
+            }
+            None => {
+                let (sc, _) = self.plain.scales(p.floor, 1.0);
+                // The values' view judges and names the evidence; the profile may only
+                // lower its score.
+                let (l, evidence) = v.plain.as_ref().map_or((0.0, Evidence::Level), |plain| {
+                    (plain.likelihood, plain.evidence)
+                });
+                let l = veto.map_or(l, |veto| l.min(veto));
+                ((l, evidence), self.plain.level, sc, v.raw_plain[LEVEL])
+            }
+        };
+        // The path's shape (k-means, once trained) and a record count in every view.
+        let (score, evidence) = if v.warm {
+            let l_shape = self.shape.likelihood(&v.shape);
+            let l_record = self.record.likelihood(p.x, p.floor, self.direction);
+            [(l_shape, Evidence::Shape), (l_record, Evidence::Record)]
+                .into_iter()
+                .fold(
+                    (score, evidence),
+                    |best, c| if c.0 > best.0 { c } else { best },
+                )
+        } else {
+            (score, evidence)
+        };
+        let score = likelier(score, self.clock.points_per_statement());
+        // (The values' level tail learns this point once it is judged: counted with it.)
+        let warming_up = !v.warm || self.plain_tails[0].warming_up_with(p.tick.w);
+        // Anomalous points are remembered by time of day; one that recurs daily is a habit.
+        let recurrence = (!warming_up && score >= self.threshold)
+            .then(|| self.habits.recall(p.t, deviation.abs()));
+        let score = if recurrence.is_some_and(|r| r.habit) {
+            habitual(self.threshold)
+        } else {
+            score
+        };
+        let assessment = Assessment {
+            score: if warming_up { 0.0 } else { score },
+            deviation,
+            expected,
+            lower: if warming_up {
+                f64::NAN
+            } else {
+                expected - self.band * scale
+            },
+            upper: if warming_up {
+                f64::NAN
+            } else {
+                expected + self.band * scale
+            },
+            warming_up,
+            evidence,
+            seasonal: judging.is_some(),
+        };
+        (assessment, recurrence)
+    }
+
+    /// Learns from a point once it is judged.
+    ///
+    /// A surprise teaches nothing: learnt as what the series usually does, an anomaly
+    /// would make the next one look normal (SPOT's rule). So a point is not learnt as
+    /// usual by a tail it surprised (its tail probability below the tail's risk), nor by
+    /// the daily profile if the ensemble alarmed at it: an incident learnt there made its
+    /// hours look normal the next day, and the profile vetoed a second one. What a
+    /// surprise does teach is that it happened: its tail counts it, so surprises that
+    /// keep coming become the series' pattern; the habits remember its time of day, and
+    /// once it is a habit (no alarm) the profile learns it as the new daily shape.
+    ///
+    /// The other components learn every point: the statistics with an outlier clipped
+    /// to a few spreads (a spike moves them a little and does not become their normal),
+    /// the record widening to it, the k-means (as it scores it) with its tail's quantile
+    /// following even surprises, as its distances change units at each retraining.
+    fn learn(&mut self, p: &Point, v: &Views, a: &Assessment, recurrence: Option<Recurrence>) {
+        let (x, w, gap, dir) = (p.x, p.tick.w, p.tick.gap, self.direction);
+        if let Some(plain) = &v.plain {
+            learn_tails(&mut self.plain_tails, &plain.judged, w);
+        }
+        self.shape.learn(&v.shape, w);
+        if let Some((resid, _)) = &v.resid {
+            learn_tails(&mut self.resid_tails, &resid.judged, w);
+        }
+        if let Some(r) = recurrence {
+            self.habits.remember(p.t, a.deviation.abs(), &r);
+        }
+        if let Some(predicted) = p.predicted {
+            self.resid
+                .learn(x - predicted, p.floor, p.even, dir, w, gap);
+        }
+        self.plain.learn(x, p.floor, 1.0, dir, w, gap);
+        self.record.learn(x, self.plain.level, w);
+        if a.score < self.threshold {
+            self.profile.learn(p.bucket, x, p.floor, w);
+        }
     }
 }
 
@@ -131,148 +360,43 @@ impl Baseline for Ensemble {
                 seasonal: false,
             };
         }
-        let Tick { w, gap, missed } = self.clock.tick(t);
-        let floor = self.floor();
-        // The time-of-day bucket, once per point: the profile's and the evener's.
-        let b = bucket(t);
-        let seasonal = self.profile.predict(b);
-        let even = self.profile.evener(b);
-        let dir = self.direction;
-        let calibrate = |cal: &mut [Spot; STAT_COMPONENTS], raw: [f64; STAT_COMPONENTS]| {
-            let mut best = 0.0f64;
-            // For one direction, every component speaks only while the point is on that
-            // side of the level, and the recent (fast) level too: the steep recovery from a
-            // dip is no rise of latency, and neither is a busy drop.
-            let side = dir == Direction::Both
-                || (directional(raw[LEVEL], dir) > SIDE_MARGIN
-                    && directional(raw[SHIFT], dir) > 0.0);
-            let mut which = 0;
-            for (i, (c, r)) in cal.iter_mut().zip(raw).enumerate() {
-                let r = if side { directional(r, dir) } else { 0.0 };
-                let j = c.judge(r, w);
-                c.learn(&j, w, false);
-                let l = j.likelihood;
-                if l > best {
-                    (best, which) = (l, i);
-                }
-            }
-            (best, STAT_EVIDENCE[which])
-        };
-        let warm = self.plain.steps > self.warmup;
-        let raw_plain = self.plain.raw(x, floor, 1.0, w, gap);
-        let l_plain = if warm {
-            calibrate(&mut self.cal_plain, raw_plain)
-        } else {
-            (0.0, Evidence::Level)
-        };
-        // The path's shape (k-means distance) counts in every representation, on the side
-        // the signal cares about.
-        self.ml.bridge(x, missed);
-        self.ml_due += w;
-        if self.ml_due >= 1.0 {
-            // Keep the remainder, so the k-means' clock does not drift (ten tenths are
-            // not quite one).
-            self.ml_due -= 1.0;
-            self.ml_raw = self.ml.update(x).unwrap_or(0.0);
+        let point = self.observe(t, x);
+        let views = self.judge(&point);
+        let (assessment, recurrence) = self.assess(&point, &views);
+        self.learn(&point, &views, &assessment, recurrence);
+        assessment
+    }
+}
+
+/// One view's verdict on its raw component scores (a point worth `w` of a step): each
+/// component judged by its own tail, the most surprised one speaking for the view.
+fn judge_view(tails: &mut [Spot; STAT_COMPONENTS], raw: Raw, dir: Direction, w: f64) -> Verdict {
+    // For one direction, every component speaks only while the point is on that side of
+    // the level, and the recent (fast) level too: the steep recovery from a dip is no
+    // rise of latency, and neither is a busy drop.
+    let side = dir == Direction::Both
+        || (directional(raw[LEVEL], dir) > SIDE_MARGIN && directional(raw[SHIFT], dir) > 0.0);
+    let judged: [Judgement; STAT_COMPONENTS] = std::array::from_fn(|i| {
+        let r = if side { directional(raw[i], dir) } else { 0.0 };
+        tails[i].judge(r, w)
+    });
+    let (mut likelihood, mut which) = (0.0f64, 0);
+    for (i, j) in judged.iter().enumerate() {
+        if j.likelihood > likelihood {
+            (likelihood, which) = (j.likelihood, i);
         }
-        let raw_ml = self.ml_raw;
-        let ml_side = dir == Direction::Both || directional(raw_plain[LEVEL], dir) > SIDE_MARGIN;
-        let ml_judged = self.cal_ml.judge(if ml_side { raw_ml } else { 0.0 }, w);
-        self.cal_ml.learn(&ml_judged, w, true);
-        let l_ml = likelier(ml_judged.likelihood, ML_DISCOUNT);
-        // The seasonal view takes over when it explains the series clearly better and its
-        // tail models can judge: until then it could only say "don't know" (hours of
-        // five-minute data, weeks of hourly data), so the values' view goes on judging.
-        self.seasonal_view = explains(&self.resid, &self.plain, self.seasonal_view, self.warmup);
-        let (mut l_resid, mut veto) = (None, None);
-        if let Some(p) = seasonal {
-            if self.resid.steps > self.warmup {
-                // Ready as of before this point, which it then learns.
-                let calibrated = self.cal_resid.iter().all(Spot::ready);
-                let l = calibrate(
-                    &mut self.cal_resid,
-                    self.resid.raw(x - p, floor, even, w, gap),
-                );
-                if calibrated {
-                    if self.seasonal_view {
-                        l_resid = Some((p, l));
-                    } else if may_veto(&self.resid, &self.plain) {
-                        // Short of judging, a profile nearly as good may veto.
-                        veto = Some(l.0);
-                    }
-                }
-            }
-        }
-        let ((score, evidence), expected, scale, deviation) = match l_resid {
-            Some((p, l)) => {
-                let (sc, _) = self.resid.scales(floor, even);
-                (l, p + self.resid.level, sc, (x - p - self.resid.level) / sc)
-            }
-            None => {
-                let (sc, _) = self.plain.scales(floor, 1.0);
-                // The values' view judges and names the evidence; the profile may only
-                // lower its score.
-                let (l, evidence) = l_plain;
-                let l = veto.map_or(l, |v| l.min(v));
-                ((l, evidence), self.plain.level, sc, raw_plain[LEVEL])
-            }
-        };
-        // The path's shape (k-means, once trained) and a record count in every view.
-        let (score, evidence) = if warm {
-            let l_ml = if self.ml.is_trained() { l_ml } else { 0.0 };
-            let l_record = self.record.likelihood(x, floor, dir);
-            [(l_ml, Evidence::Shape), (l_record, Evidence::Record)]
-                .into_iter()
-                .fold(
-                    (score, evidence),
-                    |best, c| if c.0 > best.0 { c } else { best },
-                )
-        } else {
-            (score, evidence)
-        };
-        let score = likelier(score, self.clock.points_per_statement());
-        let warming_up = !warm || self.cal_plain[0].seen() <= CALIBRATION_WARMUP;
-        // Anomalous points are remembered by time of day; one that recurs daily is a habit.
-        let recurrence = (!warming_up && score >= self.threshold).then(|| {
-            let r = self.habits.recall(t, deviation.abs());
-            self.habits.remember(t, deviation.abs(), &r);
-            r
-        });
-        let score = if recurrence.is_some_and(|r| r.habit) {
-            habitual(self.threshold)
-        } else {
-            score
-        };
-        let a = Assessment {
-            score: if warming_up { 0.0 } else { score },
-            deviation,
-            expected,
-            lower: if warming_up {
-                f64::NAN
-            } else {
-                expected - self.band * scale
-            },
-            upper: if warming_up {
-                f64::NAN
-            } else {
-                expected + self.band * scale
-            },
-            warming_up,
-            evidence,
-            seasonal: l_resid.is_some(),
-        };
-        if let Some(p) = seasonal {
-            self.resid.learn(x - p, floor, even, dir, w, gap);
-        }
-        self.plain.learn(x, floor, 1.0, dir, w, gap);
-        self.record.learn(x, self.plain.level, w);
-        // An alarmed point does not teach its time of day (SPOT's rule, as for the tails):
-        // learnt, an incident made its hours look normal the next day, and the profile
-        // vetoed a second one there. A new daily shape is learnt once it is a habit.
-        if a.score < self.threshold {
-            self.profile.learn(b, x, floor, w);
-        }
-        a
+    }
+    Verdict {
+        likelihood,
+        evidence: STAT_EVIDENCE[which],
+        judged,
+    }
+}
+
+/// Each of a view's tails learns its own judgement of the point.
+fn learn_tails(tails: &mut [Spot; STAT_COMPONENTS], judged: &[Judgement; STAT_COMPONENTS], w: f64) {
+    for (tail, j) in tails.iter_mut().zip(judged) {
+        tail.learn(j, w, false);
     }
 }
 

@@ -250,9 +250,10 @@ mod tests {
             // tails is that view alone.
             let values_judge = !e.use_seasonal();
             let mut alone = e.clone();
-            alone.cal_resid = [Spot::default(); STAT_COMPONENTS];
-            let zone =
-                values_judge && e.cal_resid.iter().all(Spot::ready) && may_veto(&e.resid, &e.plain);
+            alone.resid_tails = [Spot::default(); STAT_COMPONENTS];
+            let zone = values_judge
+                && e.resid_tails.iter().all(Spot::ready)
+                && may_veto(&e.resid, &e.plain);
             in_zone += usize::from(zone);
             let (level, profile) = (e.plain.level, e.profile.predict(bucket(t)));
             let with_veto = e.update(t, x).score >= threshold();
@@ -381,7 +382,7 @@ mod tests {
             i += 1;
             assert!(i < 5 * DAY, "the profile should explain the wave");
         }
-        assert!(!e.cal_resid.iter().all(Spot::ready), "{i}");
+        assert!(!e.resid_tails.iter().all(Spot::ready), "{i}");
         // Towards the middle of the wave's range.
         let jump = if wave(i) < 50.0 { 30.0 } else { -30.0 };
         let a = e.update(i as f64 * STEP, wave(i) + jump);

@@ -13,7 +13,7 @@ use super::clock::per_step;
 /// deviation is not.
 const ALPHA_SHORT: f64 = 0.2;
 /// Steps of scores a component's calibration sees before it judges any.
-pub(super) const CALIBRATION_WARMUP: f64 = 64.0;
+const CALIBRATION_WARMUP: f64 = 64.0;
 /// Raw scores are capped here so that one absurd point cannot wreck a calibration.
 const RAW_CAP: f64 = 1e3;
 /// Quantile above which a component's smoothed scores count as peaks of its tail.
@@ -207,9 +207,10 @@ impl Spot {
         self.seen += w;
     }
 
-    /// Steps of scores seen, this point's included once it is learnt.
-    pub(super) fn seen(&self) -> f64 {
-        self.seen
+    /// Whether, counting a point worth `w` of a step that it has judged and not yet
+    /// learnt, it has seen no more than [`CALIBRATION_WARMUP`] steps of scores.
+    pub(super) fn warming_up_with(&self, w: f64) -> bool {
+        self.seen + w <= CALIBRATION_WARMUP
     }
 
     /// Tail probability `p` of a point counted per step. The tail probability is per
