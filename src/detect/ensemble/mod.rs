@@ -19,8 +19,8 @@
 //! | `clock.rs` | time: the reference step, per-step smoothing, gaps |
 //!
 //! This file combines them: what each says about a point ([`Ensemble::judge`]), how that
-//! becomes one score ([`Ensemble::assess`]), and what is learnt from the point
-//! ([`Ensemble::learn`]).
+//! becomes one score ([`Ensemble::combine`]), the assessment with habits and the band
+//! ([`Ensemble::assess`]), and what is learnt from the point ([`Ensemble::learn`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -51,13 +51,14 @@ const SIDE_MARGIN: f64 = 1.0;
 /// when it explains the series clearly better.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Ensemble {
-    /// The values' view: their statistics ...
+    /// The values' view: statistics of the values themselves.
     plain: Stats,
-    /// ... the residuals' view (against the daily profile): theirs ...
+    /// The residuals' view: statistics of the values less the daily profile's prediction.
     resid: Stats,
-    /// ... and each view's tails, one per statistics component.
+    /// The values' view's tails, one per statistics component.
     #[serde(rename = "cal_plain")]
     plain_tails: [Spot; STAT_COMPONENTS],
+    /// The residuals' view's tails, one per statistics component.
     #[serde(rename = "cal_resid")]
     resid_tails: [Spot; STAT_COMPONENTS],
     /// The path's shape (the ML component).
@@ -118,11 +119,28 @@ struct Views {
     raw_plain: Raw,
     /// The values' view (once warm).
     plain: Option<Verdict>,
-    /// The residuals' view (where the profile predicts, once they have seen the
-    /// warmup), and whether all its tails could judge as of before this point.
-    resid: Option<(Verdict, bool)>,
+    /// The residuals' view (where the profile predicts, once they have seen the warmup).
+    resid: Option<Verdict>,
+    /// Whether all the residuals' tails could judge, as of before this point.
+    resid_ready: bool,
     /// The shape's tail's judgement.
     shape: Judgement,
+}
+
+/// The components' evidence as one score.
+struct Combined {
+    /// The likelihood that the point is anomalous.
+    score: f64,
+    /// What gave it.
+    evidence: Evidence,
+    /// The value the judging view expected.
+    expected: f64,
+    /// That view's spread here.
+    scale: f64,
+    /// The point's signed deviation from the expected value, in that spread.
+    deviation: f64,
+    /// Whether the residuals' view judged.
+    seasonal: bool,
 }
 
 /// One view's verdict: its most surprised component, and each tail's judgement.
@@ -194,12 +212,12 @@ impl Ensemble {
         let distance = self.shape.see(p.x, w, p.tick.missed);
         let shape_side = dir == Direction::Both || directional(raw_plain[LEVEL], dir) > SIDE_MARGIN;
         let shape = self.shape.judge(if shape_side { distance } else { 0.0 }, w);
+        // Ready as of before this point, which they then learn.
+        let resid_ready = self.resid_tails.iter().all(Spot::ready);
         let resid = match p.predicted {
             Some(predicted) if self.resid.steps > self.warmup => {
-                // Ready as of before this point, which it then learns.
-                let calibrated = self.resid_tails.iter().all(Spot::ready);
                 let raw = self.resid.raw(p.x - predicted, p.floor, p.even, w, gap);
-                Some((judge_view(&mut self.resid_tails, raw, dir, w), calibrated))
+                Some(judge_view(&mut self.resid_tails, raw, dir, w))
             }
             _ => None,
         };
@@ -208,24 +226,24 @@ impl Ensemble {
             raw_plain,
             plain,
             resid,
+            resid_ready,
             shape,
         }
     }
 
-    /// How the components' evidence becomes one score, with the expected band. One view
-    /// judges: the residuals' when the profile explains the series clearly better, else
-    /// the values'; the profile, nearly as good, may veto the values' alarms. The path's
-    /// shape and a record count in either view, and the most surprised component
-    /// scores. A tail probability is counted per `threshold_per`, and an alarm that
-    /// recurs daily is a habit. Also says how the point stands against the habits, if
-    /// it alarmed.
-    fn assess(&mut self, p: &Point, v: &Views) -> (Assessment, Option<Recurrence>) {
+    /// How the components' evidence becomes one score. One view judges: the residuals'
+    /// when the profile explains the series clearly better, else the values'; the
+    /// profile, nearly as good, may veto the values' alarms (lower their score, never
+    /// raise it). The path's shape and a record count in either view. The most
+    /// surprised component scores and names the evidence; its tail probability is
+    /// counted per `threshold_per`.
+    fn combine(&mut self, p: &Point, v: &Views) -> Combined {
         // The seasonal view takes over when it explains the series clearly better and its
         // tail models can judge: until then it could only say "don't know" (hours of
         // five-minute data, weeks of hourly data), so the values' view goes on judging.
         self.seasonal_view = explains(&self.resid, &self.plain, self.seasonal_view, self.warmup);
         let (mut judging, mut veto) = (None, None);
-        if let (Some(predicted), Some((resid, true))) = (p.predicted, &v.resid) {
+        if let (Some(predicted), Some(resid), true) = (p.predicted, &v.resid, v.resid_ready) {
             if self.seasonal_view {
                 judging = Some((predicted, resid));
             } else if may_veto(&self.resid, &self.plain) {
@@ -267,8 +285,30 @@ impl Ensemble {
         } else {
             (score, evidence)
         };
-        let score = likelier(score, self.clock.points_per_statement());
-        // (The values' level tail learns this point once it is judged: counted with it.)
+        Combined {
+            score: likelier(score, self.clock.points_per_statement()),
+            evidence,
+            expected,
+            scale,
+            deviation,
+            seasonal: judging.is_some(),
+        }
+    }
+
+    /// The assessment of a point: its combined score (see [`Ensemble::combine`]), once
+    /// the ensemble is warm, lowered if the alarm is a habit; and the expected band.
+    /// Also says how the point stands against the habits, if it alarmed.
+    fn assess(&mut self, p: &Point, v: &Views) -> (Assessment, Option<Recurrence>) {
+        let Combined {
+            score,
+            evidence,
+            expected,
+            scale,
+            deviation,
+            seasonal,
+        } = self.combine(p, v);
+        // Until the values' level tail has seen its warmup, this point counted (it learns
+        // it once judged).
         let warming_up = !v.warm || self.plain_tails[0].warming_up_with(p.tick.w);
         // Anomalous points are remembered by time of day; one that recurs daily is a habit.
         let recurrence = (!warming_up && score >= self.threshold)
@@ -294,7 +334,7 @@ impl Ensemble {
             },
             warming_up,
             evidence,
-            seasonal: judging.is_some(),
+            seasonal,
         };
         (assessment, recurrence)
     }
@@ -302,25 +342,28 @@ impl Ensemble {
     /// Learns from a point once it is judged.
     ///
     /// A surprise teaches nothing: learnt as what the series usually does, an anomaly
-    /// would make the next one look normal (SPOT's rule). So a point is not learnt as
-    /// usual by a tail it surprised (its tail probability below the tail's risk), nor by
-    /// the daily profile if the ensemble alarmed at it: an incident learnt there made its
-    /// hours look normal the next day, and the profile vetoed a second one. What a
-    /// surprise does teach is that it happened: its tail counts it, so surprises that
-    /// keep coming become the series' pattern; the habits remember its time of day, and
-    /// once it is a habit (no alarm) the profile learns it as the new daily shape.
-    ///
-    /// The other components learn every point: the statistics with an outlier clipped
-    /// to a few spreads (a spike moves them a little and does not become their normal),
-    /// the record widening to it, the k-means (as it scores it) with its tail's quantile
-    /// following even surprises, as its distances change units at each retraining.
+    /// would make the next one look normal (SPOT's rule). Applied to each component:
+    /// - a tail: a point that surprised it (its tail probability below its risk) neither
+    ///   moves its running quantile nor joins its peaks; it is counted, so surprises
+    ///   that keep coming become the series' pattern. (The shape's tail lets its
+    ///   quantile follow surprises all the same: the k-means' distances change units
+    ///   at each retraining.)
+    /// - the daily profile: a point the ensemble alarmed at does not teach its time of
+    ///   day (an incident learnt there made its hours look normal the next day, and the
+    ///   profile vetoed a second one). A daily alarm that has become a habit no longer
+    ///   alarms, and is learnt as the new daily shape.
+    /// - the habits learn from alarms only: they remember each one's time of day.
+    /// - the statistics learn every point, clipped to a few spreads: a spike moves them
+    ///   a little and does not become their normal.
+    /// - the record widens to every point (its extremes fade); the k-means learns every
+    ///   step's shape as it scores it.
     fn learn(&mut self, p: &Point, v: &Views, a: &Assessment, recurrence: Option<Recurrence>) {
         let (x, w, gap, dir) = (p.x, p.tick.w, p.tick.gap, self.direction);
         if let Some(plain) = &v.plain {
             learn_tails(&mut self.plain_tails, &plain.judged, w);
         }
         self.shape.learn(&v.shape, w);
-        if let Some((resid, _)) = &v.resid {
+        if let Some(resid) = &v.resid {
             learn_tails(&mut self.resid_tails, &resid.judged, w);
         }
         if let Some(r) = recurrence {

@@ -158,10 +158,11 @@ impl Spot {
 
     /// Learns from the judged point (worth `w` of a step): the running quantile
     /// (stochastic approximation), the exceedance rate, the moments of the excess, and
-    /// how often surprises come. A surprise is counted, not learnt as usual: it moves
-    /// neither the quantile nor the peaks. `rescaled`: the raw scores' scale itself
-    /// jumps from time to time (the k-means' distances, measured afresh at each
-    /// retraining), so the quantile must follow surprises too.
+    /// how often surprises come. A surprise is counted, not learnt as usual (the
+    /// ensemble's rule, see `Ensemble::learn`): it moves neither the quantile nor the
+    /// peaks. `rescaled`: the raw scores' scale itself jumps from time to time (the
+    /// k-means' distances, measured afresh at each retraining), so the quantile must
+    /// follow surprises too.
     pub(super) fn learn(&mut self, j: &Judgement, w: f64, rescaled: bool) {
         let (s, excess, surprise) = (j.recent, j.excess, j.surprise);
         let forget = 1.0 - w / TAIL_MEMORY;
