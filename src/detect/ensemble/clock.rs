@@ -147,8 +147,8 @@ pub(super) fn across(dscale: f64, scale: f64, gap: f64) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::*;
     use super::*;
+    use crate::detect::ensemble::testing::*;
 
     #[test]
     fn threshold_per_counts_tail_probabilities_per_time_not_per_point() {
@@ -253,5 +253,46 @@ mod tests {
                 "5 min: {coarse:?}, 15 s (interpolated {interpolate}): {fine:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_tick_says_how_a_point_stands_in_time() {
+        let mut c = Clock::new(300.0);
+        // The first point counts a whole step.
+        let first = c.tick(0.0);
+        assert_eq!((first.w, first.gap, first.missed), (1.0, 1.0, 0));
+        for i in 1..100 {
+            c.tick(300.0 * f64::from(i));
+        }
+        // An hour's pause in five-minute data: twelve steps, eleven points missed.
+        let t = 300.0 * 99.0 + 3600.0;
+        let after_gap = c.tick(t);
+        assert_eq!(
+            (after_gap.w, after_gap.gap, after_gap.missed),
+            (1.0, 12.0, 11)
+        );
+        // A point 15 s later is a twentieth of a step, and no gap.
+        let fine = c.tick(t + 15.0);
+        assert_eq!((fine.w, fine.gap, fine.missed), (0.05, 1.0, 0));
+        // An out-of-order point counts as much as the one before, and does not turn
+        // the clock back.
+        let late = c.tick(t);
+        assert_eq!((late.w, late.gap, late.missed), (0.05, 1.0, 0));
+        assert_eq!(c.tick(t + 30.0).w, 0.05);
+    }
+
+    #[test]
+    fn a_tail_probability_is_counted_over_the_points_of_threshold_per() {
+        let mut per_5m = Clock::new(300.0);
+        assert_eq!(per_5m.points_per_statement(), 1.0, "no interval yet");
+        for i in 0..100 {
+            per_5m.tick(15.0 * f64::from(i));
+        }
+        assert_eq!(per_5m.points_per_statement(), 20.0);
+        let mut per_point = Clock::new(0.0);
+        for i in 0..100 {
+            per_point.tick(15.0 * f64::from(i));
+        }
+        assert_eq!(per_point.points_per_statement(), 1.0);
     }
 }

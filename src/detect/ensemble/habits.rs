@@ -117,7 +117,8 @@ pub(super) fn habitual(threshold: f64) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::*;
+    use super::*;
+    use crate::detect::ensemble::testing::*;
 
     #[test]
     fn a_nightly_job_becomes_a_habit_but_a_bigger_or_other_hour_spike_alarms() {
@@ -146,5 +147,23 @@ mod tests {
                 .any(|h| (3 * day + 180..3 * day + 183).contains(h)),
             "15:00 is not the job's hour: {hits:?}"
         );
+    }
+
+    #[test]
+    fn a_surprise_at_the_same_hour_two_days_running_is_a_habit() {
+        let at = |day: f64, hour: f64| (day + hour / 24.0) * 86_400.0;
+        let mut h = Habits::new();
+        for day in [0.0, 1.0] {
+            let t = at(day, 3.0);
+            let r = h.recall(t, 10.0);
+            assert!(!r.habit, "day {day}");
+            h.remember(t, 10.0, &r);
+        }
+        // The third day, a few minutes later: a habit, if no more than twice as large.
+        assert!(h.recall(at(2.0, 3.1), 10.0).habit);
+        assert!(h.recall(at(2.0, 3.1), 20.0).habit);
+        assert!(!h.recall(at(2.0, 3.1), 30.0).habit);
+        // At another hour it is news.
+        assert!(!h.recall(at(2.0, 15.0), 10.0).habit);
     }
 }

@@ -172,10 +172,10 @@ pub(super) mod buckets {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::*;
     use super::*;
     use crate::detect::ensemble::spot::Spot;
     use crate::detect::ensemble::stats::STAT_COMPONENTS;
+    use crate::detect::ensemble::testing::*;
 
     #[test]
     fn buckets_are_half_hours_of_the_utc_day() {

@@ -27,6 +27,7 @@ struct Case {
     assessments: &'static str,
 }
 
+/// The saved models, each with its settings, series and fixtures.
 fn cases() -> Vec<Case> {
     vec![
         Case {
@@ -74,15 +75,18 @@ struct Point {
     seasonal: bool,
 }
 
+/// A float's bit pattern, in hex.
 fn bits(v: f64) -> String {
     format!("{:016x}", v.to_bits())
 }
 
+/// The float of a bit pattern in hex.
 fn float(hex: &str) -> f64 {
     f64::from_bits(u64::from_str_radix(hex, 16).expect("hex bits"))
 }
 
 impl Point {
+    /// What `model` says about `x` at `t` (it then learns it).
     fn assess(model: &mut Model, t: f64, x: f64) -> Point {
         let a = model.update(t, x);
         Point {

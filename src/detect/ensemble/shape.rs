@@ -80,3 +80,34 @@ impl Shape {
         self.tail.learn(j, w, true);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_k_means_sees_one_point_per_step_whatever_the_sampling() {
+        // Trained on a wave at the reference step, then fed a point every quarter step:
+        // the k-means scores (and learns) every fourth one; in between, its latest
+        // distance stands.
+        let wave = |i: usize| 10.0 * (i as f64 * std::f64::consts::TAU / 24.0).sin();
+        let mut s = Shape::new();
+        for i in 0..300 {
+            s.see(wave(i), 1.0, 0);
+        }
+        let d: Vec<f64> = (0..8)
+            .map(|k| s.see(wave(300) + 5.0 * k as f64, 0.25, 0))
+            .collect();
+        assert!(d[0] == d[1] && d[1] == d[2], "{d:?}");
+        assert_ne!(d[3], d[2], "{d:?}");
+        assert!(d[3] == d[4] && d[4] == d[5] && d[5] == d[6], "{d:?}");
+        assert_ne!(d[7], d[6], "{d:?}");
+    }
+
+    #[test]
+    fn an_untrained_k_means_says_nothing() {
+        let mut s = Shape::new();
+        let j = s.judge(100.0, 1.0);
+        assert_eq!(s.likelihood(&j), 0.0);
+    }
+}

@@ -293,8 +293,8 @@ pub(super) fn likelier(l: f64, factor: f64) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::*;
     use super::*;
+    use crate::detect::ensemble::testing::*;
 
     #[test]
     fn a_tail_fitted_from_few_peaks_is_judged_with_their_uncertainty() {

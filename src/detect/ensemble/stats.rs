@@ -196,7 +196,8 @@ impl Stats {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::*;
+    use super::*;
+    use crate::detect::ensemble::testing::*;
 
     #[test]
     fn a_level_shift_alarms_then_becomes_the_new_normal() {
@@ -217,6 +218,22 @@ mod tests {
             (e.plain.level - 20.0).abs() < 1.0,
             "level {}",
             e.plain.level
+        );
+    }
+
+    #[test]
+    fn an_outlier_moves_the_level_by_at_most_a_few_spreads() {
+        let mut s = Stats::default();
+        let learn = |s: &mut Stats, x: f64| s.learn(x, 1e-9, 1.0, Direction::Both, 1.0, 1.0);
+        for i in 0..1000 {
+            learn(&mut s, 10.0 + noisy(i));
+        }
+        let (level, (scale, _)) = (s.level, s.scales(1e-9, 1.0));
+        learn(&mut s, 1e6);
+        let moved = s.level - level;
+        assert!(
+            moved > 0.0 && moved <= ALPHA_SLOW * CLIP * scale * (1.0 + 1e-9),
+            "{moved}"
         );
     }
 }
