@@ -1,7 +1,8 @@
 //! Models saved by earlier builds must go on exactly where they stopped: the fixtures in
 //! `testdata/` were written by the ensemble as it was before it was split into components
 //! (commit efac9be's engine, schema 6), and every later build must read them, write them
-//! back as the same JSON, and score the next points bit for bit as that build did.
+//! back as the same JSON, score the next points bit for bit as that build did, and be
+//! left in the same state by them.
 
 use std::time::Duration;
 
@@ -25,6 +26,8 @@ struct Case {
     model: &'static str,
     /// The next points and their assessments (see [`Point`]).
     assessments: &'static str,
+    /// The model after those points, as it would be saved.
+    after: &'static str,
 }
 
 /// The saved models, each with its settings, series and fixtures.
@@ -36,6 +39,7 @@ fn cases() -> Vec<Case> {
             series: daily,
             model: include_str!("testdata/daily-model-v6.json"),
             assessments: include_str!("testdata/daily-assessments-v6.json"),
+            after: include_str!("testdata/daily-after-v6.json"),
         },
         Case {
             name: "daily-up-per-5m",
@@ -48,6 +52,7 @@ fn cases() -> Vec<Case> {
             series: daily,
             model: include_str!("testdata/daily-up-per-5m-model-v6.json"),
             assessments: include_str!("testdata/daily-up-per-5m-assessments-v6.json"),
+            after: include_str!("testdata/daily-up-per-5m-after-v6.json"),
         },
         Case {
             name: "nightly-job",
@@ -55,6 +60,7 @@ fn cases() -> Vec<Case> {
             series: nightly_job,
             model: include_str!("testdata/nightly-job-model-v6.json"),
             assessments: include_str!("testdata/nightly-job-assessments-v6.json"),
+            after: include_str!("testdata/nightly-job-after-v6.json"),
         },
     ]
 }
@@ -206,6 +212,11 @@ fn write_fixtures() {
             .map(|&(t, x)| Point::assess(&mut model, t, x))
             .collect();
         let name = case.name;
+        std::fs::write(
+            dir.join(format!("{name}-after-v{schema}.json")),
+            serde_json::to_string_pretty(&model).unwrap() + "\n",
+        )
+        .unwrap();
         std::fs::write(dir.join(format!("{name}-model-v{schema}.json")), saved).unwrap();
         std::fs::write(
             dir.join(format!("{name}-assessments-v{schema}.json")),
@@ -215,6 +226,24 @@ fn write_fixtures() {
     }
 }
 
+/// Checks that `model`, saved, is the same JSON value as `stored` (through text, as
+/// `models/` stores it: an f32 goes as its shortest decimal), naming the keys that
+/// differ.
+fn assert_saved_as(model: &Model, stored: &str, what: &str) {
+    let stored: serde_json::Value = serde_json::from_str(stored).unwrap();
+    let saved: serde_json::Value =
+        serde_json::from_str(&serde_json::to_string(model).unwrap()).unwrap();
+    let changed: std::collections::BTreeSet<&String> = match (&saved, &stored) {
+        (serde_json::Value::Object(a), serde_json::Value::Object(s)) => a
+            .keys()
+            .chain(s.keys())
+            .filter(|k| a.get(*k) != s.get(*k))
+            .collect(),
+        _ => Default::default(),
+    };
+    assert!(saved == stored, "{what}: differs in {changed:?}");
+}
+
 #[test]
 fn a_model_saved_before_the_split_loads_and_goes_on_bit_for_bit() {
     for case in cases() {
@@ -222,28 +251,14 @@ fn a_model_saved_before_the_split_loads_and_goes_on_bit_for_bit() {
         let mut model: Model = serde_json::from_str(case.model)
             .unwrap_or_else(|e| panic!("{name}: the saved model no longer loads: {e}"));
         assert!(matches!(model, Model::Ensemble(_)), "{name}");
-        // Written back, it is the same JSON (through text, as `models/` stores it: an f32
-        // goes as its shortest decimal).
-        let stored: serde_json::Value = serde_json::from_str(case.model).unwrap();
-        let again: serde_json::Value =
-            serde_json::from_str(&serde_json::to_string(&model).unwrap()).unwrap();
-        let changed: Vec<&String> = match (&again, &stored) {
-            (serde_json::Value::Object(a), serde_json::Value::Object(s)) => a
-                .keys()
-                .chain(s.keys())
-                .filter(|k| a.get(*k) != s.get(*k))
-                .collect(),
-            _ => Vec::new(),
-        };
-        assert!(
-            again == stored,
-            "{name}: written back differently: {changed:?}"
-        );
+        assert_saved_as(&model, case.model, &format!("{name}: written back"));
         let expected: Vec<Point> = serde_json::from_str(case.assessments).unwrap();
         assert_eq!(expected.len(), 200, "{name}");
         for (i, want) in expected.iter().enumerate() {
             let got = Point::assess(&mut model, float(&want.t), float(&want.x));
             assert_eq!(&got, want, "{name}: point {i} after the save");
         }
+        // And it has learnt from them exactly what the engine of the save did.
+        assert_saved_as(&model, case.after, &format!("{name}: after the points"));
     }
 }
