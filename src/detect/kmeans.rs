@@ -19,7 +19,7 @@ pub const N: usize = 128;
 /// Points between two trainings (training costs ~0.25 ms: this keeps it under 0.3 µs a point).
 pub const RETRAIN: u32 = 1024;
 /// Clusters (Netdata's choice: "normal" and "the rest of normal").
-const K: usize = 2;
+const CLUSTERS: usize = 2;
 
 /// The one thread every k-means fit runs on (`None` if it could not be started: the fits
 /// then go to rayon's global pool). linfa's k-means is written for rayon: from an ordinary
@@ -169,7 +169,7 @@ impl LagKMeans {
         // distances zero) does not turn every wiggle into infinity.
         let mad = data.iter().map(|v| v.abs()).sum::<f64>() / data.len() as f64;
         let fit = || {
-            KMeans::params(K)
+            KMeans::params(CLUSTERS)
                 .max_n_iterations(10)
                 .tolerance(1e-3)
                 .n_runs(1)

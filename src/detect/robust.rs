@@ -5,8 +5,9 @@ use std::collections::VecDeque;
 use super::{directional, Assessment, Baseline, Evidence};
 use crate::config::{DetectionConfig, Direction};
 
-/// The scale factor that makes the MAD estimate a normal distribution's standard deviation.
-const MAD_TO_SIGMA: f64 = 1.4826;
+/// `1 / Phi^-1(3/4)`: turns a median absolute deviation (MAD) into a normal standard
+/// deviation. (Not the ensemble's factor: that one turns a *mean* absolute deviation.)
+const MEDIAN_ABS_DEV_TO_SIGMA: f64 = 1.4826;
 
 /// Rolling window of the last `window` values; scores a point by its distance from
 /// the window's median in units of the (floored) MAD-based spread.
@@ -56,7 +57,7 @@ impl RollingRobust {
             *v = (*v - median).abs();
         }
         let mad = median_in_place(&mut self.scratch);
-        let spread = (MAD_TO_SIGMA * mad)
+        let spread = (MEDIAN_ABS_DEV_TO_SIGMA * mad)
             .max(self.min_spread)
             .max(self.min_relative_spread * median.abs())
             // A perfectly flat, zero-level series still needs a non-zero unit.
