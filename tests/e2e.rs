@@ -1,6 +1,7 @@
-//! End to end against a real Prometheus (started here on a free loopback port,
-//! backfilled with promtool, scraping a live exporter this test controls), with the
-//! homeostat binary running as a child process.
+//! End to end against a real Prometheus (on a port it chose, backfilled with promtool,
+//! scraping a live exporter this test controls). The agent runs in this test's runtime
+//! with a listener handed over, except in the first test, which runs the `homeostat run`
+//! binary, finds its port in its start line and stops it with SIGTERM.
 
 mod common;
 
@@ -8,10 +9,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use common::{
-    free_port, http_get, noisy_history, of_kind, prometheus_with, sample, verify_log, wait_metric,
-    wait_ready, wait_until, Agent, Exporter, PromOptions, Prometheus,
+    http_get, noisy_history, of_kind, prometheus_with, sample, verify_log, wait_ready, wait_until,
+    AgentProcess, Daemon, Exporter, PromOptions, Prometheus,
 };
 use homeostat::audit::AuditRecord;
+use homeostat::config::Config;
 
 /// The ensemble's default threshold: the config these tests write leaves it alone.
 fn default_threshold() -> f64 {
@@ -26,6 +28,8 @@ fn history() -> String {
         1440,
     )
 }
+
+const QUERY: &str = "max by (pod) (hs_test_latency)";
 
 const PLAYBOOK: &str = r#"
 const PLAYBOOK = #{
@@ -42,14 +46,14 @@ fn plan(anomaly) {
 struct Setup {
     dir: tempfile::TempDir,
     config: PathBuf,
-    listen: String,
 }
 
 impl Setup {
-    fn new(prom_port: u16, max_backoff: &str) -> Setup {
+    /// A config file for an agent watching `prometheus`; it listens where the kernel
+    /// chooses (the binary says where; in process the listener is handed over anyway).
+    fn new(prometheus: &str, max_backoff: &str) -> Setup {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("restart.rhai"), PLAYBOOK).unwrap();
-        let listen = format!("127.0.0.1:{}", free_port());
         let config = dir.path().join("homeostat.toml");
         std::fs::write(
             &config,
@@ -57,11 +61,11 @@ impl Setup {
                 r#"
 playbooks = ["restart.rhai"]
 [prometheus]
-url = "http://127.0.0.1:{prom_port}"
+url = "{prometheus}"
 timeout = "2s"
 [agent]
 interval = "1s"
-listen = "{listen}"
+listen = "127.0.0.1:0"
 audit_log = "audit.jsonl"
 max_backoff = "{max_backoff}"
 [detection]
@@ -69,7 +73,7 @@ history = "1d"
 history_step = "1m"
 [[signals]]
 name = "latency"
-query = 'max by (pod) (hs_test_latency)'
+query = '{QUERY}'
 direction = "up"
 [[signals]]
 name = "nothing"
@@ -78,11 +82,11 @@ query = 'hs_metric_that_does_not_exist'
             ),
         )
         .unwrap();
-        Setup {
-            dir,
-            config,
-            listen,
-        }
+        Setup { dir, config }
+    }
+
+    fn load(&self) -> Config {
+        Config::load(&self.config).unwrap()
     }
 
     fn audit_log(&self) -> PathBuf {
@@ -92,27 +96,29 @@ query = 'hs_metric_that_does_not_exist'
     fn records(&self) -> Vec<AuditRecord> {
         common::records(&self.audit_log())
     }
-
-    async fn metrics(&self) -> String {
-        http_get(&format!("http://{}/metrics", self.listen))
-            .await
-            .map(|(_, b)| b)
-            .unwrap_or_default()
-    }
 }
 
+/// The one test of `homeostat run` itself: the binary's config loading, its bind of
+/// `127.0.0.1:0`, HTTP, and SIGTERM handling, around the whole detect-and-plan path.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_spiky_series_opens_an_anomaly_and_gets_a_dry_run_plan() {
     let exporter = Exporter::start().await;
     exporter.set("hs_test_latency{pod=\"spiky\"}", 100.5);
     exporter.set("hs_test_latency{pod=\"clean\"}", 99.5);
-    let prom = prometheus_with(history(), &exporter, "max by (pod) (hs_test_latency)", 2).await;
+    let prom = prometheus_with(history(), &exporter, QUERY, 2).await;
 
-    let setup = Setup::new(prom.port(), "5s");
-    let mut agent = Agent::spawn(&setup.config);
-    wait_ready(&setup.listen).await;
+    let setup = Setup::new(&prom.url(), "5s");
+    let mut agent = AgentProcess::spawn(&setup.config);
+    let addr = agent.listen_addr().await;
+    wait_ready(addr).await;
+    let metrics = || async move {
+        http_get(&format!("http://{addr}/metrics"))
+            .await
+            .map(|(_, b)| b)
+            .unwrap_or_default()
+    };
     // Both series were fitted from history: they are scored (not warming up) and quiet.
-    let m = setup.metrics().await;
+    let m = metrics().await;
     let clean_score = sample(
         &m,
         "homeostat_anomaly_score{signal=\"latency\",pod=\"clean\"}",
@@ -142,10 +148,15 @@ async fn only_the_spiky_series_opens_an_anomaly_and_gets_a_dry_run_plan() {
         },
     )
     .await;
-    // A few more ticks, to give the clean twin every chance to misfire.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Three more ticks, to give the clean twin every chance to misfire.
+    let ticks = |m: &str| sample(m, "homeostat_ticks_total").unwrap_or(0.0);
+    let after = ticks(&metrics().await) + 3.0;
+    wait_until(Duration::from_secs(15), "three more ticks", || async move {
+        ticks(&metrics().await) >= after
+    })
+    .await;
 
-    let m = setup.metrics().await;
+    let m = metrics().await;
     let score = sample(
         &m,
         "homeostat_anomaly_score{signal=\"latency\",pod=\"spiky\"}",
@@ -177,10 +188,17 @@ async fn only_the_spiky_series_opens_an_anomaly_and_gets_a_dry_run_plan() {
         Some(0.0),
         "{m}"
     );
+    assert_eq!(
+        http_get(&format!("http://{addr}/healthz"))
+            .await
+            .map(|(s, _)| s),
+        Some(200)
+    );
 
     let status = agent.terminate();
-    assert!(
-        status.success(),
+    assert_eq!(
+        status.code(),
+        Some(0),
         "clean exit on SIGTERM: {status:?}\n{}",
         agent.logs()
     );
@@ -214,11 +232,9 @@ async fn only_the_spiky_series_opens_an_anomaly_and_gets_a_dry_run_plan() {
         "intent is recorded before the outcome"
     );
     assert_eq!(outcome[0].data["outcome"], "dry_run");
-    assert_eq!(
-        records.last().unwrap().kind,
-        "agent_stopped",
-        "shutdown is audited"
-    );
+    let last = records.last().unwrap();
+    assert_eq!(last.kind, "agent_stopped", "shutdown is audited");
+    assert_eq!(last.data["reason"], "signal");
 
     verify_log(&setup.audit_log());
     assert!(
@@ -230,63 +246,60 @@ async fn only_the_spiky_series_opens_an_anomaly_and_gets_a_dry_run_plan() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_down_means_no_anomaly_and_the_agent_recovers_when_it_returns() {
-    let prom_port = free_port();
-    let setup = Setup::new(prom_port, "2s");
-    let mut agent = Agent::spawn(&setup.config);
-    let health = format!("http://{}/healthz", setup.listen);
-
-    // Nothing listens on the Prometheus port: queries fail, the agent stays up.
-    wait_metric(
-        &setup.listen,
-        "homeostat_query_errors_total{signal=\"latency\",kind=\"request\"}",
-        2.0,
-    )
-    .await;
-    assert!(agent.is_running(), "{}", agent.logs());
-    assert_eq!(http_get(&health).await.map(|(s, _)| s), Some(200));
-    let m = setup.metrics().await;
-    assert_eq!(
-        sample(&m, "homeostat_signal_up{signal=\"latency\"}"),
-        Some(0.0),
-        "{m}"
-    );
-
-    // Prometheus comes back, with history and live data for both series.
     let exporter = Exporter::start().await;
     exporter.set("hs_test_latency{pod=\"spiky\"}", 100.0);
     exporter.set("hs_test_latency{pod=\"clean\"}", 100.0);
-    let prom = Prometheus::start(PromOptions {
+    // Started once for a port and its backfilled data, then stopped before the agent
+    // starts: nothing listens there.
+    let mut prom = Prometheus::start(PromOptions {
         history_openmetrics: Some(history()),
         scrape_targets: vec![exporter.addr()],
         scrape_interval: "1s",
-        port: Some(prom_port),
     })
     .await;
-    prom.wait_for_series("max by (pod) (hs_test_latency)", 2, Duration::from_secs(15))
+    prom.stop();
+    let setup = Setup::new(&prom.url(), "2s");
+    let d = Daemon::start(setup.load()).await;
+
+    // Queries fail, the agent stays up.
+    d.wait_for("two failed queries", Duration::from_secs(20), |d| {
+        d.metric("homeostat_query_errors_total{signal=\"latency\",kind=\"request\"}")
+            .unwrap_or(0.0)
+            >= 2.0
+    })
+    .await;
+    assert!(d.is_running(), "{}", d.logs.text());
+    assert_eq!(
+        http_get(&d.url("/healthz")).await.map(|(s, _)| s),
+        Some(200)
+    );
+    assert_eq!(
+        d.metric("homeostat_signal_up{signal=\"latency\"}"),
+        Some(0.0)
+    );
+
+    // Prometheus comes back on the same port, with history and live data for both series.
+    prom.restart().await;
+    prom.wait_for_series(QUERY, 2, Duration::from_secs(15))
         .await;
-    wait_until(
-        Duration::from_secs(30),
+    d.wait_for(
         "the signal to recover with both series scored",
-        || {
-            let setup = &setup;
-            async move {
-                let m = setup.metrics().await;
-                sample(&m, "homeostat_signal_up{signal=\"latency\"}") == Some(1.0)
-                    && sample(
-                        &m,
-                        "homeostat_series_stale{signal=\"latency\",pod=\"clean\"}",
-                    ) == Some(0.0)
-                    && sample(
-                        &m,
-                        "homeostat_anomaly_score{signal=\"latency\",pod=\"clean\"}",
-                    )
+        Duration::from_secs(30),
+        |d| {
+            let snap = d.metrics.snapshot();
+            snap.signals.get("latency").is_some_and(|s| s.up)
+                && d.metric("homeostat_series_stale{signal=\"latency\",pod=\"clean\"}") == Some(0.0)
+                && d.metric("homeostat_anomaly_score{signal=\"latency\",pod=\"clean\"}")
                     .is_some()
-            }
         },
     )
     .await;
-    assert!(agent.logs().contains("query recovered"), "{}", agent.logs());
-    assert!(agent.terminate().success());
+    assert!(
+        d.logs.text().contains("query recovered"),
+        "{}",
+        d.logs.text()
+    );
+    d.stop().await;
     let records = setup.records();
     assert!(
         of_kind(&records, "anomaly_opened").is_empty(),
@@ -300,7 +313,7 @@ async fn prometheus_down_means_no_anomaly_and_the_agent_recovers_when_it_returns
 async fn a_malformed_response_is_logged_and_skipped() {
     // A server that speaks HTTP but not the Prometheus API.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
+    let addr = listener.local_addr().unwrap();
     let app = axum::Router::new().fallback(|| async {
         (
             [(axum::http::header::CONTENT_TYPE, "application/json")],
@@ -309,17 +322,17 @@ async fn a_malformed_response_is_logged_and_skipped() {
     });
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
-    let setup = Setup::new(port, "1s");
-    let mut agent = Agent::spawn(&setup.config);
-    wait_metric(
-        &setup.listen,
-        "homeostat_query_errors_total{signal=\"latency\",kind=\"request\"}",
-        2.0,
-    )
+    let setup = Setup::new(&format!("http://{addr}"), "1s");
+    let d = Daemon::start(setup.load()).await;
+    d.wait_for("two failed queries", Duration::from_secs(20), |d| {
+        d.metric("homeostat_query_errors_total{signal=\"latency\",kind=\"request\"}")
+            .unwrap_or(0.0)
+            >= 2.0
+    })
     .await;
-    assert!(agent.is_running());
-    assert!(agent.logs().contains("query failed"), "{}", agent.logs());
-    assert!(agent.terminate().success());
+    assert!(d.is_running());
+    assert!(d.logs.text().contains("query failed"), "{}", d.logs.text());
+    d.stop().await;
     let records = setup.records();
     assert!(of_kind(&records, "anomaly_opened").is_empty());
     assert_eq!(records.first().unwrap().kind, "agent_started");
@@ -331,8 +344,8 @@ async fn fit_saves_models_that_the_daemon_loads_and_saves_again() {
     let exporter = Exporter::start().await;
     exporter.set("hs_test_latency{pod=\"spiky\"}", 100.5);
     exporter.set("hs_test_latency{pod=\"clean\"}", 99.5);
-    let prom = prometheus_with(history(), &exporter, "max by (pod) (hs_test_latency)", 2).await;
-    let setup = Setup::new(prom.port(), "5s");
+    let prom = prometheus_with(history(), &exporter, QUERY, 2).await;
+    let setup = Setup::new(&prom.url(), "5s");
 
     // `homeostat fit`: one file per signal; a signal without data is a listed failure.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_homeostat"))
@@ -351,14 +364,13 @@ async fn fit_saves_models_that_the_daemon_loads_and_saves_again() {
     assert_eq!(saved["series"][0]["model"]["engine"], "ensemble");
 
     // The daemon starts from them, and saves what it learned when it stops.
-    let mut agent = Agent::spawn(&setup.config);
-    wait_ready(&setup.listen).await;
+    let d = Daemon::start(setup.load()).await;
     assert!(
-        agent.logs().contains("loaded saved models"),
+        d.logs.text().contains("loaded saved models"),
         "{}",
-        agent.logs()
+        d.logs.text()
     );
-    assert!(agent.terminate().success());
+    d.stop().await;
     let again: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
     assert!(

@@ -1,6 +1,7 @@
-//! The playbook layer end to end: hostile scripts inside the running agent,
-//! verification and escalation against a real Prometheus, alerts from a real
-//! Alertmanager, hot reload, and the offline `playbook test` runner.
+//! The playbook layer end to end, with the agent in this test's runtime (a listener
+//! handed over, real time): hostile scripts inside the running agent, verification
+//! against a real Prometheus, alerts through a real Alertmanager to the webhook, hot
+//! reload, and one plan per incident across restarts.
 
 mod common;
 
@@ -8,18 +9,23 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{
-    free_port, http_get, noisy_history, of_kind, prometheus_with, wait_ready, wait_until, Agent,
-    Alertmanager, Exporter,
-};
+use common::{http_get, noisy_history, of_kind, prometheus_with, Alertmanager, Daemon, Exporter};
 use homeostat::audit::AuditRecord;
+use homeostat::config::Config;
 use serde_json::json;
+
+const QUERY: &str = "max by (pod) (hs_test_latency)";
+
+/// Where no Prometheus runs (the discard port): for tests that need none.
+const NO_PROMETHEUS: &str = "http://127.0.0.1:9";
 
 fn history() -> String {
     noisy_history("hs_test_latency", &[("pod=\"spiky\"", 1)], 1440)
 }
 
-fn write_config(dir: &Path, prom_port: u16, listen: &str, playbooks: &[&str]) -> PathBuf {
+/// A config file in `dir` for an agent watching `prometheus`. It names no listen
+/// address: the test hands the agent its listener.
+fn write_config(dir: &Path, prometheus: &str, playbooks: &[&str]) -> PathBuf {
     let list: Vec<String> = playbooks.iter().map(|p| format!("\"{p}\"")).collect();
     let config = dir.join("homeostat.toml");
     std::fs::write(
@@ -28,11 +34,10 @@ fn write_config(dir: &Path, prom_port: u16, listen: &str, playbooks: &[&str]) ->
             r#"
 playbooks = [{}]
 [prometheus]
-url = "http://127.0.0.1:{prom_port}"
+url = "{prometheus}"
 timeout = "2s"
 [agent]
 interval = "1s"
-listen = "{listen}"
 audit_log = "audit.jsonl"
 max_backoff = "2s"
 playbook_timeout = "5s"
@@ -41,7 +46,7 @@ history = "1d"
 history_step = "1m"
 [[signals]]
 name = "latency"
-query = 'max by (pod) (hs_test_latency)'
+query = '{QUERY}'
 direction = "up"
 "#,
             list.join(", ")
@@ -49,6 +54,10 @@ direction = "up"
     )
     .unwrap();
     config
+}
+
+fn load(config: &Path) -> Config {
+    Config::load(config).unwrap()
 }
 
 fn records(dir: &Path) -> Vec<AuditRecord> {
@@ -74,11 +83,14 @@ fn hostile(name: &str, body: &str) -> String {
     )
 }
 
+/// The sandbox's limits inside the running agent. The verify-and-escalate path is
+/// covered in `tests/daemon.rs`; here it runs once more because `prom::back_to_normal`
+/// builds PromQL that only a real Prometheus can evaluate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_playbooks_fail_alone_while_a_good_one_verifies_and_escalates() {
     let exporter = Exporter::start().await;
     exporter.set("hs_test_latency{pod=\"spiky\"}", 100.0);
-    let prom = prometheus_with(history(), &exporter, "max by (pod) (hs_test_latency)", 1).await;
+    let prom = prometheus_with(history(), &exporter, QUERY, 1).await;
 
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -116,11 +128,9 @@ async fn hostile_playbooks_fail_alone_while_a_good_one_verifies_and_escalates() 
     for (name, body) in scripts {
         std::fs::write(d.join(format!("{name}.rhai")), hostile(name, body)).unwrap();
     }
-    let listen = format!("127.0.0.1:{}", free_port());
     let config = write_config(
         d,
-        prom.port(),
-        &listen,
+        &prom.url(),
         &[
             "good.rhai",
             "loop.rhai",
@@ -131,24 +141,19 @@ async fn hostile_playbooks_fail_alone_while_a_good_one_verifies_and_escalates() 
             "eval.rhai",
         ],
     );
-    let mut agent = Agent::spawn(&config);
-    wait_ready(&listen).await;
+    let agent = Daemon::start(load(&config)).await;
 
     exporter.set("hs_test_latency{pod=\"spiky\"}", 400.0);
-    wait_until(
-        Duration::from_secs(40),
-        "the good playbook's incident to end",
-        || {
-            let done = !of_kind(&records(d), "incident_done").is_empty();
-            async move { done }
-        },
-    )
-    .await;
-    assert!(agent.is_running(), "{}", agent.logs());
+    agent
+        .wait_for(
+            "the good playbook's incident to end",
+            Duration::from_secs(40),
+            |a| !a.kinds("incident_done").is_empty(),
+        )
+        .await;
+    assert!(agent.is_running(), "{}", agent.logs.text());
     assert_eq!(
-        http_get(&format!("http://{listen}/healthz"))
-            .await
-            .map(|r| r.0),
+        http_get(&agent.url("/healthz")).await.map(|r| r.0),
         Some(200),
         "still serving"
     );
@@ -188,10 +193,12 @@ async fn hostile_playbooks_fail_alone_while_a_good_one_verifies_and_escalates() 
     assert_eq!(plans[1].data["actions"][0]["kind"], "notify.alertmanager");
     assert!(plans[1].seq > verification[0].seq);
 
-    assert!(agent.terminate().success());
+    agent.stop().await;
     verify_log(d);
 }
 
+/// The agent's HTTP surface over the handed-over listener: `/readyz`, `/healthz`,
+/// `/metrics`, and the webhook as a real Alertmanager calls it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_firing_alert_from_alertmanager_runs_its_playbook() {
     let dir = tempfile::tempdir().unwrap();
@@ -206,37 +213,37 @@ async fn a_firing_alert_from_alertmanager_runs_its_playbook() {
         }"#,
     )
     .unwrap();
-    let listen = format!("127.0.0.1:{}", free_port());
     // No Prometheus at all: alerts do not need it.
-    let config = write_config(d, free_port(), &listen, &["reboot.rhai"]);
-    let mut agent = Agent::spawn(&config);
-    let health = format!("http://{listen}/healthz");
-    wait_until(Duration::from_secs(20), "the agent to listen", || {
-        let health = health.clone();
-        async move { http_get(&health).await.is_some() }
-    })
-    .await;
+    let config = write_config(d, NO_PROMETHEUS, &["reboot.rhai"]);
+    let agent = Daemon::start(load(&config)).await;
+    for path in ["/readyz", "/healthz"] {
+        assert_eq!(
+            http_get(&agent.url(path)).await.map(|r| r.0),
+            Some(200),
+            "{path}"
+        );
+    }
 
     // A malformed body is answered 400 and counted, and changes nothing.
     let resp = reqwest::Client::new()
-        .post(format!("http://{listen}/api/v1/alertmanager"))
+        .post(agent.url("/api/v1/alertmanager"))
         .body("{not json")
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 400);
 
-    let am = Alertmanager::start(&format!("http://{listen}/api/v1/alertmanager")).await;
+    let am = Alertmanager::start(&agent.url("/api/v1/alertmanager")).await;
     am.fire(
         json!({"alertname": "InstanceDown", "server_id": "9f1c2d3e", "severity": "critical"}),
         json!({"summary": "web-3 down"}),
     )
     .await;
-    wait_until(Duration::from_secs(30), "the alert's plan", || {
-        let done = !of_kind(&records(d), "action_outcome").is_empty();
-        async move { done }
-    })
-    .await;
+    agent
+        .wait_for("the alert's plan", Duration::from_secs(30), |a| {
+            !a.kinds("action_outcome").is_empty()
+        })
+        .await;
 
     let recs = records(d);
     let received = of_kind(&recs, "alert_received");
@@ -245,15 +252,15 @@ async fn a_firing_alert_from_alertmanager_runs_its_playbook() {
     let plan = &of_kind(&recs, "plan")[0].data;
     assert_eq!(plan["playbook"], "reboot");
     assert_eq!(plan["actions"][0]["target"]["server"], "9f1c2d3e");
-    let metrics = http_get(&format!("http://{listen}/metrics"))
-        .await
-        .unwrap()
-        .1;
-    assert!(
-        metrics.contains("homeostat_webhook_requests_total{result=\"malformed\"} 1"),
-        "{metrics}"
-    );
-    assert!(agent.terminate().success());
+    let (status, metrics) = http_get(&agent.url("/metrics")).await.unwrap();
+    assert_eq!(status, 200);
+    for line in [
+        "homeostat_webhook_requests_total{result=\"malformed\"} 1",
+        "homeostat_playbook_runs_total{playbook=\"reboot\",result=\"planned\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
+    agent.stop().await;
     verify_log(d);
 }
 
@@ -274,87 +281,70 @@ async fn playbooks_hot_reload_and_a_broken_edit_keeps_the_previous_version() {
     };
     let file = d.join("p.rhai");
     std::fs::write(&file, version(1)).unwrap();
-    let listen = format!("127.0.0.1:{}", free_port());
-    let config = write_config(d, free_port(), &listen, &["p.rhai"]);
-    let mut agent = Agent::spawn(&config);
-    let metrics_url = format!("http://{listen}/metrics");
-    let active = |want: String| {
-        let url = metrics_url.clone();
-        move || {
-            let (url, want) = (url.clone(), want.clone());
-            async move {
-                http_get(&url).await.is_some_and(|(_, m)| {
-                    m.contains(&format!(
-                        "homeostat_playbook_info{{playbook=\"p\",sha256=\"{want}\"}} 1"
-                    ))
-                })
-            }
-        }
+    let config = write_config(d, NO_PROMETHEUS, &["p.rhai"]);
+    let agent = Daemon::start(load(&config)).await;
+    let active = |a: &Daemon, sha: &str| {
+        a.metrics.encode().contains(&format!(
+            "homeostat_playbook_info{{playbook=\"p\",sha256=\"{sha}\"}} 1"
+        ))
     };
-    wait_until(
-        Duration::from_secs(20),
-        "version 1 active",
-        active(sha(&version(1))),
-    )
-    .await;
+    let v1 = sha(&version(1));
+    agent
+        .wait_for("version 1 active", Duration::from_secs(10), |a| {
+            active(a, &v1)
+        })
+        .await;
 
     std::fs::write(&file, version(2)).unwrap();
-    wait_until(
-        Duration::from_secs(10),
-        "version 2 active",
-        active(sha(&version(2))),
-    )
-    .await;
+    let v2 = sha(&version(2));
+    agent
+        .wait_for("version 2 active", Duration::from_secs(10), |a| {
+            active(a, &v2)
+        })
+        .await;
 
     let broken = "const PLAYBOOK = #{ name: \"p\" ;\nfn plan(a) { [ }";
     std::fs::write(&file, broken).unwrap();
-    wait_until(
-        Duration::from_secs(10),
-        "the broken edit to be rejected",
-        || {
-            let n = of_kind(&records(d), "playbook_rejected").len();
-            async move { n == 1 }
-        },
-    )
-    .await;
-    assert!(
-        http_get(&metrics_url)
-            .await
-            .unwrap()
-            .1
-            .contains(&sha(&version(2))),
-        "version 2 stays active"
-    );
+    agent
+        .wait_for(
+            "the broken edit to be rejected",
+            Duration::from_secs(10),
+            |a| a.kinds("playbook_rejected").len() == 1,
+        )
+        .await;
+    assert!(active(&agent, &v2), "version 2 stays active");
 
-    // SIGHUP reloads too, and does not stop the daemon.
+    // SIGHUP reloads too, and does not stop the daemon. The agent runs in this process,
+    // so the signal goes here; its handler is installed before the agent is ready, and
+    // other agents of this test binary that get it find their playbooks unchanged.
     std::fs::write(&file, version(3)).unwrap();
     let hup = Command::new("kill")
-        .args(["-HUP", &agent.pid().to_string()])
+        .args(["-HUP", &std::process::id().to_string()])
         .status()
         .unwrap();
     assert!(hup.success());
-    wait_until(
-        Duration::from_secs(10),
-        "version 3 active",
-        active(sha(&version(3))),
-    )
-    .await;
+    let v3 = sha(&version(3));
+    agent
+        .wait_for("version 3 active", Duration::from_secs(10), |a| {
+            active(a, &v3)
+        })
+        .await;
     assert!(agent.is_running());
-    assert!(agent.terminate().success());
+    agent.stop().await;
 
     let recs = records(d);
     let reloaded = of_kind(&recs, "playbook_reloaded");
     assert_eq!(reloaded.len(), 2, "{recs:#?}");
-    assert_eq!(reloaded[0].data["old_sha256"], sha(&version(1)));
-    assert_eq!(reloaded[0].data["new_sha256"], sha(&version(2)));
+    assert_eq!(reloaded[0].data["old_sha256"], v1);
+    assert_eq!(reloaded[0].data["new_sha256"], v2);
     let rejected = &of_kind(&recs, "playbook_rejected")[0].data;
     assert_eq!(rejected["new_sha256"], sha(broken));
-    assert_eq!(rejected["old_sha256"], sha(&version(2)));
+    assert_eq!(rejected["old_sha256"], v2);
     assert!(
         rejected["error"].as_str().unwrap().contains("syntax"),
         "{rejected}"
     );
-    assert_eq!(reloaded[1].data["new_sha256"], sha(&version(3)));
+    assert_eq!(reloaded[1].data["new_sha256"], v3);
     verify_log(d);
 }
 
@@ -369,8 +359,11 @@ async fn one_incident_gets_one_plan_however_many_series_it_spans() {
         ],
         1440,
     );
-    exporter.set("hs_test_latency{pod=\"cart-1\",app=\"cart\"}", 100.0);
-    exporter.set("hs_test_latency{pod=\"cart-2\",app=\"cart\"}", 100.0);
+    let set = |v: f64| {
+        exporter.set("hs_test_latency{pod=\"cart-1\",app=\"cart\"}", v);
+        exporter.set("hs_test_latency{pod=\"cart-2\",app=\"cart\"}", v);
+    };
+    set(100.0);
     let prom = prometheus_with(history, &exporter, "hs_test_latency", 2).await;
 
     let dir = tempfile::tempdir().unwrap();
@@ -383,34 +376,28 @@ async fn one_incident_gets_one_plan_however_many_series_it_spans() {
         fn plan(a) { [#{ kind: "k8s.rollout_restart", target: #{ namespace: "test", deployment: a.labels.app } }] }"#,
     )
     .unwrap();
-    let listen = format!("127.0.0.1:{}", free_port());
-    let config = write_config(d, prom.port(), &listen, &["restart.rhai"]);
+    let config = write_config(d, &prom.url(), &["restart.rhai"]);
     let text = std::fs::read_to_string(&config)
         .unwrap()
-        .replace(
-            "max by (pod) (hs_test_latency)",
-            "max by (pod, app) (hs_test_latency)",
-        )
+        .replace(QUERY, "max by (pod, app) (hs_test_latency)")
         .replace("[detection]", "[detection]\nclose_after = 3");
     std::fs::write(&config, text).unwrap();
-    let mut agent = Agent::spawn(&config);
-    wait_ready(&listen).await;
+    let agent = Daemon::start(load(&config)).await;
 
     // Both pods of one app go bad together: one incident.
-    exporter.set("hs_test_latency{pod=\"cart-1\",app=\"cart\"}", 500.0);
-    exporter.set("hs_test_latency{pod=\"cart-2\",app=\"cart\"}", 500.0);
-    wait_until(
-        Duration::from_secs(30),
-        "both anomalies to be handled",
-        || {
-            let r = records(d);
-            let done = of_kind(&r, "anomaly_opened").len() == 2
-                && of_kind(&r, "plan").len() + of_kind(&r, "playbook_suppressed").len() == 2;
-            async move { done }
-        },
-    )
-    .await;
-    assert!(agent.terminate().success());
+    set(500.0);
+    agent
+        .wait_for(
+            "both anomalies to be handled",
+            Duration::from_secs(30),
+            |a| {
+                let r = a.records();
+                of_kind(&r, "anomaly_opened").len() == 2
+                    && of_kind(&r, "plan").len() + of_kind(&r, "playbook_suppressed").len() == 2
+            },
+        )
+        .await;
+    agent.stop().await;
     let recs = records(d);
     assert_eq!(of_kind(&recs, "plan").len(), 1, "{recs:#?}");
     let suppressed = &of_kind(&recs, "playbook_suppressed")[0].data;
@@ -423,25 +410,21 @@ async fn one_incident_gets_one_plan_however_many_series_it_spans() {
         .iter()
         .map(|r| r.data["id"].as_str().unwrap().to_string())
         .collect();
-    let mut agent = Agent::spawn(&config);
-    wait_ready(&listen).await;
-    wait_until(
-        Duration::from_secs(30),
-        "both anomalies to be resumed",
-        || {
-            let done = of_kind(&records(d), "anomaly_resumed").len() == 2;
-            async move { done }
-        },
-    )
-    .await;
-    exporter.set("hs_test_latency{pod=\"cart-1\",app=\"cart\"}", 100.0);
-    exporter.set("hs_test_latency{pod=\"cart-2\",app=\"cart\"}", 100.0);
-    wait_until(Duration::from_secs(30), "both anomalies to close", || {
-        let done = of_kind(&records(d), "anomaly_closed").len() == 2;
-        async move { done }
-    })
-    .await;
-    assert!(agent.terminate().success());
+    let agent = Daemon::start(load(&config)).await;
+    agent
+        .wait_for(
+            "both anomalies to be resumed",
+            Duration::from_secs(30),
+            |a| a.kinds("anomaly_resumed").len() == 2,
+        )
+        .await;
+    set(100.0);
+    agent
+        .wait_for("both anomalies to close", Duration::from_secs(30), |a| {
+            a.kinds("anomaly_closed").len() == 2
+        })
+        .await;
+    agent.stop().await;
     let recs = records(d);
     let ids_of = |kind: &str| {
         let mut v: Vec<String> = of_kind(&recs, kind)
@@ -461,21 +444,16 @@ async fn one_incident_gets_one_plan_however_many_series_it_spans() {
 
     // Restarted again, a new incident of the same app: new anomalies, and the cooldown
     // read back from the audit log holds them.
-    let mut agent = Agent::spawn(&config);
-    wait_ready(&listen).await;
-    exporter.set("hs_test_latency{pod=\"cart-1\",app=\"cart\"}", 5000.0);
-    exporter.set("hs_test_latency{pod=\"cart-2\",app=\"cart\"}", 5000.0);
-    wait_until(
-        Duration::from_secs(30),
-        "an anomaly after the restart to be handled",
-        || {
-            let r = records(d);
-            let done = of_kind(&r, "playbook_suppressed").len() >= 2;
-            async move { done }
-        },
-    )
-    .await;
-    assert!(agent.terminate().success());
+    let agent = Daemon::start(load(&config)).await;
+    set(5000.0);
+    agent
+        .wait_for(
+            "an anomaly after the restart to be handled",
+            Duration::from_secs(30),
+            |a| a.kinds("playbook_suppressed").len() >= 2,
+        )
+        .await;
+    agent.stop().await;
     let recs = records(d);
     assert_eq!(of_kind(&recs, "agent_started").len(), 3, "{recs:#?}");
     assert_eq!(of_kind(&recs, "plan").len(), 1, "{recs:#?}");

@@ -1,22 +1,33 @@
-//! Shared helpers for integration tests: a real Prometheus process (backfilled with
-//! promtool), a live exporter it scrapes, the homeostat binary as a child process.
+//! Shared helpers for integration tests: real Prometheus and Alertmanager processes on
+//! ports they chose themselves (read back from their logs, never guessed free), a live
+//! exporter they scrape, the agent in the test's runtime with a listener handed over,
+//! and the homeostat binary as a child process.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// A loopback port that was free a moment ago.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use homeostat::agent::{self, AgentError};
+use homeostat::audit::AuditRecord;
+use homeostat::config::Config;
+use homeostat::metrics::Metrics;
+use homeostat::playbook::Limits;
+use homeostat::source::PromSource;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tracing::instrument::WithSubscriber;
+
+/// How long a real server (Prometheus, Alertmanager, the agent) may take to come up: an
+/// upper bound for a loaded machine, not an expected duration.
+pub const STARTUP: Duration = Duration::from_secs(30);
+
+/// How often a condition on a real server is looked at again.
+const POLL: Duration = Duration::from_millis(25);
 
 /// Finds a server binary; fails (never skips) when it is missing.
 pub fn tool(name: &str) -> PathBuf {
@@ -34,6 +45,61 @@ pub fn now_secs() -> f64 {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs_f64()
+}
+
+/// The last `n` lines of a file (empty when it cannot be read).
+fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// The port in a `msg="Listening on" address=HOST:PORT` line, which Prometheus and
+/// Alertmanager both write once their listener is bound.
+fn listening_on(line: &str) -> Option<u16> {
+    if !line.contains("msg=\"Listening on\"") {
+        return None;
+    }
+    let addr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("address="))?;
+    addr.rsplit_once(':')?.1.parse().ok()
+}
+
+/// Waits until `child`'s log says which port it listens on; panics with the log's tail
+/// when it exits first or says nothing within [`STARTUP`].
+async fn listening_port(name: &str, child: &mut Child, log: &Path) -> u16 {
+    let started = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(port) = text.lines().find_map(listening_on) {
+            return port;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "{name} exited ({status}) before listening:\n{}",
+                tail(log, 20)
+            );
+        }
+        if started.elapsed() > STARTUP {
+            panic!(
+                "{name} named no listening port within {STARTUP:?}:\n{}",
+                tail(log, 20)
+            );
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Waits until `url` answers 200; panics with `log`'s tail after [`STARTUP`].
+async fn wait_ok(name: &str, url: &str, log: &Path) {
+    let started = Instant::now();
+    while !matches!(http_get(url).await, Some((200, _))) {
+        if started.elapsed() > STARTUP {
+            panic!("{name} not ready after {STARTUP:?}:\n{}", tail(log, 20));
+        }
+        tokio::time::sleep(POLL).await;
+    }
 }
 
 /// OpenMetrics text of one gauge family for `promtool tsdb create-blocks-from openmetrics`.
@@ -55,7 +121,7 @@ pub struct Exporter {
 }
 
 impl Exporter {
-    /// Serves on a free loopback port.
+    /// Serves on a loopback listener it binds and keeps.
     pub async fn start() -> Exporter {
         let values: Arc<Mutex<BTreeMap<String, f64>>> = Arc::default();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -111,19 +177,18 @@ pub struct PromOptions {
     pub scrape_targets: Vec<String>,
     /// Global scrape interval, e.g. `"1s"`.
     pub scrape_interval: &'static str,
-    /// A fixed port; a free one when `None`.
-    pub port: Option<u16>,
 }
 
 /// A real Prometheus process on loopback, killed on drop.
 pub struct Prometheus {
     child: Option<Child>,
+    /// The port it chose at its first start; a restart asks for it again.
     port: u16,
     dir: tempfile::TempDir,
 }
 
 impl Prometheus {
-    /// Backfills, starts, and waits until `/-/ready`.
+    /// Backfills, starts on a port of its choosing, and waits until `/-/ready`.
     pub async fn start(opts: PromOptions) -> Prometheus {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
@@ -158,59 +223,56 @@ impl Prometheus {
                 targets.join(", ")
             ));
         }
-        let config = dir.path().join("prometheus.yml");
-        std::fs::write(&config, yml).unwrap();
-        let port = opts.port.unwrap_or_else(free_port);
-        let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
+        std::fs::write(dir.path().join("prometheus.yml"), yml).unwrap();
+        let mut prom = Prometheus {
+            child: None,
+            port: 0,
+            dir,
+        };
+        prom.launch(0).await;
+        prom
+    }
+
+    /// Starts it again after [`stop`](Self::stop), with its data, on the port it had.
+    pub async fn restart(&mut self) {
+        self.stop();
+        let port = self.port;
+        self.launch(port).await;
+        assert_eq!(self.port, port, "restarted on another port");
+    }
+
+    /// Spawns the process on `port` (0: its choice), reads the port back from its log,
+    /// and waits until it is ready.
+    async fn launch(&mut self, port: u16) {
+        let log = self.log();
         let child = Command::new(tool("prometheus"))
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", data.display()))
+            .arg(format!(
+                "--config.file={}",
+                self.dir.path().join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                self.dir.path().join("data").display()
+            ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .arg("--storage.tsdb.retention.time=30d")
             .stdout(Stdio::null())
-            .stderr(log)
+            // A new log each time: the listening line read is this process's.
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("starts prometheus");
-        let prom = Prometheus {
-            child: Some(child),
-            port,
-            dir,
-        };
-        let ready = format!("{}/-/ready", prom.url());
-        let started = Instant::now();
-        loop {
-            if matches!(http_get(&ready).await, Some((200, _))) {
-                break;
-            }
-            if started.elapsed() > Duration::from_secs(30) {
-                panic!("prometheus not ready after 30s:\n{}", prom.log_tail());
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        prom
+        let child = self.child.insert(child);
+        self.port = listening_port("prometheus", child, &log).await;
+        wait_ok("prometheus", &format!("{}/-/ready", self.url()), &log).await;
+    }
+
+    fn log(&self) -> PathBuf {
+        self.dir.path().join("prometheus.log")
     }
 
     /// `http://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// The port it listens on.
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    fn log_tail(&self) -> String {
-        let log =
-            std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default();
-        log.lines()
-            .rev()
-            .take(20)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect::<Vec<_>>()
-            .join("\n")
     }
 
     /// Waits until an instant query returns at least `n` series.
@@ -249,107 +311,6 @@ impl Drop for Prometheus {
     }
 }
 
-/// The homeostat daemon as a child process, output captured to files.
-pub struct Agent {
-    child: Child,
-    dir: tempfile::TempDir,
-}
-
-impl Agent {
-    /// Runs `homeostat run --config CONFIG`.
-    pub fn spawn(config: &Path) -> Agent {
-        let dir = tempfile::tempdir().unwrap();
-        let out = std::fs::File::create(dir.path().join("stdout")).unwrap();
-        let err = std::fs::File::create(dir.path().join("stderr")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_homeostat"))
-            .arg("run")
-            .arg("--config")
-            .arg(config)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("starts homeostat");
-        Agent { child, dir }
-    }
-
-    /// The process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Sends SIGTERM and waits up to 10 s for the exit.
-    pub fn terminate(&mut self) -> ExitStatus {
-        let ok = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status()
-            .unwrap();
-        assert!(ok.success(), "kill -TERM failed");
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            if started.elapsed() > Duration::from_secs(10) {
-                panic!(
-                    "homeostat still running 10s after SIGTERM:\n{}",
-                    self.logs()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Whether it is still running.
-    pub fn is_running(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-
-    /// Everything it printed so far (stdout, then stderr).
-    pub fn logs(&self) -> String {
-        let read = |f: &str| std::fs::read_to_string(self.dir.path().join(f)).unwrap_or_default();
-        format!("{}{}", read("stdout"), read("stderr"))
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if self.is_running() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// GET with a 2 s timeout; `None` when the connection fails.
-pub async fn http_get(url: &str) -> Option<(u16, String)> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .unwrap();
-    let resp = client.get(url).send().await.ok()?;
-    let status = resp.status().as_u16();
-    Some((status, resp.text().await.unwrap_or_default()))
-}
-
-/// Polls `f` every 200 ms until it holds; panics after `timeout`.
-pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let started = Instant::now();
-    while !f().await {
-        if started.elapsed() > timeout {
-            panic!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// A real Alertmanager process on loopback whose only receiver is a webhook.
 pub struct Alertmanager {
     child: Option<Child>,
@@ -358,7 +319,8 @@ pub struct Alertmanager {
 }
 
 impl Alertmanager {
-    /// Starts it with every alert routed to `webhook` after a 1 s group wait.
+    /// Starts it on a port of its choosing, with every alert routed to `webhook` after a
+    /// 1 s group wait, and waits until `/-/ready`.
     pub async fn start(webhook: &str) -> Alertmanager {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("alertmanager.yml");
@@ -370,36 +332,27 @@ impl Alertmanager {
             ),
         )
         .unwrap();
-        let port = free_port();
-        let log = std::fs::File::create(dir.path().join("alertmanager.log")).unwrap();
+        let log = dir.path().join("alertmanager.log");
         let child = Command::new(tool("prometheus-alertmanager"))
             .arg(format!("--config.file={}", config.display()))
             .arg(format!(
                 "--storage.path={}",
                 dir.path().join("data").display()
             ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--web.listen-address=127.0.0.1:0")
             // A single instance: no gossip port, nothing beyond loopback.
             .arg("--cluster.listen-address=")
             .stdout(Stdio::null())
-            .stderr(log)
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("starts alertmanager");
-        let am = Alertmanager {
+        let mut am = Alertmanager {
             child: Some(child),
-            port,
+            port: 0,
             dir,
         };
-        let ready = format!("{}/-/ready", am.url());
-        let started = Instant::now();
-        while !matches!(http_get(&ready).await, Some((200, _))) {
-            if started.elapsed() > Duration::from_secs(30) {
-                let log = std::fs::read_to_string(am.dir.path().join("alertmanager.log"))
-                    .unwrap_or_default();
-                panic!("alertmanager not ready after 30s:\n{log}");
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        am.port = listening_port("alertmanager", am.child.as_mut().unwrap(), &log).await;
+        wait_ok("alertmanager", &format!("{}/-/ready", am.url()), &log).await;
         am
     }
 
@@ -431,6 +384,293 @@ impl Drop for Alertmanager {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+/// What the in-process agent logged at info and above, for assertions on log lines.
+#[derive(Clone, Default)]
+pub struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl Logs {
+    /// Everything captured so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(PoisonError::into_inner)).into()
+    }
+
+    /// A subscriber writing into these logs, as the binary formats its lines.
+    fn subscriber(&self) -> impl tracing::Subscriber + Send + Sync + 'static {
+        let logs = self.clone();
+        tracing_subscriber::fmt()
+            .with_writer(move || logs.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .finish()
+    }
+}
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The agent running in the test's runtime, in real time, against the configured
+/// Prometheus, serving HTTP on a listener the test bound and handed over.
+pub struct Daemon {
+    /// Its metrics and health, as `/metrics` would show them.
+    pub metrics: Arc<Metrics>,
+    /// Where it serves HTTP.
+    pub addr: SocketAddr,
+    /// What it logged from its loop. Tasks it spawns (the HTTP server, playbook runs)
+    /// log elsewhere.
+    pub logs: Logs,
+    audit_log: PathBuf,
+    interval: Duration,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), AgentError>>,
+}
+
+impl Daemon {
+    /// Starts the agent as `homeostat run` would (minus the bind: the listener is
+    /// handed over) and waits until it is ready.
+    pub async fn start(config: Config) -> Daemon {
+        let limits = Limits {
+            timeout: config.agent.playbook_timeout,
+            ..Default::default()
+        };
+        let (playbooks, rejected) = homeostat::load_playbooks(&config, &limits);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let source =
+            Arc::new(PromSource::new(&config.prometheus.url, config.prometheus.timeout).unwrap());
+        let metrics = Arc::new(Metrics::new(agent::liveness_window(&config)));
+        let logs = Logs::default();
+        let audit_log = config.agent.audit_log.clone();
+        let interval = config.agent.interval;
+        let (stop, stopped) = oneshot::channel();
+        let run = agent::run(
+            agent::Agent {
+                config,
+                playbooks,
+                rejected,
+                source,
+                metrics: metrics.clone(),
+            },
+            listener,
+            async move {
+                let _ = stopped.await;
+            },
+        );
+        // Scoped to this agent's future: tests running side by side keep their own logs.
+        let task = tokio::spawn(run.with_subscriber(logs.subscriber()));
+        let d = Daemon {
+            metrics,
+            addr,
+            logs,
+            audit_log,
+            interval,
+            stop: Some(stop),
+            task,
+        };
+        d.wait_for("readiness", STARTUP, |d| d.metrics.is_ready())
+            .await;
+        d
+    }
+
+    /// Shuts it down as SIGTERM would, and checks it stopped cleanly.
+    pub async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        let result = tokio::time::timeout(Duration::from_secs(10), &mut self.task)
+            .await
+            .unwrap_or_else(|_| panic!("still running 10s after shutdown:\n{}", self.logs.text()))
+            .unwrap();
+        assert!(result.is_ok(), "{result:?}\n{}", self.logs.text());
+    }
+
+    /// Whether its loop still runs.
+    pub fn is_running(&self) -> bool {
+        !self.task.is_finished()
+    }
+
+    /// `http://ADDR/path`, on the handed-over listener.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// The value of one exported sample, by its exact name and labels.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        sample(&self.metrics.encode(), series)
+    }
+
+    /// Completed ticks.
+    pub fn ticks(&self) -> u64 {
+        self.metric("homeostat_ticks_total").unwrap_or(0.0) as u64
+    }
+
+    /// Returns once `n` more ticks have completed.
+    pub async fn ticks_pass(&self, n: u64) {
+        let target = self.ticks() + n;
+        let limit = self.interval * (n as u32) * 3 + Duration::from_secs(10);
+        self.wait_for(&format!("{n} ticks"), limit, |d| d.ticks() >= target)
+            .await;
+    }
+
+    /// The audit log's records.
+    pub fn records(&self) -> Vec<AuditRecord> {
+        records(&self.audit_log)
+    }
+
+    /// The audit log's records of one kind.
+    pub fn kinds(&self, kind: &str) -> Vec<AuditRecord> {
+        of_kind(&self.records(), kind)
+            .into_iter()
+            .cloned()
+            .collect()
+    }
+
+    /// Waits until `cond` holds; panics after `limit` (an upper bound for real servers)
+    /// with the audit log and the agent's log.
+    pub async fn wait_for(&self, what: &str, limit: Duration, cond: impl Fn(&Daemon) -> bool) {
+        let started = Instant::now();
+        while !cond(self) {
+            if started.elapsed() > limit || self.task.is_finished() {
+                let kinds: Vec<String> = self.records().into_iter().map(|r| r.kind).collect();
+                panic!(
+                    "no {what} within {limit:?} (agent running: {});\naudit: {kinds:?}\nlog:\n{}",
+                    self.is_running(),
+                    self.logs.text()
+                );
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+}
+
+/// The homeostat binary (`homeostat run`) as a child process, output captured to files.
+pub struct AgentProcess {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl AgentProcess {
+    /// Runs `homeostat run --config CONFIG`.
+    pub fn spawn(config: &Path) -> AgentProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::fs::File::create(dir.path().join("stdout")).unwrap();
+        let err = std::fs::File::create(dir.path().join("stderr")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_homeostat"))
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("starts homeostat");
+        AgentProcess { child, dir }
+    }
+
+    /// The address it serves HTTP on, as its start line names it
+    /// (`homeostat started listen=Some(ADDR)`): with `listen = "127.0.0.1:0"` the
+    /// kernel chose it.
+    pub async fn listen_addr(&mut self) -> SocketAddr {
+        let started = Instant::now();
+        loop {
+            let logs = self.logs();
+            let addr = logs
+                .lines()
+                .filter(|l| l.contains("homeostat started"))
+                .find_map(|l| l.split_once("listen=Some(")?.1.split_once(')'))
+                .map(|(addr, _)| addr.parse().expect("a socket address"));
+            if let Some(addr) = addr {
+                return addr;
+            }
+            assert!(self.is_running(), "homeostat exited:\n{logs}");
+            assert!(
+                started.elapsed() < STARTUP,
+                "homeostat named no listen address within {STARTUP:?}:\n{logs}"
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Sends SIGTERM and waits up to 10 s for the exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "kill -TERM failed");
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if started.elapsed() > Duration::from_secs(10) {
+                panic!(
+                    "homeostat still running 10s after SIGTERM:\n{}",
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether it is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Everything it printed so far (stdout, then stderr).
+    pub fn logs(&self) -> String {
+        let read = |f: &str| std::fs::read_to_string(self.dir.path().join(f)).unwrap_or_default();
+        format!("{}{}", read("stdout"), read("stderr"))
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        if self.is_running() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// GET with a 2 s timeout; `None` when the connection fails.
+pub async fn http_get(url: &str) -> Option<(u16, String)> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let resp = client.get(url).send().await.ok()?;
+    let status = resp.status().as_u16();
+    Some((status, resp.text().await.unwrap_or_default()))
+}
+
+/// Checks `f` until it holds; panics after `timeout`.
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let started = Instant::now();
+    while !f().await {
+        if started.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(POLL).await;
     }
 }
 
@@ -474,7 +714,6 @@ pub async fn prometheus_with(
         history_openmetrics: Some(history),
         scrape_targets: vec![exporter.addr()],
         scrape_interval: "1s",
-        port: None,
     })
     .await;
     prom.wait_for_series(query, series, Duration::from_secs(15))
@@ -482,10 +721,10 @@ pub async fn prometheus_with(
     prom
 }
 
-/// Waits until the agent listening on `listen` is ready.
-pub async fn wait_ready(listen: &str) {
-    let url = format!("http://{listen}/readyz");
-    wait_until(Duration::from_secs(30), "the agent to be ready", || {
+/// Waits until the agent serving on `addr` answers `/readyz` with 200.
+pub async fn wait_ready(addr: SocketAddr) {
+    let url = format!("http://{addr}/readyz");
+    wait_until(STARTUP, "the agent to be ready", || {
         let url = url.clone();
         async move { matches!(http_get(&url).await, Some((200, _))) }
     })
@@ -493,7 +732,7 @@ pub async fn wait_ready(listen: &str) {
 }
 
 /// The records of an audit log (none before it exists).
-pub fn records(log: &Path) -> Vec<homeostat::audit::AuditRecord> {
+pub fn records(log: &Path) -> Vec<AuditRecord> {
     if log.exists() {
         homeostat::audit::read_records(log).unwrap()
     } else {
@@ -502,10 +741,7 @@ pub fn records(log: &Path) -> Vec<homeostat::audit::AuditRecord> {
 }
 
 /// The records of one kind.
-pub fn of_kind<'a>(
-    records: &'a [homeostat::audit::AuditRecord],
-    kind: &str,
-) -> Vec<&'a homeostat::audit::AuditRecord> {
+pub fn of_kind<'a>(records: &'a [AuditRecord], kind: &str) -> Vec<&'a AuditRecord> {
     records.iter().filter(|r| r.kind == kind).collect()
 }
 
@@ -528,21 +764,4 @@ pub fn sample(metrics: &str, series: &str) -> Option<f64> {
         l.strip_prefix(series)
             .and_then(|rest| rest.trim().parse().ok())
     })
-}
-
-/// Waits until the agent's `/metrics` shows `series` at `at_least` or more.
-pub async fn wait_metric(listen: &str, series: &str, at_least: f64) {
-    let url = format!("http://{listen}/metrics");
-    let what = format!("{series} >= {at_least}");
-    wait_until(Duration::from_secs(20), &what, || {
-        let url = url.clone();
-        async move {
-            http_get(&url)
-                .await
-                .and_then(|(_, m)| sample(&m, series))
-                .unwrap_or(0.0)
-                >= at_least
-        }
-    })
-    .await;
 }
