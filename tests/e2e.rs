@@ -105,7 +105,7 @@ async fn only_the_spiky_series_opens_an_anomaly_and_gets_a_dry_run_plan() {
     let exporter = Exporter::start().await;
     exporter.set("hs_test_latency{pod=\"spiky\"}", 100.5);
     exporter.set("hs_test_latency{pod=\"clean\"}", 99.5);
-    let prom = prometheus_with(history(), &exporter, QUERY, 2).await;
+    let prom = prometheus_with(history(), &exporter).await;
 
     let setup = Setup::new(&prom.url(), "5s");
     let mut agent = AgentProcess::spawn(&setup.config);
@@ -117,7 +117,8 @@ async fn only_the_spiky_series_opens_an_anomaly_and_gets_a_dry_run_plan() {
             .map(|(_, b)| b)
             .unwrap_or_default()
     };
-    // Both series were fitted from history: they are scored (not warming up) and quiet.
+    // Both series were fitted from history: their live values are scored (not warming
+    // up) and quiet.
     let m = metrics().await;
     let clean_score = sample(
         &m,
@@ -278,10 +279,8 @@ async fn prometheus_down_means_no_anomaly_and_the_agent_recovers_when_it_returns
         Some(0.0)
     );
 
-    // Prometheus comes back on the same port, with history and live data for both series.
+    // Prometheus comes back on the same port, with its data: history for both series.
     prom.restart().await;
-    prom.wait_for_series(QUERY, 2, Duration::from_secs(15))
-        .await;
     d.wait_for(
         "the signal to recover with both series scored",
         Duration::from_secs(30),
@@ -344,7 +343,13 @@ async fn fit_saves_models_that_the_daemon_loads_and_saves_again() {
     let exporter = Exporter::start().await;
     exporter.set("hs_test_latency{pod=\"spiky\"}", 100.5);
     exporter.set("hs_test_latency{pod=\"clean\"}", 99.5);
-    let prom = prometheus_with(history(), &exporter, QUERY, 2).await;
+    // Fitting needs history only: no wait for the first scrape.
+    let prom = Prometheus::start(PromOptions {
+        history_openmetrics: Some(history()),
+        scrape_targets: vec![exporter.addr()],
+        scrape_interval: "1s",
+    })
+    .await;
     let setup = Setup::new(&prom.url(), "5s");
 
     // `homeostat fit`: one file per signal; a signal without data is a listed failure.

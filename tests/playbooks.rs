@@ -90,7 +90,7 @@ fn hostile(name: &str, body: &str) -> String {
 async fn hostile_playbooks_fail_alone_while_a_good_one_verifies_and_escalates() {
     let exporter = Exporter::start().await;
     exporter.set("hs_test_latency{pod=\"spiky\"}", 100.0);
-    let prom = prometheus_with(history(), &exporter, QUERY, 1).await;
+    let prom = prometheus_with(history(), &exporter).await;
 
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -364,7 +364,7 @@ async fn one_incident_gets_one_plan_however_many_series_it_spans() {
         exporter.set("hs_test_latency{pod=\"cart-2\",app=\"cart\"}", v);
     };
     set(100.0);
-    let prom = prometheus_with(history, &exporter, "hs_test_latency", 2).await;
+    let prom = prometheus_with(history, &exporter).await;
 
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
