@@ -227,12 +227,13 @@ impl fmt::Display for AuditTable<'_> {
             .iter()
             .filter(|r| self.kind.is_none_or(|k| r.kind == k))
         {
+            // The time and kind are the record's text too: escaped like the details.
             writeln!(
                 f,
                 "{:>5}  {:<24}  {:<16}  {}",
                 r.seq,
-                r.ts,
-                r.kind,
+                audit::escape(&r.ts),
+                audit::escape(&r.kind),
                 audit::summarize(&r.kind, &r.data, self.width)
             )?;
         }
@@ -270,7 +271,7 @@ impl fmt::Display for AuditVerdict<'_> {
         let log = self.log.display();
         match &self.result {
             Ok(n) => write!(f, "{log}: ok: {n} records, chain and head intact"),
-            Err(e) => write!(f, "{log}: BROKEN at {e}"),
+            Err(e) => write!(f, "{log}: BROKEN at {}", audit::escape(&e.to_string())),
         }
     }
 }
