@@ -323,6 +323,18 @@ fn mismatch(scan: &Scan, head: Option<&Head>) -> VerifyError {
     }
 }
 
+/// The first record of a log, if its first line is a good record; reads no further.
+pub(crate) fn first_record(file: impl Read) -> io::Result<Option<AuditRecord>> {
+    let mut lines = Lines {
+        inner: BufReader::new(file),
+        limit: MAX_LINE,
+    };
+    Ok(match lines.next()? {
+        Some(Piece::Line(line)) => check_record(&line, 0, GENESIS).ok(),
+        _ => None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,16 +14,19 @@
 //! verifies the whole chain and recovers what a crash between the two leaves (a torn
 //! last line, a head one record behind), recording an [`AuditRecovered`] event; it
 //! refuses any other damage. A write that fails latches the log as failed: no sequence
-//! number is ever given out twice.
+//! number is ever given out twice. [`seal`] sets a log aside and starts a new segment
+//! whose first record ([`AuditSealed`]) links to it.
 //!
 //! What a record says is typed: the agent writes [`Event`]s and reads them back with
 //! [`AuditRecord::event`]; [`AuditRecord`] is the raw, verifiable line.
 
 mod chain;
 mod event;
+mod seal;
 mod summary;
 
 pub use event::*;
+pub use seal::{links, seal, segment_path, Link, Sealed};
 pub use summary::{escape, summarize};
 
 use std::fs::{File, OpenOptions};
