@@ -289,3 +289,70 @@ fn audit_list_escapes_control_characters() {
     assert!(stdout.contains(r"odd\nkind"), "{stdout}");
     assert!(stdout.contains(r"note=tab\there"), "{stdout}");
 }
+
+/// Not a test of its own: the writer that `kill -9` kills, when run as a child process
+/// by the test below (it returns at once otherwise).
+#[test]
+fn appender_child() {
+    let Some(log) = std::env::var_os("HOMEOSTAT_AUDIT_APPENDER") else {
+        return;
+    };
+    let mut l = AuditLog::open(Path::new(&log)).expect("the child opens the log");
+    for i in 0u64.. {
+        l.append(
+            "step",
+            &json!({"i": i, "pad": "x".repeat((i % 7 * 300) as usize)}),
+        )
+        .expect("the child appends");
+    }
+}
+
+/// The hostile tester's run: a process appending as fast as it can is killed with
+/// SIGKILL at random moments, 30 times; every next start must open the log, and the log
+/// must verify after it.
+#[test]
+fn kill_9_at_random_moments_never_stops_the_next_start() {
+    let (_d, log) = write_log(1);
+    // A small LCG: random enough for kill times, and no dependency.
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64;
+    for round in 0..30 {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "appender_child", "--test-threads=1"])
+            .env("HOMEOSTAT_AUDIT_APPENDER", &log)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        std::thread::sleep(std::time::Duration::from_millis(30 + (seed >> 33) % 70));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        let opened = AuditLog::open(&log);
+        assert!(
+            opened.is_ok(),
+            "round {round}: the next start refused: {}",
+            opened.unwrap_err()
+        );
+        drop(opened);
+        assert!(
+            audit::verify(&log).is_ok(),
+            "round {round}: {:?}",
+            audit::verify(&log)
+        );
+    }
+    let records = audit::read_records(&log).unwrap();
+    let recovered = records
+        .iter()
+        .filter(|r| r.kind == "audit_recovered")
+        .count();
+    eprintln!(
+        "{} records, {recovered} recoveries after 30 kills",
+        records.len()
+    );
+    assert!(records.len() > 30, "the child wrote records");
+}
