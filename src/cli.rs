@@ -77,7 +77,7 @@ pub enum Command {
         #[arg(long, default_value_t = 20_000)]
         series: usize,
     },
-    /// Inspect an audit log.
+    /// Inspect an audit log, or seal it and start a new one.
     Audit {
         /// What to do with it.
         #[command(subcommand)]
@@ -117,7 +117,8 @@ pub enum PlaybookCommand {
 /// Audit log subcommands.
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Check the hash chain and the head; exit 1 naming the first bad record.
+    /// Check the hash chain and the head, and the links to sealed segments before it;
+    /// exit 1 naming the first bad record.
     Verify {
         /// The audit log (JSON lines).
         #[arg(long)]
@@ -134,5 +135,16 @@ pub enum AuditCommand {
         /// Width of the details column.
         #[arg(long, default_value_t = 110)]
         width: usize,
+    },
+    /// Close a log, damaged or not, without rewriting it: rename it (and its head) aside
+    /// to `<log>.<n>.sealed` and start a new log whose first record links to it.
+    /// Stop the agent first.
+    Seal {
+        /// The audit log (JSON lines).
+        #[arg(long)]
+        log: PathBuf,
+        /// Why it is sealed (recorded in the new log's first record).
+        #[arg(long, value_parser = clap::builder::NonEmptyStringValueParser::new())]
+        reason: String,
     },
 }

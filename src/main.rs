@@ -179,6 +179,12 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Audit {
+            command: AuditCommand::Seal { log, reason },
+        } => {
+            outln!("{}", report::AuditSeal::run(&log, &reason)?);
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

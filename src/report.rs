@@ -227,12 +227,13 @@ impl fmt::Display for AuditTable<'_> {
             .iter()
             .filter(|r| self.kind.is_none_or(|k| r.kind == k))
         {
+            // The time and kind are the record's text too: escaped like the details.
             writeln!(
                 f,
                 "{:>5}  {:<24}  {:<16}  {}",
                 r.seq,
-                r.ts,
-                r.kind,
+                audit::escape(&r.ts),
+                audit::escape(&r.kind),
                 audit::summarize(&r.kind, &r.data, self.width)
             )?;
         }
@@ -241,27 +242,31 @@ impl fmt::Display for AuditTable<'_> {
 }
 
 /// `audit verify`: a log's chain and head checked, and how many records it holds or
-/// where it first breaks.
+/// where it first breaks; then each link back to a segment sealed before it.
 #[derive(Debug, Clone)]
 pub struct AuditVerdict<'a> {
     /// The log.
     pub log: &'a Path,
     /// Records in the intact log, or the first bad one.
     pub result: Result<u64, VerifyError>,
+    /// The links back through sealed segments (none for a log `seal` did not start).
+    pub links: Vec<audit::Link>,
 }
 
 impl<'a> AuditVerdict<'a> {
-    /// Verifies a log.
+    /// Verifies a log and the links from it.
     pub fn of(log: &'a Path) -> Self {
         AuditVerdict {
             log,
             result: audit::verify(log),
+            links: audit::links(log),
         }
     }
 
-    /// Whether the chain and the head are intact.
+    /// Whether the chain and the head are intact, and every sealed segment linked is
+    /// there with the bytes it was sealed with.
     pub fn intact(&self) -> bool {
-        self.result.is_ok()
+        self.result.is_ok() && self.links.iter().all(|l| l.check.is_ok())
     }
 }
 
@@ -269,9 +274,76 @@ impl fmt::Display for AuditVerdict<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let log = self.log.display();
         match &self.result {
-            Ok(n) => write!(f, "{log}: ok: {n} records, chain and head intact"),
-            Err(e) => write!(f, "{log}: BROKEN at {e}"),
+            Ok(n) => write!(f, "{log}: ok: {n} records, chain and head intact")?,
+            Err(e) => write!(f, "{log}: BROKEN at {}", audit::escape(&e.to_string()))?,
         }
+        // What a link says comes from a record: escaped.
+        for link in &self.links {
+            let s = &link.sealed;
+            write!(
+                f,
+                "\n{}: sealed after {}: ",
+                link.log.display(),
+                audit::escape(&s.previous)
+            )?;
+            match &link.check {
+                Ok(()) => write!(f, "sha256 matches")?,
+                Err(e) => write!(f, "BROKEN: {}", audit::escape(e))?,
+            }
+            write!(f, "; {} records verified", s.last_seq)?;
+            if let (Some(line), Some(problem)) = (s.first_bad_line, &s.problem) {
+                write!(f, ", then line {line}: {}", audit::escape(problem))?;
+            }
+            write!(f, "; reason: {}", audit::escape(&s.reason))?;
+        }
+        Ok(())
+    }
+}
+
+/// `audit seal`: the log set aside and the new log started.
+#[derive(Debug, Clone)]
+pub struct AuditSeal<'a> {
+    /// The log (now the new one).
+    pub log: &'a Path,
+    /// What was done.
+    pub sealed: audit::Sealed,
+}
+
+impl<'a> AuditSeal<'a> {
+    /// Seals the log at `log` for `reason`.
+    pub fn run(log: &'a Path, reason: &str) -> Result<Self, AuditError> {
+        Ok(AuditSeal {
+            log,
+            sealed: audit::seal(log, reason)?,
+        })
+    }
+}
+
+impl fmt::Display for AuditSeal<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = &self.sealed.link;
+        write!(
+            f,
+            "{}: {}sealed as {} ({} bytes, sha256 {}): {} records verify",
+            self.log.display(),
+            if self.sealed.resumed {
+                "finished an interrupted seal: "
+            } else {
+                ""
+            },
+            self.sealed.segment.display(),
+            s.previous_bytes,
+            s.previous_sha256,
+            s.last_seq,
+        )?;
+        if let (Some(line), Some(problem)) = (s.first_bad_line, &s.problem) {
+            write!(f, ", then line {line}: {}", audit::escape(problem))?;
+        }
+        write!(
+            f,
+            "\n{}: new log started; its first record (audit_sealed) links to it",
+            self.log.display()
+        )
     }
 }
 

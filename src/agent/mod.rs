@@ -277,6 +277,8 @@ pub async fn run(
         let mut save = tokio::time::interval_at(Instant::now() + save_every, save_every);
         save.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // A write that failed in an incident task latched the log: stop here too.
+            ctx.audit.check()?;
             tokio::select! {
                 _ = &mut shutdown => return Ok(()),
                 _ = ticker.tick() => {}

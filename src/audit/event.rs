@@ -21,6 +21,8 @@ use crate::anomaly::Anomaly;
 use crate::labels::Labels;
 use crate::playbook::Action;
 
+use super::Head;
+
 /// One step the agent took, as the audit log records it (`kind` and `data`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "data", rename_all = "snake_case")]
@@ -59,6 +61,10 @@ pub enum Event {
     IncidentDone(IncidentDone),
     /// `on_result` asked for another round past the limit; it was dropped.
     EscalationLimit(EscalationLimit),
+    /// At open, the log was as a crash of the writer leaves it, and was put right.
+    AuditRecovered(AuditRecovered),
+    /// The first record of a log started by `homeostat audit seal`: the segment before it.
+    AuditSealed(AuditSealed),
 }
 
 impl Event {
@@ -386,4 +392,88 @@ pub struct EscalationLimit {
     pub limit: usize,
     /// The follow-up plan's steps, not run.
     pub dropped_actions: Vec<Action>,
+}
+
+/// `audit_recovered`: what a crash left at the end of the log, and what was done.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AuditRecovered {
+    /// The last complete record, where the log ends once recovered (0: none).
+    pub last_seq: u64,
+    /// Its hash (64 zeros for none).
+    pub last_hash: String,
+    /// The torn last line, cut off: its write never returned, so nothing acted on it.
+    pub partial_line: Option<PartialLine>,
+    /// The head, if it was rewritten: it lagged the last complete record by one (or,
+    /// after a log's first record, was never written).
+    pub head: Option<HeadRewrite>,
+}
+
+/// Bytes after a log's last newline: a line whose write was torn.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PartialLine {
+    /// Where it started: the log's length once it was cut off.
+    pub offset: u64,
+    /// Its length in bytes.
+    pub bytes: u64,
+    /// SHA-256 (hex) of its bytes.
+    pub sha256: String,
+}
+
+/// A head file replaced at recovery.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HeadRewrite {
+    /// What it said (`None`: there was none).
+    pub found: Option<Head>,
+    /// What it says now.
+    pub wrote: Head,
+}
+
+impl AuditRecovered {
+    /// What was found and done, in words.
+    pub fn describe(&self) -> String {
+        let mut done = Vec::new();
+        if let Some(p) = &self.partial_line {
+            done.push(format!(
+                "cut off a torn last line of {} bytes (sha256 {}) after record {}",
+                p.bytes,
+                p.sha256.get(..12).unwrap_or(&p.sha256),
+                self.last_seq
+            ));
+        }
+        if let Some(h) = &self.head {
+            done.push(match &h.found {
+                Some(found) => format!(
+                    "head rewritten from record {} to record {}",
+                    found.seq, h.wrote.seq
+                ),
+                None => format!("head written at record {} (there was none)", h.wrote.seq),
+            });
+        }
+        done.join("; ")
+    }
+}
+
+/// `audit_sealed`: always a log's first record, linking it to the segment set aside.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AuditSealed {
+    /// File name of the previous segment, in this log's directory.
+    pub previous: String,
+    /// SHA-256 (hex) of its bytes when it was sealed.
+    pub previous_sha256: String,
+    /// Its length in bytes.
+    pub previous_bytes: u64,
+    /// Its last record that verifies, chained from its first (0: none).
+    pub last_seq: u64,
+    /// That record's hash (64 zeros for none).
+    pub last_hash: String,
+    /// Its first bad line, if it did not verify (one past the end: a cut or torn tail).
+    pub first_bad_line: Option<usize>,
+    /// What is wrong there.
+    pub problem: Option<String>,
+    /// Why the operator sealed it.
+    pub reason: String,
 }

@@ -10,19 +10,29 @@
 //! a small *head* file beside the log (`<log>.head`: the last seq and hash),
 //! atomically (write, fsync, rename). `verify` checks the log against it.
 //!
+//! A record is durable once its line is fsynced; the head follows. [`AuditLog::open`]
+//! verifies the whole chain and recovers what a crash between the two leaves (a torn
+//! last line, a head one record behind), recording an [`AuditRecovered`] event; it
+//! refuses any other damage. A write that fails latches the log as failed: no sequence
+//! number is ever given out twice. [`seal`] sets a log aside and starts a new segment
+//! whose first record ([`AuditSealed`]) links to it.
+//!
 //! What a record says is typed: the agent writes [`Event`]s and reads them back with
 //! [`AuditRecord::event`]; [`AuditRecord`] is the raw, verifiable line.
 
+mod chain;
 mod event;
+mod seal;
 mod summary;
 
 pub use event::*;
-pub use summary::summarize;
+pub use seal::{links, seal, segment_path, Link, Sealed};
+pub use summary::{escape, summarize};
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
@@ -47,18 +57,38 @@ pub enum AuditError {
     },
     /// The existing log is damaged, so appending to it would hide the damage.
     #[error(
-        "{path}: refusing to append to a damaged log: {reason} (run `homeostat audit verify`)"
+        "{path}: refusing to append to a damaged log: {reason} (see `homeostat audit verify --log {path}`; `homeostat audit seal --log {path} --reason TEXT` sets it aside and starts a new log linked to it)",
+        path = .path.display()
     )]
     Damaged {
         /// The log.
         path: PathBuf,
-        /// What is wrong.
+        /// What is wrong, and where.
+        reason: String,
+    },
+    /// A write to the log failed earlier; it takes no more records until reopened.
+    #[error(
+        "{path}: the audit log takes no more records since a write failed ({reason}); a restart recovers its tail",
+        path = .path.display()
+    )]
+    Failed {
+        /// The log.
+        path: PathBuf,
+        /// The write that failed.
+        reason: String,
+    },
+    /// A record does not read (listing or scanning, not verifying).
+    #[error("{path}: {reason}", path = .path.display())]
+    Unreadable {
+        /// The log.
+        path: PathBuf,
+        /// Which line, and why.
         reason: String,
     },
 }
 
 /// The head file's content: where the log must end.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Head {
     /// Sequence number of the last record.
     pub seq: u64,
@@ -103,6 +133,8 @@ pub struct AuditLog {
     file: File,
     seq: u64,
     last_hash: String,
+    /// Set once a write fails: why. Shared with every [`Auditor`] of this log.
+    failed: Arc<OnceLock<String>>,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> AuditError + '_ {
@@ -123,51 +155,93 @@ fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// One record's line (with its newline) and hash.
+fn format_record(seq: u64, kind: &str, prev: &str, data: &Value) -> (String, String) {
+    let ts = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+    let body = format!(
+        "{{\"seq\":{seq},\"ts\":{},\"kind\":{},\"prev\":\"{prev}\",\"data\":{data}}}",
+        Value::from(ts),
+        Value::from(kind),
+    );
+    let hash = sha256_hex(body.as_bytes());
+    let line = format!("{}{HASH_PREFIX}{hash}\"}}\n", &body[..body.len() - 1]);
+    (line, hash)
+}
+
+/// Makes a new or renamed directory entry durable (best effort: some file systems
+/// cannot fsync a directory).
+fn sync_dir(file: &Path) {
+    let dir = match file.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
 impl AuditLog {
-    /// Opens (or creates) a log for appending; an existing log must end where its head says.
+    /// Opens (or creates) a log for appending. The whole chain is verified first (one
+    /// streaming pass); what a crash of the writer leaves is recovered and recorded as
+    /// [`AuditRecovered`]; any other damage is refused, naming the first bad line.
     pub fn open(path: &Path) -> Result<AuditLog, AuditError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         }
-        let mut file = OpenOptions::new()
+        let existed = path.try_exists().map_err(io_err(path))?;
+        let file = OpenOptions::new()
             .create(true)
             .read(true)
             .append(true)
             .open(path)
             .map_err(io_err(path))?;
-        let (seq, last_hash) = match last_line(&mut file).map_err(io_err(path))? {
-            None => (0, GENESIS.to_string()),
-            Some(line) => {
-                let damaged = |reason: String| AuditError::Damaged {
-                    path: path.to_path_buf(),
-                    reason,
-                };
-                let Some(line) = line.strip_suffix('\n') else {
-                    return Err(damaged("the last record is incomplete".into()));
-                };
-                let rec = check_line(line).map_err(damaged)?;
-                if let Some(head) = read_head(path)? {
-                    if head.seq != rec.seq || head.hash != rec.hash {
-                        return Err(damaged(format!(
-                            "the log ends at record {} but its head file says {}",
-                            rec.seq, head.seq
-                        )));
-                    }
-                }
-                (rec.seq, rec.hash)
-            }
-        };
-        Ok(AuditLog {
+        if !existed {
+            // The first record is durable only once the log's directory entry is.
+            sync_dir(path);
+        }
+        let scan = chain::read_chain(&file, false).map_err(io_err(path))?;
+        let head = read_head(path)?;
+        let recovery = chain::recovery(&scan, head.as_ref()).map_err(|e| AuditError::Damaged {
+            path: path.to_path_buf(),
+            reason: escape(&e.to_string()).into_owned(),
+        })?;
+        if let Some(torn) = &recovery.truncate {
+            file.set_len(torn.offset).map_err(io_err(path))?;
+            file.sync_all().map_err(io_err(path))?;
+        }
+        if let Some((_, head)) = &recovery.head {
+            write_head(path, head)?;
+        }
+        let mut log = AuditLog {
             path: path.to_path_buf(),
             file,
-            seq,
-            last_hash,
-        })
+            seq: scan.records,
+            last_hash: scan.last_hash,
+            failed: Arc::default(),
+        };
+        if !recovery.is_empty() {
+            let event = AuditRecovered {
+                last_seq: log.seq,
+                last_hash: log.last_hash.clone(),
+                partial_line: recovery.truncate,
+                head: recovery
+                    .head
+                    .map(|(found, wrote)| HeadRewrite { found, wrote }),
+            };
+            tracing::warn!(log = %path.display(), "audit log recovered after a crash: {}", event.describe());
+            log.record(&Event::AuditRecovered(event))?;
+        }
+        Ok(log)
     }
 
     /// The log's path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Why the log takes no more records, if a write failed.
+    pub fn failed(&self) -> Option<&str> {
+        self.failed.get().map(String::as_str)
     }
 
     /// Appends an event and fsyncs it (and the head) before returning its sequence number.
@@ -180,74 +254,61 @@ impl AuditLog {
     /// head) before returning its sequence number. The agent writes through
     /// [`record`](Self::record); this is for records no [`Event`] describes (tests of
     /// damaged or foreign logs).
+    ///
+    /// The record is durable once its line is fsynced, and its sequence number is used
+    /// from then on. If the line or the head cannot be written, the log is latched as
+    /// failed and every later append fails too: a half-written line or a stale head is
+    /// for the next [`open`](Self::open) to recover, not for more records to follow.
     pub fn append(&mut self, kind: &str, data: &Value) -> Result<u64, AuditError> {
+        if let Some(reason) = self.failed.get() {
+            return Err(AuditError::Failed {
+                path: self.path.clone(),
+                reason: reason.clone(),
+            });
+        }
         let seq = self.seq + 1;
-        let ts = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
-        let body = format!(
-            "{{\"seq\":{seq},\"ts\":{},\"kind\":{},\"prev\":\"{}\",\"data\":{}}}",
-            Value::from(ts),
-            Value::from(kind),
-            self.last_hash,
-            data
-        );
-        let hash = sha256_hex(body.as_bytes());
-        let line = format!("{}{HASH_PREFIX}{hash}\"}}\n", &body[..body.len() - 1]);
-        self.file
+        let (line, hash) = format_record(seq, kind, &self.last_hash, data);
+        let written = self
+            .file
             .write_all(line.as_bytes())
-            .map_err(io_err(&self.path))?;
-        self.file.sync_data().map_err(io_err(&self.path))?;
-        write_head(
-            &self.path,
-            &Head {
-                seq,
-                hash: hash.clone(),
-            },
-        )?;
+            .and_then(|()| self.file.sync_data());
+        if let Err(e) = written {
+            let _ = self.failed.set(format!("writing record {seq}: {e}"));
+            return Err(io_err(&self.path)(e));
+        }
         self.seq = seq;
-        self.last_hash = hash;
+        self.last_hash = hash.clone();
+        if let Err(e) = write_head(&self.path, &Head { seq, hash }) {
+            let _ = self
+                .failed
+                .set(format!("writing the head after record {seq}: {e}"));
+            return Err(e);
+        }
         Ok(seq)
-    }
-}
-
-/// Reads the last line (with its newline, if any) without reading the whole file.
-fn last_line(file: &mut File) -> std::io::Result<Option<String>> {
-    let len = file.seek(SeekFrom::End(0))?;
-    if len == 0 {
-        return Ok(None);
-    }
-    let mut chunk = 4096u64;
-    loop {
-        let start = len.saturating_sub(chunk);
-        file.seek(SeekFrom::Start(start))?;
-        let mut buf = Vec::with_capacity((len - start) as usize);
-        Read::by_ref(file).take(len - start).read_to_end(&mut buf)?;
-        // Skip the final newline when looking for the line's start.
-        let search = if buf.last() == Some(&b'\n') {
-            &buf[..buf.len() - 1]
-        } else {
-            &buf[..]
-        };
-        if let Some(pos) = search.iter().rposition(|&b| b == b'\n') {
-            return Ok(Some(String::from_utf8_lossy(&buf[pos + 1..]).into_owned()));
-        }
-        if start == 0 {
-            return Ok(Some(String::from_utf8_lossy(&buf).into_owned()));
-        }
-        chunk *= 4;
     }
 }
 
 fn read_head(log: &Path) -> Result<Option<Head>, AuditError> {
     let path = head_path(log);
-    match std::fs::read_to_string(&path) {
-        Ok(s) => serde_json::from_str(&s)
+    match std::fs::read(&path) {
+        Ok(s) => serde_json::from_slice(&s)
             .map(Some)
+            // The log is what is damaged: the error names it, so that the commands it
+            // suggests are run on the log.
             .map_err(|e| AuditError::Damaged {
-                path: path.clone(),
-                reason: format!("unreadable head file: {e}"),
+                path: log.to_path_buf(),
+                reason: format!("head file {}: unreadable: {e}", path.display()),
             }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(AuditError::Io { path, source: e }),
+    }
+}
+
+/// What is wrong with a head that does not read, without the advice for `run`.
+fn head_problem(e: AuditError) -> String {
+    match e {
+        AuditError::Damaged { reason, .. } => reason,
+        other => other.to_string(),
     }
 }
 
@@ -262,11 +323,7 @@ fn write_head(log: &Path, head: &Head) -> Result<(), AuditError> {
     f.sync_all().map_err(io_err(&tmp))?;
     std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
     // The rename is durable only once the directory entry is.
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
+    sync_dir(&path);
     Ok(())
 }
 
@@ -297,74 +354,21 @@ pub struct VerifyError {
 }
 
 /// Checks the whole chain and the head; returns the number of records.
+///
+/// A log as a crash leaves it (a torn last line, a head one behind) fails here, saying
+/// so: `run` recovers it at start, `verify` only reads.
 pub fn verify(path: &Path) -> Result<u64, VerifyError> {
-    let at = |line: usize, reason: String| VerifyError { line, reason };
-    let file = File::open(path).map_err(|e| at(0, format!("cannot open: {e}")))?;
-    let mut reader = BufReader::new(file);
-    let mut prev = GENESIS.to_string();
-    let mut n = 0u64;
-    let mut buf = String::new();
-    loop {
-        buf.clear();
-        let read = reader
-            .read_line(&mut buf)
-            .map_err(|e| at(n as usize + 1, format!("unreadable: {e}")))?;
-        if read == 0 {
-            break;
-        }
-        let lineno = n as usize + 1;
-        let Some(line) = buf.strip_suffix('\n') else {
-            return Err(at(
-                lineno,
-                "incomplete record at the end (truncated)".into(),
-            ));
-        };
-        let rec = check_line(line).map_err(|r| at(lineno, r))?;
-        if rec.seq != n + 1 {
-            return Err(at(
-                lineno,
-                format!(
-                    "sequence {} where {} was expected (deleted, inserted or reordered)",
-                    rec.seq,
-                    n + 1
-                ),
-            ));
-        }
-        if rec.prev != prev {
-            return Err(at(
-                lineno,
-                "does not chain to the record before it (deleted, inserted or reordered)".into(),
-            ));
-        }
-        prev = rec.hash;
-        n += 1;
+    let at = |reason: String| VerifyError { line: 0, reason };
+    let file = File::open(path).map_err(|e| at(format!("cannot open: {e}")))?;
+    let scan = chain::read_chain(file, false).map_err(|e| at(format!("unreadable: {e}")))?;
+    if let Some(broken) = scan.broken {
+        return Err(broken);
     }
-    let head = read_head(path).map_err(|e| at(n as usize + 1, e.to_string()))?;
-    match head {
-        None if n == 0 => Ok(0),
-        None => Err(at(
-            n as usize + 1,
-            format!(
-                "head file {} is missing, so a cut tail cannot be ruled out",
-                head_path(path).display()
-            ),
-        )),
-        Some(h) if h.seq == n && h.hash == prev => Ok(n),
-        Some(h) if h.seq > n => Err(at(
-            n as usize + 1,
-            format!(
-                "log ends at record {n} but the head says {} (truncated)",
-                h.seq
-            ),
-        )),
-        Some(h) => Err(at(
-            n as usize,
-            format!(
-                "last record does not match the head (head says record {})",
-                h.seq
-            ),
-        )),
-    }
+    let head = read_head(path).map_err(|e| VerifyError {
+        line: scan.records as usize + 1,
+        reason: head_problem(e),
+    })?;
+    chain::verdict(&scan, head.as_ref())
 }
 
 /// Reads every record without verifying (use [`verify`] for that).
@@ -378,9 +382,10 @@ pub fn read_records(path: &Path) -> Result<Vec<AuditRecord>, AuditError> {
 
 /// Parses line `i` (0-based) of the log at `path`.
 fn parse_line(path: &Path, i: usize, line: &str) -> Result<AuditRecord, AuditError> {
-    serde_json::from_str(line).map_err(|e| AuditError::Damaged {
+    serde_json::from_str(line).map_err(|e| AuditError::Unreadable {
         path: path.to_path_buf(),
-        reason: format!("line {}: {e}", i + 1),
+        // The parser may quote the line: it is shown, so it must not reach a terminal raw.
+        reason: escape(&format!("line {}: {e}", i + 1)).into_owned(),
     })
 }
 
@@ -412,16 +417,19 @@ pub struct Auditor {
     log: Arc<Mutex<AuditLog>>,
     path: PathBuf,
     written: Arc<std::sync::atomic::AtomicU64>,
+    failed: Arc<OnceLock<String>>,
 }
 
 impl Auditor {
     /// Wraps an opened log.
     pub fn new(log: AuditLog) -> Self {
         let path = log.path().to_path_buf();
+        let failed = log.failed.clone();
         Auditor {
             log: Arc::new(Mutex::new(log)),
             path,
             written: Arc::default(),
+            failed,
         }
     }
 
@@ -433,6 +441,23 @@ impl Auditor {
     /// Records this handle (and its clones) wrote since it was made.
     pub fn written(&self) -> u64 {
         self.written.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Why the log takes no more records, if a write failed; never waits on a write in
+    /// progress (a health check may ask).
+    pub fn failed(&self) -> Option<&str> {
+        self.failed.get().map(String::as_str)
+    }
+
+    /// `Err` once a write has failed: whoever records must stop.
+    pub fn check(&self) -> Result<(), AuditError> {
+        match self.failed() {
+            None => Ok(()),
+            Some(reason) => Err(AuditError::Failed {
+                path: self.path.clone(),
+                reason: reason.to_string(),
+            }),
+        }
     }
 
     /// Appends and fsyncs an event; returns once it is durable.
@@ -539,6 +564,29 @@ mod tests {
             AuditLog::open(&path),
             Err(AuditError::Damaged { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_latches_every_handle() {
+        let (_d, path) = write_log(2);
+        let auditor = Auditor::new(AuditLog::open(&path).unwrap());
+        let other = auditor.clone();
+        assert_eq!((auditor.failed(), auditor.check().is_ok()), (None, true));
+        let mut tmp = head_path(&path).into_os_string();
+        tmp.push(".tmp");
+        std::fs::create_dir(&tmp).unwrap();
+        let stopped = Event::AgentStopped(AgentStopped::default());
+        assert!(auditor.record(stopped.clone()).await.is_err());
+        std::fs::remove_dir(&tmp).unwrap();
+        let why = other.failed().expect("the latch is shared").to_string();
+        assert!(why.contains("head after record 3"), "{why}");
+        assert!(matches!(other.check(), Err(AuditError::Failed { .. })));
+        assert!(matches!(
+            other.record(stopped).await,
+            Err(AuditError::Failed { .. })
+        ));
+        // The record whose head failed is durable; nothing came after it.
+        assert_eq!(read_records(&path).unwrap().len(), 3);
     }
 
     #[test]

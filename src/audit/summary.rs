@@ -1,5 +1,7 @@
-//! One-line summaries of records for `homeostat audit list`.
+//! One-line summaries of records for `homeostat audit list`, and the escaping that
+//! keeps what a record says from acting on the terminal that shows it.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use serde_json::Value;
@@ -10,13 +12,53 @@ use crate::playbook::Action;
 
 /// A one-line summary of a record for tables: the fields that matter for its kind, in
 /// reading order; `key=value` pairs for a kind it does not know or a record that does not
-/// read as its kind.
+/// read as its kind. Escaped (see [`escape`]): a record cannot start a new row or send
+/// the terminal an escape sequence.
 pub fn summarize(kind: &str, data: &Value, width: usize) -> String {
     let out = match Event::from_parts(kind, data) {
         Ok(event) => event.summary(),
         Err(_) => generic(data),
     };
-    truncate(out, width)
+    truncate(escape(&out).into_owned(), width)
+}
+
+/// Text from a record made safe to print in a line: a backslash doubled, and control
+/// characters (`\n`, `\r`, `\t`, `\x1b`, …), Unicode line separators and invisible
+/// formatting characters (bidirectional overrides, zero-width spaces) written as escapes,
+/// so that what is shown is one line and reads back as exactly what the record holds.
+pub fn escape(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(|c| c == '\\' || needs_escape(c)) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if needs_escape(c) && (c as u32) < 0x80 => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c if needs_escape(c) => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Control characters, and the format characters that move or hide text on screen.
+fn needs_escape(c: char) -> bool {
+    c.is_control()
+        || matches!(c,
+            '\u{00ad}' | '\u{061c}' | '\u{180e}'
+            | '\u{200b}'..='\u{200f}'
+            | '\u{2028}'..='\u{202e}'
+            | '\u{2060}'..='\u{206f}'
+            | '\u{feff}'
+            | '\u{fff9}'..='\u{fffb}')
 }
 
 impl Event {
@@ -156,6 +198,19 @@ impl Event {
             Event::PlaybookFailed(f) => {
                 format!("{} playbook {}: {}", f.anomaly_id, f.playbook, f.error)
             }
+            Event::AuditRecovered(r) => r.describe(),
+            Event::AuditSealed(s) => format!(
+                "after {} (sha256 {}, {} bytes): {} records verify{}; reason: {}",
+                s.previous,
+                short(&s.previous_sha256),
+                s.previous_bytes,
+                s.last_seq,
+                match (s.first_bad_line, &s.problem) {
+                    (Some(line), Some(p)) => format!(", line {line}: {p}"),
+                    _ => String::new(),
+                },
+                s.reason
+            ),
             Event::AgentStopped(_) | Event::EscalationLimit(_) => generic(&self.to_parts().1),
         }
     }
@@ -250,6 +305,17 @@ mod tests {
             "{}",
             summarize("anomaly_opened", &opened, 200)
         );
+        // What a record says cannot add a row or reach the terminal raw.
+        assert_eq!(
+            summarize(
+                "other",
+                &json!({"a": "x\n  9  fake\u{1b}[2J\\n\u{202e}"}),
+                100
+            ),
+            r"a=x\n  9  fake\x1b[2J\\n\u{202e}"
+        );
+        assert_eq!(escape("plain {pod=cart-1} é"), "plain {pod=cart-1} é");
+        assert_eq!(escape("\u{7f}\u{85}\u{2028}"), r"\x7f\u{85}\u{2028}");
         // A record that does not read as its kind still shows what it holds.
         assert_eq!(
             summarize("verification", &json!({"passed": "maybe"}), 100),
