@@ -12,13 +12,13 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::{mpsc, watch as signal_watch};
+use tokio::sync::{watch as signal_watch, Mutex};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use crate::act::Executor;
-use crate::anomaly::{AlertmanagerAlert, Anomaly};
+use crate::anomaly::Anomaly;
 use crate::audit::{
     AgentStarted, AgentStopped, AlertReceived, AnomalyClosed, AuditError, AuditLog, Auditor, Event,
     PlaybookRejected, PlaybookVersion,
@@ -30,6 +30,7 @@ use crate::models::{self, SignalModels};
 use crate::playbook::{Limits, LiveWorld, Playbook};
 use crate::server::{self, AppState};
 use crate::source::{unix_now, Point, PromSource, Source, SourceError};
+use crate::spool::{Spool, SpoolError};
 use restore::Restored;
 use watch::{SignalWatch, Timing, WatchEvent};
 
@@ -56,6 +57,9 @@ pub enum AgentError {
     /// The Prometheus client could not be built.
     #[error("prometheus: {0}")]
     Source(#[from] SourceError),
+    /// The spool of accepted alerts cannot be read or written.
+    #[error("alert spool: {0}")]
+    Spool(#[from] SpoolError),
 }
 
 /// What the daemon runs with: a validated config, the playbooks that loaded (and the
@@ -76,8 +80,19 @@ pub struct Agent {
 /// How often playbook files are checked for changes.
 const RELOAD_EVERY: Duration = Duration::from_secs(2);
 
-/// Alert batches the webhook may queue before it answers 503 (Alertmanager retries).
-const ALERT_QUEUE: usize = 64;
+/// Accepted alerts that may wait to be handled before the webhook answers 503
+/// (Alertmanager retries): bounded by alert, not by payload.
+const ALERT_QUEUE: usize = 10_000;
+
+/// Alerts handled between two marks in the spool (and between two looks at a stop).
+const ALERT_BATCH: usize = 64;
+
+/// The spool of accepted alerts that belongs to an audit log: `<log>.spool`.
+pub fn spool_path(audit_log: &std::path::Path) -> std::path::PathBuf {
+    let mut s = audit_log.as_os_str().to_owned();
+    s.push(".spool");
+    std::path::PathBuf::from(s)
+}
 
 /// The longest silence of the loop that still counts as alive: generous, since a tick
 /// may wait on a timed-out query.
@@ -141,12 +156,15 @@ pub async fn run(
     } = agent;
     let audit = Auditor::new(AuditLog::open(&config.agent.audit_log)?);
     let listen = listener.local_addr().ok();
+    let (spool, recovered) = Spool::open(&spool_path(&config.agent.audit_log), ALERT_QUEUE)?;
+    if recovered.pending > 0 || recovered.torn_bytes > 0 {
+        info!(pending = recovered.pending, torn_bytes = recovered.torn_bytes, spool = %spool.path().display(), "alerts accepted before the last stop are taken up again");
+    }
+    let spool = Arc::new(spool);
     let (stop_tx, mut server_stop) = signal_watch::channel(false);
-    // Bounded: when the agent is busy, the webhook answers 503 and Alertmanager retries.
-    let (alerts_tx, mut alerts_rx) = mpsc::channel::<Vec<AlertmanagerAlert>>(ALERT_QUEUE);
     let state = AppState {
         metrics: metrics.clone(),
-        alerts: alerts_tx,
+        alerts: spool.clone(),
     };
     let server = tokio::spawn(server::serve(listener, state, async move {
         let _ = server_stop.wait_for(|s| *s).await;
@@ -169,7 +187,7 @@ pub async fn run(
         )),
         max_follow_ups: 3,
     };
-    let mut dispatcher = Dispatcher::new(
+    let dispatcher = Dispatcher::new(
         config.playbooks.clone(),
         config.signals.iter().map(|s| s.name.clone()).collect(),
         playbooks,
@@ -198,6 +216,7 @@ pub async fn run(
             }
         },
     )?;
+    let mut dispatcher = dispatcher;
     let restored = dispatcher.restore_cooldowns(plans);
     if restored > 0 {
         info!(
@@ -241,6 +260,16 @@ pub async fn run(
             .await?;
     }
 
+    let dispatcher = Arc::new(Mutex::new(dispatcher));
+    // Alerts are taken from the spool by a task of their own: a burst of them never
+    // holds up the detection tick.
+    let (intake_stop, intake_stopped) = signal_watch::channel(false);
+    let mut intake = tokio::spawn(intake(
+        ctx.audit.clone(),
+        spool.clone(),
+        dispatcher.clone(),
+        intake_stopped,
+    ));
     let start = Instant::now();
     let mut watches: Vec<SignalWatch> = config
         .signals
@@ -280,12 +309,12 @@ pub async fn run(
             tokio::select! {
                 _ = &mut shutdown => return Ok(()),
                 _ = ticker.tick() => {}
-                Some(alerts) = alerts_rx.recv() => {
-                    respond_to_alerts(&ctx, &mut dispatcher, alerts).await?;
-                    continue;
+                r = &mut intake => {
+                    // It only ends on its own when the audit log fails.
+                    return r.unwrap_or(Ok(()));
                 }
                 _ = reload.tick() => {
-                    dispatcher.reload().await?;
+                    dispatcher.lock().await.reload().await?;
                     continue;
                 }
                 _ = save.tick() => {
@@ -294,7 +323,7 @@ pub async fn run(
                 }
                 _ = hangup.recv() => {
                     info!("SIGHUP received: reloading playbooks");
-                    dispatcher.reload().await?;
+                    dispatcher.lock().await.reload().await?;
                     continue;
                 }
             }
@@ -304,9 +333,9 @@ pub async fn run(
                 r = query_all(&ctx, &watches) => r,
             };
             for (idx, result) in results {
-                process(&ctx, &mut dispatcher, &mut watches[idx], result).await?;
+                process(&ctx, &dispatcher, &mut watches[idx], result).await?;
             }
-            dispatcher.reap();
+            dispatcher.lock().await.reap();
             publish(&ctx, &watches);
         }
     }
@@ -315,15 +344,25 @@ pub async fn run(
     info!("shutting down");
     // What was learned survives the restart.
     save_models(&ctx, &watches).await;
+    // Intake stops between batches; what it has not handled stays in the spool.
+    let _ = intake_stop.send(true);
+    if !intake.is_finished() {
+        let _ = (&mut intake).await;
+    }
     // Plans and verifications in flight are abandoned: their records so far say how far
     // they got.
-    let interrupted = dispatcher.stop().await;
+    let interrupted = dispatcher.lock().await.stop().await;
     let _ = stop_tx.send(true);
+    let pending = spool.pending();
+    if pending > 0 {
+        info!(pending, spool = %spool.path().display(), "accepted alerts kept for the next start");
+    }
     let stopped = ctx
         .audit
         .record(Event::AgentStopped(AgentStopped {
             reason: if result.is_ok() { "signal" } else { "error" }.into(),
             incidents_interrupted: interrupted,
+            alerts_pending: Some(pending),
         }))
         .await;
     if tokio::time::timeout(Duration::from_secs(5), server)
@@ -337,30 +376,59 @@ pub async fn run(
     Ok(())
 }
 
-/// Audits each alert; firing ones go to the playbooks (grouping and cooldown dedupe
-/// Alertmanager's repeated notifications).
-async fn respond_to_alerts(
-    ctx: &Context,
-    dispatcher: &mut Dispatcher,
-    alerts: Vec<AlertmanagerAlert>,
+/// Takes accepted alerts from the spool, in order, until `stop`: audits each, hands
+/// firing ones to the playbooks (grouping and cooldown dedupe Alertmanager's repeated
+/// notifications), and marks them done in the spool once their records are written. Ends
+/// early only when the audit log fails.
+async fn intake(
+    audit: Auditor,
+    spool: Arc<Spool>,
+    dispatcher: Arc<Mutex<Dispatcher>>,
+    mut stop: signal_watch::Receiver<bool>,
 ) -> Result<(), AuditError> {
-    for alert in alerts {
-        let event = Anomaly::from_alert(&alert, unix_now());
-        info!(alert = %event.signal, status = %alert.status, labels = %event.labels, "alert received");
-        ctx.audit
-            .record(Event::AlertReceived(AlertReceived {
-                id: event.id.clone(),
-                status: alert.status.clone(),
-                labels: event.labels.clone(),
-                annotations: alert.annotations.clone(),
-                starts_at: alert.starts_at.clone(),
-            }))
-            .await?;
-        if alert.status == "firing" {
-            dispatcher.respond(&event, &mut BTreeSet::new()).await?;
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+            _ = spool.arrived() => {}
+        }
+        loop {
+            let batch = spool.peek(ALERT_BATCH);
+            let Some(&(last, _)) = batch.last() else {
+                break;
+            };
+            for (_, alert) in batch {
+                let event = Anomaly::from_alert(&alert, unix_now());
+                info!(alert = %event.signal, status = %alert.status, labels = %event.labels, "alert received");
+                audit
+                    .record(Event::AlertReceived(AlertReceived {
+                        id: event.id.clone(),
+                        status: alert.status.clone(),
+                        labels: event.labels.clone(),
+                        annotations: alert.annotations.clone(),
+                        starts_at: alert.starts_at.clone(),
+                    }))
+                    .await?;
+                if alert.status == "firing" {
+                    dispatcher
+                        .lock()
+                        .await
+                        .respond(&event, &mut BTreeSet::new())
+                        .await?;
+                }
+            }
+            let s = spool.clone();
+            match tokio::task::spawn_blocking(move || s.done(last)).await {
+                Ok(Ok(())) => {}
+                // Handled but not marked: the next start hands them over again, and the
+                // cooldowns read back from the audit log hold their playbooks.
+                Ok(Err(e)) => error!(error = %e, "cannot mark alerts handled in the spool"),
+                Err(e) => error!(error = %e, "spool task failed"),
+            }
+            if *stop.borrow() {
+                return Ok(());
+            }
         }
     }
-    Ok(())
 }
 
 /// Starts every signal's baselines: from saved models where there are usable ones
@@ -434,7 +502,7 @@ async fn query_all(
 /// audited, counted and, for anomalous points, handed to the playbooks.
 async fn process(
     ctx: &Context,
-    dispatcher: &mut Dispatcher,
+    dispatcher: &Mutex<Dispatcher>,
     w: &mut SignalWatch,
     result: Result<Vec<Point>, SourceError>,
 ) -> Result<(), AuditError> {
@@ -496,7 +564,7 @@ async fn process(
             }
             WatchEvent::Anomalous(a) => {
                 let mut handled = w.handled(&a.labels);
-                dispatcher.respond(&a, &mut handled).await?;
+                dispatcher.lock().await.respond(&a, &mut handled).await?;
                 w.mark_handled(&a.labels, handled);
             }
             WatchEvent::Forgotten { labels } => {
