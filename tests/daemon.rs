@@ -796,3 +796,41 @@ async fn accepted_alerts_left_at_a_stop_are_handled_after_the_restart_once() {
     d.stop().await;
     verify_log(&log);
 }
+
+#[tokio::test(start_paused = true)]
+async fn series_beyond_the_caps_are_dropped_and_counted_never_tracked() {
+    for (agent, tracked) in [
+        ("max_series_per_signal = 3", 3),
+        ("max_series = 2\nmax_series_per_signal = 3", 2),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Fake::new().with_history(QUERY, &["a", "b"]);
+        let pods = ["a", "b", "c", "d", "e"];
+        fake.set(&pods.map(|p| (p, 100.0)));
+        let d = Daemon::start(config(dir.path(), &[], agent, ""), fake.clone()).await;
+        let before = d.ticks();
+        d.ticks_pass(4).await;
+        let ticks = d.ticks() - before;
+        let snap = d.metrics.snapshot();
+        assert_eq!(snap.series.len(), tracked, "{agent}: {snap:#?}");
+        assert_eq!(snap.signals["latency"].series, tracked);
+        // The two fitted from history are among those kept.
+        for p in ["a", "b"] {
+            assert!(
+                snap.series.iter().any(|g| g.labels == pod_labels(p)),
+                "{agent}"
+            );
+        }
+        let dropped = common::sample(
+            &d.metrics.encode(),
+            "homeostat_series_dropped_total{signal=\"latency\"}",
+        )
+        .unwrap();
+        // Every point of an untracked series, every tick (and the first tick's).
+        assert!(
+            dropped >= ((pods.len() - tracked) as u64 * ticks) as f64,
+            "{agent}: {dropped} dropped in {ticks} ticks"
+        );
+        d.stop().await;
+    }
+}

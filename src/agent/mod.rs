@@ -139,6 +139,8 @@ struct Context {
     metrics: Arc<Metrics>,
     timing: Timing,
     models_dir: std::path::PathBuf,
+    /// Series tracked over all signals at most.
+    max_series: usize,
 }
 
 /// Runs the daemon, serving HTTP on `listener`, until `shutdown` resolves.
@@ -234,6 +236,7 @@ pub async fn run(
             max_backoff: config.agent.max_backoff,
         },
         models_dir: config.agent.models_dir.clone(),
+        max_series: config.agent.max_series,
     };
     ctx.audit
         .record(Event::AgentStarted(AgentStarted {
@@ -274,7 +277,7 @@ pub async fn run(
     let mut watches: Vec<SignalWatch> = config
         .signals
         .iter()
-        .map(|cfg| SignalWatch::new(cfg.clone(), start))
+        .map(|cfg| SignalWatch::new(cfg.clone(), config.agent.max_series_per_signal, start))
         .collect();
 
     tokio::pin!(shutdown);
@@ -333,7 +336,9 @@ pub async fn run(
                 r = query_all(&ctx, &watches) => r,
             };
             for (idx, result) in results {
-                process(&ctx, &dispatcher, &mut watches[idx], result).await?;
+                let tracked: usize = watches.iter().map(SignalWatch::len).sum();
+                let room = ctx.max_series.saturating_sub(tracked);
+                process(&ctx, &dispatcher, &mut watches[idx], result, room).await?;
             }
             dispatcher.lock().await.reap();
             publish(&ctx, &watches);
@@ -435,6 +440,7 @@ async fn intake(
 /// (then catching up on the history since they were saved), else from history alone.
 async fn fit_all(ctx: &Context, watches: &mut [SignalWatch]) {
     let now = unix_now();
+    let mut room = ctx.max_series;
     for w in watches.iter_mut() {
         let cfg = w.config().clone();
         let d = &cfg.detection;
@@ -444,7 +450,7 @@ async fn fit_all(ctx: &Context, watches: &mut [SignalWatch]) {
         match models::load(&ctx.models_dir, &cfg.name, d) {
             Ok(Some(saved)) => {
                 let age = now - saved.updated_to;
-                w.load_saved(saved, Instant::now());
+                w.load_saved(saved, &mut room, Instant::now());
                 info!(signal = %cfg.name, series = w.len(), age_secs = format!("{age:.0}"), "loaded saved models");
             }
             Ok(None) => {}
@@ -460,7 +466,7 @@ async fn fit_all(ctx: &Context, watches: &mut [SignalWatch]) {
         {
             Ok(histories) => {
                 let points: usize = histories.iter().map(|h| h.samples.len()).sum();
-                w.fit_history(histories, Instant::now());
+                w.fit_history(histories, &mut room, Instant::now());
                 info!(signal = %cfg.name, series = w.len(), points, "fitted baselines from history");
             }
             Err(e) => {
@@ -505,17 +511,19 @@ async fn process(
     dispatcher: &Mutex<Dispatcher>,
     w: &mut SignalWatch,
     result: Result<Vec<Point>, SourceError>,
+    mut room: usize,
 ) -> Result<(), AuditError> {
     let mut events = Vec::new();
     if let Some(points) = w.accept(result, Instant::now(), &ctx.timing, &mut events) {
         if let Some(unknown) = w.wants_history(&points, Instant::now()) {
-            fetch_history(ctx, w, unknown).await;
+            fetch_history(ctx, w, unknown, &mut room).await;
         }
         w.score(
             points,
             Instant::now(),
             SystemTime::now(),
             &ctx.timing,
+            &mut room,
             &mut events,
         );
     }
@@ -570,13 +578,24 @@ async fn process(
             WatchEvent::Forgotten { labels } => {
                 info!(signal = %name, series = %labels, "series vanished; forgotten");
             }
+            WatchEvent::Capped { dropped, first } => {
+                if first {
+                    warn!(signal = %name, dropped, tracked = w.len(), "series cap reached: points of further series are dropped (counted in homeostat_series_dropped_total; raise agent.max_series_per_signal or agent.max_series, or aggregate the query)");
+                }
+                ctx.metrics.series_dropped(&name, dropped);
+            }
         }
     }
     Ok(())
 }
 
 /// Fits series that appeared after start from their history.
-async fn fetch_history(ctx: &Context, w: &mut SignalWatch, unknown: Vec<crate::labels::Labels>) {
+async fn fetch_history(
+    ctx: &Context,
+    w: &mut SignalWatch,
+    unknown: Vec<crate::labels::Labels>,
+    room: &mut usize,
+) {
     let cfg = w.config().clone();
     let d = &cfg.detection;
     match ctx
@@ -586,7 +605,7 @@ async fn fetch_history(ctx: &Context, w: &mut SignalWatch, unknown: Vec<crate::l
     {
         Ok(histories) => {
             debug!(signal = %cfg.name, series = unknown.len(), "fitting new series from history");
-            w.adopt(histories, &unknown, Instant::now());
+            w.adopt(histories, &unknown, room, Instant::now());
         }
         Err(e) => {
             debug!(signal = %cfg.name, error = %e, "no history for new series; warming up live")
@@ -657,8 +676,13 @@ pub async fn fit_and_save(
             }
             Ok(histories) => {
                 let points: usize = histories.iter().map(|h| h.samples.len()).sum();
-                let mut w = SignalWatch::new(cfg.clone(), Instant::now());
-                w.fit_history(histories, Instant::now());
+                let mut w = SignalWatch::new(
+                    cfg.clone(),
+                    config.agent.max_series_per_signal,
+                    Instant::now(),
+                );
+                let mut room = config.agent.max_series;
+                w.fit_history(histories, &mut room, Instant::now());
                 w.fitted(Instant::now());
                 let models = w.models(unix_now()).expect("fitted above");
                 let n = models.series.len();
