@@ -144,6 +144,11 @@ pub fn load(
     if models.detection != detection_hash(detection) {
         return Err(unusable("made with other detection settings".into()));
     }
+    for m in &models.series {
+        m.model
+            .check()
+            .map_err(|r| unusable(format!("series {}: {r}", m.labels)))?;
+    }
     Ok(Some(models))
 }
 
@@ -237,5 +242,117 @@ mod tests {
             .to_string()
             .contains("schema 99"));
         assert!(load(dir.path(), "missing", &cfg).unwrap().is_none());
+    }
+
+    /// A fitted ensemble's models file, as JSON, and its settings.
+    fn fitted_file() -> (DetectionConfig, serde_json::Value) {
+        let cfg = DetectionConfig::default();
+        let mut det = Detector::new(&cfg);
+        let history: Vec<(f64, f64)> = (0..1500)
+            .map(|i| (i as f64 * 300.0, 10.0 + noisy(i)))
+            .collect();
+        det.fit(&history);
+        let models = SignalModels {
+            schema: SCHEMA,
+            signal: "s".into(),
+            detection: detection_hash(&cfg),
+            saved_at: 0.0,
+            updated_to: 0.0,
+            series: vec![SeriesModel {
+                labels: Labels::from_pairs([("pod", "a")]),
+                model: det.model().clone(),
+            }],
+        };
+        (cfg, serde_json::to_value(&models).unwrap())
+    }
+
+    #[test]
+    fn a_model_whose_kmeans_ring_index_is_out_of_range_is_refused_not_run() {
+        let (cfg, mut file) = fitted_file();
+        let dir = tempfile::tempdir().unwrap();
+        let ml = find_key(&mut file["series"][0]["model"], "ml").expect("the k-means is saved");
+        ml["next"] = serde_json::json!(1_000_000);
+        std::fs::write(path(dir.path(), "s"), file.to_string()).unwrap();
+        let e = load(dir.path(), "s", &cfg).unwrap_err().to_string();
+        assert!(e.contains("k-means ring"), "{e}");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Any number in a saved file replaced by any other: the file is refused, or the
+        /// model it gives runs without a panic.
+        #[test]
+        fn a_tampered_models_file_is_refused_or_runs(
+            picks in proptest::collection::vec((0usize..10_000, proptest::num::f64::ANY), 1..8)
+        ) {
+            let (cfg, mut file) = fitted_file();
+            let mut numbers = Vec::new();
+            collect_numbers(&file, &mut numbers);
+            for (pick, value) in picks {
+                let n = numbers.len();
+                let slot = numbers[pick % n];
+                set_number(&mut file, slot, value);
+            }
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(path(dir.path(), "s"), file.to_string()).unwrap();
+            if let Ok(Some(models)) = load(dir.path(), "s", &cfg) {
+                let mut det = Detector::from_model(models.series[0].model.clone(), &cfg);
+                for i in 0..300 {
+                    det.step(450_000.0 + i as f64 * 300.0, 10.0 + noisy(i));
+                }
+            }
+        }
+    }
+
+    /// The first value under `key`, depth first.
+    fn find_key<'a>(v: &'a mut serde_json::Value, key: &str) -> Option<&'a mut serde_json::Value> {
+        match v {
+            serde_json::Value::Object(m) => {
+                if m.contains_key(key) {
+                    return m.get_mut(key);
+                }
+                m.values_mut().find_map(|x| find_key(x, key))
+            }
+            serde_json::Value::Array(a) => a.iter_mut().find_map(|x| find_key(x, key)),
+            _ => None,
+        }
+    }
+
+    /// Paths (as indices in a depth-first walk) of every number in a JSON value.
+    fn collect_numbers(v: &serde_json::Value, out: &mut Vec<usize>) {
+        fn walk(v: &serde_json::Value, i: &mut usize, out: &mut Vec<usize>) {
+            match v {
+                serde_json::Value::Number(_) => out.push(*i),
+                serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, i, out)),
+                serde_json::Value::Object(m) => m.values().for_each(|x| walk(x, i, out)),
+                _ => {}
+            }
+            *i += 1;
+        }
+        walk(v, &mut 0, out);
+    }
+
+    /// Sets the number at depth-first index `slot` (as [`collect_numbers`] counts).
+    fn set_number(v: &mut serde_json::Value, slot: usize, value: f64) {
+        fn walk(v: &mut serde_json::Value, i: &mut usize, slot: usize, value: f64) {
+            match v {
+                serde_json::Value::Number(_) if *i == slot => {
+                    // Non-finite numbers have no JSON form: they become a huge one.
+                    let x = if value.is_finite() { value } else { f64::MAX };
+                    *v = if x.fract() == 0.0 && x.abs() < 1e15 {
+                        serde_json::json!(x as i64)
+                    } else {
+                        serde_json::json!(x)
+                    };
+                }
+                serde_json::Value::Array(a) => a.iter_mut().for_each(|x| walk(x, i, slot, value)),
+                serde_json::Value::Object(m) => {
+                    m.values_mut().for_each(|x| walk(x, i, slot, value))
+                }
+                _ => {}
+            }
+            *i += 1;
+        }
+        walk(v, &mut 0, slot, value);
     }
 }
