@@ -403,7 +403,7 @@ async fn intake(
             };
             for (_, alert) in batch {
                 let event = Anomaly::from_alert(&alert, unix_now());
-                info!(alert = %event.signal, status = %alert.status, labels = %event.labels, "alert received");
+                info!(alert = ?event.signal, status = ?alert.status, labels = %event.labels, "alert received");
                 audit
                     .record(Event::AlertReceived(AlertReceived {
                         id: event.id.clone(),
