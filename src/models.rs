@@ -8,9 +8,15 @@
 //!  "series": [{"labels": {"deployment": "cart"}, "model": {"engine": "robust", ...}}]}
 //! ```
 //!
-//! A file is written whole to a temporary name, fsynced and renamed, so a crash leaves
-//! the old file or the new one, never half of one. A file of another schema or made
-//! with other detection settings is not used: the models would not mean the same thing.
+//! A signal of more than [`PART_SERIES`] series keeps them in parts beside it,
+//! `<signal>.part-<i>.json` (`{"saved_at": …, "series": […]}`), and its own file holds
+//! `"parts": N` and no series: no file grows without bound with the series count.
+//!
+//! A file is written whole to a temporary name, fsynced and renamed (parts first, the
+//! signal's file last), so a crash leaves the old file or the new one, never half of
+//! one; parts that do not carry their signal file's `saved_at` make the whole set
+//! unusable (refitted from history). A file of another schema or made with other
+//! detection settings is not used: the models would not mean the same thing.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -25,6 +31,9 @@ use crate::labels::Labels;
 /// points; 6: its daily profile keeps each bucket's spread, and its residuals' spreads
 /// are kept evened out by them).
 pub const SCHEMA: u32 = 6;
+
+/// Series per file: a signal with more keeps them in parts of this many.
+pub const PART_SERIES: usize = 10_000;
 
 /// What can go wrong with a models file.
 #[derive(Debug, thiserror::Error)]
@@ -92,21 +101,100 @@ pub fn path(dir: &Path, signal: &str) -> PathBuf {
     dir.join(format!("{signal}.json"))
 }
 
-/// Writes a signal's models atomically.
-pub fn save(dir: &Path, models: &SignalModels) -> Result<PathBuf, ModelError> {
+/// One part of a signal's series.
+#[derive(Serialize, Deserialize)]
+struct Part<S> {
+    /// The `saved_at` of the signal file it belongs to.
+    saved_at: f64,
+    series: S,
+}
+
+/// Writes `bytes` to `file` atomically (temporary name, fsync, rename).
+fn write_atomically(dir: &Path, file: &Path, bytes: &[u8]) -> Result<(), ModelError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| ModelError::Io { path, source }
     };
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let file = path(dir, &models.signal);
-    let tmp = dir.join(format!(".{}.json.tmp", models.signal));
-    let body = serde_json::to_vec(models).expect("models serialise");
+    let name = file
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("models");
+    let tmp = dir.join(format!(".{name}.tmp"));
     let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-    f.write_all(&body).map_err(io(&tmp))?;
+    f.write_all(bytes).map_err(io(&tmp))?;
     f.sync_all().map_err(io(&tmp))?;
-    std::fs::rename(&tmp, &file).map_err(io(&file))?;
+    std::fs::rename(&tmp, file).map_err(io(file))
+}
+
+/// The file of part `i` of a signal's models.
+pub fn part_path(dir: &Path, signal: &str, i: usize) -> PathBuf {
+    dir.join(format!("{signal}.part-{i}.json"))
+}
+
+/// Writes a signal's models atomically: in parts of [`PART_SERIES`] when there are more.
+pub fn save(dir: &Path, models: &SignalModels) -> Result<PathBuf, ModelError> {
+    save_in_parts(dir, models, PART_SERIES)
+}
+
+/// [`save`] with parts of `per_part` series.
+fn save_in_parts(
+    dir: &Path,
+    models: &SignalModels,
+    per_part: usize,
+) -> Result<PathBuf, ModelError> {
+    std::fs::create_dir_all(dir).map_err(|source| ModelError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let file = path(dir, &models.signal);
+    if models.series.len() <= per_part {
+        let body = serde_json::to_vec(models).expect("models serialise");
+        write_atomically(dir, &file, &body)?;
+    } else {
+        let parts = models.series.chunks(per_part);
+        let n = parts.len();
+        for (i, series) in parts.enumerate() {
+            let part = Part {
+                saved_at: models.saved_at,
+                series,
+            };
+            let body = serde_json::to_vec(&part).expect("models serialise");
+            write_atomically(dir, &part_path(dir, &models.signal, i), &body)?;
+        }
+        let mut head = serde_json::to_value(SignalModels {
+            series: Vec::new(),
+            ..models.clone_header()
+        })
+        .expect("models serialise");
+        head["parts"] = n.into();
+        write_atomically(dir, &file, &serde_json::to_vec(&head).expect("serialises"))?;
+    }
+    // Parts of an earlier, larger save are no longer named by the signal file.
+    let first_unused = if models.series.len() <= per_part {
+        0
+    } else {
+        models.series.len().div_ceil(per_part)
+    };
+    for i in first_unused.. {
+        if std::fs::remove_file(part_path(dir, &models.signal, i)).is_err() {
+            break;
+        }
+    }
     Ok(file)
+}
+
+impl SignalModels {
+    /// Everything but the series.
+    fn clone_header(&self) -> SignalModels {
+        SignalModels {
+            schema: self.schema,
+            signal: self.signal.clone(),
+            detection: self.detection.clone(),
+            saved_at: self.saved_at,
+            updated_to: self.updated_to,
+            series: Vec::new(),
+        }
+    }
 }
 
 /// Writes several signals' models, each atomically; one failure does not stop the others.
@@ -139,8 +227,28 @@ pub fn load(
             head["schema"]
         )));
     }
-    let models: SignalModels =
+    let parts = head["parts"].as_u64().unwrap_or(0) as usize;
+    let mut models: SignalModels =
         serde_json::from_value(head).map_err(|e| unusable(format!("not a models file: {e}")))?;
+    for i in 0..parts {
+        let file = part_path(dir, signal, i);
+        let bytes = std::fs::read(&file).map_err(|source| ModelError::Io {
+            path: file.clone(),
+            source,
+        })?;
+        let part: Part<Vec<SeriesModel>> =
+            serde_json::from_slice(&bytes).map_err(|e| ModelError::Unusable {
+                path: file.clone(),
+                reason: format!("not a models part: {e}"),
+            })?;
+        if part.saved_at.to_bits() != models.saved_at.to_bits() {
+            return Err(ModelError::Unusable {
+                path: file,
+                reason: "a part of another save (interrupted): the set is not used".into(),
+            });
+        }
+        models.series.extend(part.series);
+    }
     if models.detection != detection_hash(detection) {
         return Err(unusable("made with other detection settings".into()));
     }
@@ -354,5 +462,43 @@ mod tests {
             *i += 1;
         }
         walk(v, &mut 0, slot, value);
+    }
+
+    #[test]
+    fn many_series_are_saved_in_parts_that_load_back_only_together() {
+        let cfg = DetectionConfig::default();
+        let dir = tempfile::tempdir().unwrap();
+        let models = |saved_at: f64| SignalModels {
+            schema: SCHEMA,
+            signal: "s".into(),
+            detection: detection_hash(&cfg),
+            saved_at,
+            updated_to: 0.0,
+            series: (0..7)
+                .map(|i| SeriesModel {
+                    labels: Labels::from_pairs([("pod", format!("p{i}"))]),
+                    model: Detector::new(&cfg).model().clone(),
+                })
+                .collect(),
+        };
+        save_in_parts(dir.path(), &models(1.0), 3).unwrap();
+        let head: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(path(dir.path(), "s")).unwrap()).unwrap();
+        assert_eq!(head["parts"], 3);
+        assert_eq!(head["series"], serde_json::json!([]));
+        let back = load(dir.path(), "s", &cfg).unwrap().unwrap();
+        let pods: Vec<String> = back.series.iter().map(|m| m.labels.to_string()).collect();
+        assert_eq!(pods.len(), 7);
+        assert_eq!(pods[6], r#"{pod="p6"}"#);
+
+        // A save interrupted after its first part: that part is of another save.
+        let newer = serde_json::to_vec(&Part {
+            saved_at: 2.0,
+            series: &models(2.0).series[..3],
+        })
+        .unwrap();
+        std::fs::write(part_path(dir.path(), "s", 0), newer).unwrap();
+        let e = load(dir.path(), "s", &cfg).unwrap_err().to_string();
+        assert!(e.contains("another save"), "{e}");
     }
 }
