@@ -74,6 +74,10 @@ pub struct AgentConfig {
     /// How often models are saved while running (and always at shutdown).
     #[serde(with = "humantime_serde_str")]
     pub models_save_every: Duration,
+    /// Series tracked per signal at most; points of further series are dropped and counted.
+    pub max_series_per_signal: usize,
+    /// Series tracked over all signals at most (about 3 KiB each).
+    pub max_series: usize,
 }
 
 /// Detection parameters: the defaults in `[detection]`, or one signal's resolved set.
@@ -170,6 +174,16 @@ pub fn default_models_dir() -> PathBuf {
 /// Default interval between model saves.
 pub fn default_models_save_every() -> Duration {
     Duration::from_secs(300)
+}
+/// Default cap on one signal's series: a label that explodes (a request id in a label)
+/// must not take the agent's memory with it.
+pub fn default_max_series_per_signal() -> usize {
+    20_000
+}
+/// Default cap on all series: with the ensemble's ~3 KiB per series and the maps around
+/// it, well within 1 GiB.
+pub fn default_max_series() -> usize {
+    100_000
 }
 /// Default wall-clock limit of one playbook run.
 pub fn default_playbook_timeout() -> Duration {
@@ -291,6 +305,8 @@ impl Config {
                     "playbook_timeout",
                     "models_dir",
                     "models_save_every",
+                    "max_series_per_signal",
+                    "max_series",
                 ],
             );
             let listen = match w.opt_string(&t, "agent", "listen") {
@@ -330,6 +346,12 @@ impl Config {
                 models_save_every: w
                     .duration(&t, "agent", "models_save_every")
                     .unwrap_or_else(default_models_save_every),
+                max_series_per_signal: w
+                    .count(&t, "agent", "max_series_per_signal", 1)
+                    .map_or_else(default_max_series_per_signal, |n| n as usize),
+                max_series: w
+                    .count(&t, "agent", "max_series", 1)
+                    .map_or_else(default_max_series, |n| n as usize),
             }
         };
 

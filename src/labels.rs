@@ -34,20 +34,23 @@ impl Labels {
 }
 
 impl fmt::Display for Labels {
-    /// Formats as PromQL does: `{a="x",b="y"}`.
+    /// Formats as PromQL does: `{a="x",b="y"}`, with control characters escaped in
+    /// names and values, so a label cannot forge a log line or send terminal escapes.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("{")?;
         for (i, (k, v)) in self.0.iter().enumerate() {
             if i > 0 {
                 f.write_str(",")?;
             }
-            write!(f, "{k}=\"{}\"", escape_label_value(v))?;
+            write!(f, "{}=\"{}\"", escape_label_value(k), escape_label_value(v))?;
         }
         f.write_str("}")
     }
 }
 
-/// Escapes a label value for the Prometheus text format (backslash, quote, newline).
+/// Escapes a label value as the Prometheus text format does (backslash, quote,
+/// newline), and every other control character as `\u{..}`: untrusted text shown to
+/// people.
 pub fn escape_label_value(v: &str) -> String {
     let mut out = String::with_capacity(v.len());
     for c in v.chars() {
@@ -55,6 +58,7 @@ pub fn escape_label_value(v: &str) -> String {
             '\\' => out.push_str("\\\\"),
             '"' => out.push_str("\\\""),
             '\n' => out.push_str("\\n"),
+            c if c.is_control() => out.extend(c.escape_unicode()),
             c => out.push(c),
         }
     }
@@ -155,5 +159,16 @@ mod tests {
         assert!(all_match(&m, &Labels::default()));
         let m = vec![("ns".to_string(), Matcher::parse("shop").unwrap())];
         assert!(!all_match(&m, &Labels::default()));
+    }
+
+    #[test]
+    fn control_characters_in_labels_are_escaped_for_people() {
+        let l = Labels::from_pairs([("pod\x1b[2J", "a\nfake row\r\x1b[31mred\t\"q\"")]);
+        let shown = l.to_string();
+        assert_eq!(
+            shown,
+            r#"{pod\u{1b}[2J="a\nfake row\u{d}\u{1b}[31mred\u{9}\"q\""}"#
+        );
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
     }
 }

@@ -18,6 +18,7 @@
 //! | [`bench`] | the engine's throughput on one core and memory per series |
 //! | [`report`] | what the offline commands print (`check`, `playbook`, `audit`, `fit`) |
 //! | [`progress`] | progress of long commands on stderr: a bar on a terminal, lines in a log |
+//! | [`spool`] | the durable queue of accepted alerts: on disk before the webhook answers 202 |
 //! | [`labels`] | label sets and PromQL-style matchers |
 //! | [`models`] | fitted baselines saved under `agent.models_dir`, schema-versioned |
 //! | [`cli`] | command-line definitions |
@@ -41,6 +42,7 @@ pub mod progress;
 pub mod report;
 pub mod server;
 pub mod source;
+pub mod spool;
 
 use config::Config;
 use playbook::{Limits, Playbook};

@@ -147,6 +147,7 @@ pub struct Metrics {
     query_errors: Family<QueryErrorLabels, Counter>,
     empty_results: Family<SignalLabel, Counter>,
     anomalies_opened: Family<SignalLabel, Counter>,
+    series_dropped: Family<SignalLabel, Counter>,
     playbook_runs: Family<PlaybookRunLabels, Counter>,
     playbook_info: Family<PlaybookInfoLabels, Gauge>,
     webhook_requests: Family<WebhookLabels, Counter>,
@@ -210,6 +211,12 @@ impl Metrics {
             "Anomalies opened per signal",
             anomalies_opened.clone(),
         );
+        let series_dropped = Family::default();
+        registry.register(
+            "homeostat_series_dropped",
+            "Points of series beyond the series caps, dropped unscored",
+            series_dropped.clone(),
+        );
         let playbook_runs = Family::default();
         registry.register(
             "homeostat_playbook_runs",
@@ -224,6 +231,7 @@ impl Metrics {
             query_errors,
             empty_results,
             anomalies_opened,
+            series_dropped,
             playbook_runs,
             playbook_info,
             webhook_requests,
@@ -260,6 +268,15 @@ impl Metrics {
                 signal: signal.to_string(),
             })
             .inc();
+    }
+
+    /// Points of a signal's series beyond the caps were dropped.
+    pub fn series_dropped(&self, signal: &str, points: usize) {
+        self.series_dropped
+            .get_or_create(&SignalLabel {
+                signal: signal.to_string(),
+            })
+            .inc_by(points as u64);
     }
 
     /// A playbook answered an event with this result.

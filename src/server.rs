@@ -13,18 +13,17 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::Router;
 
-use tokio::sync::mpsc;
-
-use crate::anomaly::{AlertmanagerAlert, AlertmanagerWebhook};
+use crate::anomaly::AlertmanagerWebhook;
 use crate::metrics::{Metrics, WebhookResult, CONTENT_TYPE};
+use crate::spool::{Spool, SpoolError};
 
 /// What the handlers share.
 #[derive(Clone)]
 pub struct AppState {
     /// The agent's metrics and health.
     pub metrics: Arc<Metrics>,
-    /// Where firing alerts go (the agent's loop).
-    pub alerts: mpsc::Sender<Vec<AlertmanagerAlert>>,
+    /// Where accepted alerts go: on disk before the webhook answers 202.
+    pub alerts: Arc<Spool>,
 }
 
 /// The routes.
@@ -53,18 +52,33 @@ async fn alertmanager(State(s): State<AppState>, body: Bytes) -> impl IntoRespon
     if hook.version != "4" {
         tracing::warn!(version = %hook.version, "unexpected Alertmanager webhook version; reading it as version 4");
     }
-    match s.alerts.try_send(hook.alerts) {
-        Ok(()) => {
+    let spool = s.alerts.clone();
+    let accepted = tokio::task::spawn_blocking(move || spool.accept(hook.alerts)).await;
+    match accepted {
+        Ok(Ok(_)) => {
             s.metrics.webhook_request(WebhookResult::Accepted);
             (StatusCode::ACCEPTED, "accepted\n".to_string())
         }
-        Err(_) => {
+        Ok(Err(e @ SpoolError::Full { .. })) => {
             // Alertmanager retries; better than blocking its sender on a busy agent.
             s.metrics.webhook_request(WebhookResult::Busy);
             (
                 StatusCode::SERVICE_UNAVAILABLE,
-                "busy, retry later\n".to_string(),
+                format!("busy, retry later: {e}\n"),
             )
+        }
+        Ok(Err(e)) => {
+            // Not on disk, so not accepted: Alertmanager keeps it and retries.
+            tracing::error!(error = %e, "cannot persist accepted alerts; answered 503");
+            s.metrics.webhook_request(WebhookResult::Busy);
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cannot persist alerts, retry later\n".to_string(),
+            )
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "alert intake task failed; answered 503");
+            (StatusCode::SERVICE_UNAVAILABLE, "retry later\n".to_string())
         }
     }
 }

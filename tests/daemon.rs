@@ -710,3 +710,127 @@ async fn post(addr: std::net::SocketAddr, path: &str, body: &str) -> (u16, Strin
     let body = out.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
     (status, body)
 }
+
+/// A webhook payload of `n` firing alerts named `Burst<i>`, one instance each.
+fn burst(from: usize, n: usize) -> String {
+    let alerts: Vec<serde_json::Value> = (from..from + n)
+        .map(|i| {
+            json!({"status": "firing", "labels": {"alertname": "Burst", "instance": format!("vm-{i}")},
+                "annotations": {}, "startsAt": "2026-12-07T10:00:00Z", "endsAt": "0001-01-01T00:00:00Z",
+                "fingerprint": format!("f{i}")})
+        })
+        .collect();
+    json!({"version": "4", "status": "firing", "receiver": "homeostat", "groupKey": "{}", "alerts": alerts})
+        .to_string()
+}
+
+/// Fingerprints of the alerts the audit log says were received.
+fn received(d: &Daemon) -> Vec<String> {
+    d.kinds("alert_received")
+        .iter()
+        .map(|r| r.data["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_alerts_never_holds_up_the_detection_tick() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::new().with_history(QUERY, &["a"]);
+    fake.set(&[("a", 100.0)]);
+    let d = Daemon::start(config(dir.path(), &[], "", ""), fake.clone()).await;
+    // 1,000 alerts, each one fsynced audit record: seconds of work on a disk.
+    for i in 0..2 {
+        let (status, text) = post(d.addr, "/api/v1/alertmanager", &burst(i * 500, 500)).await;
+        assert_eq!(status, 202, "{text}");
+    }
+    let before = d.ticks();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while d.ticks() < before + 2 {
+        assert!(
+            Instant::now() < deadline,
+            "no ticks while alerts are handled"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let handled = received(&d).len();
+    assert!(
+        handled < 1000,
+        "the burst was handled before the ticks ran ({handled}): the test proves nothing"
+    );
+    d.wait("every alert", Duration::from_secs(120), |d| {
+        received(d).len() == 1000
+    })
+    .await;
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accepted_alerts_left_at_a_stop_are_handled_after_the_restart_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::new().with_history(QUERY, &["a"]);
+    fake.set(&[("a", 100.0)]);
+    let cfg = || config(dir.path(), &[], "", "");
+    let d = Daemon::start(cfg(), fake.clone()).await;
+    let (status, _) = post(d.addr, "/api/v1/alertmanager", &burst(0, 500)).await;
+    assert_eq!(status, 202);
+    d.stop().await;
+    let log = dir.path().join("audit.jsonl");
+    let records = common::records(&log);
+    let stopped = &of_kind(&records, "agent_stopped")[0].data;
+    let first: Vec<String> = of_kind(&records, "alert_received")
+        .iter()
+        .map(|r| r.data["id"].as_str().unwrap().to_string())
+        .collect();
+    let pending = stopped["alerts_pending"].as_u64().unwrap() as usize;
+    assert_eq!(first.len() + pending, 500, "accepted = handled + kept");
+
+    let d = Daemon::start(cfg(), fake.clone()).await;
+    d.wait("the kept alerts", Duration::from_secs(120), |d| {
+        received(d).len() >= 500
+    })
+    .await;
+    let all = received(&d);
+    let unique: std::collections::BTreeSet<&String> = all.iter().collect();
+    assert_eq!(unique.len(), 500, "every accepted alert handled");
+    assert_eq!(all.len(), 500, "none handled twice");
+    d.stop().await;
+    verify_log(&log);
+}
+
+#[tokio::test(start_paused = true)]
+async fn series_beyond_the_caps_are_dropped_and_counted_never_tracked() {
+    for (agent, tracked) in [
+        ("max_series_per_signal = 3", 3),
+        ("max_series = 2\nmax_series_per_signal = 3", 2),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Fake::new().with_history(QUERY, &["a", "b"]);
+        let pods = ["a", "b", "c", "d", "e"];
+        fake.set(&pods.map(|p| (p, 100.0)));
+        let d = Daemon::start(config(dir.path(), &[], agent, ""), fake.clone()).await;
+        let before = d.ticks();
+        d.ticks_pass(4).await;
+        let ticks = d.ticks() - before;
+        let snap = d.metrics.snapshot();
+        assert_eq!(snap.series.len(), tracked, "{agent}: {snap:#?}");
+        assert_eq!(snap.signals["latency"].series, tracked);
+        // The two fitted from history are among those kept.
+        for p in ["a", "b"] {
+            assert!(
+                snap.series.iter().any(|g| g.labels == pod_labels(p)),
+                "{agent}"
+            );
+        }
+        let dropped = common::sample(
+            &d.metrics.encode(),
+            "homeostat_series_dropped_total{signal=\"latency\"}",
+        )
+        .unwrap();
+        // Every point of an untracked series, every tick (and the first tick's).
+        assert!(
+            dropped >= ((pods.len() - tracked) as u64 * ticks) as f64,
+            "{agent}: {dropped} dropped in {ticks} ticks"
+        );
+        d.stop().await;
+    }
+}

@@ -12,13 +12,13 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::{mpsc, watch as signal_watch};
+use tokio::sync::{watch as signal_watch, Mutex};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use crate::act::Executor;
-use crate::anomaly::{AlertmanagerAlert, Anomaly};
+use crate::anomaly::Anomaly;
 use crate::audit::{
     AgentStarted, AgentStopped, AlertReceived, AnomalyClosed, AuditError, AuditLog, Auditor, Event,
     PlaybookRejected, PlaybookVersion,
@@ -30,6 +30,7 @@ use crate::models::{self, SignalModels};
 use crate::playbook::{Limits, LiveWorld, Playbook};
 use crate::server::{self, AppState};
 use crate::source::{unix_now, Point, PromSource, Source, SourceError};
+use crate::spool::{Spool, SpoolError};
 use restore::Restored;
 use watch::{SignalWatch, Timing, WatchEvent};
 
@@ -56,6 +57,9 @@ pub enum AgentError {
     /// The Prometheus client could not be built.
     #[error("prometheus: {0}")]
     Source(#[from] SourceError),
+    /// The spool of accepted alerts cannot be read or written.
+    #[error("alert spool: {0}")]
+    Spool(#[from] SpoolError),
 }
 
 /// What the daemon runs with: a validated config, the playbooks that loaded (and the
@@ -76,8 +80,19 @@ pub struct Agent {
 /// How often playbook files are checked for changes.
 const RELOAD_EVERY: Duration = Duration::from_secs(2);
 
-/// Alert batches the webhook may queue before it answers 503 (Alertmanager retries).
-const ALERT_QUEUE: usize = 64;
+/// Accepted alerts that may wait to be handled before the webhook answers 503
+/// (Alertmanager retries): bounded by alert, not by payload.
+const ALERT_QUEUE: usize = 10_000;
+
+/// Alerts handled between two marks in the spool (and between two looks at a stop).
+const ALERT_BATCH: usize = 64;
+
+/// The spool of accepted alerts that belongs to an audit log: `<log>.spool`.
+pub fn spool_path(audit_log: &std::path::Path) -> std::path::PathBuf {
+    let mut s = audit_log.as_os_str().to_owned();
+    s.push(".spool");
+    std::path::PathBuf::from(s)
+}
 
 /// The longest silence of the loop that still counts as alive: generous, since a tick
 /// may wait on a timed-out query.
@@ -124,6 +139,8 @@ struct Context {
     metrics: Arc<Metrics>,
     timing: Timing,
     models_dir: std::path::PathBuf,
+    /// Series tracked over all signals at most.
+    max_series: usize,
 }
 
 /// Runs the daemon, serving HTTP on `listener`, until `shutdown` resolves.
@@ -141,12 +158,15 @@ pub async fn run(
     } = agent;
     let audit = Auditor::new(AuditLog::open(&config.agent.audit_log)?);
     let listen = listener.local_addr().ok();
+    let (spool, recovered) = Spool::open(&spool_path(&config.agent.audit_log), ALERT_QUEUE)?;
+    if recovered.pending > 0 || recovered.torn_bytes > 0 {
+        info!(pending = recovered.pending, torn_bytes = recovered.torn_bytes, spool = %spool.path().display(), "alerts accepted before the last stop are taken up again");
+    }
+    let spool = Arc::new(spool);
     let (stop_tx, mut server_stop) = signal_watch::channel(false);
-    // Bounded: when the agent is busy, the webhook answers 503 and Alertmanager retries.
-    let (alerts_tx, mut alerts_rx) = mpsc::channel::<Vec<AlertmanagerAlert>>(ALERT_QUEUE);
     let state = AppState {
         metrics: metrics.clone(),
-        alerts: alerts_tx,
+        alerts: spool.clone(),
     };
     let server = tokio::spawn(server::serve(listener, state, async move {
         let _ = server_stop.wait_for(|s| *s).await;
@@ -169,7 +189,7 @@ pub async fn run(
         )),
         max_follow_ups: 3,
     };
-    let mut dispatcher = Dispatcher::new(
+    let dispatcher = Dispatcher::new(
         config.playbooks.clone(),
         config.signals.iter().map(|s| s.name.clone()).collect(),
         playbooks,
@@ -198,6 +218,7 @@ pub async fn run(
             }
         },
     )?;
+    let mut dispatcher = dispatcher;
     let restored = dispatcher.restore_cooldowns(plans);
     if restored > 0 {
         info!(
@@ -215,6 +236,7 @@ pub async fn run(
             max_backoff: config.agent.max_backoff,
         },
         models_dir: config.agent.models_dir.clone(),
+        max_series: config.agent.max_series,
     };
     ctx.audit
         .record(Event::AgentStarted(AgentStarted {
@@ -241,11 +263,21 @@ pub async fn run(
             .await?;
     }
 
+    let dispatcher = Arc::new(Mutex::new(dispatcher));
+    // Alerts are taken from the spool by a task of their own: a burst of them never
+    // holds up the detection tick.
+    let (intake_stop, intake_stopped) = signal_watch::channel(false);
+    let mut intake = tokio::spawn(intake(
+        ctx.audit.clone(),
+        spool.clone(),
+        dispatcher.clone(),
+        intake_stopped,
+    ));
     let start = Instant::now();
     let mut watches: Vec<SignalWatch> = config
         .signals
         .iter()
-        .map(|cfg| SignalWatch::new(cfg.clone(), start))
+        .map(|cfg| SignalWatch::new(cfg.clone(), config.agent.max_series_per_signal, start))
         .collect();
 
     tokio::pin!(shutdown);
@@ -282,12 +314,12 @@ pub async fn run(
             tokio::select! {
                 _ = &mut shutdown => return Ok(()),
                 _ = ticker.tick() => {}
-                Some(alerts) = alerts_rx.recv() => {
-                    respond_to_alerts(&ctx, &mut dispatcher, alerts).await?;
-                    continue;
+                r = &mut intake => {
+                    // It only ends on its own when the audit log fails.
+                    return r.unwrap_or(Ok(()));
                 }
                 _ = reload.tick() => {
-                    dispatcher.reload().await?;
+                    dispatcher.lock().await.reload().await?;
                     continue;
                 }
                 _ = save.tick() => {
@@ -296,7 +328,7 @@ pub async fn run(
                 }
                 _ = hangup.recv() => {
                     info!("SIGHUP received: reloading playbooks");
-                    dispatcher.reload().await?;
+                    dispatcher.lock().await.reload().await?;
                     continue;
                 }
             }
@@ -306,9 +338,11 @@ pub async fn run(
                 r = query_all(&ctx, &watches) => r,
             };
             for (idx, result) in results {
-                process(&ctx, &mut dispatcher, &mut watches[idx], result).await?;
+                let tracked: usize = watches.iter().map(SignalWatch::len).sum();
+                let room = ctx.max_series.saturating_sub(tracked);
+                process(&ctx, &dispatcher, &mut watches[idx], result, room).await?;
             }
-            dispatcher.reap();
+            dispatcher.lock().await.reap();
             publish(&ctx, &watches);
         }
     }
@@ -317,15 +351,25 @@ pub async fn run(
     info!("shutting down");
     // What was learned survives the restart.
     save_models(&ctx, &watches).await;
+    // Intake stops between batches; what it has not handled stays in the spool.
+    let _ = intake_stop.send(true);
+    if !intake.is_finished() {
+        let _ = (&mut intake).await;
+    }
     // Plans and verifications in flight are abandoned: their records so far say how far
     // they got.
-    let interrupted = dispatcher.stop().await;
+    let interrupted = dispatcher.lock().await.stop().await;
     let _ = stop_tx.send(true);
+    let pending = spool.pending();
+    if pending > 0 {
+        info!(pending, spool = %spool.path().display(), "accepted alerts kept for the next start");
+    }
     let stopped = ctx
         .audit
         .record(Event::AgentStopped(AgentStopped {
             reason: if result.is_ok() { "signal" } else { "error" }.into(),
             incidents_interrupted: interrupted,
+            alerts_pending: Some(pending),
         }))
         .await;
     if tokio::time::timeout(Duration::from_secs(5), server)
@@ -339,36 +383,66 @@ pub async fn run(
     Ok(())
 }
 
-/// Audits each alert; firing ones go to the playbooks (grouping and cooldown dedupe
-/// Alertmanager's repeated notifications).
-async fn respond_to_alerts(
-    ctx: &Context,
-    dispatcher: &mut Dispatcher,
-    alerts: Vec<AlertmanagerAlert>,
+/// Takes accepted alerts from the spool, in order, until `stop`: audits each, hands
+/// firing ones to the playbooks (grouping and cooldown dedupe Alertmanager's repeated
+/// notifications), and marks them done in the spool once their records are written. Ends
+/// early only when the audit log fails.
+async fn intake(
+    audit: Auditor,
+    spool: Arc<Spool>,
+    dispatcher: Arc<Mutex<Dispatcher>>,
+    mut stop: signal_watch::Receiver<bool>,
 ) -> Result<(), AuditError> {
-    for alert in alerts {
-        let event = Anomaly::from_alert(&alert, unix_now());
-        info!(alert = %event.signal, status = %alert.status, labels = %event.labels, "alert received");
-        ctx.audit
-            .record(Event::AlertReceived(AlertReceived {
-                id: event.id.clone(),
-                status: alert.status.clone(),
-                labels: event.labels.clone(),
-                annotations: alert.annotations.clone(),
-                starts_at: alert.starts_at.clone(),
-            }))
-            .await?;
-        if alert.status == "firing" {
-            dispatcher.respond(&event, &mut BTreeSet::new()).await?;
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+            _ = spool.arrived() => {}
+        }
+        loop {
+            let batch = spool.peek(ALERT_BATCH);
+            let Some(&(last, _)) = batch.last() else {
+                break;
+            };
+            for (_, alert) in batch {
+                let event = Anomaly::from_alert(&alert, unix_now());
+                info!(alert = ?event.signal, status = ?alert.status, labels = %event.labels, "alert received");
+                audit
+                    .record(Event::AlertReceived(AlertReceived {
+                        id: event.id.clone(),
+                        status: alert.status.clone(),
+                        labels: event.labels.clone(),
+                        annotations: alert.annotations.clone(),
+                        starts_at: alert.starts_at.clone(),
+                    }))
+                    .await?;
+                if alert.status == "firing" {
+                    dispatcher
+                        .lock()
+                        .await
+                        .respond(&event, &mut BTreeSet::new())
+                        .await?;
+                }
+            }
+            let s = spool.clone();
+            match tokio::task::spawn_blocking(move || s.done(last)).await {
+                Ok(Ok(())) => {}
+                // Handled but not marked: the next start hands them over again, and the
+                // cooldowns read back from the audit log hold their playbooks.
+                Ok(Err(e)) => error!(error = %e, "cannot mark alerts handled in the spool"),
+                Err(e) => error!(error = %e, "spool task failed"),
+            }
+            if *stop.borrow() {
+                return Ok(());
+            }
         }
     }
-    Ok(())
 }
 
 /// Starts every signal's baselines: from saved models where there are usable ones
 /// (then catching up on the history since they were saved), else from history alone.
 async fn fit_all(ctx: &Context, watches: &mut [SignalWatch]) {
     let now = unix_now();
+    let mut room = ctx.max_series;
     for w in watches.iter_mut() {
         let cfg = w.config().clone();
         let d = &cfg.detection;
@@ -378,7 +452,7 @@ async fn fit_all(ctx: &Context, watches: &mut [SignalWatch]) {
         match models::load(&ctx.models_dir, &cfg.name, d) {
             Ok(Some(saved)) => {
                 let age = now - saved.updated_to;
-                w.load_saved(saved, Instant::now());
+                w.load_saved(saved, &mut room, Instant::now());
                 info!(signal = %cfg.name, series = w.len(), age_secs = format!("{age:.0}"), "loaded saved models");
             }
             Ok(None) => {}
@@ -394,7 +468,7 @@ async fn fit_all(ctx: &Context, watches: &mut [SignalWatch]) {
         {
             Ok(histories) => {
                 let points: usize = histories.iter().map(|h| h.samples.len()).sum();
-                w.fit_history(histories, Instant::now());
+                w.fit_history(histories, &mut room, Instant::now());
                 info!(signal = %cfg.name, series = w.len(), points, "fitted baselines from history");
             }
             Err(e) => {
@@ -436,20 +510,22 @@ async fn query_all(
 /// audited, counted and, for anomalous points, handed to the playbooks.
 async fn process(
     ctx: &Context,
-    dispatcher: &mut Dispatcher,
+    dispatcher: &Mutex<Dispatcher>,
     w: &mut SignalWatch,
     result: Result<Vec<Point>, SourceError>,
+    mut room: usize,
 ) -> Result<(), AuditError> {
     let mut events = Vec::new();
     if let Some(points) = w.accept(result, Instant::now(), &ctx.timing, &mut events) {
         if let Some(unknown) = w.wants_history(&points, Instant::now()) {
-            fetch_history(ctx, w, unknown).await;
+            fetch_history(ctx, w, unknown, &mut room).await;
         }
         w.score(
             points,
             Instant::now(),
             SystemTime::now(),
             &ctx.timing,
+            &mut room,
             &mut events,
         );
     }
@@ -498,11 +574,17 @@ async fn process(
             }
             WatchEvent::Anomalous(a) => {
                 let mut handled = w.handled(&a.labels);
-                dispatcher.respond(&a, &mut handled).await?;
+                dispatcher.lock().await.respond(&a, &mut handled).await?;
                 w.mark_handled(&a.labels, handled);
             }
             WatchEvent::Forgotten { labels } => {
                 info!(signal = %name, series = %labels, "series vanished; forgotten");
+            }
+            WatchEvent::Capped { dropped, first } => {
+                if first {
+                    warn!(signal = %name, dropped, tracked = w.len(), "series cap reached: points of further series are dropped (counted in homeostat_series_dropped_total; raise agent.max_series_per_signal or agent.max_series, or aggregate the query)");
+                }
+                ctx.metrics.series_dropped(&name, dropped);
             }
         }
     }
@@ -510,7 +592,12 @@ async fn process(
 }
 
 /// Fits series that appeared after start from their history.
-async fn fetch_history(ctx: &Context, w: &mut SignalWatch, unknown: Vec<crate::labels::Labels>) {
+async fn fetch_history(
+    ctx: &Context,
+    w: &mut SignalWatch,
+    unknown: Vec<crate::labels::Labels>,
+    room: &mut usize,
+) {
     let cfg = w.config().clone();
     let d = &cfg.detection;
     match ctx
@@ -520,7 +607,7 @@ async fn fetch_history(ctx: &Context, w: &mut SignalWatch, unknown: Vec<crate::l
     {
         Ok(histories) => {
             debug!(signal = %cfg.name, series = unknown.len(), "fitting new series from history");
-            w.adopt(histories, &unknown, Instant::now());
+            w.adopt(histories, &unknown, room, Instant::now());
         }
         Err(e) => {
             debug!(signal = %cfg.name, error = %e, "no history for new series; warming up live")
@@ -591,8 +678,13 @@ pub async fn fit_and_save(
             }
             Ok(histories) => {
                 let points: usize = histories.iter().map(|h| h.samples.len()).sum();
-                let mut w = SignalWatch::new(cfg.clone(), Instant::now());
-                w.fit_history(histories, Instant::now());
+                let mut w = SignalWatch::new(
+                    cfg.clone(),
+                    config.agent.max_series_per_signal,
+                    Instant::now(),
+                );
+                let mut room = config.agent.max_series;
+                w.fit_history(histories, &mut room, Instant::now());
                 w.fitted(Instant::now());
                 let models = w.models(unix_now()).expect("fitted above");
                 let n = models.series.len();

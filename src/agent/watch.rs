@@ -74,6 +74,13 @@ pub enum WatchEvent {
         /// The series.
         labels: Labels,
     },
+    /// Points of series beyond the caps were dropped (not tracked, never scored).
+    Capped {
+        /// Points dropped by this answer.
+        dropped: usize,
+        /// Whether this is the first time for the signal (warn once, count always).
+        first: bool,
+    },
 }
 
 /// An open anomaly's bookkeeping.
@@ -110,6 +117,10 @@ pub struct SignalWatch {
     last_refit: Option<Instant>,
     /// Unix seconds of the newest point any of its baselines has seen.
     updated_to: f64,
+    /// The most series it tracks.
+    max_series: usize,
+    /// Whether it has dropped series for its cap before.
+    capped: bool,
 }
 
 fn unix(t: SystemTime) -> f64 {
@@ -119,8 +130,9 @@ fn unix(t: SystemTime) -> f64 {
 }
 
 impl SignalWatch {
-    /// A signal with no series yet, due for its first query at `now`.
-    pub fn new(cfg: SignalConfig, now: Instant) -> Self {
+    /// A signal with no series yet, tracking at most `max_series`, due for its first
+    /// query at `now`.
+    pub fn new(cfg: SignalConfig, max_series: usize, now: Instant) -> Self {
         SignalWatch {
             cfg,
             series: HashMap::new(),
@@ -129,7 +141,19 @@ impl SignalWatch {
             next_attempt: now,
             last_refit: None,
             updated_to: 0.0,
+            max_series,
+            capped: false,
         }
+    }
+
+    /// Whether one more series may be tracked, within its own cap and `room` left of the
+    /// total (taken from it when so).
+    fn admit(&self, room: &mut usize) -> bool {
+        if self.series.len() >= self.max_series || *room == 0 {
+            return false;
+        }
+        *room -= 1;
+        true
     }
 
     /// The signal's config.
@@ -168,9 +192,13 @@ impl SignalWatch {
         }
     }
 
-    /// Starts from saved models (their series' baselines, and how far they had seen).
-    pub fn load_saved(&mut self, saved: SignalModels, now: Instant) {
+    /// Starts from saved models (their series' baselines, and how far they had seen),
+    /// within the caps (`room`: series left of the total).
+    pub fn load_saved(&mut self, saved: SignalModels, room: &mut usize, now: Instant) {
         for m in saved.series {
+            if !self.admit(room) {
+                break;
+            }
             let mut series = self.new_series(now);
             series.detector = Detector::from_model(m.model, &self.cfg.detection);
             self.series.insert(m.labels, series);
@@ -179,11 +207,14 @@ impl SignalWatch {
     }
 
     /// Fits baselines from history: a known series learns only what it has not seen
-    /// (saved models), a new one everything.
-    pub fn fit_history(&mut self, histories: Vec<History>, now: Instant) {
+    /// (saved models), a new one everything, within the caps.
+    pub fn fit_history(&mut self, histories: Vec<History>, room: &mut usize, now: Instant) {
         let saved_to = self.updated_to;
         for h in histories {
             let known = self.series.contains_key(&h.labels);
+            if !known && !self.admit(room) {
+                continue;
+            }
             let fresh: Vec<(f64, f64)> = h
                 .samples
                 .iter()
@@ -276,12 +307,21 @@ impl SignalWatch {
         Some(unknown)
     }
 
-    /// Fits the series in `unknown` from their history.
-    pub fn adopt(&mut self, histories: Vec<History>, unknown: &[Labels], now: Instant) {
+    /// Fits the series in `unknown` from their history, within the caps.
+    pub fn adopt(
+        &mut self,
+        histories: Vec<History>,
+        unknown: &[Labels],
+        room: &mut usize,
+        now: Instant,
+    ) {
         for h in histories
             .into_iter()
             .filter(|h| unknown.contains(&h.labels))
         {
+            if self.series.contains_key(&h.labels) || !self.admit(room) {
+                continue;
+            }
             let mut series = self.new_series(now);
             series.detector.fit(&h.samples);
             self.series.insert(h.labels, series);
@@ -289,18 +329,25 @@ impl SignalWatch {
     }
 
     /// Scores each point, opens and closes anomalies, marks unseen series stale and
-    /// forgets the expired. `wall` is the time anomalies are said to start.
+    /// forgets the expired. `wall` is the time anomalies are said to start; a point of a
+    /// new series beyond the caps (`room`: series left of the total) is dropped.
     pub fn score(
         &mut self,
         points: Vec<Point>,
         now: Instant,
         wall: SystemTime,
         timing: &Timing,
+        room: &mut usize,
         events: &mut Vec<WatchEvent>,
     ) {
         let mut seen = BTreeSet::new();
+        let mut dropped = 0;
         for p in points {
             if !self.series.contains_key(&p.labels) {
+                if !self.admit(room) {
+                    dropped += 1;
+                    continue;
+                }
                 let series = self.new_series(now);
                 self.series.insert(p.labels.clone(), series);
             }
@@ -365,6 +412,13 @@ impl SignalWatch {
                 series.stale = true;
                 series.detector.interrupt();
             }
+        }
+        if dropped > 0 {
+            events.push(WatchEvent::Capped {
+                dropped,
+                first: !self.capped,
+            });
+            self.capped = true;
         }
         self.expire(now, timing, events);
     }

@@ -127,6 +127,10 @@ pub struct AgentStopped {
     pub reason: String,
     /// Incidents still running, abandoned.
     pub incidents_interrupted: usize,
+    /// Accepted alerts not yet handled, kept in the spool for the next start (absent in
+    /// records written before alerts were spooled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alerts_pending: Option<usize>,
 }
 
 /// `playbook_rejected`: three shapes, told apart by their keys.

@@ -73,6 +73,26 @@ impl LagKMeans {
         }
     }
 
+    /// Whether a saved model can be used: its ring and cursor in range, its centroids
+    /// and scale finite. A model read from disk is checked before it runs.
+    pub fn check(&self) -> Result<(), String> {
+        if self.ring.len() != N || self.next >= N || self.filled > N {
+            return Err(format!(
+                "k-means ring of {} with cursor {} and {} filled (expected {N}, below {N}, at most {N})",
+                self.ring.len(),
+                self.next,
+                self.filled
+            ));
+        }
+        let finite = self.ring.iter().all(|x| x.is_finite())
+            && self.centroids.iter().flatten().all(|x| x.is_finite())
+            && self.scale.is_finite();
+        if !finite || (self.is_trained() && self.scale <= 0.0) {
+            return Err("k-means values not finite, or a trained model without a scale".into());
+        }
+        Ok(())
+    }
+
     /// Whether a model was learnt.
     pub fn is_trained(&self) -> bool {
         !self.centroids.is_empty()

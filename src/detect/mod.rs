@@ -114,6 +114,17 @@ pub enum Model {
     Ensemble(Box<Ensemble>),
 }
 
+impl Model {
+    /// Whether a model read back from disk can be used without risk: a file edited or
+    /// damaged outside homeostat must be refitted, never crash the agent.
+    pub fn check(&self) -> Result<(), String> {
+        match self {
+            Model::Robust(b) => b.check(),
+            Model::Ensemble(b) => b.check(),
+        }
+    }
+}
+
 impl Baseline for Model {
     fn fit(&mut self, history: &[(f64, f64)]) {
         match self {
@@ -370,5 +381,31 @@ mod tests {
             alarmed |= step.anomalous;
         }
         assert!(alarmed, "the jump should have been anomalous");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+        /// Any finite values a store may answer, however extreme, in any order: each
+        /// engine scores them without a panic.
+        #[test]
+        fn extreme_finite_values_never_panic(
+            values in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::num::f64::NORMAL,
+                    proptest::num::f64::SUBNORMAL,
+                    proptest::num::f64::ZERO,
+                    proptest::sample::select(vec![f64::MAX, f64::MIN, 1e300, -1e300, 0.0]),
+                ],
+                1..400,
+            )
+        ) {
+            for engine in [crate::config::Engine::Ensemble, crate::config::Engine::Robust] {
+                let cfg = DetectionConfig { engine, ..DetectionConfig::default() };
+                let mut det = Detector::new(&cfg);
+                for (i, v) in values.iter().enumerate() {
+                    det.step(i as f64 * 60.0, *v);
+                }
+            }
+        }
     }
 }

@@ -26,6 +26,19 @@ pub struct RollingRobust {
 }
 
 impl RollingRobust {
+    /// Whether a saved window can be used: a capacity of at least one that it fits in.
+    pub fn check(&self) -> Result<(), String> {
+        if self.capacity == 0 || self.window.len() > self.capacity || self.min_points == 0 {
+            return Err(format!(
+                "window of {} in a capacity of {} (min points {})",
+                self.window.len(),
+                self.capacity,
+                self.min_points
+            ));
+        }
+        Ok(())
+    }
+
     /// A baseline with the window, threshold, spread floors and direction of `cfg`.
     pub fn new(cfg: &DetectionConfig) -> Self {
         RollingRobust {

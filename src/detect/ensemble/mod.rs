@@ -154,6 +154,12 @@ struct Verdict {
 }
 
 impl Ensemble {
+    /// Whether a saved ensemble can be used: every index it keeps in range. (Its fixed-size
+    /// arrays cannot be read back at another size.)
+    pub fn check(&self) -> Result<(), String> {
+        self.shape.check()
+    }
+
     /// An empty ensemble with the spread floors and direction of `cfg`.
     pub fn new(cfg: &DetectionConfig) -> Self {
         Ensemble {

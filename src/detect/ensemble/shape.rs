@@ -33,6 +33,11 @@ pub(super) struct Shape {
 }
 
 impl Shape {
+    /// Whether a saved one can be used (see [`LagKMeans::check`]).
+    pub(super) fn check(&self) -> Result<(), String> {
+        self.kmeans.check()
+    }
+
     /// An untrained k-means and an empty tail.
     pub(super) fn new() -> Self {
         Shape {

@@ -150,8 +150,9 @@ impl Stats {
         let dx = x - self.previous;
         let (xc, dxc) = if self.steps > 8.0 {
             (
-                x.clamp(self.level - CLIP * scale, self.level + CLIP * scale),
-                dx.clamp(
+                clip(x, self.level - CLIP * scale, self.level + CLIP * scale),
+                clip(
+                    dx,
                     self.diff_mean - CLIP * dscale,
                     self.diff_mean + CLIP * dscale,
                 ),
@@ -191,6 +192,18 @@ impl Stats {
             self.previous + w * (x - self.previous)
         };
         self.steps += w;
+    }
+}
+
+/// `x.clamp(lo, hi)` without its panic when the bounds are NaN or crossed (state grown
+/// non-finite from extreme input or a damaged saved model): then `x` passes unclipped.
+fn clip(x: f64, lo: f64, hi: f64) -> f64 {
+    if x < lo {
+        lo
+    } else if x > hi {
+        hi
+    } else {
+        x
     }
 }
 
