@@ -738,9 +738,10 @@ async fn a_burst_of_alerts_never_holds_up_the_detection_tick() {
     let fake = Fake::new().with_history(QUERY, &["a"]);
     fake.set(&[("a", 100.0)]);
     let d = Daemon::start(config(dir.path(), &[], "", ""), fake.clone()).await;
-    // 1,000 alerts, each one fsynced audit record: seconds of work on a disk.
-    for i in 0..2 {
-        let (status, text) = post(d.addr, "/api/v1/alertmanager", &burst(i * 500, 500)).await;
+    // 10,000 alerts, each an fsynced audit record: far more than two ticks of work on
+    // any disk, however fast.
+    for i in 0..10 {
+        let (status, text) = post(d.addr, "/api/v1/alertmanager", &burst(i * 1000, 1000)).await;
         assert_eq!(status, 202, "{text}");
     }
     let before = d.ticks();
@@ -754,13 +755,10 @@ async fn a_burst_of_alerts_never_holds_up_the_detection_tick() {
     }
     let handled = received(&d).len();
     assert!(
-        handled < 1000,
-        "the burst was handled before the ticks ran ({handled}): the test proves nothing"
+        handled < 10_000,
+        "every alert was handled before two ticks ran: they held the ticks up"
     );
-    d.wait("every alert", Duration::from_secs(120), |d| {
-        received(d).len() == 1000
-    })
-    .await;
+    // The rest stays in the spool for the next start (another test follows that).
     d.stop().await;
 }
 
@@ -771,7 +769,7 @@ async fn accepted_alerts_left_at_a_stop_are_handled_after_the_restart_once() {
     fake.set(&[("a", 100.0)]);
     let cfg = || config(dir.path(), &[], "", "");
     let d = Daemon::start(cfg(), fake.clone()).await;
-    let (status, _) = post(d.addr, "/api/v1/alertmanager", &burst(0, 500)).await;
+    let (status, _) = post(d.addr, "/api/v1/alertmanager", &burst(0, 200)).await;
     assert_eq!(status, 202);
     d.stop().await;
     let log = dir.path().join("audit.jsonl");
@@ -782,17 +780,17 @@ async fn accepted_alerts_left_at_a_stop_are_handled_after_the_restart_once() {
         .map(|r| r.data["id"].as_str().unwrap().to_string())
         .collect();
     let pending = stopped["alerts_pending"].as_u64().unwrap() as usize;
-    assert_eq!(first.len() + pending, 500, "accepted = handled + kept");
+    assert_eq!(first.len() + pending, 200, "accepted = handled + kept");
 
     let d = Daemon::start(cfg(), fake.clone()).await;
     d.wait("the kept alerts", Duration::from_secs(120), |d| {
-        received(d).len() >= 500
+        received(d).len() >= 200
     })
     .await;
     let all = received(&d);
     let unique: std::collections::BTreeSet<&String> = all.iter().collect();
-    assert_eq!(unique.len(), 500, "every accepted alert handled");
-    assert_eq!(all.len(), 500, "none handled twice");
+    assert_eq!(unique.len(), 200, "every accepted alert handled");
+    assert_eq!(all.len(), 200, "none handled twice");
     d.stop().await;
     verify_log(&log);
 }
