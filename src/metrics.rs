@@ -4,6 +4,7 @@
 //! a series that vanished is gone from the next scrape. Metric names live here and
 //! nowhere else; the server only encodes.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -427,18 +428,41 @@ impl Collector for SnapshotCollector {
 }
 
 /// `signal="…"` and the series' labels, renaming labels that would clash or are reserved.
-fn series_labels(g: &SeriesGauge) -> Vec<(&str, &str)> {
-    let mut labels = Vec::with_capacity(g.labels.0.len() + 1);
-    labels.push(("signal", g.signal.as_str()));
+/// The labels come from the watched store (or a hostile Alertmanager client), so a name
+/// is made a valid Prometheus label name ([`label_name`]) and one that clashes with an
+/// earlier one is prefixed `exported_` until it does not: invalid or duplicate names
+/// would make the whole scrape fail.
+fn series_labels(g: &SeriesGauge) -> Vec<(Cow<'_, str>, &str)> {
+    let mut labels: Vec<(Cow<'_, str>, &str)> = Vec::with_capacity(g.labels.0.len() + 1);
+    labels.push((Cow::Borrowed("signal"), g.signal.as_str()));
     for (k, v) in &g.labels.0 {
-        let k = match k.as_str() {
-            "__name__" => "series_name",
-            "signal" => "exported_signal",
-            other => other,
+        let mut name = match k.as_str() {
+            "__name__" => Cow::Borrowed("series_name"),
+            "signal" => Cow::Borrowed("exported_signal"),
+            other => label_name(other),
         };
-        labels.push((k, v.as_str()));
+        while labels.iter().any(|(used, _)| *used == name) {
+            name = Cow::Owned(format!("exported_{name}"));
+        }
+        labels.push((name, v.as_str()));
     }
     labels
+}
+
+/// `name` as a valid label name (`[a-zA-Z_][a-zA-Z0-9_]*`): every other character
+/// becomes `_`, and a leading digit (or an empty name) gets a `_` in front.
+fn label_name(name: &str) -> Cow<'_, str> {
+    let valid = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let prefix = name.is_empty() || name.starts_with(|c: char| c.is_ascii_digit());
+    if !prefix && name.chars().all(valid) {
+        return Cow::Borrowed(name);
+    }
+    let mut out = String::with_capacity(name.len() + 1);
+    if prefix {
+        out.push('_');
+    }
+    out.extend(name.chars().map(|c| if valid(c) { c } else { '_' }));
+    Cow::Owned(out)
 }
 
 #[cfg(test)]
@@ -484,6 +508,49 @@ mod tests {
         );
         assert!(out.contains("homeostat_ready 1\n"), "{out}");
         assert!(out.contains("homeostat_ticks_total 1\n"), "{out}");
+    }
+
+    #[test]
+    fn label_names_are_made_valid_and_unique_and_values_escaped() {
+        let m = Metrics::new(Duration::from_secs(60));
+        m.tick(Snapshot {
+            series: vec![gauge(
+                Labels::from_pairs([
+                    ("a\n} 1\nevil{x", "v\n\\\""),
+                    ("1st", "b"),
+                    ("", "c"),
+                    ("a_b", "d"),
+                    ("a-b", "e"),
+                    ("pöd", "f"),
+                ]),
+                7.0,
+                0.0,
+            )],
+            ..Snapshot::default()
+        });
+        let out = m.encode();
+        let line = out
+            .lines()
+            .find(|l| l.starts_with("homeostat_anomaly_score{"))
+            .unwrap_or_else(|| panic!("no score in {out}"));
+        // Sorted, "a-b" comes before "a_b": it takes the name, the other is exported.
+        for label in [
+            r#"_="c""#,
+            r#"_1st="b""#,
+            r#"a_b="e""#,
+            r#"exported_a_b="d""#,
+            r#"a___1_evil_x="v\n\\\"""#,
+            r#"p_d="f""#,
+        ] {
+            assert!(line.contains(label), "{label} in {line}");
+        }
+        let name = regex::Regex::new(r"^[a-zA-Z_][a-zA-Z0-9_]*$").unwrap();
+        let set = line.split_once('{').unwrap().1.rsplit_once('}').unwrap().0;
+        for pair in set.split("\",") {
+            let key = pair.split_once('=').unwrap().0;
+            assert!(name.is_match(key), "{key:?} in {line}");
+        }
+        assert!(!out.contains("evil{"), "{out}");
     }
 
     #[test]
