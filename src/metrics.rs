@@ -151,6 +151,7 @@ pub struct Metrics {
     playbook_runs: Family<PlaybookRunLabels, Counter>,
     playbook_info: Family<PlaybookInfoLabels, Gauge>,
     webhook_requests: Family<WebhookLabels, Counter>,
+    http: HttpMetrics,
     ready: Gauge,
     snapshot: watch::Sender<Arc<Snapshot>>,
     /// When the loop last made progress.
@@ -217,6 +218,7 @@ impl Metrics {
             "Playbook runs by result",
             playbook_runs.clone(),
         );
+        let http = HttpMetrics::register(&mut registry);
         let (snapshot, rx) = watch::channel(Arc::default());
         registry.register_collector(Box::new(SnapshotCollector(rx)));
         Metrics {
@@ -228,6 +230,7 @@ impl Metrics {
             playbook_runs,
             playbook_info,
             webhook_requests,
+            http,
             ready,
             snapshot,
             heartbeat: Mutex::new(Instant::now()),
@@ -293,6 +296,11 @@ impl Metrics {
             .inc();
     }
 
+    /// The HTTP server's connections and rejections.
+    pub fn http(&self) -> &HttpMetrics {
+        &self.http
+    }
+
     /// A tick completed: publishes its snapshot, and the agent is ready and alive.
     pub fn tick(&self, snapshot: Snapshot) {
         self.snapshot.send_replace(Arc::new(snapshot));
@@ -337,6 +345,115 @@ impl Metrics {
         prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+}
+
+/// Which of the server's time limits closed a connection (the `limit` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HttpTimeout {
+    /// The request's head did not arrive in time (a slowloris, or a silent client).
+    Header,
+    /// The handler did not answer in time (408).
+    Request,
+    /// The client did not read the answer in time.
+    Response,
+    /// A kept-alive connection waited too long for its next request.
+    Idle,
+}
+
+/// Why the server refused a request before its handler ran (the `reason` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HttpRejection {
+    /// No bearer token, or a wrong one (401).
+    Unauthorized,
+    /// Not `Content-Type: application/json` (415).
+    UnsupportedMediaType,
+    /// A body over the cap (413).
+    TooLarge,
+}
+
+label_value!(HttpTimeout { Header => "header", Request => "request", Response => "response", Idle => "idle" });
+label_value!(HttpRejection {
+    Unauthorized => "unauthorized",
+    UnsupportedMediaType => "unsupported_media_type",
+    TooLarge => "too_large",
+});
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct TimeoutLabel {
+    limit: HttpTimeout,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RejectionLabel {
+    reason: HttpRejection,
+}
+
+/// The HTTP server's own metrics: what its limits did.
+#[derive(Debug)]
+pub struct HttpMetrics {
+    open: Gauge,
+    refused: Counter,
+    timeouts: Family<TimeoutLabel, Counter>,
+    rejected: Family<RejectionLabel, Counter>,
+}
+
+impl HttpMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let m = HttpMetrics {
+            open: Gauge::default(),
+            refused: Counter::default(),
+            timeouts: Family::default(),
+            rejected: Family::default(),
+        };
+        registry.register(
+            "homeostat_http_connections",
+            "HTTP connections open now",
+            m.open.clone(),
+        );
+        registry.register(
+            "homeostat_http_connections_refused",
+            "HTTP connections closed at once because the connection cap was reached",
+            m.refused.clone(),
+        );
+        registry.register(
+            "homeostat_http_timeouts",
+            "HTTP connections closed (or requests answered 408) by a time limit",
+            m.timeouts.clone(),
+        );
+        registry.register(
+            "homeostat_http_rejected",
+            "HTTP requests refused before their handler ran",
+            m.rejected.clone(),
+        );
+        m
+    }
+
+    /// A connection was accepted and is being served.
+    pub fn connection_opened(&self) {
+        self.open.inc();
+    }
+
+    /// A served connection ended.
+    pub fn connection_closed(&self) {
+        self.open.dec();
+    }
+
+    /// A connection was closed at once: the cap was reached.
+    pub fn connection_refused(&self) {
+        self.refused.inc();
+    }
+
+    /// A time limit ran out.
+    pub fn timed_out(&self, limit: HttpTimeout) {
+        self.timeouts.get_or_create(&TimeoutLabel { limit }).inc();
+    }
+
+    /// A request was refused before its handler ran.
+    pub fn rejected(&self, reason: HttpRejection) {
+        self.rejected
+            .get_or_create(&RejectionLabel { reason })
+            .inc();
     }
 }
 
