@@ -755,6 +755,17 @@ pub struct ApiConfig {
     pub max_connections: usize,
     /// The largest webhook body accepted, in bytes (413 beyond).
     pub max_body_bytes: usize,
+    /// Serve HTTPS with this certificate and key (both PEM; reloaded when they change).
+    pub tls: Option<TlsFiles>,
+}
+
+/// A PEM certificate chain (the server's certificate first) and its private key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TlsFiles {
+    /// `tls_cert_file`, resolved against the config file's directory.
+    pub cert: PathBuf,
+    /// `tls_key_file`, resolved against the config file's directory.
+    pub key: PathBuf,
 }
 
 /// Default time allowed for a request's head: ample for any client but a slowloris.
@@ -791,6 +802,7 @@ impl Default for ApiConfig {
             idle_timeout: default_idle_timeout(),
             max_connections: default_max_connections(),
             max_body_bytes: default_max_body_bytes(),
+            tls: None,
         }
     }
 }
@@ -867,6 +879,8 @@ impl Walker {
                 "idle_timeout",
                 "max_connections",
                 "max_body_bytes",
+                "tls_cert_file",
+                "tls_key_file",
             ],
         );
         let d = ApiConfig::default();
@@ -927,6 +941,33 @@ impl Walker {
         let max_body_bytes = self
             .count(&t, "api", "max_body_bytes", 1024)
             .map_or(d.max_body_bytes, |n| n as usize);
+        let cert = self.opt_string(&t, "api", "tls_cert_file");
+        let key = self.opt_string(&t, "api", "tls_key_file");
+        let tls = match (cert, key) {
+            (Some(cert), Some(key)) => {
+                let files = TlsFiles {
+                    cert: base.join(cert),
+                    key: base.join(key),
+                };
+                // Read now, so that `check` catches a bad pair, not the first client.
+                match crate::server::tls::load(&files) {
+                    Ok(_) => Some(files),
+                    Err(e) => {
+                        self.err("api.tls_cert_file", e);
+                        None
+                    }
+                }
+            }
+            (Some(_), None) => {
+                self.err("api.tls_key_file", "missing: tls_cert_file needs it");
+                None
+            }
+            (None, Some(_)) => {
+                self.err("api.tls_cert_file", "missing: tls_key_file needs it");
+                None
+            }
+            (None, None) => None,
+        };
         ApiConfig {
             token_file,
             token,
@@ -935,6 +976,7 @@ impl Walker {
             idle_timeout,
             max_connections,
             max_body_bytes,
+            tls,
         }
     }
 }
@@ -1046,6 +1088,45 @@ mod api_tests {
                 )
                 .is_ok(),
                 "{listen}"
+            );
+        }
+    }
+
+    #[test]
+    fn tls_files_are_read_when_checked() {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls");
+        let c = parse(
+            "[api]\ntls_cert_file = \"a.pem\"\ntls_key_file = \"a-key.pem\"",
+            &fixtures,
+            &no_env,
+        )
+        .unwrap();
+        let tls = c.api.tls.unwrap();
+        assert_eq!(tls.cert, fixtures.join("a.pem"));
+        for (extra, want) in [
+            (
+                "tls_cert_file = \"a.pem\"\ntls_key_file = \"b-key.pem\"",
+                "api.tls_cert_file: the private key in",
+            ),
+            (
+                "tls_cert_file = \"a-key.pem\"\ntls_key_file = \"a-key.pem\"",
+                "api.tls_cert_file: no certificate in",
+            ),
+            (
+                "tls_cert_file = \"a.pem\"\ntls_key_file = \"a.pem\"",
+                "api.tls_cert_file: no private key in",
+            ),
+            (
+                "tls_cert_file = \"none.pem\"\ntls_key_file = \"a-key.pem\"",
+                "api.tls_cert_file: cannot read",
+            ),
+            ("tls_cert_file = \"a.pem\"", "api.tls_key_file: missing"),
+            ("tls_key_file = \"a-key.pem\"", "api.tls_cert_file: missing"),
+        ] {
+            let errs = parse(&format!("[api]\n{extra}"), &fixtures, &no_env).unwrap_err();
+            assert!(
+                errs.len() == 1 && errs[0].starts_with(want),
+                "{want:?} in {errs:#?}"
             );
         }
     }

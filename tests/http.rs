@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use homeostat::agent::{self, Agent};
 use homeostat::anomaly::AlertmanagerAlert;
-use homeostat::config::{ApiConfig, ApiToken, Config};
+use homeostat::config::{ApiConfig, ApiToken, Config, TlsFiles};
 use homeostat::metrics::Metrics;
 use homeostat::server::{self, AppState};
 use homeostat::source::{BoxFuture, History, Point, Source, SourceError};
@@ -530,6 +530,139 @@ async fn connections_beyond_the_cap_are_closed_at_once_and_healthz_answers_once_
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    server.stop().await.unwrap();
+}
+
+/// The test certificates: a CA, and two server certificates it signed for 127.0.0.1
+/// and localhost (EC P-256, valid until 2126).
+fn fixture(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/tls")
+        .join(name)
+}
+
+/// A TLS client that trusts the test CA, speaking to 127.0.0.1.
+#[allow(deprecated)] // ring's provider: see src/server/tls.rs
+fn tls_client() -> tokio_rustls::TlsConnector {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(fixture("ca.pem")).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+/// GET /healthz over TLS; the status and the DER of the certificate the server showed.
+async fn https_healthz(addr: SocketAddr) -> (u16, Vec<u8>) {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut s = tls_client().connect(name, tcp).await.expect("handshake");
+    let cert = s.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out).await;
+    let text = String::from_utf8_lossy(&out);
+    (text[9..12].parse().unwrap(), cert)
+}
+
+fn der(name: &str) -> Vec<u8> {
+    use tokio_rustls::rustls::pki_types::{pem::PemObject as _, CertificateDer};
+    CertificateDer::from_pem_file(fixture(name))
+        .unwrap()
+        .to_vec()
+}
+
+#[tokio::test(start_paused = true)]
+async fn https_serves_the_configured_certificate_and_the_renewed_one_once_it_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let install = |c: &str, k: &str| {
+        std::fs::copy(fixture(c), &cert).unwrap();
+        std::fs::copy(fixture(k), &key).unwrap();
+    };
+    install("a.pem", "a-key.pem");
+    let server = Server::start(ApiConfig {
+        tls: Some(TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        ..with_token()
+    })
+    .await;
+    assert_eq!(https_healthz(server.addr).await, (200, der("a.pem")));
+
+    install("b.pem", "b-key.pem");
+    tokio::time::sleep(server::tls::RELOAD_EVERY * 2).await;
+    assert_eq!(
+        https_healthz(server.addr).await,
+        (200, der("b.pem")),
+        "the renewed certificate is served"
+    );
+
+    // A pair that does not match (a key from another certificate) is not taken.
+    install("a.pem", "b-key.pem");
+    tokio::time::sleep(server::tls::RELOAD_EVERY * 2).await;
+    assert_eq!(https_healthz(server.addr).await, (200, der("b.pem")));
+
+    // The webhook takes its token over TLS as over plain HTTP.
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut s = tls_client().connect(name, tcp).await.unwrap();
+    let body = alert_body("");
+    let req = format!(
+        "POST /api/v1/alertmanager HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {TOKEN}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out).await;
+    assert!(out.starts_with("HTTP/1.1 202"), "{out}");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn https_refuses_plain_http_and_cuts_a_silent_handshake_at_the_header_timeout() {
+    let server = Server::start(ApiConfig {
+        header_timeout: Duration::from_secs(5),
+        tls: Some(TlsFiles {
+            cert: fixture("a.pem"),
+            key: fixture("a-key.pem"),
+        }),
+        ..with_token()
+    })
+    .await;
+    let mut plain = TcpStream::connect(server.addr).await.unwrap();
+    plain
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(1), plain.read_to_end(&mut out)).await;
+    assert!(
+        !String::from_utf8_lossy(&out).contains("HTTP/1.1 200"),
+        "plain HTTP was served over the TLS port"
+    );
+
+    let mut silent = TcpStream::connect(server.addr).await.unwrap();
+    let start = Instant::now();
+    let at = closed_within(&mut silent, Duration::from_secs(30))
+        .await
+        .expect("closed");
+    assert_eq!(at.duration_since(start).as_secs(), 5);
+    assert_eq!(
+        server.metric("homeostat_http_timeouts_total{limit=\"header\"}"),
+        1.0
+    );
     server.stop().await.unwrap();
 }
 

@@ -104,8 +104,9 @@ pub async fn require_token(State(guard): State<Guard>, request: Request, next: N
     guard.metrics.http().rejected(HttpRejection::Unauthorized);
     if let Some(unlogged) = guard.log.ready(LOG_EVERY) {
         // The peer and the path, never the header: a wrong token may be a real one mistyped.
+        let peer = peer.map_or_else(|| "unknown".to_string(), |p| p.to_string());
         tracing::warn!(
-            peer = ?peer,
+            peer = %peer,
             path = %request.uri().path(),
             reason = refusal.as_str(),
             refused_since_last_line = unlogged,

@@ -15,6 +15,9 @@
 //! connection goes idle, so it cannot tell a slowloris from a client that is merely
 //! between requests, and it never bounds a client that stops reading an answer.
 //!
+//! With TLS, the handshake counts as part of the first head: it must end within
+//! `header_timeout` too.
+//!
 //! A semaphore caps the connections served at once; one accepted beyond it is closed
 //! at once (and counted), so idle clients cannot take the descriptors that the audit
 //! log and playbook reloads need.
@@ -41,10 +44,12 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 use tower_service::Service as _;
 use tracing::{debug, error, warn};
 
 use super::auth::Throttle;
+use super::tls::Reloading;
 use crate::config::ApiConfig;
 use crate::metrics::{HttpTimeout, Metrics};
 
@@ -71,6 +76,7 @@ pub(super) async fn serve_connections(
     app: Router,
     settings: &ApiConfig,
     metrics: Arc<Metrics>,
+    tls: Option<Arc<Reloading>>,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let limits = Limits {
@@ -82,6 +88,8 @@ pub(super) async fn serve_connections(
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
     let refusals = Throttle::default();
+    let acceptor = tls.as_ref().map(Reloading::acceptor);
+    let reloader = tls.map(|t| tokio::spawn(t.watch()));
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -115,9 +123,10 @@ pub(super) async fn serve_connections(
             }
             continue;
         };
-        connections.spawn(serve_one(
+        connections.spawn(connection(
             stream,
             peer,
+            acceptor.clone(),
             app.clone(),
             limits,
             metrics.clone(),
@@ -126,6 +135,9 @@ pub(super) async fn serve_connections(
         ));
     }
     drop(listener);
+    if let Some(r) = reloader {
+        r.abort();
+    }
     let _ = stop_tx.send(true);
     while connections.join_next().await.is_some() {}
     Ok(())
@@ -141,10 +153,13 @@ fn is_connection_error(e: &io::Error) -> bool {
     )
 }
 
-/// Serves one connection until it ends, a limit runs out, or the server stops.
-async fn serve_one(
+/// One accepted connection, holding its permit: the TLS handshake if any (within
+/// `header_timeout`), then HTTP.
+#[allow(clippy::too_many_arguments)]
+async fn connection(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
     app: Router,
     limits: Limits,
     metrics: Arc<Metrics>,
@@ -153,6 +168,35 @@ async fn serve_one(
 ) {
     metrics.http().connection_opened();
     let _open = Open(metrics.clone());
+    let Some(acceptor) = tls else {
+        return serve_one(stream, peer, app, limits, metrics, stop).await;
+    };
+    let handshake = tokio::select! {
+        h = tokio::time::timeout(limits.header, acceptor.accept(stream)) => h,
+        _ = stop.wait_for(|s| *s) => return,
+    };
+    match handshake {
+        Ok(Ok(stream)) => serve_one(stream, peer, app, limits, metrics, stop).await,
+        // Scanners and plain-HTTP clients: not worth more than a debug line.
+        Ok(Err(e)) => debug!(peer = %peer, error = %e, "TLS handshake failed"),
+        Err(_) => {
+            metrics.http().timed_out(HttpTimeout::Header);
+            debug!(peer = %peer, "TLS handshake timed out");
+        }
+    }
+}
+
+/// Serves HTTP on one connection until it ends, a limit runs out, or the server stops.
+async fn serve_one<S>(
+    stream: S,
+    peer: SocketAddr,
+    app: Router,
+    limits: Limits,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let activity = Arc::new(Activity::new());
     let io = TokioIo::new(Watched {
         inner: stream,

@@ -7,10 +7,11 @@
 //! token ([`auth`]); the webhook takes only JSON, up to `api.max_body_bytes`; and
 //! [`conn`] serves each connection within the `[api]` time limits and caps how many
 //! are open, so slow or idle clients can neither hold it nor exhaust the process's
-//! descriptors.
+//! descriptors; [`tls`] optionally speaks HTTPS, reloading its certificate.
 
 pub mod auth;
 mod conn;
+pub mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -182,8 +183,22 @@ pub async fn serve(
             "no API token configured on an address that is not loopback: write endpoints refuse every client that is not on this host"
         ),
     }
+    let tls = match &settings.tls {
+        Some(files) => match tls::Reloading::start(files) {
+            Ok(reloading) => {
+                tracing::info!(listen = %local, cert = %files.cert.display(), "serving HTTPS");
+                Some(reloading)
+            }
+            Err(e) => {
+                // `check` read the pair moments ago: it changed since.
+                tracing::error!(error = %e, "cannot load the TLS certificate: the HTTP server does not start");
+                return Err(e);
+            }
+        },
+        None => None,
+    };
     let app = router(state.clone(), &settings);
-    conn::serve_connections(listener, app, &settings, state.metrics, shutdown).await
+    conn::serve_connections(listener, app, &settings, state.metrics, tls, shutdown).await
 }
 
 /// Raises the soft limit on open descriptors to the hard limit: the common soft limit
