@@ -631,7 +631,7 @@ async fn https_serves_the_configured_certificate_and_the_renewed_one_once_it_cha
 }
 
 #[tokio::test(start_paused = true)]
-async fn https_refuses_plain_http_and_cuts_a_silent_handshake_at_the_header_timeout() {
+async fn https_refuses_plain_http_and_cuts_a_slow_handshake_or_head_at_the_header_timeout() {
     let server = Server::start(ApiConfig {
         header_timeout: Duration::from_secs(5),
         tls: Some(TlsFiles {
@@ -659,9 +659,21 @@ async fn https_refuses_plain_http_and_cuts_a_silent_handshake_at_the_header_time
         .await
         .expect("closed");
     assert_eq!(at.duration_since(start).as_secs(), 5);
+
+    // Handshake done, then a slow head: the same clock, from the connection's opening.
+    let start = Instant::now();
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut s = tls_client().connect(name, tcp).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    s.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(30), s.read(&mut buf)).await;
+    assert!(matches!(read, Ok(Ok(0) | Err(_))), "{read:?}");
+    assert_eq!(start.elapsed().as_secs(), 5);
     assert_eq!(
         server.metric("homeostat_http_timeouts_total{limit=\"header\"}"),
-        1.0
+        2.0
     );
     server.stop().await.unwrap();
 }

@@ -15,8 +15,8 @@
 //! connection goes idle, so it cannot tell a slowloris from a client that is merely
 //! between requests, and it never bounds a client that stops reading an answer.
 //!
-//! With TLS, the handshake counts as part of the first head: it must end within
-//! `header_timeout` too.
+//! With TLS, the handshake counts as part of the first head: handshake and head
+//! together must arrive within `header_timeout`.
 //!
 //! A semaphore caps the connections served at once; one accepted beyond it is closed
 //! at once (and counted), so idle clients cannot take the descriptors that the audit
@@ -153,8 +153,7 @@ fn is_connection_error(e: &io::Error) -> bool {
     )
 }
 
-/// One accepted connection, holding its permit: the TLS handshake if any (within
-/// `header_timeout`), then HTTP.
+/// One accepted connection, holding its permit: the TLS handshake if any, then HTTP.
 #[allow(clippy::too_many_arguments)]
 async fn connection(
     stream: tokio::net::TcpStream,
@@ -168,15 +167,16 @@ async fn connection(
 ) {
     metrics.http().connection_opened();
     let _open = Open(metrics.clone());
+    let opened = Instant::now();
     let Some(acceptor) = tls else {
-        return serve_one(stream, peer, app, limits, metrics, stop).await;
+        return serve_one(stream, peer, opened, app, limits, metrics, stop).await;
     };
     let handshake = tokio::select! {
         h = tokio::time::timeout(limits.header, acceptor.accept(stream)) => h,
         _ = stop.wait_for(|s| *s) => return,
     };
     match handshake {
-        Ok(Ok(stream)) => serve_one(stream, peer, app, limits, metrics, stop).await,
+        Ok(Ok(stream)) => serve_one(stream, peer, opened, app, limits, metrics, stop).await,
         // Scanners and plain-HTTP clients: not worth more than a debug line.
         Ok(Err(e)) => debug!(peer = %peer, error = %e, "TLS handshake failed"),
         Err(_) => {
@@ -190,6 +190,7 @@ async fn connection(
 async fn serve_one<S>(
     stream: S,
     peer: SocketAddr,
+    opened: Instant,
     app: Router,
     limits: Limits,
     metrics: Arc<Metrics>,
@@ -197,7 +198,8 @@ async fn serve_one<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let activity = Arc::new(Activity::new());
+    // The first head's clock started when the connection opened, handshake included.
+    let activity = Arc::new(Activity::new(opened));
     let io = TokioIo::new(Watched {
         inner: stream,
         activity: activity.clone(),
@@ -319,9 +321,9 @@ struct Activity {
 }
 
 impl Activity {
-    fn new() -> Self {
+    fn new(opened: Instant) -> Self {
         Activity {
-            phase: Mutex::new(Phase::Head(Instant::now())),
+            phase: Mutex::new(Phase::Head(opened)),
             changed: Notify::new(),
         }
     }
