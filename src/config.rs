@@ -728,6 +728,12 @@ pub const TOKEN_ENV: &str = "HOMEOSTAT_API_TOKEN";
 /// The shortest token accepted: a short one could be guessed over the network.
 pub const MIN_TOKEN_LEN: usize = 16;
 
+/// The longest any `[api]` time limit may be.
+pub const MAX_API_TIMEOUT: Duration = Duration::from_secs(86_400);
+
+/// The most `api.max_connections` may be (the usual hard descriptor limit, 2^20).
+pub const MAX_CONNECTIONS: usize = 1 << 20;
+
 /// The HTTP server's settings (`[api]`): the bearer token that write endpoints (the
 /// Alertmanager webhook) require, and the limits that keep slow or idle clients from
 /// holding the server's connections and the process's descriptors.
@@ -929,15 +935,30 @@ impl Walker {
                 ),
             );
         }
-        let duration = |w: &mut Walker, key: &str, default: Duration| {
-            w.duration(&t, "api", key).unwrap_or(default)
-        };
+        let duration =
+            |w: &mut Walker, key: &str, default: Duration| match w.duration(&t, "api", key) {
+                Some(d) if d > MAX_API_TIMEOUT => {
+                    w.err(
+                        &join("api", key),
+                        "must be at most 1d: it holds a connection that long",
+                    );
+                    default
+                }
+                d => d.unwrap_or(default),
+            };
         let header_timeout = duration(self, "header_timeout", d.header_timeout);
         let request_timeout = duration(self, "request_timeout", d.request_timeout);
         let idle_timeout = duration(self, "idle_timeout", d.idle_timeout);
-        let max_connections = self
-            .count(&t, "api", "max_connections", 1)
-            .map_or(d.max_connections, |n| n as usize);
+        let max_connections = match self.count(&t, "api", "max_connections", 1) {
+            Some(n) if n > MAX_CONNECTIONS as i64 => {
+                self.err(
+                    "api.max_connections",
+                    format!("must be at most {MAX_CONNECTIONS}, found {n}"),
+                );
+                d.max_connections
+            }
+            n => n.map_or(d.max_connections, |n| n as usize),
+        };
         let max_body_bytes = self
             .count(&t, "api", "max_body_bytes", 1024)
             .map_or(d.max_body_bytes, |n| n as usize);
@@ -1183,7 +1204,7 @@ mod api_tests {
             }
         }
         let errs = parse(
-            "[api]\nheader_timeout = \"0s\"\nidle_timeout = \"soon\"\nmax_connections = 0\nmax_body_bytes = 10\ncolour = 1",
+            "[api]\nheader_timeout = \"0s\"\nidle_timeout = \"soon\"\nrequest_timeout = \"2d\"\nmax_connections = 0\nmax_body_bytes = 10\ncolour = 1",
             dir.path(),
             &no_env,
         )
@@ -1192,6 +1213,7 @@ mod api_tests {
             "api.colour: unknown field",
             "api.header_timeout: must be greater than zero",
             "api.idle_timeout: \"soon\" is not a duration",
+            "api.request_timeout: must be at most 1d",
             "api.max_connections: must be at least 1",
             "api.max_body_bytes: must be at least 1024",
         ] {
@@ -1200,7 +1222,12 @@ mod api_tests {
                 "{want:?} in {errs:#?}"
             );
         }
-        assert_eq!(errs.len(), 5, "{errs:#?}");
+        assert_eq!(errs.len(), 6, "{errs:#?}");
+        let errs = parse("[api]\nmax_connections = 2000000", dir.path(), &no_env).unwrap_err();
+        assert!(
+            errs[0].starts_with("api.max_connections: must be at most 1048576"),
+            "{errs:#?}"
+        );
     }
 }
 

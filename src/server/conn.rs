@@ -345,11 +345,13 @@ impl Activity {
 
     /// When the current phase runs out, and which limit that is.
     fn deadline(&self, limits: &Limits) -> Option<(Instant, HttpTimeout)> {
+        // A limit too far to reach (beyond what `check` allows) is no limit.
+        let after = |t: Instant, d, limit| Some((t.checked_add(d)?, limit));
         match *self.phase.lock().unwrap_or_else(PoisonError::into_inner) {
-            Phase::Head(t) => Some((t + limits.header, HttpTimeout::Header)),
+            Phase::Head(t) => after(t, limits.header, HttpTimeout::Header),
             Phase::Handler => None,
-            Phase::Response(t) => Some((t + limits.request, HttpTimeout::Response)),
-            Phase::Idle(t) => Some((t + limits.idle, HttpTimeout::Idle)),
+            Phase::Response(t) => after(t, limits.request, HttpTimeout::Response),
+            Phase::Idle(t) => after(t, limits.idle, HttpTimeout::Idle),
         }
     }
 
