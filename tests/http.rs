@@ -701,7 +701,7 @@ impl Source for Empty {
     }
 }
 
-/// Everything tracing writes, at every level.
+/// What tracing wrote on one test's thread, at every level.
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
 
@@ -711,27 +711,54 @@ impl Captured {
     }
 }
 
-/// Captures this thread's tracing output (the tests' runtime is this thread's) until
-/// the guard drops.
-fn capture() -> (Captured, tracing::subscriber::DefaultGuard) {
-    let logs = Captured::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    (logs, tracing::subscriber::set_default(subscriber))
+thread_local! {
+    /// Where this thread's log lines go while a test captures them.
+    static CAPTURING: std::cell::RefCell<Option<Captured>> = const { std::cell::RefCell::new(None) };
 }
 
-impl io::Write for Captured {
+/// Writes a line into the capture of the thread that logs it, if any.
+struct ThreadWriter;
+
+impl io::Write for ThreadWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
+        CAPTURING.with(|c| {
+            if let Some(logs) = &*c.borrow() {
+                logs.0.lock().unwrap().extend_from_slice(buf);
+            }
+        });
         Ok(buf.len())
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
+}
+
+/// Stops capturing when dropped.
+struct Capture;
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        CAPTURING.with(|c| c.borrow_mut().take());
+    }
+}
+
+/// Captures this thread's log lines (a current-thread runtime runs every task of the
+/// test on it) until the guard drops. One global subscriber, set once: scoped ones
+/// (`set_default`) race with other threads registering the same call sites, which can
+/// leave a call site disabled for them.
+fn capture() -> (Captured, Capture) {
+    static GLOBAL: std::sync::Once = std::sync::Once::new();
+    GLOBAL.call_once(|| {
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(|| ThreadWriter)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).unwrap();
+    });
+    let logs = Captured::default();
+    CAPTURING.with(|c| *c.borrow_mut() = Some(logs.clone()));
+    (logs, Capture)
 }
 
 fn agent_config(dir: &Path) -> Config {
