@@ -17,6 +17,8 @@ use homeostat::metrics::Metrics;
 use homeostat::server::{self, AppState};
 use homeostat::source::{BoxFuture, History, Point, Source, SourceError};
 use proptest::prelude::*;
+
+mod common;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
@@ -675,6 +677,77 @@ async fn https_refuses_plain_http_and_cuts_a_slow_handshake_or_head_at_the_heade
         server.metric("homeostat_http_timeouts_total{limit=\"header\"}"),
         2.0
     );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_alertmanager_sends_the_token_from_its_credentials_file() {
+    let server = Server::start(with_token()).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("homeostat-token"), format!("{TOKEN}\n")).unwrap();
+    // The receiver as docs/operations.md shows it.
+    let config = format!(
+        "route:\n  receiver: homeostat\n  group_by: ['...']\n  group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\n\
+         receivers:\n  - name: homeostat\n    webhook_configs:\n      - url: http://{}/api/v1/alertmanager\n\
+         \x20       http_config:\n          authorization:\n            type: Bearer\n            credentials_file: {}\n\
+         \x20       max_alerts: 200\n",
+        server.addr,
+        dir.path().join("homeostat-token").display()
+    );
+    std::fs::write(dir.path().join("alertmanager.yml"), config).unwrap();
+    let port = common::free_port();
+    let mut child = std::process::Command::new(common::tool("prometheus-alertmanager"))
+        .arg(format!(
+            "--config.file={}",
+            dir.path().join("alertmanager.yml").display()
+        ))
+        .arg(format!(
+            "--storage.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .arg("--cluster.listen-address=")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("am.log")).unwrap())
+        .spawn()
+        .expect("starts alertmanager");
+    let url = format!("http://127.0.0.1:{port}");
+    let real = std::time::Instant::now();
+    let log = || std::fs::read_to_string(dir.path().join("am.log")).unwrap_or_default();
+    while !matches!(
+        common::http_get(&format!("{url}/-/ready")).await,
+        Some((200, _))
+    ) {
+        assert!(
+            real.elapsed() < Duration::from_secs(30),
+            "alertmanager not ready:\n{}",
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let alert =
+        serde_json::json!([{ "labels": {"alertname": "InstanceDown", "instance": "vm-1"} }]);
+    let resp = reqwest::Client::new()
+        .post(format!("{url}/api/v2/alerts"))
+        .json(&alert)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    while server.metric("homeostat_webhook_requests_total{result=\"accepted\"}") < 1.0 {
+        assert!(
+            real.elapsed() < Duration::from_secs(60),
+            "no webhook accepted:\n{}",
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        server.metric("homeostat_http_rejected_total{reason=\"unauthorized\"}"),
+        0.0
+    );
+    let _ = child.kill();
+    let _ = child.wait();
     server.stop().await.unwrap();
 }
 
