@@ -38,6 +38,8 @@ pub struct Config {
     pub playbooks: Vec<PathBuf>,
     /// The PromQL signals to watch.
     pub signals: Vec<SignalConfig>,
+    /// The HTTP server: who may post, and how long and how many connections it keeps.
+    pub api: ApiConfig,
 }
 
 /// The Prometheus-API store to query (Prometheus, Thanos, Mimir, VictoriaMetrics).
@@ -258,12 +260,28 @@ impl Config {
 
     /// Parses and validates config text; returns every problem found, each with its path.
     pub fn parse(text: &str, base: &Path) -> Result<Config, Vec<String>> {
+        Config::parse_with_env(text, base, &|name| std::env::var(name).ok())
+    }
+
+    /// [`Config::parse`] with the environment given (`HOMEOSTAT_API_TOKEN` is read from it).
+    pub fn parse_with_env(
+        text: &str,
+        base: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, Vec<String>> {
         let root: Table = toml::from_str(text).map_err(|e| vec![format!("syntax: {e}")])?;
         let mut w = Walker::default();
         w.known(
             &root,
             "",
-            &["prometheus", "agent", "detection", "playbooks", "signals"],
+            &[
+                "prometheus",
+                "agent",
+                "detection",
+                "playbooks",
+                "signals",
+                "api",
+            ],
         );
 
         let prometheus = {
@@ -361,6 +379,8 @@ impl Config {
             w.detection(&t, "detection", &DetectionConfig::default(), true)
         };
 
+        let api = w.api(&root, base, agent.listen, env);
+
         let playbooks = match root.get("playbooks") {
             None => Vec::new(),
             Some(Value::Array(items)) => items
@@ -436,6 +456,7 @@ impl Config {
                 detection,
                 playbooks,
                 signals,
+                api,
             })
         } else {
             Err(w.problems)
@@ -720,6 +741,519 @@ impl Walker {
         d
     }
 }
+
+// ---- [api]: the HTTP server's authentication and limits (issue 23) ----
+
+/// The environment variable that may hold the API token instead of `[api] token_file`.
+pub const TOKEN_ENV: &str = "HOMEOSTAT_API_TOKEN";
+
+/// The shortest token accepted: a short one could be guessed over the network.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// The longest any `[api]` time limit may be.
+pub const MAX_API_TIMEOUT: Duration = Duration::from_secs(86_400);
+
+/// The most `api.max_connections` may be (the usual hard descriptor limit, 2^20).
+pub const MAX_CONNECTIONS: usize = 1 << 20;
+
+/// The HTTP server's settings (`[api]`): the bearer token that write endpoints (the
+/// Alertmanager webhook) require, and the limits that keep slow or idle clients from
+/// holding the server's connections and the process's descriptors.
+#[derive(Debug, Clone, Serialize)]
+pub struct ApiConfig {
+    /// File holding the bearer token, resolved against the config file's directory
+    /// (`HOMEOSTAT_API_TOKEN` may hold it instead). Without either, only loopback
+    /// clients may post, and only on a loopback listen address.
+    pub token_file: Option<PathBuf>,
+    /// The token read from `token_file` or the environment; never printed.
+    #[serde(skip)]
+    pub token: Option<ApiToken>,
+    /// A request's head (request line and headers) must arrive within this, counted
+    /// from the connection's opening or from the first byte of a later request.
+    #[serde(with = "humantime_serde_str")]
+    pub header_timeout: Duration,
+    /// A handler must answer within this, reading the body included (408 after it);
+    /// the client must then read the answer within as long again.
+    #[serde(with = "humantime_serde_str")]
+    pub request_timeout: Duration,
+    /// A kept-alive connection waiting for its next request is closed after this.
+    #[serde(with = "humantime_serde_str")]
+    pub idle_timeout: Duration,
+    /// Connections served at once; more are closed as soon as they are accepted.
+    pub max_connections: usize,
+    /// The largest webhook body accepted, in bytes (413 beyond).
+    pub max_body_bytes: usize,
+    /// Serve HTTPS with this certificate and key (both PEM; reloaded when they change).
+    pub tls: Option<TlsFiles>,
+}
+
+/// A PEM certificate chain (the server's certificate first) and its private key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TlsFiles {
+    /// `tls_cert_file`, resolved against the config file's directory.
+    pub cert: PathBuf,
+    /// `tls_key_file`, resolved against the config file's directory.
+    pub key: PathBuf,
+}
+
+/// Default time allowed for a request's head: ample for any client but a slowloris.
+pub fn default_header_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+/// Default time a handler has to answer (and the client to read the answer).
+pub fn default_request_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+/// Default keep-alive: longer than the usual scrape interval, so Prometheus reuses its
+/// connection.
+pub fn default_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+/// Default connection cap: well below the common 1,024 descriptor limit, which the
+/// agent also needs for the audit log, playbooks, models and Prometheus queries.
+pub fn default_max_connections() -> usize {
+    256
+}
+/// Default webhook body cap (1 MiB): Alertmanager's groups are far smaller; set the
+/// receiver's `max_alerts` if yours are not.
+pub fn default_max_body_bytes() -> usize {
+    1 << 20
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            token_file: None,
+            token: None,
+            header_timeout: default_header_timeout(),
+            request_timeout: default_request_timeout(),
+            idle_timeout: default_idle_timeout(),
+            max_connections: default_max_connections(),
+            max_body_bytes: default_max_body_bytes(),
+            tls: None,
+        }
+    }
+}
+
+/// The API's bearer token. Only its SHA-256 is kept, compared in constant time; it
+/// has no `Display` or `Serialize`, and its `Debug` is redacted, so it cannot reach a
+/// log line, an error or the audit log by accident.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiToken {
+    digest: [u8; 32],
+}
+
+impl ApiToken {
+    /// A token from its text (surrounding whitespace, e.g. a file's final newline, is
+    /// dropped); the error never quotes it.
+    pub fn new(text: &str) -> Result<ApiToken, String> {
+        let token = text.trim();
+        if token.is_empty() {
+            return Err("is empty".into());
+        }
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("may hold only visible ASCII characters (no spaces)".into());
+        }
+        if token.len() < MIN_TOKEN_LEN {
+            return Err(format!(
+                "is {} characters long: use at least {MIN_TOKEN_LEN} (e.g. `openssl rand -hex 32`)",
+                token.len()
+            ));
+        }
+        use sha2::Digest as _;
+        Ok(ApiToken {
+            digest: sha2::Sha256::digest(token.as_bytes()).into(),
+        })
+    }
+
+    /// Whether `presented` is the token, in time that does not depend on where they differ.
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        use sha2::Digest as _;
+        use subtle::ConstantTimeEq as _;
+        let digest: [u8; 32] = sha2::Sha256::digest(presented).into();
+        digest.ct_eq(&self.digest).into()
+    }
+}
+
+impl std::fmt::Debug for ApiToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiToken(<redacted>)")
+    }
+}
+
+/// Whether clients at `addr` count as this host: loopback, also as an IPv4-mapped IPv6
+/// address.
+pub fn is_loopback(addr: std::net::IpAddr) -> bool {
+    addr.to_canonical().is_loopback()
+}
+
+impl Walker {
+    /// Reads `[api]`; a listen address that is not loopback requires a token.
+    fn api(
+        &mut self,
+        root: &Table,
+        base: &Path,
+        listen: SocketAddr,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> ApiConfig {
+        let t = self.table(root, "", "api", false);
+        self.known(
+            &t,
+            "api",
+            &[
+                "token_file",
+                "header_timeout",
+                "request_timeout",
+                "idle_timeout",
+                "max_connections",
+                "max_body_bytes",
+                "tls_cert_file",
+                "tls_key_file",
+            ],
+        );
+        let d = ApiConfig::default();
+        let token_file = self
+            .opt_string(&t, "api", "token_file")
+            .map(|f| base.join(f));
+        let from_env = env(TOKEN_ENV);
+        let token = match (&token_file, from_env) {
+            (Some(_), Some(_)) => {
+                self.err(
+                    "api.token_file",
+                    format!("{TOKEN_ENV} is set too: use one of them"),
+                );
+                None
+            }
+            (Some(file), None) => match std::fs::read_to_string(file) {
+                Ok(text) => ApiToken::new(&text)
+                    .map_err(|e| {
+                        self.err(
+                            "api.token_file",
+                            format!("{}: the token {e}", file.display()),
+                        )
+                    })
+                    .ok(),
+                Err(e) => {
+                    self.err(
+                        "api.token_file",
+                        format!("{}: cannot read: {e}", file.display()),
+                    );
+                    None
+                }
+            },
+            (None, Some(text)) => ApiToken::new(&text)
+                .map_err(|e| self.err(TOKEN_ENV, format!("the token {e}")))
+                .ok(),
+            (None, None) => None,
+        };
+        let unreadable = token_file.is_some() && token.is_none();
+        if token.is_none() && !unreadable && !is_loopback(listen.ip()) {
+            self.err(
+                "api.token_file",
+                format!(
+                    "agent.listen {listen} is not a loopback address, so a token is required \
+                     (set [api] token_file or {TOKEN_ENV}): without one, anyone who reaches it \
+                     could run playbooks through the webhook"
+                ),
+            );
+        }
+        let duration =
+            |w: &mut Walker, key: &str, default: Duration| match w.duration(&t, "api", key) {
+                Some(d) if d > MAX_API_TIMEOUT => {
+                    w.err(
+                        &join("api", key),
+                        "must be at most 1d: it holds a connection that long",
+                    );
+                    default
+                }
+                d => d.unwrap_or(default),
+            };
+        let header_timeout = duration(self, "header_timeout", d.header_timeout);
+        let request_timeout = duration(self, "request_timeout", d.request_timeout);
+        let idle_timeout = duration(self, "idle_timeout", d.idle_timeout);
+        let max_connections = match self.count(&t, "api", "max_connections", 1) {
+            Some(n) if n > MAX_CONNECTIONS as i64 => {
+                self.err(
+                    "api.max_connections",
+                    format!("must be at most {MAX_CONNECTIONS}, found {n}"),
+                );
+                d.max_connections
+            }
+            n => n.map_or(d.max_connections, |n| n as usize),
+        };
+        let max_body_bytes = self
+            .count(&t, "api", "max_body_bytes", 1024)
+            .map_or(d.max_body_bytes, |n| n as usize);
+        let cert = self.opt_string(&t, "api", "tls_cert_file");
+        let key = self.opt_string(&t, "api", "tls_key_file");
+        let tls = match (cert, key) {
+            (Some(cert), Some(key)) => {
+                let files = TlsFiles {
+                    cert: base.join(cert),
+                    key: base.join(key),
+                };
+                // Read now, so that `check` catches a bad pair, not the first client.
+                match crate::server::tls::load(&files) {
+                    Ok(_) => Some(files),
+                    Err(e) => {
+                        self.err("api.tls_cert_file", e);
+                        None
+                    }
+                }
+            }
+            (Some(_), None) => {
+                self.err("api.tls_key_file", "missing: tls_cert_file needs it");
+                None
+            }
+            (None, Some(_)) => {
+                self.err("api.tls_cert_file", "missing: tls_key_file needs it");
+                None
+            }
+            (None, None) => None,
+        };
+        ApiConfig {
+            token_file,
+            token,
+            header_timeout,
+            request_timeout,
+            idle_timeout,
+            max_connections,
+            max_body_bytes,
+            tls,
+        }
+    }
+}
+
+#[cfg(test)]
+mod api_tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [prometheus]
+        url = "http://127.0.0.1:9090"
+        [[signals]]
+        name = "a"
+        query = "up"
+    "#;
+
+    const TOKEN: &str = "0123456789abcdef0123";
+
+    type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn parse(
+        extra: &str,
+        base: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, Vec<String>> {
+        Config::parse_with_env(&format!("{MINIMAL}\n{extra}"), base, env)
+    }
+
+    #[test]
+    fn defaults_without_an_api_section() {
+        let c = parse("", Path::new("."), &no_env).unwrap();
+        assert_eq!(c.api.header_timeout, Duration::from_secs(10));
+        assert_eq!(c.api.request_timeout, Duration::from_secs(30));
+        assert_eq!(c.api.idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.api.max_connections, 256);
+        assert_eq!(c.api.max_body_bytes, 1 << 20);
+        assert!(c.api.token.is_none(), "loopback needs no token");
+    }
+
+    #[test]
+    fn the_token_is_read_from_the_file_named_relative_to_the_config_and_never_printed() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("token"), format!("{TOKEN}\n")).unwrap();
+        let c = parse(
+            "[agent]\nlisten = \"0.0.0.0:9184\"\n[api]\ntoken_file = \"token\"\nheader_timeout = \"3s\"\nmax_connections = 8\nmax_body_bytes = 4096",
+            dir.path(),
+            &no_env,
+        )
+        .unwrap();
+        let token = c.api.token.as_ref().expect("token read");
+        assert!(
+            token.matches(TOKEN.as_bytes()),
+            "the final newline is dropped"
+        );
+        assert!(!token.matches(b"0123456789abcdef0124"));
+        assert!(!token.matches(format!("{TOKEN}\n").as_bytes()));
+        assert_eq!(c.api.token_file, Some(dir.path().join("token")));
+        assert_eq!(
+            (
+                c.api.header_timeout,
+                c.api.max_connections,
+                c.api.max_body_bytes
+            ),
+            (Duration::from_secs(3), 8, 4096)
+        );
+        let printed = format!("{c:?} {:?} {}", c.api, toml::to_string(&c).unwrap());
+        assert!(!printed.contains(TOKEN), "{printed}");
+        assert!(printed.contains("ApiToken(<redacted>)"), "{printed}");
+    }
+
+    #[test]
+    fn the_token_may_come_from_the_environment() {
+        let env = |k: &str| (k == TOKEN_ENV).then(|| TOKEN.to_string());
+        let c = parse("[agent]\nlisten = \"[::]:9184\"", Path::new("."), &env).unwrap();
+        assert!(c.api.token.unwrap().matches(TOKEN.as_bytes()));
+    }
+
+    #[test]
+    fn a_non_loopback_listen_address_without_a_token_is_refused() {
+        for listen in ["0.0.0.0:9184", "10.1.2.3:9184", "[::]:9184"] {
+            let errs = parse(
+                &format!("[agent]\nlisten = \"{listen}\""),
+                Path::new("."),
+                &no_env,
+            )
+            .unwrap_err();
+            assert_eq!(errs.len(), 1, "{errs:#?}");
+            assert!(
+                errs[0].starts_with("api.token_file: agent.listen")
+                    && errs[0].contains("token is required"),
+                "{errs:#?}"
+            );
+        }
+        for listen in [
+            "127.0.0.1:9184",
+            "127.0.0.2:1",
+            "[::1]:9184",
+            "[::ffff:127.0.0.1]:9184",
+        ] {
+            assert!(
+                parse(
+                    &format!("[agent]\nlisten = \"{listen}\""),
+                    Path::new("."),
+                    &no_env
+                )
+                .is_ok(),
+                "{listen}"
+            );
+        }
+    }
+
+    #[test]
+    fn tls_files_are_read_when_checked() {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls");
+        let c = parse(
+            "[api]\ntls_cert_file = \"a.pem\"\ntls_key_file = \"a-key.pem\"",
+            &fixtures,
+            &no_env,
+        )
+        .unwrap();
+        let tls = c.api.tls.unwrap();
+        assert_eq!(tls.cert, fixtures.join("a.pem"));
+        for (extra, want) in [
+            (
+                "tls_cert_file = \"a.pem\"\ntls_key_file = \"b-key.pem\"",
+                "api.tls_cert_file: the private key in",
+            ),
+            (
+                "tls_cert_file = \"a-key.pem\"\ntls_key_file = \"a-key.pem\"",
+                "api.tls_cert_file: no certificate in",
+            ),
+            (
+                "tls_cert_file = \"a.pem\"\ntls_key_file = \"a.pem\"",
+                "api.tls_cert_file: no private key in",
+            ),
+            (
+                "tls_cert_file = \"none.pem\"\ntls_key_file = \"a-key.pem\"",
+                "api.tls_cert_file: cannot read",
+            ),
+            ("tls_cert_file = \"a.pem\"", "api.tls_key_file: missing"),
+            ("tls_key_file = \"a-key.pem\"", "api.tls_cert_file: missing"),
+        ] {
+            let errs = parse(&format!("[api]\n{extra}"), &fixtures, &no_env).unwrap_err();
+            assert!(
+                errs.len() == 1 && errs[0].starts_with(want),
+                "{want:?} in {errs:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_api_problem_is_listed_and_no_error_quotes_the_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let short = "s3cr3t-but-short";
+        std::fs::write(dir.path().join("short"), &short[..12]).unwrap();
+        std::fs::write(dir.path().join("spaced"), "correct horse battery staple").unwrap();
+        let both = |k: &str| (k == TOKEN_ENV).then(|| TOKEN.to_string());
+        let cases: [(&str, Env, &str, &str); 5] = [
+            (
+                "token_file = \"short\"",
+                &no_env,
+                "api.token_file",
+                "is 12 characters long",
+            ),
+            (
+                "token_file = \"spaced\"",
+                &no_env,
+                "api.token_file",
+                "only visible ASCII",
+            ),
+            (
+                "token_file = \"missing\"",
+                &no_env,
+                "api.token_file",
+                "cannot read",
+            ),
+            (
+                "token_file = \"short\"",
+                &both,
+                "api.token_file",
+                "HOMEOSTAT_API_TOKEN is set too",
+            ),
+            (
+                "",
+                &|_: &str| Some("short".into()),
+                "HOMEOSTAT_API_TOKEN",
+                "is 5 characters long",
+            ),
+        ];
+        for (extra, env, path, want) in cases {
+            let errs = parse(&format!("[api]\n{extra}"), dir.path(), env).unwrap_err();
+            assert!(
+                errs.iter().any(|e| e.starts_with(path) && e.contains(want)),
+                "{path}: {want:?} in {errs:#?}"
+            );
+            assert_eq!(errs.len(), 1, "{errs:#?}");
+            let all = errs.join("\n");
+            for secret in [&short[..12], "correct horse", TOKEN] {
+                assert!(!all.contains(secret), "{secret:?} quoted in {all}");
+            }
+        }
+        let errs = parse(
+            "[api]\nheader_timeout = \"0s\"\nidle_timeout = \"soon\"\nrequest_timeout = \"2d\"\nmax_connections = 0\nmax_body_bytes = 10\ncolour = 1",
+            dir.path(),
+            &no_env,
+        )
+        .unwrap_err();
+        for want in [
+            "api.colour: unknown field",
+            "api.header_timeout: must be greater than zero",
+            "api.idle_timeout: \"soon\" is not a duration",
+            "api.request_timeout: must be at most 1d",
+            "api.max_connections: must be at least 1",
+            "api.max_body_bytes: must be at least 1024",
+        ] {
+            assert!(
+                errs.iter().any(|e| e.starts_with(want)),
+                "{want:?} in {errs:#?}"
+            );
+        }
+        assert_eq!(errs.len(), 6, "{errs:#?}");
+        let errs = parse("[api]\nmax_connections = 2000000", dir.path(), &no_env).unwrap_err();
+        assert!(
+            errs[0].starts_with("api.max_connections: must be at most 1048576"),
+            "{errs:#?}"
+        );
+    }
+}
+
+// ---- end of [api] ----
 
 /// Serialises durations as humantime strings, so `Config` prints as it is written.
 mod humantime_serde_str {

@@ -4,6 +4,7 @@
 //! a series that vanished is gone from the next scrape. Metric names live here and
 //! nowhere else; the server only encodes.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -151,6 +152,7 @@ pub struct Metrics {
     playbook_runs: Family<PlaybookRunLabels, Counter>,
     playbook_info: Family<PlaybookInfoLabels, Gauge>,
     webhook_requests: Family<WebhookLabels, Counter>,
+    http: HttpMetrics,
     ready: Gauge,
     snapshot: watch::Sender<Arc<Snapshot>>,
     /// When the loop last made progress.
@@ -223,6 +225,7 @@ impl Metrics {
             "Playbook runs by result",
             playbook_runs.clone(),
         );
+        let http = HttpMetrics::register(&mut registry);
         let (snapshot, rx) = watch::channel(Arc::default());
         registry.register_collector(Box::new(SnapshotCollector(rx)));
         Metrics {
@@ -235,6 +238,7 @@ impl Metrics {
             playbook_runs,
             playbook_info,
             webhook_requests,
+            http,
             ready,
             snapshot,
             heartbeat: Mutex::new(Instant::now()),
@@ -309,6 +313,11 @@ impl Metrics {
             .inc();
     }
 
+    /// The HTTP server's connections and rejections.
+    pub fn http(&self) -> &HttpMetrics {
+        &self.http
+    }
+
     /// A tick completed: publishes its snapshot, and the agent is ready and alive.
     pub fn tick(&self, snapshot: Snapshot) {
         self.snapshot.send_replace(Arc::new(snapshot));
@@ -353,6 +362,115 @@ impl Metrics {
         prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+}
+
+/// Which of the server's time limits closed a connection (the `limit` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HttpTimeout {
+    /// The request's head did not arrive in time (a slowloris, or a silent client).
+    Header,
+    /// The handler did not answer in time (408).
+    Request,
+    /// The client did not read the answer in time.
+    Response,
+    /// A kept-alive connection waited too long for its next request.
+    Idle,
+}
+
+/// Why the server refused a request before its handler ran (the `reason` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HttpRejection {
+    /// No bearer token, or a wrong one (401).
+    Unauthorized,
+    /// Not `Content-Type: application/json` (415).
+    UnsupportedMediaType,
+    /// A body over the cap (413).
+    TooLarge,
+}
+
+label_value!(HttpTimeout { Header => "header", Request => "request", Response => "response", Idle => "idle" });
+label_value!(HttpRejection {
+    Unauthorized => "unauthorized",
+    UnsupportedMediaType => "unsupported_media_type",
+    TooLarge => "too_large",
+});
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct TimeoutLabel {
+    limit: HttpTimeout,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RejectionLabel {
+    reason: HttpRejection,
+}
+
+/// The HTTP server's own metrics: what its limits did.
+#[derive(Debug)]
+pub struct HttpMetrics {
+    open: Gauge,
+    refused: Counter,
+    timeouts: Family<TimeoutLabel, Counter>,
+    rejected: Family<RejectionLabel, Counter>,
+}
+
+impl HttpMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let m = HttpMetrics {
+            open: Gauge::default(),
+            refused: Counter::default(),
+            timeouts: Family::default(),
+            rejected: Family::default(),
+        };
+        registry.register(
+            "homeostat_http_connections",
+            "HTTP connections open now",
+            m.open.clone(),
+        );
+        registry.register(
+            "homeostat_http_connections_refused",
+            "HTTP connections closed at once because the connection cap was reached",
+            m.refused.clone(),
+        );
+        registry.register(
+            "homeostat_http_timeouts",
+            "HTTP connections closed (or requests answered 408) by a time limit",
+            m.timeouts.clone(),
+        );
+        registry.register(
+            "homeostat_http_rejected",
+            "HTTP requests refused before their handler ran",
+            m.rejected.clone(),
+        );
+        m
+    }
+
+    /// A connection was accepted and is being served.
+    pub fn connection_opened(&self) {
+        self.open.inc();
+    }
+
+    /// A served connection ended.
+    pub fn connection_closed(&self) {
+        self.open.dec();
+    }
+
+    /// A connection was closed at once: the cap was reached.
+    pub fn connection_refused(&self) {
+        self.refused.inc();
+    }
+
+    /// A time limit ran out.
+    pub fn timed_out(&self, limit: HttpTimeout) {
+        self.timeouts.get_or_create(&TimeoutLabel { limit }).inc();
+    }
+
+    /// A request was refused before its handler ran.
+    pub fn rejected(&self, reason: HttpRejection) {
+        self.rejected
+            .get_or_create(&RejectionLabel { reason })
+            .inc();
     }
 }
 
@@ -444,18 +562,41 @@ impl Collector for SnapshotCollector {
 }
 
 /// `signal="…"` and the series' labels, renaming labels that would clash or are reserved.
-fn series_labels(g: &SeriesGauge) -> Vec<(&str, &str)> {
-    let mut labels = Vec::with_capacity(g.labels.0.len() + 1);
-    labels.push(("signal", g.signal.as_str()));
+/// The labels come from the watched store (or a hostile Alertmanager client), so a name
+/// is made a valid Prometheus label name ([`label_name`]) and one that clashes with an
+/// earlier one is prefixed `exported_` until it does not: invalid or duplicate names
+/// would make the whole scrape fail.
+fn series_labels(g: &SeriesGauge) -> Vec<(Cow<'_, str>, &str)> {
+    let mut labels: Vec<(Cow<'_, str>, &str)> = Vec::with_capacity(g.labels.0.len() + 1);
+    labels.push((Cow::Borrowed("signal"), g.signal.as_str()));
     for (k, v) in &g.labels.0 {
-        let k = match k.as_str() {
-            "__name__" => "series_name",
-            "signal" => "exported_signal",
-            other => other,
+        let mut name = match k.as_str() {
+            "__name__" => Cow::Borrowed("series_name"),
+            "signal" => Cow::Borrowed("exported_signal"),
+            other => label_name(other),
         };
-        labels.push((k, v.as_str()));
+        while labels.iter().any(|(used, _)| *used == name) {
+            name = Cow::Owned(format!("exported_{name}"));
+        }
+        labels.push((name, v.as_str()));
     }
     labels
+}
+
+/// `name` as a valid label name (`[a-zA-Z_][a-zA-Z0-9_]*`): every other character
+/// becomes `_`, and a leading digit (or an empty name) gets a `_` in front.
+fn label_name(name: &str) -> Cow<'_, str> {
+    let valid = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let prefix = name.is_empty() || name.starts_with(|c: char| c.is_ascii_digit());
+    if !prefix && name.chars().all(valid) {
+        return Cow::Borrowed(name);
+    }
+    let mut out = String::with_capacity(name.len() + 1);
+    if prefix {
+        out.push('_');
+    }
+    out.extend(name.chars().map(|c| if valid(c) { c } else { '_' }));
+    Cow::Owned(out)
 }
 
 #[cfg(test)]
@@ -501,6 +642,49 @@ mod tests {
         );
         assert!(out.contains("homeostat_ready 1\n"), "{out}");
         assert!(out.contains("homeostat_ticks_total 1\n"), "{out}");
+    }
+
+    #[test]
+    fn label_names_are_made_valid_and_unique_and_values_escaped() {
+        let m = Metrics::new(Duration::from_secs(60));
+        m.tick(Snapshot {
+            series: vec![gauge(
+                Labels::from_pairs([
+                    ("a\n} 1\nevil{x", "v\n\\\""),
+                    ("1st", "b"),
+                    ("", "c"),
+                    ("a_b", "d"),
+                    ("a-b", "e"),
+                    ("pöd", "f"),
+                ]),
+                7.0,
+                0.0,
+            )],
+            ..Snapshot::default()
+        });
+        let out = m.encode();
+        let line = out
+            .lines()
+            .find(|l| l.starts_with("homeostat_anomaly_score{"))
+            .unwrap_or_else(|| panic!("no score in {out}"));
+        // Sorted, "a-b" comes before "a_b": it takes the name, the other is exported.
+        for label in [
+            r#"_="c""#,
+            r#"_1st="b""#,
+            r#"a_b="e""#,
+            r#"exported_a_b="d""#,
+            r#"a___1_evil_x="v\n\\\"""#,
+            r#"p_d="f""#,
+        ] {
+            assert!(line.contains(label), "{label} in {line}");
+        }
+        let name = regex::Regex::new(r"^[a-zA-Z_][a-zA-Z0-9_]*$").unwrap();
+        let set = line.split_once('{').unwrap().1.rsplit_once('}').unwrap().0;
+        for pair in set.split("\",") {
+            let key = pair.split_once('=').unwrap().0;
+            assert!(name.is_match(key), "{key:?} in {line}");
+        }
+        assert!(!out.contains("evil{"), "{out}");
     }
 
     #[test]

@@ -227,6 +227,7 @@ async fn a_firing_alert_from_alertmanager_runs_its_playbook() {
     // A malformed body is answered 400 and counted, and changes nothing.
     let resp = reqwest::Client::new()
         .post(agent.url("/api/v1/alertmanager"))
+        .header("content-type", "application/json")
         .body("{not json")
         .send()
         .await

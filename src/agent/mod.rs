@@ -168,9 +168,14 @@ pub async fn run(
         metrics: metrics.clone(),
         alerts: spool.clone(),
     };
-    let server = tokio::spawn(server::serve(listener, state, async move {
-        let _ = server_stop.wait_for(|s| *s).await;
-    }));
+    let server = tokio::spawn(server::serve(
+        listener,
+        state,
+        config.api.clone(),
+        async move {
+            let _ = server_stop.wait_for(|s| *s).await;
+        },
+    ));
     info!(listen = ?listen, audit_log = %audit.path().display(), signals = config.signals.len(), playbooks = playbooks.len(), "homeostat started");
 
     let limits = Limits {

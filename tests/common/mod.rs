@@ -68,7 +68,7 @@ fn listening_on(line: &str) -> Option<u16> {
 
 /// Waits until `child`'s log says which port it listens on; panics with the log's tail
 /// when it exits first or says nothing within [`STARTUP`].
-async fn listening_port(name: &str, child: &mut Child, log: &Path) -> u16 {
+pub async fn listening_port(name: &str, child: &mut Child, log: &Path) -> u16 {
     let started = Instant::now();
     loop {
         let text = std::fs::read_to_string(log).unwrap_or_default();
