@@ -12,7 +12,7 @@
 //! | [`act`] | the executor: the only door to the outside world, audited first; verification and escalation |
 //! | [`audit`] | the append-only, hash-chained record of every step |
 //! | [`metrics`] | the agent's metrics (prometheus-client) and health, with typed methods |
-//! | [`server`] | `/metrics`, `/healthz`, `/readyz`, the Alertmanager webhook: encodes, never acts |
+//! | [`server`] | `/metrics`, `/healthz`, `/readyz`, the Alertmanager webhook (bearer token, limits, TLS): encodes, never acts |
 //! | [`agent`] | the daemon loop; per-signal rules as a pure state machine ([`agent::watch`]) |
 //! | [`backtest`] | the live engine over CSV files, scored as NAB scores, and its report |
 //! | [`bench`] | the engine's throughput on one core and memory per series |
