@@ -21,6 +21,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::audit::AuditFailure;
 use crate::labels::Labels;
 
 /// The `Content-Type` of what [`Metrics::encode`] returns.
@@ -158,6 +159,8 @@ pub struct Metrics {
     /// When the loop last made progress.
     heartbeat: Mutex<Instant>,
     liveness_window: Duration,
+    /// The audit log's failure, once the agent has one to watch.
+    audit: std::sync::OnceLock<AuditFailure>,
 }
 
 impl Metrics {
@@ -243,6 +246,7 @@ impl Metrics {
             snapshot,
             heartbeat: Mutex::new(Instant::now()),
             liveness_window,
+            audit: std::sync::OnceLock::new(),
         }
     }
 
@@ -332,6 +336,17 @@ impl Metrics {
             .heartbeat
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Instant::now();
+    }
+
+    /// Health follows this audit log: a failed write makes the agent unhealthy (it stops
+    /// acting, and exits at its next wake-up).
+    pub fn watch_audit(&self, failure: AuditFailure) {
+        let _ = self.audit.set(failure);
+    }
+
+    /// Why the audit log takes no more records, if it failed.
+    pub fn audit_failure(&self) -> Option<String> {
+        self.audit.get()?.reason().map(str::to_string)
     }
 
     /// Whether history is fitted and the first tick has run.
@@ -737,6 +752,22 @@ mod tests {
             out.contains("\nhomeostat_ready 0\n"),
             "not ready before a tick: {out}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_failed_audit_write_shows_in_health() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("audit.jsonl");
+        let audit = crate::audit::Auditor::new(crate::audit::AuditLog::open(&log).unwrap());
+        let m = Metrics::new(Duration::from_secs(60));
+        m.watch_audit(audit.failure());
+        assert_eq!(m.audit_failure(), None);
+        // The head cannot be replaced: the write after the record's line fails.
+        std::fs::create_dir(dir.path().join("audit.jsonl.head.tmp")).unwrap();
+        let stopped = crate::audit::Event::AgentStopped(crate::audit::AgentStopped::default());
+        assert!(audit.record(stopped).await.is_err());
+        let reason = m.audit_failure().expect("the failure is seen");
+        assert!(reason.contains("head"), "{reason}");
     }
 
     #[tokio::test(start_paused = true)]

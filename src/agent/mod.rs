@@ -157,6 +157,7 @@ pub async fn run(
         metrics,
     } = agent;
     let audit = Auditor::new(AuditLog::open(&config.agent.audit_log)?);
+    metrics.watch_audit(audit.failure());
     let listen = listener.local_addr().ok();
     let (spool, recovered) = Spool::open(&spool_path(&config.agent.audit_log), ALERT_QUEUE)?;
     if recovered.pending > 0 || recovered.torn_bytes > 0 {

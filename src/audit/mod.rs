@@ -411,6 +411,17 @@ pub fn scan(path: &Path, kinds: &[&str], mut f: impl FnMut(AuditRecord)) -> Resu
     Ok(())
 }
 
+/// Why an audit log stopped taking records, if it has (see [`Auditor::failure`]).
+#[derive(Debug, Clone, Default)]
+pub struct AuditFailure(Arc<OnceLock<String>>);
+
+impl AuditFailure {
+    /// The failed write, once one has.
+    pub fn reason(&self) -> Option<&str> {
+        self.0.get().map(String::as_str)
+    }
+}
+
 /// A cloneable, async-friendly handle to the log; appends run on the blocking pool.
 #[derive(Debug, Clone)]
 pub struct Auditor {
@@ -447,6 +458,12 @@ impl Auditor {
     /// progress (a health check may ask).
     pub fn failed(&self) -> Option<&str> {
         self.failed.get().map(String::as_str)
+    }
+
+    /// A handle that tells, without locking, why the log failed (if it has): for health
+    /// checks that outlive no `Auditor`.
+    pub fn failure(&self) -> AuditFailure {
+        AuditFailure(self.failed.clone())
     }
 
     /// `Err` once a write has failed: whoever records must stop.

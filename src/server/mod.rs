@@ -159,6 +159,12 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
 }
 
 async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
+    if let Some(reason) = s.metrics.audit_failure() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("audit log failed, nothing is done: {reason}\n"),
+        );
+    }
     match s.metrics.liveness() {
         Err(silence) => (
             StatusCode::SERVICE_UNAVAILABLE,
