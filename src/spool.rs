@@ -30,6 +30,15 @@ pub enum SpoolError {
         /// The most it holds.
         capacity: usize,
     },
+    /// An earlier write failed and could not be undone: the spool takes nothing more
+    /// until a restart recovers it.
+    #[error("{path}: the spool takes no more alerts after a failed write: {reason}")]
+    Broken {
+        /// The spool file.
+        path: PathBuf,
+        /// What failed.
+        reason: String,
+    },
     /// The file system refused.
     #[error("{path}: {source}")]
     Io {
@@ -62,6 +71,9 @@ struct Inner {
     file: File,
     pending: VecDeque<(u64, AlertmanagerAlert)>,
     next_seq: u64,
+    /// Set when a failed write could not be undone: nothing more is accepted, so no
+    /// acknowledged alert can be glued to a torn line (restart to recover).
+    broken: Option<String>,
 }
 
 /// What [`Spool::open`] found.
@@ -100,20 +112,22 @@ impl Spool {
             if n == 0 || line.last() != Some(&b'\n') {
                 break;
             }
-            // A line that does not parse is one a crash cut and a later append
-            // completed: nothing acknowledged is lost by skipping it.
+            // Writes are undone when they fail and a torn end is cut at open, so a line
+            // that does not parse is damage from outside: said, and skipped.
             match serde_json::from_slice::<Line>(&line) {
                 Ok(Line::Alert { seq, alert }) => {
                     pending.push_back((seq, alert));
-                    next_seq = next_seq.max(seq + 1);
+                    next_seq = next_seq.max(seq.saturating_add(1));
                 }
                 Ok(Line::Done { done }) => {
                     while pending.front().is_some_and(|(s, _)| *s <= done) {
                         pending.pop_front();
                     }
-                    next_seq = next_seq.max(done + 1);
+                    next_seq = next_seq.max(done.saturating_add(1));
                 }
-                Err(_) => {}
+                Err(e) => {
+                    tracing::warn!(spool = %path.display(), offset = good, error = %e, "unreadable spool line skipped");
+                }
             }
             good += n as u64;
         }
@@ -122,6 +136,12 @@ impl Spool {
         if torn_bytes > 0 {
             file.set_len(good).map_err(io)?;
             file.sync_data().map_err(io)?;
+        }
+        // A new file is durable only once its directory entry is.
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if let Ok(d) = File::open(dir) {
+                let _ = d.sync_all();
+            }
         }
         let recovered = Recovered {
             pending: pending.len(),
@@ -134,6 +154,7 @@ impl Spool {
                 file,
                 pending,
                 next_seq,
+                broken: None,
             }),
             arrived: Notify::new(),
         };
@@ -163,6 +184,12 @@ impl Spool {
     /// crash. All or none: a batch that does not fit is refused whole.
     pub fn accept(&self, alerts: Vec<AlertmanagerAlert>) -> Result<usize, SpoolError> {
         let mut inner = self.lock();
+        if let Some(reason) = &inner.broken {
+            return Err(SpoolError::Broken {
+                path: self.path.clone(),
+                reason: reason.clone(),
+            });
+        }
         if inner.pending.len() + alerts.len() > self.capacity {
             return Err(SpoolError::Full {
                 pending: inner.pending.len(),
@@ -183,8 +210,7 @@ impl Spool {
             .expect("alerts serialise");
             buf.push(b'\n');
         }
-        inner.file.write_all(&buf).map_err(self.io())?;
-        inner.file.sync_data().map_err(self.io())?;
+        self.write_or_undo(&mut inner, &buf)?;
         let n = alerts.len();
         inner.next_seq = first + n as u64;
         inner.pending.extend(
@@ -218,12 +244,33 @@ impl Spool {
         }
         if inner.pending.is_empty() {
             inner.file.set_len(0).map_err(self.io())?;
+            inner.file.sync_data().map_err(self.io())
         } else {
             let mut line = serde_json::to_vec(&Line::Done { done: seq }).expect("serialises");
             line.push(b'\n');
-            inner.file.write_all(&line).map_err(self.io())?;
+            self.write_or_undo(&mut inner, &line)
         }
-        inner.file.sync_data().map_err(self.io())
+    }
+
+    /// Appends `bytes` and fsyncs them; on failure cuts the file back to where it was, so
+    /// the next line starts clean, or, if even that fails, takes nothing more.
+    fn write_or_undo(&self, inner: &mut Inner, bytes: &[u8]) -> Result<(), SpoolError> {
+        let before = inner.file.metadata().map_err(self.io())?.len();
+        let written = inner
+            .file
+            .write_all(bytes)
+            .and_then(|()| inner.file.sync_data());
+        let Err(e) = written else {
+            return Ok(());
+        };
+        let undone = inner
+            .file
+            .set_len(before)
+            .and_then(|()| inner.file.sync_data());
+        if let Err(u) = undone {
+            inner.broken = Some(format!("{e}; undoing it: {u}"));
+        }
+        Err(self.io()(e))
     }
 
     /// Resolves when alerts may be pending (at once if some arrived since the last call).

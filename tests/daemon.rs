@@ -738,27 +738,27 @@ async fn a_burst_of_alerts_never_holds_up_the_detection_tick() {
     let fake = Fake::new().with_history(QUERY, &["a"]);
     fake.set(&[("a", 100.0)]);
     let d = Daemon::start(config(dir.path(), &[], "", ""), fake.clone()).await;
-    // 10,000 alerts, each an fsynced audit record: far more than two ticks of work on
-    // any disk, however fast.
-    for i in 0..10 {
-        let (status, text) = post(d.addr, "/api/v1/alertmanager", &burst(i * 1000, 1000)).await;
-        assert_eq!(status, 202, "{text}");
-    }
+    // Alerts without pause for three seconds: each is an fsynced audit record to the
+    // agent, so while they keep coming its intake is never done.
+    let addr = d.addr;
+    let poster = tokio::spawn(async move {
+        let (mut next, mut accepted) = (0, 0);
+        let until = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < until {
+            let (status, _) = post(addr, "/api/v1/alertmanager", &burst(next, 200)).await;
+            next += 200;
+            if status == 202 {
+                accepted += 200;
+            }
+        }
+        accepted
+    });
     let before = d.ticks();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while d.ticks() < before + 2 {
-        assert!(
-            Instant::now() < deadline,
-            "no ticks while alerts are handled"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let handled = received(&d).len();
-    assert!(
-        handled < 10_000,
-        "every alert was handled before two ticks ran: they held the ticks up"
-    );
-    // The rest stays in the spool for the next start (another test follows that).
+    let accepted = poster.await.unwrap();
+    let ticks = d.ticks() - before;
+    assert!(accepted > 0);
+    // One tick a second: two at least in those three seconds, however busy the intake.
+    assert!(ticks >= 2, "{ticks} ticks while {accepted} alerts came in");
     d.stop().await;
 }
 
@@ -768,29 +768,43 @@ async fn accepted_alerts_left_at_a_stop_are_handled_after_the_restart_once() {
     let fake = Fake::new().with_history(QUERY, &["a"]);
     fake.set(&[("a", 100.0)]);
     let cfg = || config(dir.path(), &[], "", "");
-    let d = Daemon::start(cfg(), fake.clone()).await;
-    let (status, _) = post(d.addr, "/api/v1/alertmanager", &burst(0, 200)).await;
-    assert_eq!(status, 202);
-    d.stop().await;
+    // Larger bursts until the stop leaves some unhandled, whatever the disk's speed.
+    let mut sent = 0;
+    let (first, pending) = loop {
+        let d = Daemon::start(cfg(), fake.clone()).await;
+        for _ in 0..(1 + sent / 200) {
+            let (status, _) = post(d.addr, "/api/v1/alertmanager", &burst(sent, 200)).await;
+            assert_eq!(status, 202);
+            sent += 200;
+        }
+        d.stop().await;
+        let records = common::records(&dir.path().join("audit.jsonl"));
+        let stopped = &of_kind(&records, "agent_stopped").last().unwrap().data;
+        let pending = stopped["alerts_pending"].as_u64().unwrap() as usize;
+        let first: Vec<String> = of_kind(&records, "alert_received")
+            .iter()
+            .map(|r| r.data["id"].as_str().unwrap().to_string())
+            .collect();
+        if pending > 0 || sent >= 8000 {
+            break (first, pending);
+        }
+    };
+    assert!(
+        pending > 0,
+        "every alert handled before the stop: nothing to test"
+    );
     let log = dir.path().join("audit.jsonl");
-    let records = common::records(&log);
-    let stopped = &of_kind(&records, "agent_stopped")[0].data;
-    let first: Vec<String> = of_kind(&records, "alert_received")
-        .iter()
-        .map(|r| r.data["id"].as_str().unwrap().to_string())
-        .collect();
-    let pending = stopped["alerts_pending"].as_u64().unwrap() as usize;
-    assert_eq!(first.len() + pending, 200, "accepted = handled + kept");
+    assert_eq!(first.len() + pending, sent, "accepted = handled + kept");
 
     let d = Daemon::start(cfg(), fake.clone()).await;
     d.wait("the kept alerts", Duration::from_secs(120), |d| {
-        received(d).len() >= 200
+        received(d).len() >= sent
     })
     .await;
     let all = received(&d);
     let unique: std::collections::BTreeSet<&String> = all.iter().collect();
-    assert_eq!(unique.len(), 200, "every accepted alert handled");
-    assert_eq!(all.len(), 200, "none handled twice");
+    assert_eq!(unique.len(), sent, "every accepted alert handled");
+    assert_eq!(all.len(), sent, "none handled twice");
     d.stop().await;
     verify_log(&log);
 }

@@ -321,8 +321,13 @@ pub async fn run(
                 _ = &mut shutdown => return Ok(()),
                 _ = ticker.tick() => {}
                 r = &mut intake => {
-                    // It only ends on its own when the audit log fails.
-                    return r.unwrap_or(Ok(()));
+                    // It ends on its own only when the audit log fails, or by a panic,
+                    // which must stop the agent as a failure (never as a clean exit).
+                    match r {
+                        Ok(result) => return result,
+                        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                        Err(_) => return Ok(()),
+                    }
                 }
                 _ = reload.tick() => {
                     dispatcher.lock().await.reload().await?;
@@ -357,7 +362,15 @@ pub async fn run(
     info!("shutting down");
     // What was learned survives the restart.
     save_models(&ctx, &watches).await;
-    // Intake stops between batches; what it has not handled stays in the spool.
+    // No new alerts first, then intake stops between batches (what it has not handled
+    // stays in the spool), then the plans: the count below is then final.
+    let _ = stop_tx.send(true);
+    if tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .is_err()
+    {
+        warn!("http server did not stop within 5s");
+    }
     let _ = intake_stop.send(true);
     if !intake.is_finished() {
         let _ = (&mut intake).await;
@@ -365,7 +378,6 @@ pub async fn run(
     // Plans and verifications in flight are abandoned: their records so far say how far
     // they got.
     let interrupted = dispatcher.lock().await.stop().await;
-    let _ = stop_tx.send(true);
     let pending = spool.pending();
     if pending > 0 {
         info!(pending, spool = %spool.path().display(), "accepted alerts kept for the next start");
@@ -378,12 +390,6 @@ pub async fn run(
             alerts_pending: Some(pending),
         }))
         .await;
-    if tokio::time::timeout(Duration::from_secs(5), server)
-        .await
-        .is_err()
-    {
-        warn!("http server did not stop within 5s");
-    }
     result?;
     stopped?;
     Ok(())
@@ -458,7 +464,8 @@ async fn fit_all(ctx: &Context, watches: &mut [SignalWatch]) {
         match models::load(&ctx.models_dir, &cfg.name, d) {
             Ok(Some(saved)) => {
                 let age = now - saved.updated_to;
-                w.load_saved(saved, &mut room, Instant::now());
+                let dropped = w.load_saved(saved, &mut room, Instant::now());
+                capped(ctx, &cfg.name, dropped, "saved models");
                 info!(signal = %cfg.name, series = w.len(), age_secs = format!("{age:.0}"), "loaded saved models");
             }
             Ok(None) => {}
@@ -474,7 +481,8 @@ async fn fit_all(ctx: &Context, watches: &mut [SignalWatch]) {
         {
             Ok(histories) => {
                 let points: usize = histories.iter().map(|h| h.samples.len()).sum();
-                w.fit_history(histories, &mut room, Instant::now());
+                let dropped = w.fit_history(histories, &mut room, Instant::now());
+                capped(ctx, &cfg.name, dropped, "history");
                 info!(signal = %cfg.name, series = w.len(), points, "fitted baselines from history");
             }
             Err(e) => {
@@ -482,6 +490,14 @@ async fn fit_all(ctx: &Context, watches: &mut [SignalWatch]) {
             }
         }
         w.fitted(Instant::now());
+    }
+}
+
+/// Warns about and counts series the caps left out of saved models or history.
+fn capped(ctx: &Context, signal: &str, dropped: usize, from: &str) {
+    if dropped > 0 {
+        warn!(signal, dropped, from, "series cap reached: series left out (raise agent.max_series_per_signal or agent.max_series, or aggregate the query)");
+        ctx.metrics.series_dropped(signal, dropped);
     }
 }
 
@@ -523,7 +539,7 @@ async fn process(
 ) -> Result<(), AuditError> {
     let mut events = Vec::new();
     if let Some(points) = w.accept(result, Instant::now(), &ctx.timing, &mut events) {
-        if let Some(unknown) = w.wants_history(&points, Instant::now()) {
+        if let Some(unknown) = w.wants_history(&points, room, Instant::now()) {
             fetch_history(ctx, w, unknown, &mut room).await;
         }
         w.score(

@@ -97,7 +97,11 @@ pub fn resume(watches: &mut [SignalWatch], unclosed: BTreeMap<String, Unclosed>)
         let known = watch.is_some();
         match watch.and_then(|w| w.series.get_mut(&u.labels)) {
             Some(series) => {
-                let started = UNIX_EPOCH + Duration::from_secs_f64(u.started_unix.max(0.0));
+                // A time no clock can hold (a damaged record) reads as the epoch.
+                let started = Duration::try_from_secs_f64(u.started_unix.max(0.0))
+                    .ok()
+                    .and_then(|d| UNIX_EPOCH.checked_add(d))
+                    .unwrap_or(UNIX_EPOCH);
                 series.detector.resume_open();
                 series.open = Some(OpenAnomaly {
                     id: u.id.clone(),
@@ -217,6 +221,43 @@ mod tests {
                 seasonal: true,
                 handled: ["restart".to_string(), "scale".to_string()].into(),
             }]
+        );
+    }
+
+    #[test]
+    fn an_unclosed_anomaly_with_an_impossible_start_resumes_without_a_panic() {
+        let cfg: crate::config::SignalConfig = crate::config::Config::parse(
+            "[prometheus]\nurl = \"http://127.0.0.1:9\"\n[[signals]]\nname = \"latency\"\nquery = 'q'\n",
+            std::path::Path::new("."),
+        )
+        .unwrap()
+        .signals
+        .remove(0);
+        let now = tokio::time::Instant::now();
+        let mut w = SignalWatch::new(cfg, 10, now);
+        let labels = Labels::from_pairs([("pod", "a")]);
+        let history = crate::source::History {
+            labels: labels.clone(),
+            samples: (0..100).map(|i| (f64::from(i) * 300.0, 1.0)).collect(),
+        };
+        w.fit_history(vec![history], &mut 10, now);
+        let u = Unclosed {
+            id: "an-1".into(),
+            signal: "latency".into(),
+            labels,
+            started_unix: 1e300,
+            peak_score: 1.0,
+            evidence: String::new(),
+            seasonal: false,
+            handled: BTreeSet::new(),
+        };
+        let restored = resume(
+            std::slice::from_mut(&mut w),
+            [("an-1".to_string(), u)].into(),
+        );
+        assert!(
+            matches!(&restored[..], [Restored::Resumed { started_at, .. }] if started_at.starts_with("1970")),
+            "{restored:?}"
         );
     }
 }

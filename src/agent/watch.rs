@@ -194,25 +194,37 @@ impl SignalWatch {
 
     /// Starts from saved models (their series' baselines, and how far they had seen),
     /// within the caps (`room`: series left of the total).
-    pub fn load_saved(&mut self, saved: SignalModels, room: &mut usize, now: Instant) {
-        for m in saved.series {
+    /// Returns how many series the caps left out.
+    pub fn load_saved(&mut self, saved: SignalModels, room: &mut usize, now: Instant) -> usize {
+        let total = saved.series.len();
+        for (i, m) in saved.series.into_iter().enumerate() {
             if !self.admit(room) {
-                break;
+                self.updated_to = saved.updated_to;
+                return total - i;
             }
             let mut series = self.new_series(now);
             series.detector = Detector::from_model(m.model, &self.cfg.detection);
             self.series.insert(m.labels, series);
         }
         self.updated_to = saved.updated_to;
+        0
     }
 
     /// Fits baselines from history: a known series learns only what it has not seen
-    /// (saved models), a new one everything, within the caps.
-    pub fn fit_history(&mut self, histories: Vec<History>, room: &mut usize, now: Instant) {
+    /// (saved models), a new one everything, within the caps. Returns how many series
+    /// the caps left out.
+    pub fn fit_history(
+        &mut self,
+        histories: Vec<History>,
+        room: &mut usize,
+        now: Instant,
+    ) -> usize {
         let saved_to = self.updated_to;
+        let mut dropped = 0;
         for h in histories {
             let known = self.series.contains_key(&h.labels);
             if !known && !self.admit(room) {
+                dropped += 1;
                 continue;
             }
             let fresh: Vec<(f64, f64)> = h
@@ -231,6 +243,7 @@ impl SignalWatch {
                 self.updated_to = self.updated_to.max(*t);
             }
         }
+        dropped
     }
 
     /// Marks the signal as fitted at `now`: its models may be saved from now on, and new
@@ -289,8 +302,19 @@ impl SignalWatch {
     }
 
     /// Series in `points` it does not know, when their history may be fetched now (at
-    /// most once a minute); the caller fetches it and hands it to [`Self::adopt`].
-    pub fn wants_history(&mut self, points: &[Point], now: Instant) -> Option<Vec<Labels>> {
+    /// most once a minute, and only while the caps leave `room` for them); the caller
+    /// fetches it and hands it to [`Self::adopt`].
+    pub fn wants_history(
+        &mut self,
+        points: &[Point],
+        room: usize,
+        now: Instant,
+    ) -> Option<Vec<Labels>> {
+        // At a cap the unknown series stay unknown: fetching their history every minute
+        // would cost what the cap is there to bound.
+        if room == 0 || self.series.len() >= self.max_series {
+            return None;
+        }
         let unknown: Vec<Labels> = points
             .iter()
             .filter(|p| !self.series.contains_key(&p.labels))
