@@ -23,6 +23,7 @@
 //! | [`models`] | fitted baselines saved under `agent.models_dir`, schema-versioned |
 //! | [`cli`] | command-line definitions |
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod act;
 pub mod agent;

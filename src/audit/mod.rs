@@ -460,8 +460,8 @@ impl Auditor {
         self.failed.get().map(String::as_str)
     }
 
-    /// A handle that tells, without locking, why the log failed (if it has): for health
-    /// checks that outlive no `Auditor`.
+    /// A handle that tells, without waiting on a write, why the log failed (if it has):
+    /// for health checks.
     pub fn failure(&self) -> AuditFailure {
         AuditFailure(self.failed.clone())
     }

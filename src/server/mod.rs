@@ -159,10 +159,11 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
 }
 
 async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
-    if let Some(reason) = s.metrics.audit_failure() {
+    // The reason (paths, OS errors) is in the agent's log; this endpoint is open to all.
+    if s.metrics.audit_failure().is_some() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("audit log failed, nothing is done: {reason}\n"),
+            "audit log failed: nothing is done until a restart recovers it\n".to_string(),
         );
     }
     match s.metrics.liveness() {
