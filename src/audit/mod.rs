@@ -85,6 +85,24 @@ pub enum AuditError {
         /// Which line, and why.
         reason: String,
     },
+    /// Another process holds the log (an agent running on it): two writers would
+    /// interleave records and repeat sequence numbers.
+    #[error("{path}: another process is writing this log (is an agent running on it?)", path = .path.display())]
+    Busy {
+        /// The log.
+        path: PathBuf,
+    },
+}
+
+/// Takes the log's one-writer lock (released when `file` is closed, so a crash frees it).
+pub(crate) fn lock_writer(file: &File, path: &Path) -> Result<(), AuditError> {
+    match file.try_lock() {
+        Ok(()) => Ok(()),
+        Err(std::fs::TryLockError::WouldBlock) => Err(AuditError::Busy {
+            path: path.to_path_buf(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(io_err(path)(e)),
+    }
 }
 
 /// The head file's content: where the log must end.
@@ -195,6 +213,7 @@ impl AuditLog {
             .append(true)
             .open(path)
             .map_err(io_err(path))?;
+        lock_writer(&file, path)?;
         if !existed {
             // The first record is durable only once the log's directory entry is.
             sync_dir(path);
@@ -519,6 +538,22 @@ mod tests {
         let mut s = lines.join("\n");
         s.push('\n');
         std::fs::write(path, s).unwrap();
+    }
+
+    #[test]
+    fn a_second_writer_is_refused_while_the_first_holds_the_log() {
+        let (_d, path) = write_log(2);
+        let first = AuditLog::open(&path).unwrap();
+        assert!(matches!(
+            AuditLog::open(&path),
+            Err(AuditError::Busy { .. })
+        ));
+        assert!(matches!(
+            seal::seal(&path, "while running"),
+            Err(AuditError::Busy { .. })
+        ));
+        drop(first);
+        assert!(AuditLog::open(&path).is_ok(), "released with the writer");
     }
 
     #[test]

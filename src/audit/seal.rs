@@ -55,6 +55,9 @@ pub fn seal(log: &Path, reason: &str) -> Result<Sealed, AuditError> {
         // A head whose log is gone: the empty log is what gets sealed, with it.
         File::create_new(log).map_err(io_err(log))?;
     }
+    // Refused while an agent writes the log: it would go on appending to the segment.
+    let held = File::open(log).map_err(io_err(log))?;
+    super::lock_writer(&held, log)?;
     let (n, resumed) = match latest_segment(log)? {
         Some(m) if same_file(log, &segment_path(log, m)) => (m, true),
         Some(m) => (m + 1, false),
