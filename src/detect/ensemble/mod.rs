@@ -425,10 +425,13 @@ fn judge_view(tails: &mut [Spot; STAT_COMPONENTS], raw: Raw, dir: Direction, w: 
     // rise of latency, and neither is a busy drop.
     let side = dir == Direction::Both
         || (directional(raw[LEVEL], dir) > SIDE_MARGIN && directional(raw[SHIFT], dir) > 0.0);
-    let judged: [Judgement; STAT_COMPONENTS] = std::array::from_fn(|i| {
+    let mut judge = |i: usize| {
         let r = if side { directional(raw[i], dir) } else { 0.0 };
         tails[i].judge(r, w)
-    });
+    };
+    // Spelt out, not `array::from_fn`, whose fallible machinery costs a fifth of the
+    // judging itself (the array's type checks that all components are there).
+    let judged: [Judgement; STAT_COMPONENTS] = [judge(0), judge(1), judge(2), judge(3)];
     let (mut likelihood, mut which) = (0.0f64, 0);
     for (i, j) in judged.iter().enumerate() {
         if j.likelihood > likelihood {
