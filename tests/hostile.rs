@@ -175,3 +175,288 @@ fn playbook_test_reports_nested_data_as_a_playbook_error() {
         );
     }
 }
+
+mod config {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use homeostat::agent::watch::{SignalWatch, Timing};
+    use homeostat::backtest::{run_series, Row};
+    use homeostat::config::Config;
+    use homeostat::labels::Labels;
+    use homeostat::source::{Point, SourceError};
+    use proptest::prelude::*;
+
+    const BASE: &str = "[prometheus]\nurl = \"http://127.0.0.1:9090\"\n";
+    const SIGNAL: &str = "[[signals]]\nname = \"a\"\nquery = \"up\"\n";
+
+    #[test]
+    fn every_duration_and_number_out_of_range_is_listed_with_its_path() {
+        let text = format!(
+            r#"{BASE}timeout = "11m"
+[agent]
+interval = "500000000000y"
+series_ttl = "31d"
+max_backoff = "2d"
+playbook_timeout = "1h"
+models_save_every = "8d"
+[detection]
+history = "91d"
+history_step = "25h"
+threshold_per = "2d"
+window = 100001
+open_after = 100001
+close_after = 1000000000000
+warmup = 4294967296
+min_spread = 1e19
+min_relative_spread = 1001
+min_deviation = 1e300
+min_relative_deviation = 1e10
+{SIGNAL}engine = "robust"
+threshold = 1e9
+"#
+        );
+        let problems = Config::parse(&text, Path::new(".")).unwrap_err();
+        let want = [
+            "prometheus.timeout: \"11m\" is too long: at most 10m",
+            "agent.interval: \"500000000000y\" is too long: at most 1d",
+            "agent.series_ttl: \"31d\" is too long: at most 30d",
+            "agent.max_backoff: \"2d\" is too long: at most 1d",
+            "agent.playbook_timeout: \"1h\" is too long: at most 10m",
+            "agent.models_save_every: \"8d\" is too long: at most 7d",
+            "detection.history: \"91d\" is too long: at most 90d",
+            "detection.history_step: \"25h\" is too long: at most 1d",
+            "detection.threshold_per: \"2d\" is too long: at most 1d",
+            "detection.window: must be at most 100000, found 100001",
+            "detection.open_after: must be at most 100000, found 100001",
+            "detection.close_after: must be at most 100000, found 1000000000000",
+            "detection.warmup: must be at most 100000, found 4294967296",
+            "detection.min_spread: must be at most 1000000000000000000, found 10000000000000000000",
+            "detection.min_relative_spread: must be at most 1000, found 1001",
+            "detection.min_deviation: must be at most",
+            "detection.min_relative_deviation: must be at most 1000, found 10000000000",
+            "signals[0].threshold: must be at most 1000 for the robust engine, found 1000000000",
+        ];
+        for w in want {
+            assert!(
+                problems.iter().any(|p| p.starts_with(w)),
+                "missing {w:?} in {problems:#?}"
+            );
+        }
+        assert_eq!(problems.len(), want.len(), "{problems:#?}");
+    }
+
+    #[test]
+    fn an_interval_of_500_billion_years_fails_check_and_run_not_the_loop() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.toml");
+        let text = format!("{BASE}[agent]\ninterval = \"500000000000y\"\n{SIGNAL}");
+        std::fs::write(&path, text).unwrap();
+        for command in ["check", "run"] {
+            let out = super::homeostat(&[command, "--config", path.to_str().unwrap()]);
+            assert_eq!(
+                out.status.code(),
+                Some(2),
+                "{command}: {}",
+                super::stderr(&out)
+            );
+            assert!(
+                super::stderr(&out).contains("agent.interval: \"500000000000y\" is too long"),
+                "{command}: {}",
+                super::stderr(&out)
+            );
+        }
+    }
+
+    /// What the agent does with the config's durations as it starts and runs: its
+    /// liveness window, timers, retry backoff (twenty failures in a row), history span,
+    /// playbook deadline, and a detector fed a few points.
+    fn start_the_loop_arithmetic(c: &Config) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let _entered = runtime.enter();
+        let now = tokio::time::Instant::now();
+        let _ = homeostat::metrics::Metrics::new(homeostat::agent::liveness_window(c));
+        let _ = tokio::time::interval(c.agent.interval);
+        let save = c.agent.models_save_every;
+        let _ = tokio::time::interval_at(now + save, save);
+        let _ = now + c.agent.series_ttl + c.prometheus.timeout;
+        let _ = c.agent.playbook_timeout + Duration::from_secs(2);
+        let timing = Timing {
+            interval: c.agent.interval,
+            series_ttl: c.agent.series_ttl,
+            max_backoff: c.agent.max_backoff,
+        };
+        for s in &c.signals {
+            let d = &s.detection;
+            let span = d.history.as_secs_f64().max(d.history_step.as_secs_f64());
+            let _ = Duration::from_secs_f64(span);
+            let mut w = SignalWatch::new(s.clone(), now);
+            let mut events = Vec::new();
+            for _ in 0..20 {
+                w.accept(
+                    Err(SourceError::Url("down".into())),
+                    now,
+                    &timing,
+                    &mut events,
+                );
+            }
+            let point = Point {
+                labels: Labels::default(),
+                t: 1e9,
+                value: 1.0,
+            };
+            w.accept(
+                Ok(vec![point]),
+                now + timing.max_backoff,
+                &timing,
+                &mut events,
+            );
+            let rows: Vec<Row> = (0..50)
+                .map(|i| Row {
+                    timestamp: String::new(),
+                    t: 1e9 + 300.0 * f64::from(i),
+                    value: f64::from(i % 7),
+                })
+                .collect();
+            let _ = run_series(&rows, d);
+        }
+    }
+
+    /// Durations as written: mostly plausible, some huge, some not durations at all.
+    fn duration() -> impl Strategy<Value = String> {
+        let unit = prop::sample::select(vec!["ns", "ms", "s", "m", "h", "d", "w", "M", "y", ""]);
+        let plausible = prop::sample::select(vec!["ms", "s", "m", "h", "d"]);
+        prop_oneof![
+            4 => (1u64..100, plausible).prop_map(|(n, u)| format!("{n}{u}")),
+            1 => (any::<u64>(), unit.clone()).prop_map(|(n, u)| format!("{n}{u}")),
+            1 => (0u64..2000, unit).prop_map(|(n, u)| format!("{n}{u}")),
+            1 => "[ -~]{0,16}",
+        ]
+    }
+
+    /// Numbers as written: mostly plausible, some extreme, some not TOML numbers.
+    fn number() -> impl Strategy<Value = String> {
+        prop_oneof![
+            3 => (1i64..1000).prop_map(|i| i.to_string()),
+            3 => (0.001f64..0.999).prop_map(|f| format!("{f:?}")),
+            1 => any::<i64>().prop_map(|i| i.to_string()),
+            1 => (-10i64..200_000).prop_map(|i| i.to_string()),
+            1 => any::<f64>().prop_map(|f| format!("{f:?}")),
+            1 => prop::sample::select(vec!["inf", "-inf", "nan", "1e309", "-0.0", "0"])
+                .prop_map(String::from),
+        ]
+    }
+
+    /// A config with arbitrary values in the fields that hold durations and numbers.
+    fn config_text() -> impl Strategy<Value = String> {
+        let durations = [
+            ("prometheus", "timeout"),
+            ("agent", "interval"),
+            ("agent", "series_ttl"),
+            ("agent", "max_backoff"),
+            ("agent", "playbook_timeout"),
+            ("agent", "models_save_every"),
+            ("detection", "history"),
+            ("detection", "history_step"),
+            ("detection", "threshold_per"),
+        ];
+        let numbers = [
+            "window",
+            "threshold",
+            "open_after",
+            "close_after",
+            "warmup",
+            "min_spread",
+            "min_relative_spread",
+            "min_deviation",
+            "min_relative_deviation",
+        ];
+        let field = prop_oneof![
+            (prop::sample::select(durations.to_vec()), duration()).prop_map(|((s, k), v)| (
+                s,
+                k,
+                format!("{v:?}")
+            )),
+            (prop::sample::select(numbers.to_vec()), number()).prop_map(|(k, v)| (
+                "detection",
+                k,
+                v
+            )),
+        ];
+        (
+            prop::collection::vec(field, 0..8),
+            prop::sample::select(vec!["ensemble", "robust"]),
+        )
+            .prop_map(|(fields, engine)| {
+                let mut text = String::from("[prometheus]\nurl = \"http://127.0.0.1:9090\"\n");
+                for section in ["prometheus", "agent", "detection"] {
+                    if section != "prometheus" {
+                        text.push_str(&format!("[{section}]\n"));
+                    }
+                    if section == "detection" {
+                        text.push_str(&format!("engine = \"{engine}\"\n"));
+                    }
+                    let mut seen = std::collections::BTreeSet::new();
+                    for (_, k, v) in fields.iter().filter(|f| f.0 == section) {
+                        if seen.insert(*k) {
+                            text.push_str(&format!("{k} = {v}\n"));
+                        }
+                    }
+                }
+                text.push_str("[[signals]]\nname = \"a\"\nquery = \"up\"\n");
+                text
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn any_text_parses_or_fails_without_panic(text in "\\PC{0,400}") {
+            let _ = Config::parse(&text, Path::new("."));
+        }
+
+        #[test]
+        fn any_accepted_config_can_start_the_loop(text in config_text()) {
+            if let Ok(c) = Config::parse(&text, Path::new(".")) {
+                start_the_loop_arithmetic(&c);
+            }
+        }
+    }
+
+    #[test]
+    fn the_largest_accepted_values_can_start_the_loop() {
+        let text = format!(
+            r#"{BASE}timeout = "10m"
+[agent]
+interval = "1d"
+series_ttl = "30d"
+max_backoff = "1d"
+playbook_timeout = "10m"
+models_save_every = "7d"
+[detection]
+history = "90d"
+history_step = "1d"
+threshold_per = "1d"
+window = 100000
+open_after = 100000
+close_after = 100000
+warmup = 100000
+min_spread = 1e18
+min_relative_spread = 1000
+min_deviation = 1e18
+min_relative_deviation = 1000
+{SIGNAL}[[signals]]
+name = "b"
+query = "up"
+engine = "robust"
+threshold = 1000
+"#
+        );
+        let c = Config::parse(&text, Path::new(".")).unwrap();
+        start_the_loop_arithmetic(&c);
+    }
+}

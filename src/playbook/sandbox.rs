@@ -78,7 +78,8 @@ pub fn engine(limits: &Limits, who: String, world: Arc<dyn World>, now: f64) -> 
         .set_module_resolver(rhai::module_resolvers::DummyModuleResolver::new())
         .set_max_modules(0);
     e.disable_symbol("eval");
-    let deadline = Instant::now() + limits.timeout;
+    // A timeout past the end of time is no deadline, not a panic.
+    let deadline = Instant::now().checked_add(limits.timeout);
     let max_operations = limits.max_operations;
     // Rhai's own count restarts in each closure a native function calls back (`map`,
     // `filter`, `reduce`...), so it bounds neither the whole run nor, through it, the
@@ -90,7 +91,8 @@ pub fn engine(limits: &Limits, who: String, world: Arc<dyn World>, now: f64) -> 
             return Some(Dynamic::from(OPERATIONS));
         }
         // Reading the clock on every operation would dominate cheap scripts.
-        (n % 256 == 0 && Instant::now() >= deadline).then(|| Dynamic::from(DEADLINE))
+        (n % 256 == 0 && deadline.is_some_and(|d| Instant::now() >= d))
+            .then(|| Dynamic::from(DEADLINE))
     });
     let (max_depth, max_items) = (
         limits.max_data_depth,
