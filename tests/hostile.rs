@@ -460,3 +460,160 @@ threshold = 1000
         start_the_loop_arithmetic(&c);
     }
 }
+
+mod backtest {
+    use std::path::Path;
+    use std::process::Command;
+
+    /// Runs `homeostat backtest` with at most `mib` MiB of address space.
+    fn backtest_within(mib: u64, args: &[&str]) -> std::process::Output {
+        let mut command = format!("ulimit -v {} && exec \"$0\" backtest", mib * 1024);
+        for (i, _) in args.iter().enumerate() {
+            command.push_str(&format!(" \"${}\"", i + 1));
+        }
+        Command::new("sh")
+            .arg("-c")
+            .arg(command)
+            .arg(env!("CARGO_BIN_EXE_homeostat"))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn rows(n: u32) -> String {
+        let mut csv = String::from("timestamp,value\n");
+        for i in 0..n {
+            csv.push_str(&format!(
+                "2024-01-01 {:02}:{:02}:00,{}\n",
+                i / 60,
+                i % 60,
+                10 + i % 3
+            ));
+        }
+        csv
+    }
+
+    /// A data directory with one category holding a good file.
+    fn data_with_a_good_file() -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let c = dir.path().join("data/c");
+        std::fs::create_dir_all(&c).unwrap();
+        std::fs::write(c.join("good.csv"), rows(300)).unwrap();
+        (dir, c)
+    }
+
+    #[test]
+    fn a_file_that_is_not_utf8_loses_nothing_else() {
+        let (dir, c) = data_with_a_good_file();
+        std::fs::write(
+            c.join("a.csv"),
+            b"timestamp,value\n2024-01-01 00:00:00,\xe9\n",
+        )
+        .unwrap();
+        let o = backtest_within(1024, &["--data", dir.path().join("data").to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(0), "{stderr}");
+        assert!(stderr.contains("a.csv: line 2: not UTF-8"), "{stderr}");
+        assert!(String::from_utf8_lossy(&o.stdout).starts_with("1 files (1 skipped), 300 rows"));
+    }
+
+    #[test]
+    fn a_2_gib_file_of_nuls_is_never_read_whole() {
+        let (dir, c) = data_with_a_good_file();
+        // Sparse on disk; read whole, it would not fit the 1 GiB of address space below.
+        std::fs::File::create(c.join("zeros.csv"))
+            .unwrap()
+            .set_len(2 << 30)
+            .unwrap();
+        let started = std::time::Instant::now();
+        let o = backtest_within(1024, &["--data", dir.path().join("data").to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(0), "{stderr}");
+        assert!(
+            stderr.contains("zeros.csv: line 1: longer than 4096 bytes"),
+            "{stderr}"
+        );
+        assert!(started.elapsed().as_secs() < 10);
+    }
+
+    #[test]
+    fn a_bad_file_is_skipped_with_a_warning_and_the_others_are_scored() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let c = data.join("c");
+        std::fs::create_dir_all(&c).unwrap();
+        std::fs::write(c.join("good.csv"), rows(300)).unwrap();
+        std::fs::write(
+            c.join("latin1.csv"),
+            b"timestamp,value\n2024-01-01 00:00:00,caf\xe9\n",
+        )
+        .unwrap();
+        // 2 GiB of NULs, sparse on disk: read whole, it would not fit the 1 GiB below.
+        std::fs::File::create(c.join("zeros.csv"))
+            .unwrap()
+            .set_len(2 << 30)
+            .unwrap();
+        std::fs::write(
+            c.join("long.csv"),
+            format!("timestamp,value\n{}", "1".repeat(1 << 20)),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(c.join("gone"), c.join("dangling.csv")).unwrap();
+        // A link back up the tree is walked once, not forever.
+        std::os::unix::fs::symlink(&data, c.join("loop")).unwrap();
+        let order = "timestamp,value\n\
+                     2024-01-01 00:00:00,1\n\
+                     2024-01-01 00:05:00,2\n\
+                     2024-01-01 00:05:00,3\n\
+                     2024-01-01 00:01:00,4\n\
+                     2024-01-01 00:10:00,5\n\
+                     2024-01-01 00:02:00,6\n";
+        std::fs::write(c.join("order.csv"), order).unwrap();
+        let out = dir.path().join("out");
+        let o = backtest_within(
+            1024,
+            &[
+                "--data",
+                data.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ],
+        );
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr),
+        );
+        assert_eq!(o.status.code(), Some(0), "{stderr}");
+        let at = |f: &str| c.join(f).display().to_string();
+        for warning in [
+            format!("{}: line 2: not UTF-8 at byte 24: not a timestamp,value CSV: file skipped", at("latin1.csv")),
+            format!("{}: line 1: longer than 4096 bytes: not a timestamp,value CSV: file skipped", at("zeros.csv")),
+            format!("{}: line 2: longer than 4096 bytes: not a timestamp,value CSV: file skipped", at("long.csv")),
+            format!("{}: No such file or directory (os error 2): file skipped", at("dangling.csv")),
+            format!("{}: 2 rows out of time order, skipped; 1 row at the same time as the row before, kept", at("order.csv")),
+        ] {
+            assert!(stderr.contains(&warning), "missing {warning:?} in:\n{stderr}");
+        }
+        assert!(
+            stdout.starts_with("2 files (4 skipped), 304 rows"),
+            "{stdout}"
+        );
+        let scored = std::fs::read_to_string(out.join("c/order.csv")).unwrap();
+        let times: Vec<&str> = scored
+            .lines()
+            .skip(1)
+            .map(|l| l.split(',').next().unwrap())
+            .collect();
+        assert_eq!(
+            times,
+            [
+                "2024-01-01 00:00:00",
+                "2024-01-01 00:05:00",
+                "2024-01-01 00:05:00",
+                "2024-01-01 00:10:00"
+            ]
+        );
+        assert!(out.join("c/good.csv").is_file());
+        assert!(!Path::new(&out.join("c/latin1.csv")).exists());
+    }
+}
