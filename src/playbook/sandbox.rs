@@ -187,13 +187,16 @@ impl Shape {
             let inner = v.read_lock::<Dynamic>().ok_or(Broke::Locked)?;
             return self.visit(&inner, depth + 1);
         }
-        if let Ok(array) = v.as_array_ref() {
-            return self.visit_all(array.iter(), depth);
-        }
-        if let Ok(map) = v.as_map_ref() {
-            return self.visit_all(map.values(), depth);
-        }
-        if let Some(f) = v.read_lock::<FnPtr>() {
+        // The cheap tests first: a failed `as_map_ref` names the type, in a new string.
+        if v.is_map() {
+            if let Ok(map) = v.as_map_ref() {
+                return self.visit_all(map.values(), depth);
+            }
+        } else if v.is_array() {
+            if let Ok(array) = v.as_array_ref() {
+                return self.visit_all(array.iter(), depth);
+            }
+        } else if let Some(f) = v.read_lock::<FnPtr>() {
             return self.visit_all(f.curry().iter(), depth);
         }
         Ok(())
