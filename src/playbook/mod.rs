@@ -236,7 +236,7 @@ impl Playbook {
     }
 
     /// Compiles and validates playbook source; `path` is used in messages. Runs the
-    /// top level on a script thread of its own ([`sandbox::isolated`]).
+    /// top level on a thread of its own, with a 64 MiB stack.
     pub fn from_source(
         text: &str,
         path: &Path,
@@ -327,7 +327,7 @@ impl Playbook {
     }
 
     /// Runs `plan(anomaly)` in the sandbox at time `now` and validates the result.
-    /// Blocking (the script runs on a thread of its own, [`sandbox::isolated`], and this
+    /// Blocking (the script runs on a 64 MiB thread of its own and this
     /// waits for it): call it from `spawn_blocking`.
     pub fn plan(
         &self,
