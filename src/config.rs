@@ -192,6 +192,48 @@ pub fn default_playbook_timeout() -> Duration {
     Duration::from_secs(5)
 }
 
+/// Upper bounds of the config's durations and numbers. Past them a value is surely a
+/// mistake (a unit typed wrong), and the agent's arithmetic on it (`interval * 3`,
+/// `now + backoff`, its timers) could overflow; `check` lists each value out of range
+/// with its path.
+pub mod bounds {
+    use std::time::Duration;
+
+    const MINUTE: Duration = Duration::from_secs(60);
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    /// `prometheus.timeout`.
+    pub const TIMEOUT: Duration = MINUTE.saturating_mul(10);
+    /// `agent.interval`.
+    pub const INTERVAL: Duration = DAY;
+    /// `agent.series_ttl`.
+    pub const SERIES_TTL: Duration = DAY.saturating_mul(30);
+    /// `agent.max_backoff`.
+    pub const MAX_BACKOFF: Duration = DAY;
+    /// `agent.playbook_timeout`.
+    pub const PLAYBOOK_TIMEOUT: Duration = MINUTE.saturating_mul(10);
+    /// `agent.models_save_every`.
+    pub const MODELS_SAVE_EVERY: Duration = DAY.saturating_mul(7);
+    /// `detection.history`.
+    pub const HISTORY: Duration = DAY.saturating_mul(90);
+    /// `detection.history_step`.
+    pub const HISTORY_STEP: Duration = DAY;
+    /// `detection.threshold_per`.
+    pub const THRESHOLD_PER: Duration = DAY;
+    /// `detection.window`, in points.
+    pub const WINDOW: i64 = 100_000;
+    /// `detection.open_after` and `detection.close_after`, in points.
+    pub const RUN: i64 = 100_000;
+    /// `detection.warmup`, in steps.
+    pub const WARMUP: i64 = 100_000;
+    /// `detection.threshold` of the `robust` engine, a robust z-score.
+    pub const ROBUST_THRESHOLD: f64 = 1_000.0;
+    /// `detection.min_spread` and `detection.min_deviation`, in the signal's units.
+    pub const ABSOLUTE: f64 = 1e18;
+    /// `detection.min_relative_spread` and `detection.min_relative_deviation`.
+    pub const RELATIVE: f64 = 1_000.0;
+}
+
 impl Default for DetectionConfig {
     fn default() -> Self {
         let engine = Engine::Ensemble;
@@ -304,7 +346,7 @@ impl Config {
                 w.err("prometheus.url", "must not be empty");
             }
             let timeout = w
-                .duration(&t, "prometheus", "timeout")
+                .duration(&t, "prometheus", "timeout", bounds::TIMEOUT)
                 .unwrap_or_else(default_timeout);
             PrometheusConfig { url, timeout }
         };
@@ -339,7 +381,7 @@ impl Config {
             };
             AgentConfig {
                 interval: w
-                    .duration(&t, "agent", "interval")
+                    .duration(&t, "agent", "interval", bounds::INTERVAL)
                     .unwrap_or_else(default_interval),
                 listen,
                 audit_log: base.join(
@@ -348,13 +390,13 @@ impl Config {
                         .unwrap_or_else(default_audit_log),
                 ),
                 series_ttl: w
-                    .duration(&t, "agent", "series_ttl")
+                    .duration(&t, "agent", "series_ttl", bounds::SERIES_TTL)
                     .unwrap_or_else(default_series_ttl),
                 max_backoff: w
-                    .duration(&t, "agent", "max_backoff")
+                    .duration(&t, "agent", "max_backoff", bounds::MAX_BACKOFF)
                     .unwrap_or_else(default_max_backoff),
                 playbook_timeout: w
-                    .duration(&t, "agent", "playbook_timeout")
+                    .duration(&t, "agent", "playbook_timeout", bounds::PLAYBOOK_TIMEOUT)
                     .unwrap_or_else(default_playbook_timeout),
                 models_dir: base.join(
                     w.opt_string(&t, "agent", "models_dir")
@@ -362,7 +404,7 @@ impl Config {
                         .unwrap_or_else(default_models_dir),
                 ),
                 models_save_every: w
-                    .duration(&t, "agent", "models_save_every")
+                    .duration(&t, "agent", "models_save_every", bounds::MODELS_SAVE_EVERY)
                     .unwrap_or_else(default_models_save_every),
                 max_series_per_signal: w
                     .count(&t, "agent", "max_series_per_signal", 1)
@@ -527,6 +569,18 @@ pub fn check_promql_shape(q: &str) -> Result<(), String> {
     }
 }
 
+/// The problem of a duration `written` longer than `max` (whole minutes or days, as
+/// the bounds are: humantime would write 90 days in months).
+fn too_long(written: &str, max: Duration) -> String {
+    let secs = max.as_secs();
+    let max = match secs {
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    };
+    format!("{written:?} is too long: at most {max}")
+}
+
 /// Walks a TOML table, collecting every problem rather than stopping at the first.
 #[derive(Default)]
 struct Walker {
@@ -594,9 +648,13 @@ impl Walker {
         }
     }
 
-    fn duration(&mut self, t: &Table, path: &str, key: &str) -> Option<Duration> {
+    fn duration(&mut self, t: &Table, path: &str, key: &str, max: Duration) -> Option<Duration> {
         let s = self.opt_string(t, path, key)?;
         match humantime::parse_duration(&s) {
+            Ok(d) if d > max => {
+                self.err(&join(path, key), too_long(&s, max));
+                None
+            }
             Ok(d) if !d.is_zero() => Some(d),
             Ok(_) => {
                 self.err(&join(path, key), "must be greater than zero");
@@ -626,13 +684,20 @@ impl Walker {
         }
     }
 
-    fn count(&mut self, t: &Table, path: &str, key: &str, min: i64) -> Option<i64> {
+    fn count(&mut self, t: &Table, path: &str, key: &str, min: i64, max: i64) -> Option<i64> {
         match t.get(key)? {
-            Value::Integer(i) if *i >= min => Some(*i),
-            Value::Integer(i) => {
+            Value::Integer(i) if (min..=max).contains(i) => Some(*i),
+            Value::Integer(i) if *i < min => {
                 self.err(
                     &join(path, key),
                     format!("must be at least {min}, found {i}"),
+                );
+                None
+            }
+            Value::Integer(i) => {
+                self.err(
+                    &join(path, key),
+                    format!("must be at most {max}, found {i}"),
                 );
                 None
             }
@@ -669,13 +734,13 @@ impl Walker {
             // Another engine's scores mean other things: start from its own defaults.
             (d.threshold, d.open_after, d.close_after) = d.engine.defaults();
         }
-        if let Some(v) = self.duration(t, path, "history") {
+        if let Some(v) = self.duration(t, path, "history", bounds::HISTORY) {
             d.history = v;
         }
-        if let Some(v) = self.duration(t, path, "history_step") {
+        if let Some(v) = self.duration(t, path, "history_step", bounds::HISTORY_STEP) {
             d.history_step = v;
         }
-        if let Some(v) = self.count(t, path, "window", 8) {
+        if let Some(v) = self.count(t, path, "window", 8, bounds::WINDOW) {
             d.window = v as usize;
         }
         if let Some(v) = self.float(t, path, "threshold") {
@@ -685,12 +750,23 @@ impl Walker {
                     "must be between 0 and 1 (exclusive) for the ensemble: it is a likelihood",
                 ),
                 _ if v <= 0.0 => self.err(&join(path, "threshold"), "must be greater than zero"),
+                _ if v > bounds::ROBUST_THRESHOLD => self.err(
+                    &join(path, "threshold"),
+                    format!(
+                        "must be at most {} for the robust engine, found {v}",
+                        bounds::ROBUST_THRESHOLD
+                    ),
+                ),
                 _ => d.threshold = v,
             }
         }
         if let Some(s) = self.opt_string(t, path, "threshold_per") {
             match humantime::parse_duration(&s) {
                 _ if s == "point" => d.threshold_per = None,
+                Ok(v) if v > bounds::THRESHOLD_PER => self.err(
+                    &join(path, "threshold_per"),
+                    too_long(&s, bounds::THRESHOLD_PER),
+                ),
                 Ok(v) if !v.is_zero() => d.threshold_per = Some(v),
                 _ => self.err(
                     &join(path, "threshold_per"),
@@ -698,26 +774,40 @@ impl Walker {
                 ),
             }
         }
-        if let Some(v) = self.count(t, path, "warmup", 1) {
-            d.warmup = v.min(u32::MAX as i64) as u32;
+        // The bounds are far inside u32.
+        if let Some(v) = self.count(t, path, "warmup", 1, bounds::WARMUP) {
+            d.warmup = v as u32;
         }
-        if let Some(v) = self.count(t, path, "open_after", 1) {
-            d.open_after = v.min(u32::MAX as i64) as u32;
+        if let Some(v) = self.count(t, path, "open_after", 1, bounds::RUN) {
+            d.open_after = v as u32;
         }
-        if let Some(v) = self.count(t, path, "close_after", 1) {
-            d.close_after = v.min(u32::MAX as i64) as u32;
+        if let Some(v) = self.count(t, path, "close_after", 1, bounds::RUN) {
+            d.close_after = v as u32;
         }
-        for (key, slot) in [
-            ("min_spread", &mut d.min_spread),
-            ("min_relative_spread", &mut d.min_relative_spread),
-            ("min_deviation", &mut d.min_deviation),
-            ("min_relative_deviation", &mut d.min_relative_deviation),
+        for (key, slot, max) in [
+            ("min_spread", &mut d.min_spread, bounds::ABSOLUTE),
+            (
+                "min_relative_spread",
+                &mut d.min_relative_spread,
+                bounds::RELATIVE,
+            ),
+            ("min_deviation", &mut d.min_deviation, bounds::ABSOLUTE),
+            (
+                "min_relative_deviation",
+                &mut d.min_relative_deviation,
+                bounds::RELATIVE,
+            ),
         ] {
             if let Some(v) = self.float(t, path, key) {
-                if v >= 0.0 {
-                    *slot = v;
-                } else {
+                if v < 0.0 {
                     self.err(&join(path, key), "must not be negative");
+                } else if v > max {
+                    self.err(
+                        &join(path, key),
+                        format!("must be at most {max}, found {v}"),
+                    );
+                } else {
+                    *slot = v;
                 }
             }
         }

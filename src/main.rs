@@ -196,6 +196,8 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn run(path: &Path) -> anyhow::Result<ExitCode> {
+    let runtime = runtime()?;
+    let signals = Signals::catch(&runtime).context("cannot listen for signals")?;
     let config = load_config(path)?;
     let limits = Limits {
         timeout: config.agent.playbook_timeout,
@@ -206,21 +208,43 @@ fn run(path: &Path) -> anyhow::Result<ExitCode> {
     for p in &rejected {
         tracing::error!("playbook rejected: {p}");
     }
-    runtime()?.block_on(async {
-        homeostat::agent::start(config, playbooks, rejected, shutdown_signal())
+    runtime.block_on(async {
+        homeostat::agent::start(config, playbooks, rejected, signals.shutdown())
             .await
             .context("homeostat run")
     })?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// Resolves on the first SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("can install a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-        _ = term.recv() => tracing::info!("SIGTERM received"),
+/// The daemon's signals, caught from the moment its runtime exists, before the config
+/// is read: SIGHUP's default action is to end the process, so one sent while the
+/// agent starts (a reload racing a restart) must not kill it, and a SIGTERM or SIGINT
+/// then must still stop it cleanly once it runs. The agent reads SIGHUP itself (it
+/// reloads playbooks); until it does, one is caught and has nothing to reload.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+    _hangup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Installs the handlers (for the life of the process: tokio never removes them).
+    fn catch(runtime: &tokio::runtime::Runtime) -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let _entered = runtime.enter();
+        Ok(Signals {
+            _hangup: signal(SignalKind::hangup())?,
+            term: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Resolves on the first SIGINT or SIGTERM, including one caught before it is awaited.
+    async fn shutdown(mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => tracing::info!("SIGINT received"),
+            _ = self.term.recv() => tracing::info!("SIGTERM received"),
+        }
     }
 }
 

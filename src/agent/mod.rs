@@ -149,6 +149,9 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
+    // First, so that a SIGHUP from here on is a reload, never lost to the start.
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|source| AgentError::Signal { source })?;
     let Agent {
         config,
         playbooks,
@@ -287,8 +290,6 @@ pub async fn run(
         .collect();
 
     tokio::pin!(shutdown);
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .map_err(|source| AgentError::Signal { source })?;
     let save_every = config.agent.models_save_every;
     let result: Result<(), AuditError> = async {
         // Fitting may take a while on a big store; shutdown must still be prompt.

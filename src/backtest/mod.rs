@@ -18,7 +18,7 @@ pub use report::{
 };
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
+use std::io::{BufRead as _, Write as _};
 use std::path::{Path, PathBuf};
 
 use crate::config::DetectionConfig;
@@ -80,24 +80,98 @@ pub struct Series {
     pub rows: Vec<Row>,
     /// One entry per line that was not taken as written.
     pub problems: Vec<String>,
+    /// Rows skipped because their time is before an earlier row's.
+    pub out_of_order: usize,
+    /// Rows kept although their time equals the previous row's.
+    pub duplicates: usize,
 }
 
+impl Series {
+    /// The one warning about the file's time order, if there is anything to say.
+    pub fn time_order(&self) -> Option<String> {
+        let rows = |n: usize| format!("{n} row{}", if n == 1 { "" } else { "s" });
+        let skipped = (self.out_of_order > 0)
+            .then(|| format!("{} out of time order, skipped", rows(self.out_of_order)));
+        let kept = (self.duplicates > 0).then(|| {
+            format!(
+                "{} at the same time as the row before, kept",
+                rows(self.duplicates)
+            )
+        });
+        match (skipped, kept) {
+            (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+/// The longest line a data file may have. NAB's are under 40 bytes; a longer one means
+/// the file is not a `timestamp,value` CSV (a binary file, a JSON export...), and
+/// reading it as lines would hold all of it in memory at once.
+pub const MAX_LINE: usize = 4096;
+
 /// Reads a `timestamp,value` CSV (a header line first, if any; timestamps like
-/// `2014-04-01 00:00:00`, or Unix seconds). A bad line does not lose the file: a value
-/// that is empty or not a finite number is kept as missing (NaN: never an anomaly), and
-/// a line without a readable timestamp is skipped; each is listed in `problems`.
+/// `2014-04-01 00:00:00`, or Unix seconds), a line at a time. A bad line does not lose
+/// the file: a value that is empty or not a finite number is kept as missing (NaN:
+/// never an anomaly), and a line without a readable timestamp is skipped; each is
+/// listed in `problems`. Time never goes backwards, as in the live agent: a row before
+/// an earlier one is skipped, one at the same time as the row before is kept (NAB's
+/// own files have a few, and NAB scores every row); both are counted. A file that is
+/// not text (not UTF-8, a NUL byte, a line over [`MAX_LINE`] bytes) is an error, as
+/// is one that cannot be read: the caller skips it.
 pub fn read_series(path: &Path) -> Result<Series, BacktestError> {
-    let text = std::fs::read_to_string(path).map_err(io(path))?;
-    // A byte-order mark (spreadsheet exports) is not part of the first field.
-    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    // Opening a named pipe would wait for a writer; a device may never end.
+    if !std::fs::metadata(path).map_err(io(path))?.is_file() {
+        return Err(BacktestError::Format {
+            path: path.to_path_buf(),
+            reason: "not a regular file".into(),
+        });
+    }
+    let file = std::fs::File::open(path).map_err(io(path))?;
+    read_lines(std::io::BufReader::new(file), path)
+}
+
+/// [`read_series`] over any input; `path` is used in errors.
+pub fn read_lines(mut input: impl std::io::BufRead, path: &Path) -> Result<Series, BacktestError> {
+    let not_text = |n: usize, why: String| BacktestError::Format {
+        path: path.to_path_buf(),
+        reason: format!("line {n}: {why}: not a timestamp,value CSV"),
+    };
     let mut series = Series::default();
     let mut first = true;
-    for (i, line) in text.lines().enumerate() {
+    let mut last_t = f64::NEG_INFINITY;
+    let mut bytes = Vec::with_capacity(64);
+    for n in 1.. {
+        bytes.clear();
+        // A line may have MAX_LINE bytes and "\r\n": one more byte says it is too long.
+        let read = std::io::Read::take(&mut input, MAX_LINE as u64 + 3)
+            .read_until(b'\n', &mut bytes)
+            .map_err(io(path))?;
+        if read == 0 {
+            break;
+        }
+        // As `str::lines`: "\n" or "\r\n" ends a line, the last one may have neither.
+        let line = match bytes.strip_suffix(b"\n") {
+            Some(l) => l.strip_suffix(b"\r").unwrap_or(l),
+            None => &bytes[..],
+        };
+        if line.len() > MAX_LINE {
+            return Err(not_text(n, format!("longer than {MAX_LINE} bytes")));
+        }
+        if line.contains(&0) {
+            return Err(not_text(n, "a NUL byte".into()));
+        }
+        let line = std::str::from_utf8(line)
+            .map_err(|e| not_text(n, format!("not UTF-8 at byte {}", e.valid_up_to() + 1)))?;
+        // A byte-order mark (spreadsheet exports) is not part of the first field.
+        let line = match n {
+            1 => line.strip_prefix('\u{feff}').unwrap_or(line),
+            _ => line,
+        };
         if line.trim().is_empty() {
             continue;
         }
         let header_may_be_here = std::mem::replace(&mut first, false);
-        let n = i + 1;
         let parsed = match line.split_once(',') {
             None => Err(format!("line {n}: expected `timestamp,value`, skipped")),
             Some((ts, v)) => parse_time(ts)
@@ -114,6 +188,14 @@ pub fn read_series(path: &Path) -> Result<Series, BacktestError> {
                 continue;
             }
         };
+        if t < last_t {
+            series.out_of_order += 1;
+            continue;
+        }
+        if t == last_t {
+            series.duplicates += 1;
+        }
+        last_t = t;
         let value = match v.trim().parse::<f64>() {
             Ok(x) if x.is_finite() => x,
             _ => {
@@ -334,17 +416,22 @@ impl FileResult {
     }
 }
 
-/// Every `*.csv` below `dir`, sorted, as (relative name, path).
+/// Every `*.csv` below `dir`, sorted, as (relative name, path). Directories linked
+/// more than once (a link to a parent, say) are walked once.
 pub fn csv_files(dir: &Path) -> Result<Vec<(String, PathBuf)>, BacktestError> {
     fn walk(
         dir: &Path,
         base: &Path,
+        seen: &mut std::collections::HashSet<PathBuf>,
         out: &mut Vec<(String, PathBuf)>,
     ) -> Result<(), BacktestError> {
+        if !seen.insert(std::fs::canonicalize(dir).map_err(io(dir))?) {
+            return Ok(());
+        }
         for entry in std::fs::read_dir(dir).map_err(io(dir))? {
             let path = entry.map_err(io(dir))?.path();
             if path.is_dir() {
-                walk(&path, base, out)?;
+                walk(&path, base, seen, out)?;
             } else if path.extension().is_some_and(|e| e == "csv") {
                 let rel = path.strip_prefix(base).unwrap_or(&path);
                 let name = rel
@@ -358,7 +445,7 @@ pub fn csv_files(dir: &Path) -> Result<Vec<(String, PathBuf)>, BacktestError> {
         Ok(())
     }
     let mut out = Vec::new();
-    walk(dir, dir, &mut out)?;
+    walk(dir, dir, &mut Default::default(), &mut out)?;
     out.sort();
     Ok(out)
 }
@@ -486,6 +573,165 @@ mod tests {
         assert_eq!((s.rows.len(), s.problems.len()), (1, 0), "{:?}", s.problems);
         std::fs::write(&path, "\u{feff}1396310400,4\n").unwrap();
         assert_eq!(read_series(&path).unwrap().rows.len(), 1);
+    }
+
+    #[test]
+    fn time_never_goes_backwards() {
+        let text = "timestamp,value\n\
+                    1970-01-01 00:00:00,1\n\
+                    1970-01-01 00:05:00,2\n\
+                    1970-01-01 00:05:00,3\n\
+                    1970-01-01 00:01:40,4\n\
+                    1970-01-01 00:10:00,5\n\
+                    1970-01-01 00:09:10,6\n\
+                    1970-01-01 00:15:00,7\n";
+        let s = read_lines(text.as_bytes(), Path::new("x")).unwrap();
+        let t: Vec<f64> = s.rows.iter().map(|r| r.t).collect();
+        assert_eq!(t, [0.0, 300.0, 300.0, 600.0, 900.0]);
+        assert_eq!((s.out_of_order, s.duplicates), (2, 1));
+        assert_eq!(
+            s.time_order().unwrap(),
+            "2 rows out of time order, skipped; 1 row at the same time as the row before, kept"
+        );
+        assert!(s.problems.is_empty(), "{:?}", s.problems);
+        let s = read_lines("1,1\n2,2\n".as_bytes(), Path::new("x")).unwrap();
+        assert_eq!(s.time_order(), None);
+    }
+
+    #[test]
+    fn a_file_that_is_not_text_is_an_error_naming_its_line() {
+        let reason = |bytes: &[u8]| match read_lines(bytes, Path::new("x")) {
+            Err(BacktestError::Format { reason, .. }) => reason,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            reason(b"timestamp,value\n1,1\n2,\0\n"),
+            "line 3: a NUL byte: not a timestamp,value CSV"
+        );
+        assert_eq!(
+            reason(b"timestamp,value\n1,caf\xe9\n"),
+            "line 2: not UTF-8 at byte 6: not a timestamp,value CSV"
+        );
+        let long = format!("1,1\n{}", "9".repeat(MAX_LINE + 1));
+        assert_eq!(
+            reason(long.as_bytes()),
+            "line 2: longer than 4096 bytes: not a timestamp,value CSV"
+        );
+        let long = format!("1,1\n{}\n", "9".repeat(MAX_LINE + 1));
+        assert_eq!(
+            reason(long.as_bytes()),
+            "line 2: longer than 4096 bytes: not a timestamp,value CSV"
+        );
+        // At the bound, a line is only a bad line; so is a long one ending the file.
+        let at_bound = format!(
+            "1,1\n{}\n{}\r\n2,2",
+            "x".repeat(MAX_LINE),
+            "y".repeat(MAX_LINE)
+        );
+        let s = read_lines(at_bound.as_bytes(), Path::new("x")).unwrap();
+        assert_eq!((s.rows.len(), s.problems.len()), (2, 2));
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            read_series(dir.path()),
+            Err(BacktestError::Format { reason, .. }) if reason == "not a regular file"
+        ));
+        assert!(matches!(
+            read_series(&dir.path().join("missing.csv")),
+            Err(BacktestError::Io { .. })
+        ));
+    }
+
+    /// What `read_series` did before it streamed: the whole file, then its lines.
+    fn read_whole(text: &str) -> (Vec<Row>, Vec<String>) {
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        let (mut rows, mut problems, mut first) = (Vec::new(), Vec::new(), true);
+        for (i, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let header_may_be_here = std::mem::replace(&mut first, false);
+            let n = i + 1;
+            let parsed = match line.split_once(',') {
+                None => Err(format!("line {n}: expected `timestamp,value`, skipped")),
+                Some((ts, v)) => parse_time(ts)
+                    .map(|t| (ts, t, v))
+                    .ok_or_else(|| format!("line {n}: bad timestamp {ts:?}, skipped")),
+            };
+            let (ts, t, v) = match parsed {
+                Ok(row) => row,
+                Err(p) => {
+                    if !header_may_be_here {
+                        problems.push(p);
+                    }
+                    continue;
+                }
+            };
+            let value = match v.trim().parse::<f64>() {
+                Ok(x) if x.is_finite() => x,
+                _ => {
+                    problems.push(format!(
+                        "line {n}: {v:?} is not a finite number, taken as missing"
+                    ));
+                    f64::NAN
+                }
+            };
+            rows.push(Row {
+                timestamp: ts.trim().to_string(),
+                t,
+                value,
+            });
+        }
+        (rows, problems)
+    }
+
+    /// A line of a CSV as exports write them, well or badly.
+    fn csv_line() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let time = prop_oneof![
+            (0u32..3000).prop_map(|m| format!("2024-01-01 {:02}:{:02}:00", m / 60 % 24, m % 60)),
+            (1_396_310_400u64..1_396_400_000).prop_map(|s| s.to_string()),
+            "[ -~]{0,12}",
+        ];
+        let value = prop_oneof![
+            any::<f64>().prop_map(|v| v.to_string()),
+            (-100i32..100).prop_map(|v| v.to_string()),
+            "[ -~]{0,8}",
+        ];
+        prop_oneof![
+            4 => (time, value).prop_map(|(t, v)| format!("{t},{v}")),
+            1 => Just("timestamp,value".to_string()),
+            1 => Just(String::new()),
+            1 => "\\PC{0,30}",
+        ]
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_read_without_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..3000)) {
+            let _ = read_lines(&bytes[..], Path::new("x"));
+        }
+
+        #[test]
+        fn text_in_time_order_reads_as_the_whole_file_did(
+            lines in proptest::collection::vec(csv_line(), 0..40),
+            crlf in proptest::prelude::any::<bool>(),
+            bom in proptest::prelude::any::<bool>(),
+            final_newline in proptest::prelude::any::<bool>(),
+        ) {
+            let end = if crlf { "\r\n" } else { "\n" };
+            let mut text = format!("{}{}", if bom { "\u{feff}" } else { "" }, lines.join(end));
+            if final_newline {
+                text.push_str(end);
+            }
+            let (rows, problems) = read_whole(&text);
+            let s = read_lines(text.as_bytes(), Path::new("x")).unwrap();
+            if rows.windows(2).all(|w| w[0].t <= w[1].t) {
+                proptest::prop_assert_eq!(format!("{:?}", s.rows), format!("{rows:?}"));
+                proptest::prop_assert_eq!(s.problems, problems);
+            } else {
+                proptest::prop_assert!(s.out_of_order > 0);
+            }
+        }
     }
 
     #[test]

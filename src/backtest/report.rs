@@ -119,15 +119,37 @@ impl Backtest<'_> {
         let started = std::time::Instant::now();
         let mut results = Vec::with_capacity(files.len());
         let mut total_rows = 0;
+        let mut skipped = 0;
         for (n, (name, path)) in files.iter().enumerate() {
-            let super::Series { rows, problems } = super::read_series(path)?;
-            for line in warnings(path, &problems) {
+            // A file that cannot be read as data, or whose labels do not fit it, is
+            // skipped alone: the others are scored all the same.
+            let read = super::read_series(path).and_then(|series| {
+                let windows = match labels.as_ref().and_then(|l| l.get(name)) {
+                    Some(w) => Some(super::window_rows(&series.rows, w, path)?),
+                    None => None,
+                };
+                Ok((series, windows))
+            });
+            let (series, windows) = match read {
+                Ok(read) => read,
+                Err(e) => {
+                    skipped += 1;
+                    on(Event::Warning(&format!("warning: {e}: file skipped")));
+                    continue;
+                }
+            };
+            for line in warnings(path, &series.problems) {
                 on(Event::Warning(&line));
             }
-            let (windows, labelled) = match labels.as_ref().and_then(|l| l.get(name)) {
-                Some(w) => (super::window_rows(&rows, w, path)?, true),
-                None => (Vec::new(), false),
-            };
+            if let Some(order) = series.time_order() {
+                on(Event::Warning(&format!(
+                    "warning: {}: {order}",
+                    path.display()
+                )));
+            }
+            let rows = series.rows;
+            let labelled = windows.is_some();
+            let windows = windows.unwrap_or_default();
             let scored = super::run_series(&rows, self.detection);
             if let Some(out) = self.out {
                 super::write_results(&out.join(name), &rows, &scored, &windows)?;
@@ -162,6 +184,7 @@ impl Backtest<'_> {
         let scores = labels.map(|_| category_scores(&results));
         Ok(BacktestReport {
             files: results,
+            skipped,
             rows: total_rows,
             detections,
             seconds,
@@ -236,6 +259,8 @@ fn category_scores(results: &[FileResult]) -> Vec<CategoryScore> {
 pub struct BacktestReport {
     /// Each file's outcome, in name order.
     pub files: Vec<FileResult>,
+    /// Files skipped: not data, or their labels do not fit them (each was warned of).
+    pub skipped: usize,
     /// Rows over all files.
     pub rows: usize,
     /// Detections over all files.
@@ -269,9 +294,13 @@ impl BacktestReport {
 
 impl fmt::Display for BacktestReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let skipped = match self.skipped {
+            0 => String::new(),
+            n => format!(" ({n} skipped)"),
+        };
         writeln!(
             f,
-            "{} files, {} rows, {} detections, {:.2}s",
+            "{} files{skipped}, {} rows, {} detections, {:.2}s",
             self.files.len(),
             self.rows,
             self.detections,
@@ -376,6 +405,7 @@ mod tests {
     fn the_summary_has_scores_only_with_labels() {
         let mut report = BacktestReport {
             files: Vec::new(),
+            skipped: 0,
             rows: 10,
             detections: 1,
             seconds: 0.5,

@@ -161,7 +161,7 @@ pub struct LiveWorld {
 }
 
 impl LiveWorld {
-    /// Lookups run on `handle` (scripts run on the blocking pool) with a per-call timeout.
+    /// Lookups run on `handle` (scripts run on threads of their own) with a per-call timeout.
     pub fn new(source: Arc<dyn Source>, handle: tokio::runtime::Handle, timeout: Duration) -> Self {
         LiveWorld {
             source,

@@ -235,12 +235,22 @@ impl Playbook {
         Playbook::from_source(&text, path, limits)
     }
 
-    /// Compiles and validates playbook source; `path` is used in messages.
+    /// Compiles and validates playbook source; `path` is used in messages. Runs the
+    /// top level on a thread of its own, with a 64 MiB stack.
     pub fn from_source(
         text: &str,
         path: &Path,
         limits: &Limits,
     ) -> Result<Playbook, PlaybookError> {
+        sandbox::isolated(|| Playbook::compile(text, path, limits)).unwrap_or_else(|e| {
+            Err(PlaybookError::Invalid {
+                path: path.to_path_buf(),
+                problems: vec![format!("top level: {e}")],
+            })
+        })
+    }
+
+    fn compile(text: &str, path: &Path, limits: &Limits) -> Result<Playbook, PlaybookError> {
         let invalid = |problems: Vec<String>| PlaybookError::Invalid {
             path: path.to_path_buf(),
             problems,
@@ -317,7 +327,8 @@ impl Playbook {
     }
 
     /// Runs `plan(anomaly)` in the sandbox at time `now` and validates the result.
-    /// Blocking: call it from `spawn_blocking`.
+    /// Blocking (the script runs on a 64 MiB thread of its own and this
+    /// waits for it): call it from `spawn_blocking`.
     pub fn plan(
         &self,
         anomaly: &Anomaly,
@@ -325,9 +336,11 @@ impl Playbook {
         world: Arc<dyn World>,
         now: f64,
     ) -> Result<Plan, PlaybookError> {
-        let arg = self.to_arg(anomaly)?;
-        let out = self.call("plan", (arg,), limits, world, now)?;
-        self.to_plan(anomaly, &out)
+        self.isolated(|| {
+            let arg = self.to_arg(anomaly)?;
+            let out = self.call("plan", (arg,), limits, world, now)?;
+            self.to_plan(anomaly, &out, limits)
+        })
     }
 
     /// Runs `on_result(anomaly, results)` after a plan ran; `Ok(None)` when the playbook
@@ -343,12 +356,22 @@ impl Playbook {
         if !self.has_on_result {
             return Ok(None);
         }
-        let arg = self.to_arg(anomaly)?;
-        let results = rhai::serde::to_dynamic(results)
-            .map_err(|e| self.script_err(format!("cannot pass the results: {e}")))?;
-        let out = self.call("on_result", (arg, results), limits, world, now)?;
-        let plan = self.to_plan(anomaly, &out)?;
-        Ok((!plan.actions.is_empty()).then_some(plan))
+        self.isolated(|| {
+            let arg = self.to_arg(anomaly)?;
+            let results = rhai::serde::to_dynamic(results)
+                .map_err(|e| self.script_err(format!("cannot pass the results: {e}")))?;
+            let out = self.call("on_result", (arg, results), limits, world, now)?;
+            let plan = self.to_plan(anomaly, &out, limits)?;
+            Ok((!plan.actions.is_empty()).then_some(plan))
+        })
+    }
+
+    /// Runs `work` (which runs the script) on a script thread of its own.
+    fn isolated<T: Send>(
+        &self,
+        work: impl FnOnce() -> Result<T, PlaybookError> + Send,
+    ) -> Result<T, PlaybookError> {
+        sandbox::isolated(work).unwrap_or_else(|e| Err(self.script_err(e)))
     }
 
     fn script_err(&self, message: String) -> PlaybookError {
@@ -378,7 +401,24 @@ impl Playbook {
             .map_err(|e| self.script_err(format!("{f}: {}", sandbox::describe(&e))))
     }
 
-    fn to_plan(&self, anomaly: &Anomaly, out: &Dynamic) -> Result<Plan, PlaybookError> {
+    fn to_plan(
+        &self,
+        anomaly: &Anomaly,
+        out: &Dynamic,
+        limits: &Limits,
+    ) -> Result<Plan, PlaybookError> {
+        // Converting and auditing recurse as deep as the value nests.
+        let max_items = limits.max_array_size + limits.max_map_size;
+        if let Err(broke) = sandbox::Shape::check(out, limits.max_data_depth, max_items) {
+            let why = match broke {
+                sandbox::Broke::Depth => {
+                    format!("nested more than {} levels deep", limits.max_data_depth)
+                }
+                sandbox::Broke::Items => format!("more than {max_items} items"),
+                sandbox::Broke::Locked => "a closure whose capture is being changed".into(),
+            };
+            return Err(self.script_err(format!("returned a value that is not data: {why}")));
+        }
         let value = rhai::serde::from_dynamic::<Value>(out)
             .map_err(|e| self.script_err(format!("returned a value that is not data: {e}")))?;
         let actions =
