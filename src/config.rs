@@ -222,6 +222,11 @@ pub mod bounds {
     pub const THRESHOLD_PER: Duration = DAY;
     /// `detection.window`, in points.
     pub const WINDOW: i64 = 100_000;
+    /// `agent.max_series_per_signal` and `agent.max_series`: far beyond any host's memory
+    /// at ~3 KiB a series, so only a typo is refused.
+    pub const SERIES: i64 = 100_000_000;
+    /// `api.max_body_bytes`: a webhook body is held whole in memory.
+    pub const BODY_BYTES: i64 = 1 << 30;
     /// `detection.open_after` and `detection.close_after`, in points.
     pub const RUN: i64 = 100_000;
     /// `detection.warmup`, in steps.
@@ -407,10 +412,10 @@ impl Config {
                     .duration(&t, "agent", "models_save_every", bounds::MODELS_SAVE_EVERY)
                     .unwrap_or_else(default_models_save_every),
                 max_series_per_signal: w
-                    .count(&t, "agent", "max_series_per_signal", 1)
+                    .count(&t, "agent", "max_series_per_signal", 1, bounds::SERIES)
                     .map_or_else(default_max_series_per_signal, |n| n as usize),
                 max_series: w
-                    .count(&t, "agent", "max_series", 1)
+                    .count(&t, "agent", "max_series", 1, bounds::SERIES)
                     .map_or_else(default_max_series, |n| n as usize),
             }
         };
@@ -1047,32 +1052,18 @@ impl Walker {
                 ),
             );
         }
-        let duration =
-            |w: &mut Walker, key: &str, default: Duration| match w.duration(&t, "api", key) {
-                Some(d) if d > MAX_API_TIMEOUT => {
-                    w.err(
-                        &join("api", key),
-                        "must be at most 1d: it holds a connection that long",
-                    );
-                    default
-                }
-                d => d.unwrap_or(default),
-            };
+        let duration = |w: &mut Walker, key: &str, default: Duration| {
+            w.duration(&t, "api", key, MAX_API_TIMEOUT)
+                .unwrap_or(default)
+        };
         let header_timeout = duration(self, "header_timeout", d.header_timeout);
         let request_timeout = duration(self, "request_timeout", d.request_timeout);
         let idle_timeout = duration(self, "idle_timeout", d.idle_timeout);
-        let max_connections = match self.count(&t, "api", "max_connections", 1) {
-            Some(n) if n > MAX_CONNECTIONS as i64 => {
-                self.err(
-                    "api.max_connections",
-                    format!("must be at most {MAX_CONNECTIONS}, found {n}"),
-                );
-                d.max_connections
-            }
-            n => n.map_or(d.max_connections, |n| n as usize),
-        };
+        let max_connections = self
+            .count(&t, "api", "max_connections", 1, MAX_CONNECTIONS as i64)
+            .map_or(d.max_connections, |n| n as usize);
         let max_body_bytes = self
-            .count(&t, "api", "max_body_bytes", 1024)
+            .count(&t, "api", "max_body_bytes", 1024, bounds::BODY_BYTES)
             .map_or(d.max_body_bytes, |n| n as usize);
         let cert = self.opt_string(&t, "api", "tls_cert_file");
         let key = self.opt_string(&t, "api", "tls_key_file");
@@ -1325,7 +1316,7 @@ mod api_tests {
             "api.colour: unknown field",
             "api.header_timeout: must be greater than zero",
             "api.idle_timeout: \"soon\" is not a duration",
-            "api.request_timeout: must be at most 1d",
+            "api.request_timeout: \"2d\" is too long: at most 1d",
             "api.max_connections: must be at least 1",
             "api.max_body_bytes: must be at least 1024",
         ] {

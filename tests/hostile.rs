@@ -293,7 +293,7 @@ threshold = 1e9
             let d = &s.detection;
             let span = d.history.as_secs_f64().max(d.history_step.as_secs_f64());
             let _ = Duration::from_secs_f64(span);
-            let mut w = SignalWatch::new(s.clone(), now);
+            let mut w = SignalWatch::new(s.clone(), c.agent.max_series_per_signal, now);
             let mut events = Vec::new();
             for _ in 0..20 {
                 w.accept(

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_port, http_get};
+use common::http_get;
 
 /// Writes a playbook, and a config whose Prometheus does not answer (the agent starts
 /// anyway: it warms up from live data) and that names it; returns the config's text.
@@ -23,7 +23,7 @@ fn plan(a) { [] }"#,
     format!(
         r#"playbooks = ["p.rhai"]
 [prometheus]
-url = "http://127.0.0.1:{}"
+url = "http://127.0.0.1:9"
 timeout = "1s"
 [agent]
 listen = "{listen}"
@@ -32,9 +32,14 @@ models_dir = "models"
 [[signals]]
 name = "up"
 query = "up"
-"#,
-        free_port()
+"#
     )
+}
+
+/// The address the daemon says it listens on, once it has said so.
+fn listening(logs: &str) -> Option<String> {
+    let rest = logs.split("listen=Some(").nth(1)?;
+    Some(rest.split(')').next()?.to_string())
 }
 
 /// `homeostat run` as a child process, its output in files.
@@ -134,8 +139,7 @@ fn start_reading_config(dir: &Path) -> (Daemon, std::fs::File) {
 #[tokio::test]
 async fn sighup_while_starting_is_harmless_and_sigterm_still_stops_it_cleanly() {
     let dir = tempfile::tempdir().unwrap();
-    let listen = format!("127.0.0.1:{}", free_port());
-    let text = config(dir.path(), &listen);
+    let text = config(dir.path(), "127.0.0.1:0");
     let (mut daemon, pipe) = start_reading_config(dir.path());
     // Twenty in 100 ms: while it reads its config, then while it loads its playbook,
     // opens its audit log and binds its port, before its loop runs.
@@ -151,10 +155,12 @@ async fn sighup_while_starting_is_harmless_and_sigterm_still_stops_it_cleanly() 
         std::thread::sleep(Duration::from_millis(5));
     }
     let started = Instant::now();
-    while http_get(&format!("http://{listen}/healthz"))
-        .await
-        .is_none()
-    {
+    while match listening(&daemon.logs()) {
+        Some(listen) => http_get(&format!("http://{listen}/healthz"))
+            .await
+            .is_none(),
+        None => true,
+    } {
         assert!(
             daemon.exited().is_none(),
             "ended by SIGHUP: {:?}\n{}",
@@ -185,8 +191,7 @@ async fn sighup_while_starting_is_harmless_and_sigterm_still_stops_it_cleanly() 
 #[test]
 fn sigterm_while_starting_stops_it_cleanly() {
     let dir = tempfile::tempdir().unwrap();
-    let listen = format!("127.0.0.1:{}", free_port());
-    let text = config(dir.path(), &listen);
+    let text = config(dir.path(), "127.0.0.1:0");
     let (mut daemon, mut pipe) = start_reading_config(dir.path());
     daemon.signal("-TERM");
     pipe.write_all(text.as_bytes()).unwrap();

@@ -91,7 +91,7 @@ pub fn engine(limits: &Limits, who: String, world: Arc<dyn World>, now: f64) -> 
             return Some(Dynamic::from(OPERATIONS));
         }
         // Reading the clock on every operation would dominate cheap scripts.
-        (n % 256 == 0 && deadline.is_some_and(|d| Instant::now() >= d))
+        (n.is_multiple_of(256) && deadline.is_some_and(|d| Instant::now() >= d))
             .then(|| Dynamic::from(DEADLINE))
     });
     let (max_depth, max_items) = (
