@@ -846,3 +846,32 @@ async fn series_beyond_the_caps_are_dropped_and_counted_never_tracked() {
         d.stop().await;
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_damaged_models_file_is_refused_audited_and_refitted_never_run() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("models")).unwrap();
+    std::fs::write(
+        dir.path().join("models/latency.json"),
+        r#"{"schema": 6, "signal": "latency", "series": [{"labels": {}, "model": {"ml": {"next": 99}}}]}"#,
+    )
+    .unwrap();
+    let fake = Fake::new().with_history(QUERY, &["a"]);
+    fake.set(&[("a", 100.0)]);
+    let d = Daemon::start(config(dir.path(), &[], "", ""), fake.clone()).await;
+    let refused = d.kinds("models_refused");
+    assert_eq!(refused.len(), 1, "{refused:#?}");
+    assert_eq!(refused[0].data["signal"], json!("latency"));
+    assert!(
+        refused[0].data["reason"]
+            .as_str()
+            .unwrap()
+            .contains("latency.json"),
+        "{refused:#?}"
+    );
+    // Fitted from history instead: scored at once, not warming up.
+    d.ticks_pass(1).await;
+    let snap = d.metrics.snapshot();
+    assert!(snap.series.iter().all(|g| !g.score.is_nan()), "{snap:#?}");
+    d.stop().await;
+}

@@ -21,7 +21,7 @@ use crate::act::Executor;
 use crate::anomaly::Anomaly;
 use crate::audit::{
     AgentStarted, AgentStopped, AlertReceived, AnomalyClosed, AuditError, AuditLog, Auditor, Event,
-    PlaybookRejected, PlaybookVersion,
+    ModelsRefused, PlaybookRejected, PlaybookVersion,
 };
 use crate::config::Config;
 use crate::dispatch::{Dispatcher, PlanAges};
@@ -295,7 +295,7 @@ pub async fn run(
         // Fitting may take a while on a big store; shutdown must still be prompt.
         tokio::select! {
             _ = &mut shutdown => return Ok(()),
-            _ = fit_all(&ctx, &mut watches) => {}
+            r = fit_all(&ctx, &mut watches) => r?,
         }
         for r in restore::resume(&mut watches, std::mem::take(&mut unclosed)) {
             match &r {
@@ -453,7 +453,7 @@ async fn intake(
 
 /// Starts every signal's baselines: from saved models where there are usable ones
 /// (then catching up on the history since they were saved), else from history alone.
-async fn fit_all(ctx: &Context, watches: &mut [SignalWatch]) {
+async fn fit_all(ctx: &Context, watches: &mut [SignalWatch]) -> Result<(), AuditError> {
     let now = unix_now();
     let mut room = ctx.max_series;
     for w in watches.iter_mut() {
@@ -471,7 +471,13 @@ async fn fit_all(ctx: &Context, watches: &mut [SignalWatch]) {
             }
             Ok(None) => {}
             Err(e) => {
-                warn!(signal = %cfg.name, error = %e, "saved models not used; fitting from history")
+                warn!(signal = %cfg.name, error = %e, "saved models not used; fitting from history");
+                ctx.audit
+                    .record(Event::ModelsRefused(ModelsRefused {
+                        signal: cfg.name.clone(),
+                        reason: e.to_string(),
+                    }))
+                    .await?;
             }
         }
         let span = Duration::from_secs_f64((now - since).max(d.history_step.as_secs_f64()));
@@ -492,6 +498,7 @@ async fn fit_all(ctx: &Context, watches: &mut [SignalWatch]) {
         }
         w.fitted(Instant::now());
     }
+    Ok(())
 }
 
 /// Warns about and counts series the caps left out of saved models or history.

@@ -65,6 +65,20 @@ pub enum Event {
     AuditRecovered(AuditRecovered),
     /// The first record of a log started by `homeostat audit seal`: the segment before it.
     AuditSealed(AuditSealed),
+    /// A signal's saved models could not be used at start: its series are refitted from
+    /// history instead.
+    ModelsRefused(ModelsRefused),
+}
+
+/// `models_refused`: a models file that did not load (damaged, another schema or other
+/// detection settings), and so was not used.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ModelsRefused {
+    /// The signal.
+    pub signal: String,
+    /// Why the file was not used (its path included).
+    pub reason: String,
 }
 
 impl Event {

@@ -211,6 +211,7 @@ impl Event {
                 },
                 s.reason
             ),
+            Event::ModelsRefused(m) => format!("{}: {}", m.signal, m.reason),
             Event::AgentStopped(_) | Event::EscalationLimit(_) => generic(&self.to_parts().1),
         }
     }
