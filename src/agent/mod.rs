@@ -412,7 +412,12 @@ async fn intake(
             _ = spool.arrived() => {}
         }
         loop {
-            let batch = spool.peek(ALERT_BATCH);
+            // The spool's lock is held through the webhook's fsyncs: wait for it off the
+            // async threads.
+            let s = spool.clone();
+            let batch = tokio::task::spawn_blocking(move || s.peek(ALERT_BATCH))
+                .await
+                .unwrap_or_default();
             let Some(&(last, _)) = batch.last() else {
                 break;
             };
