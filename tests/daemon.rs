@@ -6,22 +6,18 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use homeostat::agent::{self, Agent, AgentError};
-use homeostat::audit::AuditRecord;
 use homeostat::config::Config;
 use homeostat::labels::Labels;
-use homeostat::metrics::Metrics;
 use homeostat::source::{BoxFuture, History, Point, Source, SourceError};
 use serde_json::json;
-use tokio::sync::{oneshot, Notify};
-use tokio::task::JoinHandle;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use common::{noise, now_secs, of_kind, verify_log};
+use common::{noise, now_secs, of_kind, verify_log, Daemon};
 
 const QUERY: &str = "max by (pod) (hs_test_latency)";
 
@@ -203,97 +199,26 @@ direction = "up"
     Config::parse(&text, dir).unwrap_or_else(|e| panic!("{e:#?}"))
 }
 
-/// The agent running in this test's runtime.
-struct Daemon {
-    metrics: Arc<Metrics>,
-    log: PathBuf,
-    addr: std::net::SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<Result<(), AgentError>>,
+/// Starts the agent on the fake store, every playbook loaded, and waits until it has
+/// fitted and ticked once.
+async fn start(config: Config, fake: Arc<Fake>) -> Daemon {
+    let (_, rejected) = homeostat::load_playbooks(&config, &homeostat::playbook::Limits::default());
+    assert!(rejected.is_empty(), "{rejected:?}");
+    Daemon::start_with(config, fake).await
 }
 
-impl Daemon {
-    /// Starts the agent and waits until it has fitted and ticked once.
-    async fn start(config: Config, source: Arc<Fake>) -> Daemon {
-        let (playbooks, rejected) =
-            homeostat::load_playbooks(&config, &homeostat::playbook::Limits::default());
-        assert!(rejected.is_empty(), "{rejected:?}");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let metrics = Arc::new(Metrics::new(agent::liveness_window(&config)));
-        let log = config.agent.audit_log.clone();
-        let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(agent::run(
-            Agent {
-                config,
-                playbooks,
-                rejected,
-                source,
-                metrics: metrics.clone(),
-            },
-            listener,
-            async move {
-                let _ = stopped.await;
-            },
-        ));
-        let d = Daemon {
-            metrics,
-            log,
-            addr,
-            stop: Some(stop),
-            task,
-        };
-        d.wait("the first tick", Duration::from_secs(30), |d| {
-            d.metrics.is_ready()
-        })
-        .await;
-        d
-    }
+/// Ticks the agent has completed.
+fn ticks(d: &Daemon) -> u64 {
+    d.metric("homeostat_ticks_total").unwrap_or(0.0) as u64
+}
 
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        self.task.await.unwrap().unwrap();
-    }
-
-    fn records(&self) -> Vec<AuditRecord> {
-        common::records(&self.log)
-    }
-
-    fn kinds(&self, kind: &str) -> Vec<AuditRecord> {
-        of_kind(&self.records(), kind)
-            .into_iter()
-            .cloned()
-            .collect()
-    }
-
-    fn ticks(&self) -> u64 {
-        common::sample(&self.metrics.encode(), "homeostat_ticks_total").unwrap_or(0.0) as u64
-    }
-
-    /// Lets exactly `n` more ticks run (each queries the signal once).
-    async fn ticks_pass(&self, n: u64) {
-        let target = self.ticks() + n;
-        self.wait("ticks", Duration::from_secs(n * 2 + 5), |d| {
-            d.ticks() >= target
-        })
-        .await;
-    }
-
-    /// Waits, in virtual time, until `cond` holds.
-    async fn wait(&self, what: &str, limit: Duration, mut cond: impl FnMut(&Daemon) -> bool) {
-        let deadline = Instant::now() + limit;
-        while !cond(self) {
-            assert!(
-                Instant::now() < deadline,
-                "no {what} within {limit:?} (virtual); log: {:#?}",
-                self.records()
-                    .iter()
-                    .map(|r| (&r.kind, &r.data))
-                    .collect::<Vec<_>>()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
+/// Lets exactly `n` more ticks run (each queries the signal once).
+async fn ticks_pass(d: &Daemon, n: u64) {
+    let target = ticks(d) + n;
+    d.wait_for("ticks", Duration::from_secs(n * 2 + 5), |d| {
+        ticks(d) >= target
+    })
+    .await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -307,20 +232,20 @@ async fn an_anomaly_opens_and_closes_by_the_configured_hysteresis_and_plans_once
         "",
         "open_after = 2\nclose_after = 3",
     );
-    let d = Daemon::start(cfg, fake.clone()).await;
-    d.ticks_pass(3).await;
+    let d = start(cfg, fake.clone()).await;
+    ticks_pass(&d, 3).await;
     assert!(d.kinds("anomaly_opened").is_empty());
 
     // One anomalous point is not enough (open_after = 2) ...
     fake.set(&[("spiky", 300.0), ("clean", 99.5)]);
-    d.ticks_pass(1).await;
+    ticks_pass(&d, 1).await;
     assert!(
         d.kinds("anomaly_opened").is_empty(),
         "opened after one point"
     );
     // ... the second opens it, and names that point.
     fake.set(&[("spiky", 301.0), ("clean", 100.5)]);
-    d.ticks_pass(1).await;
+    ticks_pass(&d, 1).await;
     let opened = d.kinds("anomaly_opened");
     assert_eq!(opened.len(), 1, "{opened:#?}");
     assert_eq!(opened[0].data["labels"], json!({"pod": "spiky"}));
@@ -330,10 +255,10 @@ async fn an_anomaly_opens_and_closes_by_the_configured_hysteresis_and_plans_once
     // It stays one anomaly with one plan while it lasts.
     for v in 302..310 {
         fake.set(&[("spiky", f64::from(v)), ("clean", 100.0)]);
-        d.ticks_pass(1).await;
+        ticks_pass(&d, 1).await;
     }
     assert_eq!(d.kinds("anomaly_opened").len(), 1);
-    d.wait("the plan", Duration::from_secs(5), |d| {
+    d.wait_for("the plan", Duration::from_secs(5), |d| {
         !d.kinds("plan").is_empty()
     })
     .await;
@@ -341,12 +266,12 @@ async fn an_anomaly_opens_and_closes_by_the_configured_hysteresis_and_plans_once
 
     // Back to normal: it closes only after quiet points, never before close_after of them.
     fake.set(&[("spiky", 100.0), ("clean", 100.0)]);
-    d.ticks_pass(2).await;
+    ticks_pass(&d, 2).await;
     assert!(
         d.kinds("anomaly_closed").is_empty(),
         "closed within 2 quiet points"
     );
-    d.wait("the close", Duration::from_secs(60), |d| {
+    d.wait_for("the close", Duration::from_secs(60), |d| {
         !d.kinds("anomaly_closed").is_empty()
     })
     .await;
@@ -364,7 +289,7 @@ async fn missing_data_is_stale_never_an_anomaly() {
     let dir = tempfile::tempdir().unwrap();
     let fake = Fake::new().with_history(QUERY, &["a", "b"]);
     fake.set(&[("a", 100.0), ("b", 100.0)]);
-    let d = Daemon::start(
+    let d = start(
         config(dir.path(), &[("restart", RESTART)], "", ""),
         fake.clone(),
     )
@@ -381,25 +306,25 @@ async fn missing_data_is_stale_never_an_anomaly() {
     // NaN (0/0 in a ratio), a series missing from the answer, an empty answer, a failed
     // query: each is missing data.
     fake.set(&[("a", f64::NAN), ("b", 100.0)]);
-    d.ticks_pass(2).await;
+    ticks_pass(&d, 2).await;
     assert_eq!(stale(&d, "a"), Some(true));
     assert_eq!(stale(&d, "b"), Some(false));
     fake.set(&[("b", 100.0)]);
-    d.ticks_pass(2).await;
+    ticks_pass(&d, 2).await;
     assert_eq!(stale(&d, "a"), Some(true));
     fake.set(&[]);
-    d.ticks_pass(2).await;
+    ticks_pass(&d, 2).await;
     assert_eq!(stale(&d, "b"), Some(true));
     assert!(!d.metrics.snapshot().signals["latency"].up);
     fake.answer(QUERY, Answer::Down);
     tokio::time::sleep(Duration::from_secs(10)).await;
     // Data again, at its usual level: nothing happened.
     fake.set(&[("a", 100.0), ("b", 100.0)]);
-    d.wait("fresh data", Duration::from_secs(30), |d| {
+    d.wait_for("fresh data", Duration::from_secs(30), |d| {
         stale(d, "a") == Some(false)
     })
     .await;
-    d.ticks_pass(3).await;
+    ticks_pass(&d, 3).await;
     assert!(d.kinds("anomaly_opened").is_empty());
     assert!(d.kinds("playbook_matched").is_empty());
     let m = d.metrics.encode();
@@ -415,7 +340,7 @@ async fn a_failing_query_backs_off_exponentially_up_to_max_backoff_and_recovers(
     let dir = tempfile::tempdir().unwrap();
     let fake = Fake::new().with_history(QUERY, &["a"]);
     fake.set(&[("a", 100.0)]);
-    let d = Daemon::start(
+    let d = start(
         config(dir.path(), &[], "max_backoff = \"8s\"", ""),
         fake.clone(),
     )
@@ -425,7 +350,7 @@ async fn a_failing_query_backs_off_exponentially_up_to_max_backoff_and_recovers(
     tokio::time::sleep(Duration::from_secs(40)).await;
     fake.set(&[("a", 100.0)]);
     let failed = fake.asked(QUERY).len();
-    d.wait("three answered queries", Duration::from_secs(30), |_| {
+    d.wait_for("three answered queries", Duration::from_secs(30), |_| {
         fake.asked(QUERY).len() >= failed + 3
     })
     .await;
@@ -458,9 +383,9 @@ async fn a_restart_resumes_the_open_anomaly_under_its_id_without_planning_again(
     let fake = Fake::new().with_history(QUERY, &["a"]);
     fake.set(&[("a", 100.0)]);
     let cfg = || config(dir.path(), &[("restart", RESTART)], "", "");
-    let d = Daemon::start(cfg(), fake.clone()).await;
+    let d = start(cfg(), fake.clone()).await;
     fake.set(&[("a", 400.0)]);
-    d.wait("a plan", Duration::from_secs(10), |d| {
+    d.wait_for("a plan", Duration::from_secs(10), |d| {
         !d.kinds("plan").is_empty()
     })
     .await;
@@ -472,8 +397,8 @@ async fn a_restart_resumes_the_open_anomaly_under_its_id_without_planning_again(
     .data["id"]
         .clone();
 
-    let d = Daemon::start(cfg(), fake.clone()).await;
-    d.ticks_pass(5).await;
+    let d = start(cfg(), fake.clone()).await;
+    ticks_pass(&d, 5).await;
     let resumed = d.kinds("anomaly_resumed");
     assert_eq!(resumed.len(), 1);
     assert_eq!(resumed[0].data["id"], id);
@@ -481,7 +406,7 @@ async fn a_restart_resumes_the_open_anomaly_under_its_id_without_planning_again(
     assert_eq!(d.kinds("anomaly_opened").len(), 1, "opened again");
     assert_eq!(d.kinds("playbook_matched").len(), 1, "planned again");
     fake.set(&[("a", 100.0)]);
-    d.wait("the close", Duration::from_secs(120), |d| {
+    d.wait_for("the close", Duration::from_secs(120), |d| {
         !d.kinds("anomaly_closed").is_empty()
     })
     .await;
@@ -496,7 +421,7 @@ async fn a_second_incident_within_the_cooldown_is_suppressed_and_one_after_it_is
     let fake = Fake::new().with_history(QUERY, &["a"]);
     fake.set(&[("a", 100.0)]);
     let cfg = config(dir.path(), &[("restart", RESTART)], "", "close_after = 2");
-    let d = Daemon::start(cfg, fake.clone()).await;
+    let d = start(cfg, fake.clone()).await;
     let incident = |v: f64| {
         let fake = fake.clone();
         async move {
@@ -506,14 +431,14 @@ async fn a_second_incident_within_the_cooldown_is_suppressed_and_one_after_it_is
         }
     };
     incident(400.0).await;
-    d.wait("the first close", Duration::from_secs(120), |d| {
+    d.wait_for("the first close", Duration::from_secs(120), |d| {
         d.kinds("anomaly_closed").len() == 1
     })
     .await;
     // Two minutes later: within the 10 min cooldown.
     tokio::time::sleep(Duration::from_secs(120)).await;
     incident(700.0).await;
-    d.wait(
+    d.wait_for(
         "the second anomaly's suppression",
         Duration::from_secs(30),
         |d| !d.kinds("playbook_suppressed").is_empty(),
@@ -525,7 +450,7 @@ async fn a_second_incident_within_the_cooldown_is_suppressed_and_one_after_it_is
     let ago = suppressed["last_plan_secs_ago"].as_f64().unwrap();
     assert!((120.0..300.0).contains(&ago), "{ago}");
     assert_eq!(d.kinds("playbook_matched").len(), 1);
-    d.wait("the second close", Duration::from_secs(300), |d| {
+    d.wait_for("the second close", Duration::from_secs(300), |d| {
         d.kinds("anomaly_closed").len() == 2
     })
     .await;
@@ -533,7 +458,7 @@ async fn a_second_incident_within_the_cooldown_is_suppressed_and_one_after_it_is
     // Past the cooldown, the next incident gets its plan.
     tokio::time::sleep(Duration::from_secs(600)).await;
     incident(1500.0).await;
-    d.wait("a second plan", Duration::from_secs(30), |d| {
+    d.wait_for("a second plan", Duration::from_secs(30), |d| {
         d.kinds("playbook_matched").len() == 2
     })
     .await;
@@ -546,7 +471,7 @@ async fn a_failed_verification_escalates_at_its_deadline_and_a_passed_one_ends_t
     let dir = tempfile::tempdir().unwrap();
     let fake = Fake::new().with_history(QUERY, &["a", "b"]);
     fake.set(&[("a", 100.0), ("b", 100.0)]);
-    let d = Daemon::start(
+    let d = start(
         config(dir.path(), &[("restart", RESTART)], "", ""),
         fake.clone(),
     )
@@ -555,7 +480,7 @@ async fn a_failed_verification_escalates_at_its_deadline_and_a_passed_one_ends_t
     // `restart_done` never returns data: the verification fails at its 5 s deadline, and
     // on_result's follow-up runs as round 1.
     fake.set(&[("a", 400.0), ("b", 100.0)]);
-    d.wait("the first incident's end", Duration::from_secs(30), |d| {
+    d.wait_for("the first incident's end", Duration::from_secs(30), |d| {
         !d.kinds("incident_done").is_empty()
     })
     .await;
@@ -576,7 +501,7 @@ async fn a_failed_verification_escalates_at_its_deadline_and_a_passed_one_ends_t
     // Now the condition holds after 2 s: the verification passes then, and on_result
     // returns nothing more.
     fake.set(&[("a", 400.0), ("b", 400.0)]);
-    d.wait("the second plan", Duration::from_secs(30), |d| {
+    d.wait_for("the second plan", Duration::from_secs(30), |d| {
         d.kinds("plan").len() == 3
     })
     .await;
@@ -585,7 +510,7 @@ async fn a_failed_verification_escalates_at_its_deadline_and_a_passed_one_ends_t
         "restart_done",
         Answer::Values(vec![(Labels::default(), 1.0)]),
     );
-    d.wait("the second incident's end", Duration::from_secs(30), |d| {
+    d.wait_for("the second incident's end", Duration::from_secs(30), |d| {
         d.kinds("incident_done").len() == 2
     })
     .await;
@@ -612,7 +537,7 @@ fn plan(anomaly) {
     [#{ kind: "notify.alertmanager", params: #{ summary: "slow" } }]
 }
 "#;
-    let d = Daemon::start(config(dir.path(), &[("slow", slow)], "", ""), fake.clone()).await;
+    let d = start(config(dir.path(), &[("slow", slow)], "", ""), fake.clone()).await;
     fake.set(&[("a", 400.0)]);
     // Once the script waits on the gate, in a blocking thread, virtual time stands still
     // unless moved: move it by hand, a second at a time, and watch the ticks go on.
@@ -630,21 +555,21 @@ fn plan(anomaly) {
         step().await;
     }
     assert_eq!(d.kinds("playbook_matched").len(), 1);
-    let before = d.ticks();
+    let before = ticks(&d);
     for _ in 0..5 {
         step().await;
     }
     assert!(
-        d.ticks() >= before + 4,
+        ticks(&d) >= before + 4,
         "{} ticks during the playbook",
-        d.ticks() - before
+        ticks(&d) - before
     );
     assert!(
         d.kinds("plan").is_empty(),
         "the plan came before the gate opened"
     );
     gate.notify_one();
-    d.wait("the plan", Duration::from_secs(10), |d| {
+    d.wait_for("the plan", Duration::from_secs(10), |d| {
         !d.kinds("plan").is_empty()
     })
     .await;
@@ -663,7 +588,7 @@ fn plan(alert) {
     [#{ kind: "openstack.server_reboot", target: #{ server: alert.labels.instance }, params: #{ type: "soft" } }]
 }
 "#;
-    let d = Daemon::start(
+    let d = start(
         config(dir.path(), &[("reboot", reboot)], "", ""),
         fake.clone(),
     )
@@ -678,7 +603,7 @@ fn plan(alert) {
     assert_eq!(status, 202);
     let (status, text) = post(d.addr, "/api/v1/alertmanager", "{not json").await;
     assert_eq!(status, 400, "{text}");
-    d.wait("the plan", Duration::from_secs(10), |d| {
+    d.wait_for("the plan", Duration::from_secs(10), |d| {
         !d.kinds("plan").is_empty()
     })
     .await;
@@ -737,7 +662,7 @@ async fn a_burst_of_alerts_never_holds_up_the_detection_tick() {
     let dir = tempfile::tempdir().unwrap();
     let fake = Fake::new().with_history(QUERY, &["a"]);
     fake.set(&[("a", 100.0)]);
-    let d = Daemon::start(config(dir.path(), &[], "", ""), fake.clone()).await;
+    let d = start(config(dir.path(), &[], "", ""), fake.clone()).await;
     // Alerts without pause for three seconds: each is an fsynced audit record to the
     // agent, so while they keep coming its intake is never done.
     let addr = d.addr;
@@ -753,9 +678,9 @@ async fn a_burst_of_alerts_never_holds_up_the_detection_tick() {
         }
         accepted
     });
-    let before = d.ticks();
+    let before = ticks(&d);
     let accepted = poster.await.unwrap();
-    let ticks = d.ticks() - before;
+    let ticks = ticks(&d) - before;
     assert!(accepted > 0);
     // One tick a second: two at least in those three seconds, however busy the intake.
     assert!(ticks >= 2, "{ticks} ticks while {accepted} alerts came in");
@@ -771,7 +696,7 @@ async fn accepted_alerts_left_at_a_stop_are_handled_after_the_restart_once() {
     // Larger bursts until the stop leaves some unhandled, whatever the disk's speed.
     let mut sent = 0;
     let (first, pending) = loop {
-        let d = Daemon::start(cfg(), fake.clone()).await;
+        let d = start(cfg(), fake.clone()).await;
         for _ in 0..(1 + sent / 200) {
             let (status, _) = post(d.addr, "/api/v1/alertmanager", &burst(sent, 200)).await;
             assert_eq!(status, 202);
@@ -796,8 +721,8 @@ async fn accepted_alerts_left_at_a_stop_are_handled_after_the_restart_once() {
     let log = dir.path().join("audit.jsonl");
     assert_eq!(first.len() + pending, sent, "accepted = handled + kept");
 
-    let d = Daemon::start(cfg(), fake.clone()).await;
-    d.wait("the kept alerts", Duration::from_secs(120), |d| {
+    let d = start(cfg(), fake.clone()).await;
+    d.wait_for("the kept alerts", Duration::from_secs(120), |d| {
         received(d).len() >= sent
     })
     .await;
@@ -819,10 +744,10 @@ async fn series_beyond_the_caps_are_dropped_and_counted_never_tracked() {
         let fake = Fake::new().with_history(QUERY, &["a", "b"]);
         let pods = ["a", "b", "c", "d", "e"];
         fake.set(&pods.map(|p| (p, 100.0)));
-        let d = Daemon::start(config(dir.path(), &[], agent, ""), fake.clone()).await;
-        let before = d.ticks();
-        d.ticks_pass(4).await;
-        let ticks = d.ticks() - before;
+        let d = start(config(dir.path(), &[], agent, ""), fake.clone()).await;
+        let before = ticks(&d);
+        ticks_pass(&d, 4).await;
+        let ticks = ticks(&d) - before;
         let snap = d.metrics.snapshot();
         assert_eq!(snap.series.len(), tracked, "{agent}: {snap:#?}");
         assert_eq!(snap.signals["latency"].series, tracked);
@@ -858,7 +783,7 @@ async fn a_damaged_models_file_is_refused_audited_and_refitted_never_run() {
     .unwrap();
     let fake = Fake::new().with_history(QUERY, &["a"]);
     fake.set(&[("a", 100.0)]);
-    let d = Daemon::start(config(dir.path(), &[], "", ""), fake.clone()).await;
+    let d = start(config(dir.path(), &[], "", ""), fake.clone()).await;
     let refused = d.kinds("models_refused");
     assert_eq!(refused.len(), 1, "{refused:#?}");
     assert_eq!(refused[0].data["signal"], json!("latency"));
@@ -870,7 +795,7 @@ async fn a_damaged_models_file_is_refused_audited_and_refitted_never_run() {
         "{refused:#?}"
     );
     // Fitted from history instead: scored at once, not warming up.
-    d.ticks_pass(1).await;
+    ticks_pass(&d, 1).await;
     let snap = d.metrics.snapshot();
     assert!(snap.series.iter().all(|g| !g.score.is_nan()), "{snap:#?}");
     d.stop().await;

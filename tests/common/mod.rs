@@ -17,7 +17,7 @@ use homeostat::audit::AuditRecord;
 use homeostat::config::Config;
 use homeostat::metrics::Metrics;
 use homeostat::playbook::Limits;
-use homeostat::source::PromSource;
+use homeostat::source::{PromSource, Source};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tracing::instrument::WithSubscriber;
@@ -449,6 +449,13 @@ impl Daemon {
     /// Starts the agent as `homeostat run` would (minus the bind: the listener is
     /// handed over) and waits until it is ready.
     pub async fn start(config: Config) -> Daemon {
+        let source =
+            Arc::new(PromSource::new(&config.prometheus.url, config.prometheus.timeout).unwrap());
+        Daemon::start_with(config, source).await
+    }
+
+    /// [`Daemon::start`] with metrics read from `source` instead of the configured store.
+    pub async fn start_with(config: Config, source: Arc<dyn Source>) -> Daemon {
         let limits = Limits {
             timeout: config.agent.playbook_timeout,
             ..Default::default()
@@ -456,8 +463,6 @@ impl Daemon {
         let (playbooks, rejected) = homeostat::load_playbooks(&config, &limits);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let source =
-            Arc::new(PromSource::new(&config.prometheus.url, config.prometheus.timeout).unwrap());
         let metrics = Arc::new(Metrics::new(agent::liveness_window(&config)));
         let logs = Logs::default();
         let audit_log = config.agent.audit_log.clone();
@@ -528,12 +533,13 @@ impl Daemon {
             .collect()
     }
 
-    /// Waits until `cond` holds; panics after `limit` (an upper bound for real servers)
-    /// with the audit log and the agent's log.
+    /// Waits until `cond` holds; panics after `limit` (an upper bound for real servers;
+    /// in virtual time where the test has paused the clock) with the audit log and the
+    /// agent's log.
     pub async fn wait_for(&self, what: &str, limit: Duration, cond: impl Fn(&Daemon) -> bool) {
-        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + limit;
         while !cond(self) {
-            if started.elapsed() > limit || self.task.is_finished() {
+            if tokio::time::Instant::now() > deadline || self.task.is_finished() {
                 let kinds: Vec<String> = self.records().into_iter().map(|r| r.kind).collect();
                 panic!(
                     "no {what} within {limit:?} (agent running: {});\naudit: {kinds:?}\nlog:\n{}",
