@@ -40,6 +40,12 @@ pub struct Config {
     pub signals: Vec<SignalConfig>,
     /// The HTTP server: who may post, and how long and how many connections it keeps.
     pub api: ApiConfig,
+    /// `[kubernetes]`: the cluster `k8s.*` actions and reads go to (absent: none).
+    pub kubernetes: Option<crate::act::k8s::Settings>,
+    /// `[openstack]`: the cloud `openstack.*` actions and reads go to (absent: none).
+    pub openstack: Option<crate::act::openstack::Settings>,
+    /// `[notify]`: Alertmanager for alarms and `notify.alertmanager`, and webhooks.
+    pub notify: crate::act::notify::Settings,
 }
 
 /// The Prometheus-API store to query (Prometheus, Thanos, Mimir, VictoriaMetrics).
@@ -80,6 +86,9 @@ pub struct AgentConfig {
     pub max_series_per_signal: usize,
     /// Series tracked over all signals at most (about 3 KiB each).
     pub max_series: usize,
+    /// The most any playbook may do (`dry-run` < `approval` < `auto`): a playbook's
+    /// mode is capped by it, so a new installation acts only once an SRE says so.
+    pub mode: crate::playbook::Mode,
 }
 
 /// Detection parameters: the defaults in `[detection]`, or one signal's resolved set.
@@ -143,6 +152,11 @@ pub struct SignalConfig {
     pub query: String,
     /// The detection parameters for this signal (defaults merged with overrides).
     pub detection: DetectionConfig,
+    /// Whether each anomaly that opens is sent to Alertmanager as an alarm (when
+    /// `[notify] alertmanager_url` is set).
+    pub alert: bool,
+    /// The alarm's `severity` label.
+    pub severity: String,
 }
 
 /// Default request timeout for Prometheus.
@@ -328,6 +342,9 @@ impl Config {
                 "playbooks",
                 "signals",
                 "api",
+                "kubernetes",
+                "openstack",
+                "notify",
             ],
         );
 
@@ -372,8 +389,21 @@ impl Config {
                     "models_save_every",
                     "max_series_per_signal",
                     "max_series",
+                    "mode",
                 ],
             );
+            let mode = match w.opt_string(&t, "agent", "mode").as_deref() {
+                None | Some("dry-run") => crate::playbook::Mode::DryRun,
+                Some("approval") => crate::playbook::Mode::Approval,
+                Some("auto") => crate::playbook::Mode::Auto,
+                Some(other) => {
+                    w.err(
+                        "agent.mode",
+                        format!("{other:?} is not one of dry-run, approval, auto"),
+                    );
+                    crate::playbook::Mode::DryRun
+                }
+            };
             let listen = match w.opt_string(&t, "agent", "listen") {
                 Some(s) => s.parse().unwrap_or_else(|e| {
                     w.err(
@@ -417,6 +447,7 @@ impl Config {
                 max_series: w
                     .count(&t, "agent", "max_series", 1, bounds::SERIES)
                     .map_or_else(default_max_series, |n| n as usize),
+                mode,
             }
         };
 
@@ -427,6 +458,9 @@ impl Config {
         };
 
         let api = w.api(&root, base, agent.listen, env);
+        let kubernetes = w.kubernetes(&root, base);
+        let openstack = w.openstack(&root, base);
+        let notify = w.notify(&root);
 
         let playbooks = match root.get("playbooks") {
             None => Vec::new(),
@@ -464,7 +498,7 @@ impl Config {
                         w.err(&path, "must be a table");
                         continue;
                     };
-                    let mut keys = vec!["name", "query"];
+                    let mut keys = vec!["name", "query", "alert", "severity"];
                     keys.extend_from_slice(DETECTION_KEYS);
                     w.known(t, &path, &keys);
                     let name = w.string(t, &path, "name").unwrap_or_default();
@@ -486,10 +520,32 @@ impl Config {
                         }
                     }
                     let detection = w.detection(t, &path, &detection, false);
+                    let alert = match t.get("alert") {
+                        None => true,
+                        Some(Value::Boolean(b)) => *b,
+                        Some(other) => {
+                            w.err(
+                                &format!("{path}.alert"),
+                                format!("expected true or false, found {}", other.type_str()),
+                            );
+                            true
+                        }
+                    };
+                    let severity = w
+                        .opt_string(t, &path, "severity")
+                        .unwrap_or_else(|| "warning".into());
+                    if !is_label_value(&severity) {
+                        w.err(
+                            &format!("{path}.severity"),
+                            format!("{severity:?} must be 1 to 64 characters of [a-zA-Z0-9_-]"),
+                        );
+                    }
                     signals.push(SignalConfig {
                         name,
                         query,
                         detection,
+                        alert,
+                        severity,
                     });
                 }
             }
@@ -504,6 +560,9 @@ impl Config {
                 playbooks,
                 signals,
                 api,
+                kubernetes,
+                openstack,
+                notify,
             })
         } else {
             Err(w.problems)
@@ -527,6 +586,12 @@ const DETECTION_KEYS: &[&str] = &[
     "warmup",
     "engine",
 ];
+
+fn is_label_value(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
 
 fn is_identifier(s: &str) -> bool {
     let mut chars = s.chars();
@@ -984,6 +1049,130 @@ pub fn is_loopback(addr: std::net::IpAddr) -> bool {
 
 impl Walker {
     /// Reads `[api]`; a listen address that is not loopback requires a token.
+    /// `[kubernetes]`: present means "act on Kubernetes"; every key is optional.
+    fn kubernetes(&mut self, root: &Table, base: &Path) -> Option<crate::act::k8s::Settings> {
+        root.get("kubernetes")?;
+        let t = self.table(root, "", "kubernetes", false);
+        let p = "kubernetes";
+        self.known(
+            &t,
+            p,
+            &[
+                "kubeconfig",
+                "context",
+                "timeout",
+                "max_list_items",
+                "action_timeout",
+            ],
+        );
+        let mut k = crate::act::k8s::Settings {
+            kubeconfig: self.opt_string(&t, p, "kubeconfig").map(|f| base.join(f)),
+            context: self.opt_string(&t, p, "context"),
+            ..Default::default()
+        };
+        if let Some(d) = self.duration(&t, p, "timeout", bounds::TIMEOUT) {
+            k.timeout = d;
+        }
+        if let Some(n) = self.count(&t, p, "max_list_items", 1, 100_000) {
+            k.max_list_items = n as usize;
+        }
+        if let Some(d) = self.duration(&t, p, "action_timeout", crate::playbook::MAX_STEP_TIMEOUT) {
+            k.action_timeout = d;
+        }
+        Some(k)
+    }
+
+    /// `[openstack]`: present means "act on OpenStack"; every key is optional.
+    fn openstack(&mut self, root: &Table, base: &Path) -> Option<crate::act::openstack::Settings> {
+        root.get("openstack")?;
+        let t = self.table(root, "", "openstack", false);
+        let p = "openstack";
+        self.known(
+            &t,
+            p,
+            &[
+                "cloud",
+                "clouds_file",
+                "region",
+                "interface",
+                "timeout",
+                "action_timeout",
+            ],
+        );
+        let mut o = crate::act::openstack::Settings {
+            cloud: self.opt_string(&t, p, "cloud"),
+            clouds_file: self.opt_string(&t, p, "clouds_file").map(|f| base.join(f)),
+            region: self.opt_string(&t, p, "region"),
+            ..Default::default()
+        };
+        if let Some(i) = self.opt_string(&t, p, "interface") {
+            if ["public", "internal", "admin"].contains(&i.as_str()) {
+                o.interface = i;
+            } else {
+                self.err(
+                    "openstack.interface",
+                    format!("{i:?} is not one of public, internal, admin"),
+                );
+            }
+        }
+        if let Some(d) = self.duration(&t, p, "timeout", bounds::TIMEOUT) {
+            o.timeout = d;
+        }
+        if let Some(d) = self.duration(&t, p, "action_timeout", crate::playbook::MAX_STEP_TIMEOUT) {
+            o.action_timeout = d;
+        }
+        Some(o)
+    }
+
+    /// `[notify]`: Alertmanager (alarms, `notify.alertmanager`) and webhook limits.
+    fn notify(&mut self, root: &Table) -> crate::act::notify::Settings {
+        let t = self.table(root, "", "notify", false);
+        let p = "notify";
+        self.known(
+            &t,
+            p,
+            &[
+                "alertmanager_url",
+                "timeout",
+                "retries",
+                "resend_every",
+                "generator_url",
+            ],
+        );
+        let mut n = crate::act::notify::Settings::default();
+        for (key, slot) in [
+            ("alertmanager_url", &mut n.alertmanager_url),
+            ("generator_url", &mut n.generator_url),
+        ] {
+            if let Some(u) = self.opt_string(&t, p, key) {
+                match reqwest::Url::parse(&u) {
+                    Ok(url) if url.scheme() == "http" => {
+                        *slot = Some(u.trim_end_matches('/').into())
+                    }
+                    Ok(url) if key == "generator_url" && url.scheme() == "https" => *slot = Some(u),
+                    Ok(url) => self.err(
+                        &join(p, key),
+                        format!(
+                            "scheme {:?} is not http (this build has no TLS client)",
+                            url.scheme()
+                        ),
+                    ),
+                    Err(e) => self.err(&join(p, key), format!("not a URL: {e}")),
+                }
+            }
+        }
+        if let Some(d) = self.duration(&t, p, "timeout", bounds::TIMEOUT) {
+            n.timeout = d;
+        }
+        if let Some(r) = self.count(&t, p, "retries", 0, 10) {
+            n.retries = r as u32;
+        }
+        if let Some(d) = self.duration(&t, p, "resend_every", bounds::SERIES_TTL) {
+            n.resend_every = d;
+        }
+        n
+    }
+
     fn api(
         &mut self,
         root: &Table,
@@ -1337,7 +1526,7 @@ mod api_tests {
 // ---- end of [api] ----
 
 /// Serialises durations as humantime strings, so `Config` prints as it is written.
-mod humantime_serde_str {
+pub(crate) mod humantime_serde_str {
     use std::time::Duration;
 
     pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

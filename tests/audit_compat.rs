@@ -156,6 +156,7 @@ fn new_records_keep_the_line_layout_byte_for_byte() {
             target: restart.target.clone(),
             params: Default::default(),
             outcome: Outcome::DryRun,
+            detail: serde_json::Value::Null,
             verified: Some(false),
             failed: true,
             escalated: true,

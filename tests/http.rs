@@ -886,6 +886,7 @@ async fn the_token_never_reaches_a_log_line_or_the_audit_log() {
             rejected,
             source: Arc::new(Empty),
             metrics: metrics.clone(),
+            effectors: Default::default(),
         },
         listener,
         async move {

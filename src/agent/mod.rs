@@ -17,7 +17,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
-use crate::act::Executor;
+use crate::act::{Effectors, Executor};
 use crate::anomaly::Anomaly;
 use crate::audit::{
     AgentStarted, AgentStopped, AlertReceived, AnomalyClosed, AuditError, AuditLog, Auditor, Event,
@@ -60,6 +60,9 @@ pub enum AgentError {
     /// The spool of accepted alerts cannot be read or written.
     #[error("alert spool: {0}")]
     Spool(#[from] SpoolError),
+    /// A Kubernetes or OpenStack client could not be built from its settings.
+    #[error("{0}")]
+    Act(#[from] crate::act::ActError),
 }
 
 /// What the daemon runs with: a validated config, the playbooks that loaded (and the
@@ -75,6 +78,8 @@ pub struct Agent {
     pub source: Arc<dyn Source>,
     /// The agent's metrics and health, shared with the HTTP server.
     pub metrics: Arc<Metrics>,
+    /// The clients actions and script lookups go through.
+    pub effectors: Effectors,
 }
 
 /// How often playbook files are checked for changes.
@@ -122,12 +127,14 @@ pub async fn start(
         config.prometheus.timeout,
     )?);
     let metrics = Arc::new(Metrics::new(liveness_window(&config)));
+    let effectors = crate::act::connect(&config).await?;
     let agent = Agent {
         config,
         playbooks,
         rejected,
         source,
         metrics,
+        effectors,
     };
     run(agent, listener, shutdown).await
 }
@@ -158,6 +165,7 @@ pub async fn run(
         rejected,
         source,
         metrics,
+        effectors,
     } = agent;
     let audit = Auditor::new(AuditLog::open(&config.agent.audit_log)?);
     metrics.watch_audit(audit.failure());
@@ -193,10 +201,13 @@ pub async fn run(
         limits: limits.clone(),
         world: Arc::new(LiveWorld::new(
             source.clone(),
+            effectors.clone(),
             tokio::runtime::Handle::current(),
             config.prometheus.timeout,
         )),
         max_follow_ups: 3,
+        effectors,
+        mode_cap: config.agent.mode,
     };
     let dispatcher = Dispatcher::new(
         config.playbooks.clone(),

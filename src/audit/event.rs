@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::act::{Outcome, StepResult};
+use crate::act::{Outcome, Request, StepResult};
 use crate::anomaly::Anomaly;
 use crate::labels::Labels;
 use crate::playbook::Action;
@@ -55,6 +55,9 @@ pub enum Event {
     ActionIntent(ActionIntent),
     /// How a dispatched action ended.
     ActionOutcome(ActionOutcome),
+    /// An intent left without an outcome by a crash, reconciled at start by reading
+    /// its target (never by running it again).
+    ActionReconciled(ActionReconciled),
     /// Whether a step's success condition came true in time.
     Verification(Verification),
     /// An incident's last round ran and `on_result` asked for nothing more.
@@ -336,6 +339,12 @@ pub struct ActionIntent {
     pub effective_mode: String,
     /// The action.
     pub action: Action,
+    /// The target as read before acting (absent in records older than effectors).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed: Option<Value>,
+    /// The exact requests about to be sent (the API's dry run sends these too).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requests: Vec<Request>,
 }
 
 /// `action_outcome`.
@@ -358,6 +367,36 @@ pub struct ActionOutcome {
     pub kind: String,
     /// How it ended.
     pub outcome: Outcome,
+    /// What the API answered or what was observed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<Value>,
+}
+
+/// `action_reconciled`: at start, an intent found without its outcome (the agent
+/// stopped between the two) and what its target looks like now. It is never re-run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ActionReconciled {
+    /// The anomaly or alert id.
+    pub anomaly_id: String,
+    /// The playbook.
+    pub playbook: String,
+    /// The plan's round.
+    pub round: usize,
+    /// 1-based step number.
+    pub step: usize,
+    /// The sequence number of the intent left open.
+    pub intent_seq: u64,
+    /// The action kind.
+    pub kind: String,
+    /// Its target.
+    pub target: std::collections::BTreeMap<String, String>,
+    /// The target's state as read now, if the read worked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub observed: Option<Value>,
+    /// Why it could not be read, if it could not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// `verification`.

@@ -119,12 +119,30 @@ impl Event {
                 action(&i.action),
                 i.mode
             ),
-            Event::ActionOutcome(o) => format!(
-                "{} step {}: {} -> {}",
-                o.anomaly_id,
-                o.step,
-                o.kind,
-                o.outcome.as_str()
+            Event::ActionOutcome(o) => {
+                let mut line = format!(
+                    "{} step {}: {} -> {}",
+                    o.anomaly_id,
+                    o.step,
+                    o.kind,
+                    o.outcome.as_str()
+                );
+                if let Some(m) = o.detail.as_ref().and_then(|d| d["message"].as_str()) {
+                    line.push_str(&format!(" ({m})"));
+                }
+                line
+            }
+            Event::ActionReconciled(r) => format!(
+                "{} step {}: {} left without outcome by a stop (intent #{}): {}",
+                r.anomaly_id,
+                r.step,
+                r.kind,
+                r.intent_seq,
+                match (&r.observed, &r.error) {
+                    (Some(o), _) => format!("now {o}"),
+                    (None, Some(e)) => format!("could not read it: {e}"),
+                    (None, None) => "not read".into(),
+                }
             ),
             Event::Verification(v) => format!(
                 "{} step {}: {} after {}s: {}",

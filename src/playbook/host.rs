@@ -19,12 +19,16 @@ use crate::source::Source;
 pub trait World: Send + Sync {
     /// Instant query at unix time `at`: each series' labels and value.
     fn prom_query(&self, query: &str, at: f64) -> Result<Vec<(Labels, f64)>, String>;
-    /// One Kubernetes object (`pods`, `deployments`, `nodes`, `events`), if it exists.
+    /// One Kubernetes object (one of [`K8S_KINDS`]), if it exists.
     fn k8s_get(&self, kind: &str, namespace: &str, name: &str) -> Result<Option<Value>, String>;
     /// Kubernetes objects of a kind in a namespace (`""`: all) matching a label selector.
     fn k8s_list(&self, kind: &str, namespace: &str, selector: &str) -> Result<Vec<Value>, String>;
     /// One OpenStack server by id or name, if it exists.
     fn os_server(&self, id_or_name: &str) -> Result<Option<Value>, String>;
+    /// OpenStack servers matching Nova's list filters (`status`, `host`, `name`, ...).
+    fn os_servers(&self, filters: &serde_json::Map<String, Value>) -> Result<Vec<Value>, String>;
+    /// OpenStack hypervisors.
+    fn os_hypervisors(&self) -> Result<Vec<Value>, String>;
     /// OpenStack compute services, optionally only those on `host` (`""`: all).
     fn os_compute_services(&self, host: &str) -> Result<Vec<Value>, String>;
 }
@@ -36,10 +40,10 @@ pub struct RecordedWorld {
     /// PromQL text → the series it returns.
     #[serde(default)]
     pub prometheus: BTreeMap<String, Vec<RecordedSample>>,
-    /// Kind (`pods`, `deployments`, `nodes`, `events`) → objects as the API returns them.
+    /// Kind (one of [`K8S_KINDS`]) → objects as the API returns them.
     #[serde(default)]
     pub kubernetes: Option<BTreeMap<String, Vec<Value>>>,
-    /// `servers` and `compute_services` → objects as Nova returns them.
+    /// `servers`, `compute_services` and `hypervisors` → objects as Nova returns them.
     #[serde(default)]
     pub openstack: Option<BTreeMap<String, Vec<Value>>>,
 }
@@ -55,9 +59,19 @@ pub struct RecordedSample {
     pub value: f64,
 }
 
-const K8S_KINDS: &[&str] = &["pods", "deployments", "nodes", "events"];
+/// The Kubernetes kinds scripts may read.
+pub const K8S_KINDS: &[&str] = &[
+    "pods",
+    "deployments",
+    "statefulsets",
+    "daemonsets",
+    "nodes",
+    "events",
+    "poddisruptionbudgets",
+];
 
-fn check_kind(kind: &str) -> Result<(), String> {
+/// Refuses a kind scripts may not read.
+pub fn check_kind(kind: &str) -> Result<(), String> {
     if K8S_KINDS.contains(&kind) {
         Ok(())
     } else {
@@ -142,6 +156,19 @@ impl World for RecordedWorld {
             .cloned())
     }
 
+    fn os_servers(&self, filters: &serde_json::Map<String, Value>) -> Result<Vec<Value>, String> {
+        Ok(self
+            .os("servers")?
+            .iter()
+            .filter(|s| filters.iter().all(|(k, v)| &s[k.as_str()] == v))
+            .cloned()
+            .collect())
+    }
+
+    fn os_hypervisors(&self) -> Result<Vec<Value>, String> {
+        Ok(self.os("hypervisors")?.to_vec())
+    }
+
     fn os_compute_services(&self, host: &str) -> Result<Vec<Value>, String> {
         Ok(self
             .os("compute_services")?
@@ -152,51 +179,102 @@ impl World for RecordedWorld {
     }
 }
 
-/// The agent's world: Prometheus for real; Kubernetes and OpenStack lookups report that
-/// no client is configured in this build rather than pretend.
+/// The agent's world: Prometheus, and Kubernetes and OpenStack through the executor's
+/// clients; a layer that is not configured answers so, rather than pretend.
 pub struct LiveWorld {
     source: Arc<dyn Source>,
+    effectors: crate::act::Effectors,
     handle: tokio::runtime::Handle,
     timeout: Duration,
 }
 
 impl LiveWorld {
     /// Lookups run on `handle` (scripts run on threads of their own) with a per-call timeout.
-    pub fn new(source: Arc<dyn Source>, handle: tokio::runtime::Handle, timeout: Duration) -> Self {
+    pub fn new(
+        source: Arc<dyn Source>,
+        effectors: crate::act::Effectors,
+        handle: tokio::runtime::Handle,
+        timeout: Duration,
+    ) -> Self {
         LiveWorld {
             source,
+            effectors,
             handle,
             timeout,
         }
+    }
+
+    /// Runs a lookup on the runtime with the time limit.
+    fn call<T>(
+        &self,
+        what: &str,
+        fut: impl std::future::Future<Output = Result<T, String>>,
+    ) -> Result<T, String> {
+        match self
+            .handle
+            .block_on(tokio::time::timeout(self.timeout, fut))
+        {
+            Ok(r) => r,
+            Err(_) => Err(format!("{what}: no answer within {:?}", self.timeout)),
+        }
+    }
+
+    fn kube(&self) -> Result<&crate::act::k8s::Kube, String> {
+        self.effectors
+            .kube
+            .as_deref()
+            .ok_or_else(|| "no Kubernetes client is configured ([kubernetes] in the config)".into())
+    }
+
+    fn openstack(&self) -> Result<&crate::act::openstack::OpenStack, String> {
+        self.effectors
+            .openstack
+            .as_deref()
+            .ok_or_else(|| "no OpenStack client is configured ([openstack] in the config)".into())
     }
 }
 
 impl World for LiveWorld {
     fn prom_query(&self, query: &str, at: f64) -> Result<Vec<(Labels, f64)>, String> {
-        let fut = tokio::time::timeout(self.timeout, self.source.instant_at(query, Some(at)));
-        match self.handle.block_on(fut) {
-            Ok(Ok(points)) => Ok(points.into_iter().map(|p| (p.labels, p.value)).collect()),
-            Ok(Err(e)) => Err(format!("prometheus: {e}")),
-            Err(_) => Err(format!("prometheus: no answer within {:?}", self.timeout)),
-        }
+        self.call("prometheus", async {
+            self.source
+                .instant_at(query, Some(at))
+                .await
+                .map(|points| points.into_iter().map(|p| (p.labels, p.value)).collect())
+                .map_err(|e| format!("prometheus: {e}"))
+        })
     }
 
-    fn k8s_get(&self, kind: &str, _: &str, _: &str) -> Result<Option<Value>, String> {
+    fn k8s_get(&self, kind: &str, ns: &str, name: &str) -> Result<Option<Value>, String> {
         check_kind(kind)?;
-        Err("no Kubernetes client is configured in this build".into())
+        let kube = self.kube()?;
+        self.call("kubernetes", kube.get(kind, ns, name))
     }
 
-    fn k8s_list(&self, kind: &str, _: &str, _: &str) -> Result<Vec<Value>, String> {
+    fn k8s_list(&self, kind: &str, ns: &str, selector: &str) -> Result<Vec<Value>, String> {
         check_kind(kind)?;
-        Err("no Kubernetes client is configured in this build".into())
+        let kube = self.kube()?;
+        self.call("kubernetes", kube.list(kind, ns, selector))
     }
 
-    fn os_server(&self, _: &str) -> Result<Option<Value>, String> {
-        Err("no OpenStack client is configured in this build".into())
+    fn os_server(&self, id_or_name: &str) -> Result<Option<Value>, String> {
+        let os = self.openstack()?;
+        self.call("openstack", os.server(id_or_name))
     }
 
-    fn os_compute_services(&self, _: &str) -> Result<Vec<Value>, String> {
-        Err("no OpenStack client is configured in this build".into())
+    fn os_servers(&self, filters: &serde_json::Map<String, Value>) -> Result<Vec<Value>, String> {
+        let os = self.openstack()?;
+        self.call("openstack", os.servers(filters))
+    }
+
+    fn os_compute_services(&self, host: &str) -> Result<Vec<Value>, String> {
+        let os = self.openstack()?;
+        self.call("openstack", os.compute_services(host))
+    }
+
+    fn os_hypervisors(&self) -> Result<Vec<Value>, String> {
+        let os = self.openstack()?;
+        self.call("openstack", os.hypervisors())
     }
 }
 
@@ -344,6 +422,27 @@ pub fn register(engine: &mut Engine, world: Arc<dyn World>, now: f64) {
             )
         },
     );
+    let w = world.clone();
+    os.set_native_fn("servers", move |filters: rhai::Map| -> HostResult<Array> {
+        let mut map = serde_json::Map::new();
+        for (k, v) in filters {
+            let v: Value = rhai::serde::from_dynamic(&v)
+                .map_err(|e| format!("openstack::servers: filter {k}: {e}"))?;
+            map.insert(k.to_string(), v);
+        }
+        let filters = map;
+        list_to_dyn(
+            w.os_servers(&filters)
+                .map_err(|e| format!("openstack::servers: {e}"))?,
+        )
+    });
+    let w = world.clone();
+    os.set_native_fn("hypervisors", move || -> HostResult<Array> {
+        list_to_dyn(
+            w.os_hypervisors()
+                .map_err(|e| format!("openstack::hypervisors: {e}"))?,
+        )
+    });
     let w = world;
     os.set_native_fn("compute_services", move || -> HostResult<Array> {
         list_to_dyn(

@@ -34,6 +34,7 @@ pub mod testing;
 pub use host::{LiveWorld, RecordedWorld, World};
 pub use plan::{
     action_kind, parse_actions, Action, ActionKind, OnFailure, Plan, Scope, Verify, ACTION_KINDS,
+    MAX_STEP_TIMEOUT,
 };
 pub use sandbox::Limits;
 
@@ -136,9 +137,9 @@ impl Trigger {
     }
 }
 
-/// How a playbook's plans are meant to run. This version has no effectors: every mode
-/// executes as dry-run, and the records say so.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a playbook's plans run; `agent.mode` caps it (see [`crate::act::effective_mode`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Mode {
     /// Run without asking.
     Auto,

@@ -14,73 +14,141 @@ pub struct ActionKind {
     pub name: &'static str,
     /// Target keys that must be present (non-empty strings).
     pub target: &'static [&'static str],
+    /// Target keys of which exactly one must be present (the workload's kind), if any.
+    pub one_of: &'static [&'static str],
     /// One line for docs and errors.
     pub about: &'static str,
 }
 
+const fn kind(
+    name: &'static str,
+    target: &'static [&'static str],
+    one_of: &'static [&'static str],
+    about: &'static str,
+) -> ActionKind {
+    ActionKind {
+        name,
+        target,
+        one_of,
+        about,
+    }
+}
+
 /// Every action kind a plan may use.
 pub const ACTION_KINDS: &[ActionKind] = &[
-    ActionKind {
-        name: "k8s.rollout_restart",
-        target: &["namespace", "deployment"],
-        about: "restart a Deployment's pods by rolling update",
-    },
-    ActionKind {
-        name: "k8s.evict_pod",
-        target: &["namespace", "pod"],
-        about: "evict one pod through the Eviction API (respects PodDisruptionBudgets)",
-    },
-    ActionKind {
-        name: "k8s.scale",
-        target: &["namespace", "deployment"],
-        about: "set a Deployment's replicas (params.replicas)",
-    },
-    ActionKind {
-        name: "k8s.cordon",
-        target: &["node"],
-        about: "mark a node unschedulable",
-    },
-    ActionKind {
-        name: "k8s.drain",
-        target: &["node"],
-        about: "cordon a node and evict its pods",
-    },
-    ActionKind {
-        name: "openstack.server_reboot",
-        target: &["server"],
-        about: "reboot a Nova server (params.type: soft or hard)",
-    },
-    ActionKind {
-        name: "openstack.server_stop",
-        target: &["server"],
-        about: "stop a Nova server",
-    },
-    ActionKind {
-        name: "openstack.server_start",
-        target: &["server"],
-        about: "start a Nova server",
-    },
-    ActionKind {
-        name: "openstack.live_migrate",
-        target: &["server"],
-        about: "live-migrate a Nova server",
-    },
-    ActionKind {
-        name: "openstack.service_disable",
-        target: &["host", "binary"],
-        about: "disable a compute service (params.reason)",
-    },
-    ActionKind {
-        name: "notify.webhook",
-        target: &["url"],
-        about: "POST the anomaly and params.message to a webhook",
-    },
-    ActionKind {
-        name: "notify.alertmanager",
-        target: &[],
-        about: "send an alert to Alertmanager (params.summary)",
-    },
+    kind(
+        "k8s.rollout_restart",
+        &["namespace"],
+        &["deployment", "statefulset", "daemonset"],
+        "restart a workload's pods by rolling update, as `kubectl rollout restart`",
+    ),
+    kind(
+        "k8s.delete_pod",
+        &["namespace", "pod"],
+        &[],
+        "delete one pod (its controller replaces it)",
+    ),
+    kind(
+        "k8s.evict_pod",
+        &["namespace", "pod"],
+        &[],
+        "evict one pod through the Eviction API (respects PodDisruptionBudgets)",
+    ),
+    kind(
+        "k8s.scale",
+        &["namespace"],
+        &["deployment", "statefulset"],
+        "set replicas (params.replicas, or params.delta) within params.min..params.max",
+    ),
+    kind("k8s.cordon", &["node"], &[], "mark a node unschedulable"),
+    kind(
+        "k8s.uncordon",
+        &["node"],
+        &[],
+        "mark a node schedulable again",
+    ),
+    kind(
+        "k8s.drain",
+        &["node"],
+        &[],
+        "cordon a node and evict its pods but DaemonSet and mirror pods",
+    ),
+    kind(
+        "openstack.server_reboot",
+        &["server"],
+        &[],
+        "reboot a Nova server (params.type: soft or hard)",
+    ),
+    kind(
+        "openstack.server_stop",
+        &["server"],
+        &[],
+        "stop a Nova server",
+    ),
+    kind(
+        "openstack.server_start",
+        &["server"],
+        &[],
+        "start a Nova server",
+    ),
+    kind(
+        "openstack.server_lock",
+        &["server"],
+        &[],
+        "lock a Nova server (params.reason)",
+    ),
+    kind(
+        "openstack.server_unlock",
+        &["server"],
+        &[],
+        "unlock a Nova server",
+    ),
+    kind(
+        "openstack.live_migrate",
+        &["server"],
+        &[],
+        "live-migrate a Nova server (to params.host, or where the scheduler chooses)",
+    ),
+    kind(
+        "openstack.evacuate",
+        &["server"],
+        &[],
+        "rebuild a server of a down compute host elsewhere (params.host optional)",
+    ),
+    kind(
+        "openstack.service_disable",
+        &["host", "binary"],
+        &[],
+        "disable a compute service (params.reason)",
+    ),
+    kind(
+        "openstack.service_enable",
+        &["host", "binary"],
+        &[],
+        "enable a compute service",
+    ),
+    kind(
+        "openstack.service_force_down",
+        &["host", "binary"],
+        &[],
+        "mark a compute service forced down (fencing, before an evacuation)",
+    ),
+    kind(
+        "notify.webhook",
+        &["url"],
+        &[],
+        "POST the anomaly and params.message to a webhook",
+    ),
+    kind(
+        "notify.alertmanager",
+        &[],
+        &[],
+        "send an alert to Alertmanager (params.alertname, params.summary)",
+    ),
 ];
+
+/// The longest time limit a step may state in `params.timeout`.
+pub const MAX_STEP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// The most steps one plan may have: a script that returns more is broken, not busy.
 pub const MAX_PLAN_STEPS: usize = 100;
@@ -332,6 +400,20 @@ pub fn parse_actions(value: &Value, scope: &Scope) -> Result<Vec<Action>, Vec<St
                     problems.push(format!("{path}.target.{key}: required by {}", kind.name));
                 }
             }
+            if !kind.one_of.is_empty() {
+                let named = kind
+                    .one_of
+                    .iter()
+                    .filter(|k| target.get(**k).is_some_and(|v| !v.is_empty()))
+                    .count();
+                if named != 1 {
+                    problems.push(format!(
+                        "{path}.target: {} needs exactly one of {}",
+                        kind.name,
+                        kind.one_of.join(", ")
+                    ));
+                }
+            }
             problems.extend(check_params(&path, kind.name, &params));
             problems.extend(check_scope(&path, kind.name, &target, scope));
             actions.push(Action {
@@ -433,13 +515,41 @@ fn check_scope(
 
 fn check_params(path: &str, kind: &str, params: &Map<String, Value>) -> Vec<String> {
     let mut problems = Vec::new();
+    let count = |key: &str, problems: &mut Vec<String>| match params.get(key) {
+        None => None,
+        Some(Value::Number(n)) if n.as_u64().is_some_and(|r| r <= 10_000) => n.as_u64(),
+        Some(other) => {
+            problems.push(format!(
+                "{path}.params.{key}: expected a replica count from 0 to 10000, got {other}"
+            ));
+            None
+        }
+    };
     match kind {
-        "k8s.scale" => match params.get("replicas") {
-            Some(Value::Number(n)) if n.as_u64().is_some_and(|r| r <= 10_000) => {}
-            _ => problems.push(format!(
-                "{path}.params.replicas: k8s.scale needs a replica count from 0 to 10000"
-            )),
-        },
+        "k8s.scale" => {
+            let replicas = count("replicas", &mut problems);
+            match params.get("delta") {
+                None => {}
+                Some(Value::Number(n)) if n.as_i64().is_some_and(|d| d.abs() <= 10_000) => {}
+                Some(other) => problems.push(format!(
+                    "{path}.params.delta: expected a change from -10000 to 10000, got {other}"
+                )),
+            }
+            if params.contains_key("replicas") == params.contains_key("delta") {
+                problems.push(format!(
+                    "{path}.params: k8s.scale needs exactly one of replicas, delta"
+                ));
+            }
+            let min = count("min", &mut problems).unwrap_or(0);
+            let max = count("max", &mut problems).unwrap_or(10_000);
+            if min > max {
+                problems.push(format!("{path}.params.min: {min} is above max {max}"));
+            } else if let Some(r) = replicas.filter(|r| !(min..=max).contains(r)) {
+                problems.push(format!(
+                    "{path}.params.replicas: {r} is outside min..max ({min}..{max})"
+                ));
+            }
+        }
         "openstack.server_reboot" => match params.get("type") {
             None => {}
             Some(Value::String(t)) if t == "soft" || t == "hard" => {}
@@ -448,6 +558,19 @@ fn check_params(path: &str, kind: &str, params: &Map<String, Value>) -> Vec<Stri
             )),
         },
         _ => {}
+    }
+    match params.get("timeout") {
+        None => {}
+        Some(Value::String(w)) => match humantime::parse_duration(w) {
+            Ok(d) if !d.is_zero() && d <= MAX_STEP_TIMEOUT => {}
+            Ok(_) => problems.push(format!("{path}.params.timeout: must be between 1s and 1h")),
+            Err(e) => problems.push(format!(
+                "{path}.params.timeout: {w:?} is not a duration like \"5m\": {e}"
+            )),
+        },
+        Some(other) => problems.push(format!(
+            "{path}.params.timeout: expected a duration like \"5m\", got {other}"
+        )),
     }
     problems
 }
@@ -537,7 +660,7 @@ mod tests {
         let want = [
             "plan[0].kind: unknown action kind \"k8s.restart_everything\"",
             "plan[1].colour: unknown field",
-            "plan[1].target.deployment: required by k8s.rollout_restart",
+            "plan[1].target: k8s.rollout_restart needs exactly one of deployment, statefulset, daemonset",
             "plan[2].params.replicas:",
             "plan[2].target.namespace: \"a\" is outside this playbook's scope",
             "plan[3]: expected a map",

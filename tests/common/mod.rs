@@ -467,6 +467,7 @@ impl Daemon {
         let logs = Logs::default();
         let audit_log = config.agent.audit_log.clone();
         let (stop, stopped) = oneshot::channel();
+        let effectors = homeostat::act::connect(&config).await.unwrap();
         let run = agent::run(
             agent::Agent {
                 config,
@@ -474,6 +475,7 @@ impl Daemon {
                 rejected,
                 source,
                 metrics: metrics.clone(),
+                effectors,
             },
             listener,
             async move {

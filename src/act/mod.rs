@@ -3,8 +3,14 @@
 //! verification runs against the real Prometheus; a playbook's `on_result` may then
 //! return a follow-up plan (escalation), which runs the same way.
 //!
-//! This version has no effectors yet: whatever a playbook's mode, every action runs
-//! in dry-run, which records the exact action that would run and changes nothing.
+//! A step runs in its playbook's mode capped by `agent.mode`: `auto` sends its
+//! requests, `dry-run` sends them as the API's own dry run (or records them where the
+//! API has none), `approval` records the step as not executed.
+
+pub mod effect;
+pub mod k8s;
+pub mod notify;
+pub mod openstack;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,32 +21,95 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::{info, warn};
 
+pub use effect::{ActError, Effector, Outcome, Prepared, Report, Request};
+
 use crate::anomaly::Anomaly;
 use crate::audit::{
     ActionIntent, ActionOutcome, AuditError, Auditor, EscalationLimit, Event, IncidentDone,
     PlanChosen, PlaybookFailed, Verification,
 };
-use crate::playbook::{Action, Limits, OnFailure, Plan, Playbook, World};
+use crate::playbook::{Action, Limits, Mode, OnFailure, Plan, Playbook, World};
 use crate::source::{unix_now, Source};
 
-/// How one action ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    /// Recorded, not dispatched.
-    DryRun,
-    /// Not run because an earlier step failed.
-    Skipped,
+/// The clients homeostat acts through; a layer that is not configured is `None`.
+#[derive(Clone, Default)]
+pub struct Effectors {
+    /// `[kubernetes]`: `k8s.*` actions.
+    pub kube: Option<Arc<k8s::Kube>>,
+    /// `[openstack]`: `openstack.*` actions.
+    pub openstack: Option<Arc<openstack::OpenStack>>,
+    /// `notify.*` actions (Alertmanager and webhooks).
+    pub notify: Option<Arc<notify::Notifier>>,
 }
 
-impl Outcome {
-    /// The name written to the audit log.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Outcome::DryRun => "dry_run",
-            Outcome::Skipped => "skipped",
+impl Effectors {
+    /// The effector of an action kind and its default time limit, or the config section
+    /// that would configure it.
+    fn of(&self, kind: &str) -> Result<(&dyn Effector, Duration), &'static str> {
+        let layer = kind.split('.').next().unwrap_or("");
+        match layer {
+            "k8s" => self
+                .kube
+                .as_deref()
+                .map(|k| (k as &dyn Effector, k.settings().action_timeout))
+                .ok_or("[kubernetes]"),
+            "openstack" => self
+                .openstack
+                .as_deref()
+                .map(|o| (o as &dyn Effector, o.settings().action_timeout))
+                .ok_or("[openstack]"),
+            _ => self
+                .notify
+                .as_deref()
+                .map(|n| (n as &dyn Effector, n.timeout()))
+                .ok_or("[alertmanager]"),
         }
     }
+}
+
+/// Builds the clients the config names: Kubernetes and OpenStack when their sections
+/// are present (credentials are loaded and checked now, not at the first action).
+pub async fn connect(config: &crate::config::Config) -> Result<Effectors, ActError> {
+    let kube = match &config.kubernetes {
+        Some(s) => Some(Arc::new(k8s::Kube::connect(s).await?)),
+        None => None,
+    };
+    let openstack = match &config.openstack {
+        Some(s) => Some(Arc::new(openstack::OpenStack::connect(s).await?)),
+        None => None,
+    };
+    Ok(Effectors {
+        kube,
+        openstack,
+        notify: Some(Arc::new(notify::Notifier::new(config.notify.clone()))),
+    })
+}
+
+/// The mode a step runs in: its playbook's, but never more than `cap` allows
+/// (`dry-run` < `approval` < `auto`).
+pub fn effective_mode(playbook: Mode, cap: Mode) -> Mode {
+    fn rank(m: Mode) -> u8 {
+        match m {
+            Mode::DryRun => 0,
+            Mode::Approval => 1,
+            Mode::Auto => 2,
+        }
+    }
+    if rank(playbook) <= rank(cap) {
+        playbook
+    } else {
+        cap
+    }
+}
+
+/// A step's time limit: its `params.timeout`, or its layer's default.
+fn step_timeout(action: &Action, default: Duration) -> Duration {
+    action
+        .params
+        .get("timeout")
+        .and_then(Value::as_str)
+        .and_then(|t| humantime::parse_duration(t).ok())
+        .unwrap_or(default)
 }
 
 /// What became of one step; `on_result` receives these.
@@ -56,6 +125,9 @@ pub struct StepResult {
     pub params: serde_json::Map<String, Value>,
     /// How it ended.
     pub outcome: Outcome,
+    /// What the API answered or what was observed (`null` when nothing was sent).
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub detail: Value,
     /// `Some(true/false)` when it had a `verify`, `None` otherwise.
     pub verified: Option<bool>,
     /// Whether the step counts as failed (its verification did not hold).
@@ -79,6 +151,10 @@ pub struct Executor {
     pub world: Arc<dyn World>,
     /// Follow-up plans allowed per incident, so escalation cannot loop forever.
     pub max_follow_ups: usize,
+    /// The clients actions are sent through.
+    pub effectors: Effectors,
+    /// `agent.mode`: the most any playbook may do.
+    pub mode_cap: Mode,
 }
 
 impl Executor {
@@ -164,13 +240,14 @@ impl Executor {
         }
     }
 
-    /// Runs one plan's steps in order: intent, dispatch (dry-run), outcome, verification.
+    /// Runs one plan's steps in order: intent, dispatch, outcome, verification.
     pub async fn execute(
         &self,
         playbook: &Playbook,
         plan: &Plan,
         round: usize,
     ) -> Result<Vec<StepResult>, AuditError> {
+        let mode = effective_mode(playbook.mode, self.mode_cap);
         let mut results = Vec::with_capacity(plan.actions.len());
         let mut stopped = false;
         for (i, action) in plan.actions.iter().enumerate() {
@@ -180,7 +257,8 @@ impl Executor {
                 kind: action.kind.clone(),
                 target: action.target.clone(),
                 params: action.params.clone(),
-                outcome: Outcome::Skipped,
+                outcome: Outcome::NotRun,
+                detail: Value::Null,
                 verified: None,
                 failed: false,
                 escalated: false,
@@ -189,20 +267,10 @@ impl Executor {
                 results.push(result);
                 continue;
             }
-            // The intent must be durable before anything could be dispatched.
-            self.audit
-                .record(Event::ActionIntent(ActionIntent {
-                    anomaly_id: plan.anomaly_id.clone(),
-                    playbook: plan.playbook.clone(),
-                    round,
-                    step,
-                    mode: playbook.mode.as_str().into(),
-                    effective_mode: "dry-run".into(),
-                    action: action.clone(),
-                }))
+            let report = self
+                .dispatch(playbook, plan, round, step, action, mode)
                 .await?;
-            result.outcome = Outcome::DryRun;
-            info!(playbook = %plan.playbook, anomaly = %plan.anomaly_id, step, outcome = result.outcome.as_str(), "{action}");
+            info!(playbook = %plan.playbook, anomaly = %plan.anomaly_id, step, outcome = report.outcome.as_str(), "{action}");
             self.audit
                 .record(Event::ActionOutcome(ActionOutcome {
                     anomaly_id: plan.anomaly_id.clone(),
@@ -210,10 +278,18 @@ impl Executor {
                     round,
                     step,
                     kind: action.kind.clone(),
-                    outcome: result.outcome,
+                    outcome: report.outcome,
+                    detail: (!report.detail.is_null()).then(|| report.detail.clone()),
                 }))
                 .await?;
-            if action.verify.is_some() {
+            result.outcome = report.outcome;
+            result.detail = report.detail;
+            result.failed = report.outcome.is_failure();
+            let ran = matches!(
+                report.outcome,
+                Outcome::Done | Outcome::Skipped | Outcome::DryRun
+            );
+            if ran && action.verify.is_some() {
                 let passed = self.verify(plan, round, step, action).await?;
                 result.verified = Some(passed);
                 result.failed = !passed;
@@ -231,6 +307,81 @@ impl Executor {
             results.push(result);
         }
         Ok(results)
+    }
+
+    /// Reads the target, records the intent with the exact requests (durable before
+    /// anything is sent), then sends them as `mode` allows.
+    async fn dispatch(
+        &self,
+        playbook: &Playbook,
+        plan: &Plan,
+        round: usize,
+        step: usize,
+        action: &Action,
+        mode: Mode,
+    ) -> Result<Report, AuditError> {
+        let intent = |observed, requests| {
+            Event::ActionIntent(ActionIntent {
+                anomaly_id: plan.anomaly_id.clone(),
+                playbook: plan.playbook.clone(),
+                round,
+                step,
+                mode: playbook.mode.as_str().into(),
+                effective_mode: mode.as_str().into(),
+                action: action.clone(),
+                observed,
+                requests,
+            })
+        };
+        if mode == Mode::Approval {
+            self.audit.record(intent(None, Vec::new())).await?;
+            return Ok(Report::new(
+                Outcome::NotExecuted,
+                "the playbook waits for approval, which this version cannot give",
+            ));
+        }
+        let (effector, default_timeout) = match self.effectors.of(&action.kind) {
+            Ok(e) => e,
+            Err(section) => {
+                self.audit.record(intent(None, Vec::new())).await?;
+                return Ok(match mode {
+                    Mode::DryRun => Report::new(
+                        Outcome::DryRun,
+                        format!("recorded only: no {section} client is configured"),
+                    ),
+                    _ => Report::new(
+                        Outcome::Failed,
+                        format!("no {section} client is configured"),
+                    ),
+                });
+            }
+        };
+        let deadline = Instant::now() + step_timeout(action, default_timeout);
+        let prepared = match effector.prepare(action).await {
+            Ok(p) => p,
+            Err(report) => {
+                self.audit.record(intent(None, Vec::new())).await?;
+                return Ok(report);
+            }
+        };
+        self.audit
+            .record(intent(
+                Some(prepared.observed.clone()),
+                prepared.requests.clone(),
+            ))
+            .await?;
+        if prepared.requests.is_empty() {
+            return Ok(Report {
+                outcome: Outcome::Skipped,
+                detail: serde_json::json!({
+                    "message": "already as wanted",
+                    "observed": prepared.observed,
+                }),
+            });
+        }
+        Ok(effector
+            .execute(action, prepared, mode == Mode::DryRun, deadline)
+            .await)
     }
 
     /// Polls the step's PromQL condition until it returns data or the deadline passes.
@@ -334,6 +485,8 @@ mod tests {
             limits,
             world: Arc::new(RecordedWorld::default()),
             max_follow_ups: 3,
+            effectors: Effectors::default(),
+            mode_cap: Mode::DryRun,
         };
         let plan = Plan {
             playbook: "drain".into(),
@@ -358,7 +511,7 @@ mod tests {
         assert!(results[0].failed && !results[0].escalated);
         assert_eq!(
             results[1].outcome,
-            Outcome::Skipped,
+            Outcome::NotRun,
             "ran after a failed step"
         );
         let records: Vec<AuditRecord> = crate::audit::read_records(&log).unwrap();
