@@ -1146,10 +1146,16 @@ impl Walker {
         ] {
             if let Some(u) = self.opt_string(&t, p, key) {
                 match reqwest::Url::parse(&u) {
-                    Ok(url) if url.scheme() == "http" => {
+                    // Alertmanager's base: API paths are appended to it.
+                    Ok(url) if key == "alertmanager_url" && url.scheme() == "http" => {
                         *slot = Some(u.trim_end_matches('/').into())
                     }
-                    Ok(url) if key == "generator_url" && url.scheme() == "https" => *slot = Some(u),
+                    // Only shown to people: any web address.
+                    Ok(url)
+                        if key == "generator_url" && ["http", "https"].contains(&url.scheme()) =>
+                    {
+                        *slot = Some(u)
+                    }
                     Ok(url) => self.err(
                         &join(p, key),
                         format!(

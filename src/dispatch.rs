@@ -62,7 +62,7 @@ async fn plan_and_run(
     };
     match result {
         Ok(plan) => {
-            audit
+            let plan_seq = audit
                 .record(Event::Plan(PlanChosen {
                     anomaly_id: anomaly.id.clone(),
                     playbook: pb.name.clone(),
@@ -74,7 +74,7 @@ async fn plan_and_run(
                 .await?;
             warn!(playbook = %pb.name, anomaly = %anomaly.id, mode = pb.mode.as_str(), "{}", plan.render());
             metrics.playbook_run(&pb.name, PlaybookResult::Planned);
-            executor.run_incident(pb, anomaly, plan).await
+            executor.run_incident(pb, anomaly, plan, plan_seq).await
         }
         Err(e) => {
             error!(playbook = %pb.name, anomaly = %anomaly.id, error = %e, "playbook failed");

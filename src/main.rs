@@ -47,6 +47,7 @@ fn main() -> ExitCode {
         // Colour codes are noise in files and journald.
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    homeostat::act::install_crypto_provider();
     match dispatch(cli.command) {
         Ok(code) => code,
         Err(e) if is_usage(&e) => {

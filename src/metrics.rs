@@ -131,6 +131,17 @@ struct PlaybookInfoLabels {
     sha256: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AlarmLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ActionLabels {
+    kind: String,
+    outcome: &'static str,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct WebhookLabels {
     result: WebhookResult,
@@ -153,6 +164,8 @@ pub struct Metrics {
     playbook_runs: Family<PlaybookRunLabels, Counter>,
     playbook_info: Family<PlaybookInfoLabels, Gauge>,
     webhook_requests: Family<WebhookLabels, Counter>,
+    alarms: Family<AlarmLabels, Counter>,
+    actions: Family<ActionLabels, Counter>,
     http: HttpMetrics,
     ready: Gauge,
     snapshot: watch::Sender<Arc<Snapshot>>,
@@ -228,6 +241,18 @@ impl Metrics {
             "Playbook runs by result",
             playbook_runs.clone(),
         );
+        let alarms = Family::default();
+        registry.register(
+            "homeostat_alarms",
+            "Alarm alerts for Alertmanager: sent, send_failed (batches retried at the next re-send), dropped (queue full)",
+            alarms.clone(),
+        );
+        let actions = Family::default();
+        registry.register(
+            "homeostat_actions",
+            "Plan steps by action kind and outcome",
+            actions.clone(),
+        );
         let http = HttpMetrics::register(&mut registry);
         let (snapshot, rx) = watch::channel(Arc::default());
         registry.register_collector(Box::new(SnapshotCollector(rx)));
@@ -241,6 +266,8 @@ impl Metrics {
             playbook_runs,
             playbook_info,
             webhook_requests,
+            alarms,
+            actions,
             http,
             ready,
             snapshot,
@@ -314,6 +341,39 @@ impl Metrics {
     pub fn webhook_request(&self, result: WebhookResult) {
         self.webhook_requests
             .get_or_create(&WebhookLabels { result })
+            .inc();
+    }
+
+    /// Alarm alerts delivered to Alertmanager.
+    pub fn alarms_sent(&self, n: usize) {
+        self.alarms
+            .get_or_create(&AlarmLabels { result: "sent" })
+            .inc_by(n as u64);
+    }
+
+    /// A batch of alarm alerts was not delivered (it is retried at the next re-send).
+    pub fn alarm_send_failed(&self) {
+        self.alarms
+            .get_or_create(&AlarmLabels {
+                result: "send_failed",
+            })
+            .inc();
+    }
+
+    /// An alarm event was dropped: the alarm task's queue was full.
+    pub fn alarm_dropped(&self) {
+        self.alarms
+            .get_or_create(&AlarmLabels { result: "dropped" })
+            .inc();
+    }
+
+    /// A plan step ended.
+    pub fn action(&self, kind: &str, outcome: &'static str) {
+        self.actions
+            .get_or_create(&ActionLabels {
+                kind: kind.to_string(),
+                outcome,
+            })
             .inc();
     }
 

@@ -152,6 +152,15 @@ pub fn unix_now() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Unix seconds as RFC 3339 with milliseconds (the epoch for an impossible time).
+pub fn rfc3339(unix: f64) -> String {
+    let t = Duration::try_from_secs_f64(unix)
+        .ok()
+        .and_then(|d| UNIX_EPOCH.checked_add(d))
+        .unwrap_or(UNIX_EPOCH);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
 impl PromSource {
     /// A client for `url` whose every request gives up after `timeout`.
     pub fn new(url: &str, timeout: Duration) -> Result<Self, SourceError> {

@@ -67,6 +67,17 @@ impl Effectors {
     }
 }
 
+/// Installs ring as the process's one rustls crypto provider. The Kubernetes and
+/// OpenStack clients and the API's TLS all use rustls; when more than one provider is
+/// compiled in, rustls panics at the first TLS call unless one is installed. Idempotent.
+/// (ring's provider is deprecated for lacking post-quantum key exchange: see
+/// `server::tls` for why ring and not aws-lc-rs.)
+#[allow(deprecated)]
+pub fn install_crypto_provider() {
+    // Err means one is installed already (a second call, or a test harness).
+    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+}
+
 /// Builds the clients the config names: Kubernetes and OpenStack when their sections
 /// are present (credentials are loaded and checked now, not at the first action).
 pub async fn connect(config: &crate::config::Config) -> Result<Effectors, ActError> {
@@ -83,6 +94,16 @@ pub async fn connect(config: &crate::config::Config) -> Result<Effectors, ActErr
         openstack,
         notify: Some(Arc::new(notify::Notifier::new(config.notify.clone()))),
     })
+}
+
+impl Effectors {
+    /// Reads an action's target now (for reconciling an intent a crash left open).
+    pub async fn observe(&self, action: &Action) -> Result<Value, String> {
+        match self.of(&action.kind) {
+            Ok((effector, _)) => effector.observe(action).await,
+            Err(section) => Err(format!("no {section} client is configured")),
+        }
+    }
 }
 
 /// The mode a step runs in: its playbook's, but never more than `cap` allows
@@ -155,20 +176,31 @@ pub struct Executor {
     pub effectors: Effectors,
     /// `agent.mode`: the most any playbook may do.
     pub mode_cap: Mode,
+    /// Where step outcomes are counted.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Executor {
     /// Runs a plan, then `on_result` and any follow-up plans it returns.
+    /// `plan_seq` is the audit sequence number of the plan's record.
     pub async fn run_incident(
         &self,
         playbook: Arc<Playbook>,
         anomaly: Anomaly,
         plan: Plan,
+        plan_seq: u64,
     ) -> Result<(), AuditError> {
         let mut plan = plan;
+        let mut plan_seq = plan_seq;
         let mut round = 0;
         loop {
-            let results = self.execute(&playbook, &plan, round).await?;
+            let ctx = notify::Context {
+                anomaly: anomaly.clone(),
+                playbook: playbook.name.clone(),
+                plan: plan.render(),
+                plan_seq: Some(plan_seq),
+            };
+            let results = self.execute(&playbook, &plan, round, &ctx).await?;
             if !playbook.has_on_result {
                 return Ok(());
             }
@@ -200,7 +232,8 @@ impl Executor {
                 Ok(Some(next)) if round < self.max_follow_ups => {
                     round += 1;
                     warn!(playbook = %playbook.name, anomaly = %anomaly.id, round, "on_result escalates: {}", next.render());
-                    self.audit
+                    plan_seq = self
+                        .audit
                         .record(Event::Plan(PlanChosen {
                             anomaly_id: anomaly.id.clone(),
                             playbook: playbook.name.clone(),
@@ -240,12 +273,14 @@ impl Executor {
         }
     }
 
-    /// Runs one plan's steps in order: intent, dispatch, outcome, verification.
+    /// Runs one plan's steps in order: intent, dispatch, outcome, verification. `ctx`
+    /// is what notification steps describe.
     pub async fn execute(
         &self,
         playbook: &Playbook,
         plan: &Plan,
         round: usize,
+        ctx: &notify::Context,
     ) -> Result<Vec<StepResult>, AuditError> {
         let mode = effective_mode(playbook.mode, self.mode_cap);
         let mut results = Vec::with_capacity(plan.actions.len());
@@ -268,9 +303,10 @@ impl Executor {
                 continue;
             }
             let report = self
-                .dispatch(playbook, plan, round, step, action, mode)
+                .dispatch(playbook, plan, round, step, action, mode, ctx)
                 .await?;
             info!(playbook = %plan.playbook, anomaly = %plan.anomaly_id, step, outcome = report.outcome.as_str(), "{action}");
+            self.metrics.action(&action.kind, report.outcome.as_str());
             self.audit
                 .record(Event::ActionOutcome(ActionOutcome {
                     anomaly_id: plan.anomaly_id.clone(),
@@ -311,6 +347,7 @@ impl Executor {
 
     /// Reads the target, records the intent with the exact requests (durable before
     /// anything is sent), then sends them as `mode` allows.
+    #[allow(clippy::too_many_arguments)]
     async fn dispatch(
         &self,
         playbook: &Playbook,
@@ -319,6 +356,7 @@ impl Executor {
         step: usize,
         action: &Action,
         mode: Mode,
+        ctx: &notify::Context,
     ) -> Result<Report, AuditError> {
         let intent = |observed, requests| {
             Event::ActionIntent(ActionIntent {
@@ -357,7 +395,12 @@ impl Executor {
             }
         };
         let deadline = Instant::now() + step_timeout(action, default_timeout);
-        let prepared = match effector.prepare(action).await {
+        let prepared = match &self.effectors.notify {
+            // A notification describes its incident, which the trait's `prepare` cannot see.
+            Some(n) if action.kind.starts_with("notify.") => n.prepare_in(action, ctx),
+            _ => effector.prepare(action).await,
+        };
+        let prepared = match prepared {
             Ok(p) => p,
             Err(report) => {
                 self.audit.record(intent(None, Vec::new())).await?;
@@ -487,6 +530,7 @@ mod tests {
             max_follow_ups: 3,
             effectors: Effectors::default(),
             mode_cap: Mode::DryRun,
+            metrics: Arc::new(crate::metrics::Metrics::new(Duration::from_secs(60))),
         };
         let plan = Plan {
             playbook: "drain".into(),
@@ -503,7 +547,10 @@ mod tests {
                 action("k8s.drain", None, OnFailure::Stop),
             ],
         };
-        let results = executor.execute(&playbook, &plan, 0).await.unwrap();
+        let results = executor
+            .execute(&playbook, &plan, 0, &notify::Context::default())
+            .await
+            .unwrap();
 
         assert_eq!(results.len(), 2);
         assert_eq!(results[0].outcome, Outcome::DryRun);

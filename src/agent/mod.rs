@@ -17,6 +17,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
+use crate::act::notify::{AlarmEvent, Alarms};
 use crate::act::{Effectors, Executor};
 use crate::anomaly::Anomaly;
 use crate::audit::{
@@ -148,6 +149,8 @@ struct Context {
     models_dir: std::path::PathBuf,
     /// Series tracked over all signals at most.
     max_series: usize,
+    /// Where anomalies are raised as Alertmanager alarms.
+    alarms: Alarms,
 }
 
 /// Runs the daemon, serving HTTP on `listener`, until `shutdown` resolves.
@@ -206,9 +209,11 @@ pub async fn run(
             config.prometheus.timeout,
         )),
         max_follow_ups: 3,
-        effectors,
+        effectors: effectors.clone(),
         mode_cap: config.agent.mode,
+        metrics: metrics.clone(),
     };
+    let reconcile_effectors = effectors;
     let dispatcher = Dispatcher::new(
         config.playbooks.clone(),
         config.signals.iter().map(|s| s.name.clone()).collect(),
@@ -222,6 +227,7 @@ pub async fn run(
     let now = SystemTime::now();
     let mut plans = PlanAges::default();
     let mut unclosed = BTreeMap::new();
+    let mut intents = BTreeMap::new();
     crate::audit::scan(
         audit.path(),
         &[
@@ -229,15 +235,29 @@ pub async fn run(
             "anomaly_closed",
             "playbook_matched",
             "playbook_suppressed",
+            "action_intent",
+            "action_outcome",
+            "action_reconciled",
         ],
         |r| {
             // One that does not read as its kind is skipped: it cannot be resumed from.
             if let Ok(event) = r.event() {
                 restore::track_open(&mut unclosed, &event);
+                restore::track_intent(&mut intents, r.seq, &event);
                 plans.note(&event, r.time(), now);
             }
         },
     )?;
+    // An action a stop cut off between its intent and its outcome may or may not have
+    // happened: read its target and record what is there. Running it again could do
+    // it twice (a second reboot, a second drain); the incident is over either way.
+    for (intent_seq, intent) in intents.into_values() {
+        let observed = reconcile_effectors.observe(&intent.action).await;
+        warn!(anomaly = %intent.anomaly_id, playbook = %intent.playbook, step = intent.step, intent_seq, observed = ?observed, "action left without outcome by a stop: reconciled, not re-run: {}", intent.action);
+        audit
+            .record(restore::reconciled(intent_seq, &intent, observed))
+            .await?;
+    }
     let mut dispatcher = dispatcher;
     let restored = dispatcher.restore_cooldowns(plans);
     if restored > 0 {
@@ -246,6 +266,7 @@ pub async fn run(
             "cooldowns of recent plans restored from the audit log"
         );
     }
+    let alarms = Alarms::start(&config.notify, metrics.clone());
     let ctx = Context {
         source,
         audit,
@@ -257,6 +278,7 @@ pub async fn run(
         },
         models_dir: config.agent.models_dir.clone(),
         max_series: config.agent.max_series,
+        alarms,
     };
     ctx.audit
         .record(Event::AgentStarted(AgentStarted {
@@ -317,7 +339,29 @@ pub async fn run(
                     info!(signal = %u.signal, series = %u.labels, id = %u.id, reason, "anomaly closed")
                 }
             }
-            ctx.audit.record(r.event()).await?;
+            let audit_seq = ctx.audit.record(r.event()).await?;
+            if let Restored::Resumed { anomaly: u, .. } = &r {
+                // Its alarm goes on firing: same labels, so Alertmanager sees one alert.
+                if let Some(cfg) = config.signals.iter().find(|s| s.name == u.signal && s.alert) {
+                    ctx.alarms.send(AlarmEvent::Open {
+                        anomaly: Box::new(Anomaly {
+                            id: u.id.clone(),
+                            signal: u.signal.clone(),
+                            labels: u.labels.clone(),
+                            peak_score: u.peak_score,
+                            score: u.peak_score,
+                            evidence: u.evidence.clone(),
+                            seasonal: u.seasonal,
+                            started_unix: u.started_unix,
+                            started_at: crate::source::rfc3339(u.started_unix),
+                            ..Anomaly::default()
+                        }),
+                        severity: cfg.severity.clone(),
+                        audit_seq,
+                        resumed: true,
+                    });
+                }
+            }
         }
         let mut ticker = tokio::time::interval(ctx.timing.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -596,8 +640,17 @@ async fn process(
             }
             WatchEvent::Opened(a) => {
                 warn!(signal = %name, series = %a.labels, value = a.value, expected = a.expected, score = format!("{:.2}", a.score), evidence = %a.evidence, seasonal = a.seasonal, id = %a.id, "anomaly opened");
-                ctx.audit.record(Event::AnomalyOpened(a)).await?;
+                let alarm = w.config().alert.then(|| a.clone());
+                let audit_seq = ctx.audit.record(Event::AnomalyOpened(a)).await?;
                 ctx.metrics.anomaly_opened(&name);
+                if let Some(anomaly) = alarm {
+                    ctx.alarms.send(AlarmEvent::Open {
+                        anomaly: Box::new(anomaly),
+                        severity: w.config().severity.clone(),
+                        audit_seq,
+                        resumed: false,
+                    });
+                }
             }
             WatchEvent::Closed {
                 id,
@@ -607,6 +660,7 @@ async fn process(
                 reason,
             } => {
                 info!(signal = %name, series = %labels, id = %id, duration_secs, reason, "anomaly closed");
+                ctx.alarms.send(AlarmEvent::Close { id: id.clone() });
                 ctx.audit
                     .record(Event::AnomalyClosed(AnomalyClosed {
                         id,

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, UNIX_EPOCH};
 
 use super::watch::{OpenAnomaly, SignalWatch};
-use crate::audit::{AnomalyClosed, AnomalyResumed, Event};
+use crate::audit::{ActionIntent, ActionReconciled, AnomalyClosed, AnomalyResumed, Event};
 use crate::labels::Labels;
 
 /// An anomaly the audit log shows opened and never closed: the agent stopped (or
@@ -58,6 +58,50 @@ pub fn track_open(open: &mut BTreeMap<String, Unclosed>, event: &Event) {
         Event::PlaybookSuppressed(s) => note_handled(open, &s.anomaly_id, &s.playbook),
         _ => {}
     }
+}
+
+/// An action's place in its incident: anomaly, playbook, round, step.
+pub type StepKey = (String, String, usize, usize);
+
+/// Tracks intents without an outcome: an intent opens its step, an outcome or a
+/// reconciliation closes it. What is left at the end was cut off by a stop.
+pub fn track_intent(open: &mut BTreeMap<StepKey, (u64, ActionIntent)>, seq: u64, event: &Event) {
+    match event {
+        Event::ActionIntent(i) => {
+            let key = (i.anomaly_id.clone(), i.playbook.clone(), i.round, i.step);
+            open.insert(key, (seq, i.clone()));
+        }
+        Event::ActionOutcome(o) => {
+            open.remove(&(o.anomaly_id.clone(), o.playbook.clone(), o.round, o.step));
+        }
+        Event::ActionReconciled(r) => {
+            open.remove(&(r.anomaly_id.clone(), r.playbook.clone(), r.round, r.step));
+        }
+        _ => {}
+    }
+}
+
+/// The record that closes an intent a stop left open: its target as read now.
+pub fn reconciled(
+    intent_seq: u64,
+    i: &ActionIntent,
+    observed: Result<serde_json::Value, String>,
+) -> Event {
+    let (observed, error) = match observed {
+        Ok(v) => (Some(v), None),
+        Err(e) => (None, Some(e)),
+    };
+    Event::ActionReconciled(ActionReconciled {
+        anomaly_id: i.anomaly_id.clone(),
+        playbook: i.playbook.clone(),
+        round: i.round,
+        step: i.step,
+        intent_seq,
+        kind: i.action.kind.clone(),
+        target: i.action.target.clone(),
+        observed,
+        error,
+    })
 }
 
 /// Notes that a playbook has been run (or held back) for an open anomaly.
