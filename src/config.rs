@@ -1700,3 +1700,92 @@ mod tests {
         assert!(errs[0].starts_with("syntax:"), "{errs:?}");
     }
 }
+
+#[cfg(test)]
+mod effector_tests {
+    use super::*;
+
+    fn parse(extra: &str) -> Result<Config, Vec<String>> {
+        Config::parse(
+            &format!(
+                "{extra}\n[prometheus]\nurl = \"http://127.0.0.1:9090\"\n[[signals]]\nname = \"a\"\nquery = \"up\"\n"
+            ),
+            Path::new("/etc/homeostat"),
+        )
+    }
+
+    #[test]
+    fn a_new_installation_acts_on_nothing_and_raises_no_alarm_until_configured() {
+        let c = parse("").unwrap();
+        assert_eq!(c.agent.mode, crate::playbook::Mode::DryRun);
+        assert!(c.kubernetes.is_none() && c.openstack.is_none());
+        assert!(c.notify.alertmanager_url.is_none());
+        assert!(
+            c.signals[0].alert,
+            "alarms on by default once Alertmanager is set"
+        );
+        assert_eq!(c.signals[0].severity, "warning");
+    }
+
+    #[test]
+    fn effector_sections_resolve_paths_and_keep_defaults() {
+        let c = parse(
+            "[agent]\nmode = \"auto\"\n[kubernetes]\nkubeconfig = \"kube.yaml\"\ncontext = \"prod\"\n\
+             [openstack]\ncloud = \"scs\"\ninterface = \"internal\"\naction_timeout = \"20m\"\n\
+             [notify]\nalertmanager_url = \"http://127.0.0.1:9093/\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.agent.mode, crate::playbook::Mode::Auto);
+        let k = c.kubernetes.unwrap();
+        assert_eq!(k.kubeconfig.unwrap(), Path::new("/etc/homeostat/kube.yaml"));
+        assert_eq!(k.context.as_deref(), Some("prod"));
+        assert_eq!(k.timeout, Duration::from_secs(10));
+        let o = c.openstack.unwrap();
+        assert_eq!(o.cloud.as_deref(), Some("scs"));
+        assert_eq!(o.interface, "internal");
+        assert_eq!(o.action_timeout, Duration::from_secs(1200));
+        assert_eq!(
+            c.notify.alertmanager_url.as_deref(),
+            Some("http://127.0.0.1:9093")
+        );
+    }
+
+    #[test]
+    fn every_effector_problem_is_listed_with_its_path() {
+        let errs = parse(
+            "[agent]\nmode = \"yolo\"\n[kubernetes]\ncontxt = \"x\"\ntimeout = \"0s\"\n\
+             [openstack]\ninterface = \"public-ish\"\naction_timeout = \"3h\"\n\
+             [notify]\nalertmanager_url = \"https://am\"\nretries = 99\n",
+        )
+        .unwrap_err();
+        let want = [
+            "agent.mode: \"yolo\" is not one of dry-run, approval, auto",
+            "kubernetes.contxt: unknown field",
+            "kubernetes.timeout: must be greater than zero",
+            "openstack.interface: \"public-ish\" is not one of public, internal, admin",
+            "openstack.action_timeout: \"3h\" is too long: at most 60m",
+            "notify.alertmanager_url: scheme \"https\" is not http",
+            "notify.retries: must be at most 10, found 99",
+        ];
+        for w in want {
+            assert!(
+                errs.iter().any(|e| e.starts_with(w)),
+                "missing {w:?} in {errs:#?}"
+            );
+        }
+        assert_eq!(errs.len(), want.len(), "{errs:#?}");
+        let errs = parse(
+            "[[signals]]\nname = \"b\"\nquery = \"up\"\nalert = \"yes\"\nseverity = \"very bad\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("signals[0].alert: expected true or false")),
+            "{errs:#?}"
+        );
+        assert!(
+            errs.iter().any(|e| e.starts_with("signals[0].severity:")),
+            "{errs:#?}"
+        );
+    }
+}

@@ -800,3 +800,101 @@ async fn a_damaged_models_file_is_refused_audited_and_refitted_never_run() {
     assert!(snap.series.iter().all(|g| !g.score.is_nan()), "{snap:#?}");
     d.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn agent_mode_caps_every_playbook_and_an_unconfigured_layer_fails_rather_than_pretends() {
+    let auto = RESTART.replace("name: \"restart\",", "name: \"restart\", mode: \"auto\",");
+    for (agent, effective, outcome, message) in [
+        // No agent.mode: dry-run, whatever the playbook says.
+        (
+            "",
+            "dry-run",
+            "dry_run",
+            "recorded only: no [kubernetes] client is configured",
+        ),
+        (
+            "mode = \"approval\"",
+            "approval",
+            "not_executed",
+            "the playbook waits for approval, which this version cannot give",
+        ),
+        (
+            "mode = \"auto\"",
+            "auto",
+            "failed",
+            "no [kubernetes] client is configured",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Fake::new().with_history(QUERY, &["spiky"]);
+        fake.set(&[("spiky", 100.0)]);
+        let d = start(
+            config(dir.path(), &[("restart", &auto)], agent, ""),
+            fake.clone(),
+        )
+        .await;
+        fake.set(&[("spiky", 300.0)]);
+        d.wait_for("the outcome", Duration::from_secs(30), |d| {
+            !d.kinds("action_outcome").is_empty()
+        })
+        .await;
+        let intent = d.kinds("action_intent");
+        assert_eq!(intent[0].data["mode"], json!("auto"), "{agent}");
+        assert_eq!(
+            intent[0].data["effective_mode"],
+            json!(effective),
+            "{agent}"
+        );
+        let out = d.kinds("action_outcome");
+        assert_eq!(out[0].data["outcome"], json!(outcome), "{agent}");
+        assert_eq!(out[0].data["detail"]["message"], json!(message), "{agent}");
+        d.stop().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_intent_a_stop_left_without_outcome_is_reconciled_at_start_never_rerun() {
+    use homeostat::audit::{ActionIntent, AuditLog, Event};
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.jsonl");
+    let action: homeostat::playbook::Action = serde_json::from_value(json!({
+        "kind": "k8s.cordon", "target": {"node": "n1"}
+    }))
+    .unwrap();
+    let intent_seq = {
+        let mut audit = AuditLog::open(&log).unwrap();
+        audit
+            .record(&Event::ActionIntent(ActionIntent {
+                anomaly_id: "an-1".into(),
+                playbook: "drain".into(),
+                step: 1,
+                mode: "auto".into(),
+                effective_mode: "auto".into(),
+                round: 0,
+                action: action.clone(),
+                observed: None,
+                requests: Vec::new(),
+            }))
+            .unwrap()
+    };
+    let fake = Fake::new().with_history(QUERY, &["a"]);
+    fake.set(&[("a", 100.0)]);
+    let d = start(config(dir.path(), &[], "mode = \"auto\"", ""), fake.clone()).await;
+    let r = d.kinds("action_reconciled");
+    assert_eq!(r.len(), 1, "{r:#?}");
+    assert_eq!(r[0].data["intent_seq"], json!(intent_seq));
+    assert_eq!(r[0].data["kind"], json!("k8s.cordon"));
+    assert_eq!(r[0].data["target"], json!({"node": "n1"}));
+    // Nothing could read the node here: the record says so rather than guess.
+    assert_eq!(
+        r[0].data["error"],
+        json!("no [kubernetes] client is configured")
+    );
+    assert!(d.kinds("action_outcome").is_empty(), "re-run");
+    d.stop().await;
+    // A second start finds nothing left to reconcile.
+    let d = start(config(dir.path(), &[], "mode = \"auto\"", ""), fake).await;
+    assert_eq!(d.kinds("action_reconciled").len(), 1);
+    d.stop().await;
+    verify_log(&log);
+}
