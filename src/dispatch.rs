@@ -259,6 +259,31 @@ impl Dispatcher {
         Ok(())
     }
 
+    /// Runs a plan an SRE approved, under the playbook loaded now; `false` (and
+    /// nothing runs) if no playbook of that name is loaded any more.
+    pub fn run_approved(&mut self, approved: crate::act::control::Approved) -> bool {
+        let Some(pb) = self
+            .active
+            .iter()
+            .find(|p| p.name == approved.pending.playbook)
+            .cloned()
+        else {
+            return false;
+        };
+        let executor = self.executor.clone();
+        self.incidents.spawn(async move {
+            let p = approved.pending;
+            let round = approved.round;
+            if let Err(e) = executor
+                .run_approved(pb, p.anomaly, p.plan, round, approved.grant_seq)
+                .await
+            {
+                error!(error = %e, "incident stopped: the audit log cannot be written");
+            }
+        });
+        true
+    }
+
     /// Collects incidents that finished (their own records say how).
     pub fn reap(&mut self) {
         while let Some(r) = self.incidents.try_join_next() {

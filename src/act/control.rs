@@ -9,9 +9,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use serde_json::{json, Value};
 use tracing::warn;
 
+use super::approval::{ApprovalError, Approvals, Decision, Pending};
 use super::guard::Guard;
-use crate::audit::{AuditError, Auditor, BreakerReset, Event, Paused, Resumed};
+use crate::audit::{ApprovalDecided, AuditError, Auditor, BreakerReset, Event, Paused, Resumed};
 use crate::metrics::Metrics;
+use crate::source::unix_now;
 
 /// Why a control request failed.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +29,23 @@ pub enum ControlError {
     /// The audit log refused the record.
     #[error(transparent)]
     Audit(#[from] AuditError),
+    /// The approval was refused (unknown, expired, another hash, changed plan).
+    #[error(transparent)]
+    Approval(#[from] ApprovalError),
+    /// Approvals are not kept by this agent.
+    #[error("this agent keeps no approval queue")]
+    NoApprovals,
+}
+
+/// A plan an SRE approved, handed to the agent's loop to run.
+#[derive(Debug)]
+pub struct Approved {
+    /// The plan as it waited.
+    pub pending: Pending,
+    /// The round that waited (0: the first plan).
+    pub round: usize,
+    /// The sequence number of the `approval_granted` record.
+    pub grant_seq: u64,
 }
 
 /// The kill switch and the breakers, shared by the agent's loop and its API.
@@ -36,6 +55,8 @@ pub struct Control {
     metrics: Arc<Metrics>,
     /// The pause state last audited, to audit only changes.
     audited: Mutex<Option<String>>,
+    approvals: Option<Arc<Approvals>>,
+    run: Option<tokio::sync::mpsc::UnboundedSender<Approved>>,
 }
 
 /// Writes the pause file (with its reason) durably.
@@ -65,6 +86,17 @@ impl Control {
     /// Control over `guard`, auditing to `audit`; `paused` is the state at start (as
     /// last audited, so that a restart does not audit it again).
     pub fn new(guard: Arc<Guard>, audit: Auditor, metrics: Arc<Metrics>) -> Arc<Control> {
+        Control::with_approvals(guard, audit, metrics, None, None)
+    }
+
+    /// [`Control::new`] with an approval queue; approved plans are sent to `run`.
+    pub fn with_approvals(
+        guard: Arc<Guard>,
+        audit: Auditor,
+        metrics: Arc<Metrics>,
+        approvals: Option<Arc<Approvals>>,
+        run: Option<tokio::sync::mpsc::UnboundedSender<Approved>>,
+    ) -> Arc<Control> {
         let now = guard.paused();
         metrics.set_paused(now.is_some());
         Arc::new(Control {
@@ -72,7 +104,106 @@ impl Control {
             audit,
             metrics,
             audited: Mutex::new(now),
+            approvals,
+            run,
         })
+    }
+
+    fn queue(&self) -> Result<&Approvals, ControlError> {
+        self.approvals.as_deref().ok_or(ControlError::NoApprovals)
+    }
+
+    /// Plans waiting for approval (damaged files are reported as errors in the list).
+    pub fn approvals(&self) -> Result<Vec<Result<Pending, ApprovalError>>, ControlError> {
+        Ok(self.queue()?.list()?)
+    }
+
+    /// One waiting plan.
+    pub fn approval(&self, id: &str) -> Result<Pending, ControlError> {
+        Ok(self.queue()?.show(id)?)
+    }
+
+    /// Approves a waiting plan whose hash starts with `hash`, audits it, and hands it
+    /// to the loop to run.
+    pub async fn approve(
+        &self,
+        id: &str,
+        hash: &str,
+        by: &str,
+        reason: &str,
+    ) -> Result<Pending, ControlError> {
+        let q = self.queue()?;
+        let p = match q.approve(id, hash, unix_now()) {
+            Ok(p) => p,
+            Err(ApprovalError::Expired(_)) => {
+                self.expire().await?;
+                return Err(ApprovalError::Expired(id.into()).into());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let round = p.round;
+        let grant_seq = self
+            .audit
+            .record(Event::ApprovalGranted(decided(&p, by, reason)))
+            .await?;
+        warn!(id, by, playbook = %p.playbook, "plan approved: it runs now");
+        if let Some(tx) = &self.run {
+            let _ = tx.send(Approved {
+                pending: p.clone(),
+                round,
+                grant_seq,
+            });
+        }
+        Ok(p)
+    }
+
+    /// Rejects a waiting plan and audits it.
+    pub async fn reject(&self, id: &str, by: &str, reason: &str) -> Result<Pending, ControlError> {
+        let p = self.queue()?.reject(id)?;
+        self.audit
+            .record(Event::ApprovalRejected(decided(&p, by, reason)))
+            .await?;
+        warn!(id, by, playbook = %p.playbook, "plan rejected");
+        Ok(p)
+    }
+
+    /// Audits and drops every plan whose TTL passed (each tick).
+    pub async fn expire(&self) -> Result<(), ControlError> {
+        let Some(q) = &self.approvals else {
+            return Ok(());
+        };
+        for p in q.expire(unix_now())? {
+            warn!(id = %p.id, playbook = %p.playbook, "plan expired unapproved: it never runs");
+            self.audit
+                .record(Event::ApprovalExpired(decided(
+                    &p,
+                    "ttl",
+                    "not approved in time",
+                )))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Runs the plans approved while the agent was down (at start).
+    pub async fn take_offline_approvals(&self) -> Result<(), ControlError> {
+        let Some(q) = &self.approvals else {
+            return Ok(());
+        };
+        for (p, d) in q.take_approved(unix_now())? {
+            let grant_seq = self
+                .audit
+                .record(Event::ApprovalGranted(decided(&p, &d.by, &d.reason)))
+                .await?;
+            if let Some(tx) = &self.run {
+                let _ = tx.send(Approved {
+                    round: p.round,
+                    pending: p,
+                    grant_seq,
+                });
+            }
+        }
+        Ok(())
     }
 
     fn pause_path(&self) -> &Path {
@@ -169,13 +300,48 @@ impl Control {
         Ok(true)
     }
 
-    /// The state an SRE asks for: paused (and why), open breakers.
+    /// The state an SRE asks for: paused (and why), open breakers, waiting plans.
     pub fn status(&self) -> Value {
         let paused = self.guard.paused();
         json!({
             "paused": paused.is_some(),
             "pause_reason": paused,
             "breakers_open": self.guard.tripped(),
+            "approvals_waiting": self
+                .approvals
+                .as_ref()
+                .and_then(|q| q.list().ok())
+                .map_or(0, |l| l.len()),
         })
     }
+}
+
+fn decided(p: &Pending, by: &str, reason: &str) -> ApprovalDecided {
+    ApprovalDecided {
+        id: p.id.clone(),
+        anomaly_id: p.anomaly.id.clone(),
+        playbook: p.playbook.clone(),
+        plan_hash: p.plan_hash.clone(),
+        by: by.into(),
+        reason: reason.into(),
+    }
+}
+
+/// An approval given while the agent is down: marked in its file, run at the next start.
+pub fn approve_offline(
+    queue: &Approvals,
+    id: &str,
+    hash: &str,
+    by: &str,
+    reason: &str,
+) -> Result<Pending, ApprovalError> {
+    queue.approve_offline(
+        id,
+        hash,
+        Decision {
+            by: by.into(),
+            reason: reason.into(),
+        },
+        unix_now(),
+    )
 }

@@ -7,6 +7,7 @@
 //! requests, `dry-run` sends them as the API's own dry run (or records them where the
 //! API has none), `approval` records the step as not executed.
 
+pub mod approval;
 pub mod control;
 pub mod effect;
 pub mod guard;
@@ -29,8 +30,9 @@ pub use guard::Refusal;
 
 use crate::anomaly::Anomaly;
 use crate::audit::{
-    ActionIntent, ActionOutcome, AuditError, Auditor, BreakerTripped, EscalationLimit, Event,
-    GuardrailRefused, IncidentDone, PlanChosen, PlaybookFailed, Verification,
+    ActionIntent, ActionOutcome, ApprovalRequested, AuditError, Auditor, BreakerTripped,
+    EscalationLimit, Event, GuardrailRefused, IncidentDone, PlanChosen, PlaybookFailed,
+    Verification,
 };
 use crate::playbook::{Action, Limits, Mode, OnFailure, Plan, Playbook, World};
 use crate::source::{unix_now, Source};
@@ -196,6 +198,9 @@ pub struct Executor {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// The guardrails every incident and action passes.
     pub guard: Arc<guard::Guard>,
+    /// Where plans wait for approval (`None`: approval-mode steps are recorded as not
+    /// executed).
+    pub approvals: Option<Arc<approval::Approvals>>,
 }
 
 impl Executor {
@@ -208,6 +213,31 @@ impl Executor {
         plan: Plan,
         plan_seq: u64,
     ) -> Result<(), AuditError> {
+        self.run(playbook, anomaly, plan, plan_seq, None).await
+    }
+
+    /// Runs a plan an SRE approved (`round`: the round that waited), then its
+    /// follow-ups as the playbook's mode allows (a follow-up waits for its own approval).
+    pub async fn run_approved(
+        &self,
+        playbook: Arc<Playbook>,
+        anomaly: Anomaly,
+        plan: Plan,
+        round: usize,
+        grant_seq: u64,
+    ) -> Result<(), AuditError> {
+        self.run(playbook, anomaly, plan, grant_seq, Some(round))
+            .await
+    }
+
+    async fn run(
+        &self,
+        playbook: Arc<Playbook>,
+        anomaly: Anomaly,
+        plan: Plan,
+        plan_seq: u64,
+        approved: Option<usize>,
+    ) -> Result<(), AuditError> {
         let _slot = match self.guard.begin_incident(&playbook) {
             Ok(slot) => slot,
             Err(refusal) => {
@@ -217,7 +247,7 @@ impl Executor {
             }
         };
         let last = self
-            .rounds(playbook.clone(), anomaly.clone(), plan, plan_seq)
+            .rounds(playbook.clone(), anomaly.clone(), plan, plan_seq, approved)
             .await?;
         // Refusals by guardrails are not the playbook's failures: a storm held back
         // must not disable the playbook that would fix it.
@@ -260,18 +290,29 @@ impl Executor {
         anomaly: Anomaly,
         plan: Plan,
         plan_seq: u64,
+        approved: Option<usize>,
     ) -> Result<Vec<StepResult>, AuditError> {
         let mut plan = plan;
         let mut plan_seq = plan_seq;
-        let mut round = 0;
+        let mut round = approved.unwrap_or(0);
         loop {
+            let mode = match effective_mode(playbook.mode, self.mode_cap) {
+                // The approval is the human gate that mode asked for.
+                Mode::Approval if approved == Some(round) => Mode::Auto,
+                Mode::Approval if self.approvals.is_some() => {
+                    self.queue_for_approval(&playbook, &anomaly, &plan, round)
+                        .await?;
+                    return Ok(Vec::new());
+                }
+                m => m,
+            };
             let ctx = notify::Context {
                 anomaly: anomaly.clone(),
                 playbook: playbook.name.clone(),
                 plan: plan.render(),
                 plan_seq: Some(plan_seq),
             };
-            let results = self.execute(&playbook, &plan, round, &ctx).await?;
+            let results = self.execute(&playbook, &plan, round, &ctx, mode).await?;
             if !playbook.has_on_result {
                 return Ok(results);
             }
@@ -345,16 +386,75 @@ impl Executor {
         }
     }
 
-    /// Runs one plan's steps in order: intent, dispatch, outcome, verification. `ctx`
-    /// is what notification steps describe.
+    /// Queues a plan for approval, audits it, and tells Alertmanager a plan waits.
+    async fn queue_for_approval(
+        &self,
+        playbook: &Playbook,
+        anomaly: &Anomaly,
+        plan: &Plan,
+        round: usize,
+    ) -> Result<(), AuditError> {
+        let Some(q) = &self.approvals else {
+            return Ok(());
+        };
+        let ttl = playbook
+            .limits
+            .approval_ttl
+            .unwrap_or(approval::DEFAULT_TTL);
+        let mut queued = plan.clone();
+        queued.anomaly_id = anomaly.id.clone();
+        match q.request(&playbook.name, anomaly, &queued, round, unix_now(), ttl) {
+            Ok(p) => {
+                warn!(playbook = %playbook.name, anomaly = %anomaly.id, id = %p.id, hash = %p.plan_hash, "plan waits for approval: homeostat approvals approve {} --hash {}", p.id, &p.plan_hash[..12]);
+                self.audit
+                    .record(Event::ApprovalRequested(ApprovalRequested {
+                        id: p.id.clone(),
+                        anomaly_id: anomaly.id.clone(),
+                        playbook: playbook.name.clone(),
+                        round,
+                        plan_hash: p.plan_hash.clone(),
+                        expires_at: crate::source::rfc3339(p.expires_unix),
+                    }))
+                    .await?;
+                if let Some(n) = &self.effectors.notify {
+                    n.spawn_alert(
+                        "HomeostatApprovalPending",
+                        &playbook.name,
+                        format!(
+                            "plan {} for {} waits for approval ({} steps): {}",
+                            p.id,
+                            anomaly.id,
+                            plan.actions.len(),
+                            plan.render()
+                        ),
+                    );
+                }
+            }
+            Err(e) => {
+                error!(playbook = %playbook.name, anomaly = %anomaly.id, error = %e, "cannot queue the plan for approval: it does not run");
+                self.audit
+                    .record(Event::PlaybookFailed(PlaybookFailed {
+                        anomaly_id: anomaly.id.clone(),
+                        playbook: playbook.name.clone(),
+                        stage: "approval".into(),
+                        error: e.to_string(),
+                    }))
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one plan's steps in order, in `mode`: intent, dispatch, outcome,
+    /// verification. `ctx` is what notification steps describe.
     pub async fn execute(
         &self,
         playbook: &Playbook,
         plan: &Plan,
         round: usize,
         ctx: &notify::Context,
+        mode: Mode,
     ) -> Result<Vec<StepResult>, AuditError> {
-        let mode = effective_mode(playbook.mode, self.mode_cap);
         let mut results = Vec::with_capacity(plan.actions.len());
         let mut stopped = false;
         for (i, action) in plan.actions.iter().enumerate() {
@@ -689,6 +789,7 @@ mod tests {
                 },
                 Default::default(),
             ),
+            approvals: None,
         };
         let plan = Plan {
             playbook: "drain".into(),
@@ -706,7 +807,13 @@ mod tests {
             ],
         };
         let results = executor
-            .execute(&playbook, &plan, 0, &notify::Context::default())
+            .execute(
+                &playbook,
+                &plan,
+                0,
+                &notify::Context::default(),
+                Mode::DryRun,
+            )
             .await
             .unwrap();
 

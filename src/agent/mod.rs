@@ -17,7 +17,8 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
-use crate::act::control::Control;
+use crate::act::approval::{queue_dir, ApprovalError, Approvals};
+use crate::act::control::{Control, ControlError};
 use crate::act::notify::{AlarmEvent, Alarms};
 use crate::act::{Effectors, Executor};
 use crate::anomaly::Anomaly;
@@ -62,6 +63,12 @@ pub enum AgentError {
     /// The spool of accepted alerts cannot be read or written.
     #[error("alert spool: {0}")]
     Spool(#[from] SpoolError),
+    /// The approval queue cannot be read or written.
+    #[error(transparent)]
+    Approvals(#[from] ApprovalError),
+    /// A control action at start (offline approvals) failed.
+    #[error(transparent)]
+    Control(#[from] ControlError),
     /// A Kubernetes or OpenStack client could not be built from its settings.
     #[error("{0}")]
     Act(#[from] crate::act::ActError),
@@ -181,7 +188,15 @@ pub async fn run(
     let spool = Arc::new(spool);
     let (stop_tx, mut server_stop) = signal_watch::channel(false);
     let guard = crate::act::guard::Guard::new(config.guardrails.clone(), Default::default());
-    let control = Control::new(guard.clone(), audit.clone(), metrics.clone());
+    let approvals = Arc::new(Approvals::open(&queue_dir(&config.agent.audit_log))?);
+    let (approved_tx, mut approved_rx) = tokio::sync::mpsc::unbounded_channel();
+    let control = Control::with_approvals(
+        guard.clone(),
+        audit.clone(),
+        metrics.clone(),
+        Some(approvals.clone()),
+        Some(approved_tx),
+    );
     let state = AppState {
         metrics: metrics.clone(),
         alerts: spool.clone(),
@@ -217,6 +232,7 @@ pub async fn run(
         mode_cap: config.agent.mode,
         metrics: metrics.clone(),
         guard: guard.clone(),
+        approvals: Some(approvals),
     };
     let reconcile_effectors = effectors;
     let dispatcher = Dispatcher::new(
@@ -280,6 +296,7 @@ pub async fn run(
             .record(restore::reconciled(intent_seq, &intent, observed))
             .await?;
     }
+    control.take_offline_approvals().await?;
     let mut dispatcher = dispatcher;
     let restored = dispatcher.restore_cooldowns(plans);
     if restored > 0 {
@@ -415,6 +432,13 @@ pub async fn run(
                     save_models(&ctx, &watches).await;
                     continue;
                 }
+                Some(approved) = approved_rx.recv() => {
+                    let (id, playbook) = (approved.pending.id.clone(), approved.pending.playbook.clone());
+                    if !dispatcher.lock().await.run_approved(approved) {
+                        error!(id = %id, playbook = %playbook, "approved plan not run: its playbook is no longer loaded");
+                    }
+                    continue;
+                }
                 _ = hangup.recv() => {
                     info!("SIGHUP received: reloading playbooks");
                     dispatcher.lock().await.reload().await?;
@@ -422,6 +446,12 @@ pub async fn run(
                 }
             }
             control.sync().await?;
+            if let Err(e) = control.expire().await {
+                match e {
+                    ControlError::Audit(e) => return Err(e),
+                    e => warn!(error = %e, "approval queue"),
+                }
+            }
             // Queries are cancellable; processing (audit writes, dispatch) runs to completion.
             let results = tokio::select! {
                 _ = &mut shutdown => return Ok(()),

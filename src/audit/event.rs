@@ -64,6 +64,14 @@ pub enum Event {
     BreakerTripped(BreakerTripped),
     /// An SRE reset a playbook's circuit breaker.
     BreakerReset(BreakerReset),
+    /// A plan waits for an SRE's approval.
+    ApprovalRequested(ApprovalRequested),
+    /// An SRE approved a waiting plan, naming its hash.
+    ApprovalGranted(ApprovalDecided),
+    /// An SRE rejected a waiting plan.
+    ApprovalRejected(ApprovalDecided),
+    /// A waiting plan's TTL passed: it never runs.
+    ApprovalExpired(ApprovalDecided),
     /// The kill switch was thrown: nothing is executed until resumed.
     Paused(Paused),
     /// The kill switch was released.
@@ -402,6 +410,42 @@ pub struct GuardrailRefused {
     pub rule: String,
     /// What the rule saw.
     pub message: String,
+}
+
+/// `approval_requested`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ApprovalRequested {
+    /// The approval id (`ap-…`).
+    pub id: String,
+    /// The anomaly or alert id.
+    pub anomaly_id: String,
+    /// The playbook.
+    pub playbook: String,
+    /// The plan's round.
+    pub round: usize,
+    /// SHA-256 of the plan: what an approval must name.
+    pub plan_hash: String,
+    /// When it expires (RFC 3339).
+    pub expires_at: String,
+}
+
+/// `approval_granted`, `approval_rejected`, `approval_expired`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ApprovalDecided {
+    /// The approval id.
+    pub id: String,
+    /// The anomaly or alert id.
+    pub anomaly_id: String,
+    /// The playbook.
+    pub playbook: String,
+    /// The plan's hash.
+    pub plan_hash: String,
+    /// Who decided (`ttl` for an expiry).
+    pub by: String,
+    /// Why.
+    pub reason: String,
 }
 
 /// `breaker_tripped`.

@@ -151,6 +151,28 @@ impl Event {
             Event::BreakerReset(b) => {
                 format!("{}: breaker reset by {}: {}", b.playbook, b.by, b.reason)
             }
+            Event::ApprovalRequested(a) => format!(
+                "{} {}: plan {} waits for approval until {} (plan {})",
+                a.anomaly_id,
+                a.playbook,
+                a.id,
+                a.expires_at,
+                &a.plan_hash[..a.plan_hash.len().min(12)]
+            ),
+            Event::ApprovalGranted(a) | Event::ApprovalRejected(a) | Event::ApprovalExpired(a) => {
+                format!(
+                    "{} {}: plan {} by {}{}",
+                    a.anomaly_id,
+                    a.playbook,
+                    a.id,
+                    a.by,
+                    if a.reason.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", a.reason)
+                    }
+                )
+            }
             Event::Paused(p) => format!("paused by {}: {}", p.by, p.reason),
             Event::Resumed(r) => format!("resumed by {}", r.by),
             Event::ActionReconciled(r) => format!(

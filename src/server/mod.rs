@@ -56,6 +56,10 @@ pub fn router(state: AppState, settings: &ServerSettings) -> Router {
         .route("/api/v1/pause", post(pause))
         .route("/api/v1/resume", post(resume))
         .route("/api/v1/breakers/{playbook}/reset", post(reset_breaker))
+        .route("/api/v1/approvals", get(approvals))
+        .route("/api/v1/approvals/{id}", get(approval))
+        .route("/api/v1/approvals/{id}/approve", post(approve))
+        .route("/api/v1/approvals/{id}/reject", post(reject))
         .layer(DefaultBodyLimit::max(settings.max_body_bytes))
         .route_layer(axum::middleware::from_fn_with_state(
             guard,
@@ -168,6 +172,8 @@ async fn alertmanager(
 struct ControlRequest {
     reason: String,
     by: String,
+    /// The plan hash (or a prefix of 8+ hex digits) an approval names.
+    hash: String,
 }
 
 impl ControlRequest {
@@ -259,6 +265,100 @@ async fn reset_breaker(
         c.reset_breaker(&playbook, req.by(), &req.reason).await,
         "breaker reset",
     )
+}
+
+fn control_error(e: ControlError) -> Response {
+    use crate::act::approval::ApprovalError as A;
+    let status = match &e {
+        ControlError::Approval(A::NotFound(_)) => StatusCode::NOT_FOUND,
+        ControlError::Approval(A::Expired(_)) => StatusCode::GONE,
+        ControlError::Approval(A::HashMismatch { .. } | A::Tampered { .. }) => StatusCode::CONFLICT,
+        ControlError::NoApprovals => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    refused((status, e.to_string()))
+}
+
+/// `GET /api/v1/approvals`: plans waiting, oldest first.
+async fn approvals(State(s): State<AppState>) -> Response {
+    let c = match control_request(&s, &Bytes::new()) {
+        Ok((c, _)) => c,
+        Err(e) => return refused(e),
+    };
+    match c.approvals() {
+        Ok(list) => {
+            let items: Vec<serde_json::Value> = list
+                .into_iter()
+                .map(|p| match p {
+                    Ok(p) => serde_json::to_value(p).unwrap_or_default(),
+                    Err(e) => serde_json::json!({ "error": e.to_string() }),
+                })
+                .collect();
+            (StatusCode::OK, json_body(serde_json::Value::Array(items))).into_response()
+        }
+        Err(e) => control_error(e),
+    }
+}
+
+/// `GET /api/v1/approvals/{id}`.
+async fn approval(
+    State(s): State<AppState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    let c = match control_request(&s, &Bytes::new()) {
+        Ok((c, _)) => c,
+        Err(e) => return refused(e),
+    };
+    match c.approval(&id) {
+        Ok(p) => (
+            StatusCode::OK,
+            json_body(serde_json::to_value(p).unwrap_or_default()),
+        )
+            .into_response(),
+        Err(e) => control_error(e),
+    }
+}
+
+/// `POST /api/v1/approvals/{id}/approve` with `{"hash": ..., "by": ..., "reason": ...}`.
+async fn approve(
+    State(s): State<AppState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    body: Bytes,
+) -> Response {
+    let (c, req) = match control_request(&s, &body) {
+        Ok(x) => x,
+        Err(e) => return refused(e),
+    };
+    match c.approve(&id, &req.hash, req.by(), &req.reason).await {
+        Ok(p) => (
+            StatusCode::OK,
+            json_body(
+                serde_json::json!({ "ok": true, "approved": p.id, "plan_hash": p.plan_hash }),
+            ),
+        )
+            .into_response(),
+        Err(e) => control_error(e),
+    }
+}
+
+/// `POST /api/v1/approvals/{id}/reject` with `{"by": ..., "reason": ...}`.
+async fn reject(
+    State(s): State<AppState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    body: Bytes,
+) -> Response {
+    let (c, req) = match control_request(&s, &body) {
+        Ok(x) => x,
+        Err(e) => return refused(e),
+    };
+    match c.reject(&id, req.by(), &req.reason).await {
+        Ok(p) => (
+            StatusCode::OK,
+            json_body(serde_json::json!({ "ok": true, "rejected": p.id })),
+        )
+            .into_response(),
+        Err(e) => control_error(e),
+    }
 }
 
 /// `GET /api/v1/status`: paused or not, and open breakers.

@@ -1,0 +1,431 @@
+//! Approvals: a plan from a playbook in `approval` mode waits here, one file per plan
+//! in `<audit_log>.approvals/`, until an SRE approves or rejects it or its TTL passes.
+//! The plan is hashed when it is queued, and an approval names that hash: what was
+//! approved is exactly what runs, and a plan whose file changed since is refused.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::anomaly::Anomaly;
+use crate::playbook::Plan;
+
+/// Default time a plan waits for approval.
+pub const DEFAULT_TTL: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+
+/// One plan waiting for a decision, as its file holds it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pending {
+    /// `ap-` and 16 hex digits.
+    pub id: String,
+    /// The playbook that made the plan.
+    pub playbook: String,
+    /// What the plan answers.
+    pub anomaly: Anomaly,
+    /// The plan, exactly as it will run.
+    pub plan: Plan,
+    /// Its round (0: the first plan; more: a follow-up from `on_result`).
+    #[serde(default)]
+    pub round: usize,
+    /// SHA-256 of the plan's JSON when it was queued.
+    pub plan_hash: String,
+    /// Unix seconds it was queued.
+    pub requested_unix: f64,
+    /// Unix seconds after which it can no longer be approved.
+    pub expires_unix: f64,
+    /// Set when approved while the agent was down: it runs at the next start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved: Option<Decision>,
+}
+
+/// Who decided, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    /// The approver.
+    pub by: String,
+    /// Their reason.
+    pub reason: String,
+}
+
+/// Why an approval or rejection was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ApprovalError {
+    /// No plan waits under that id.
+    #[error("no plan waits for approval under {0}")]
+    NotFound(String),
+    /// The hash named is not the plan's.
+    #[error("{id}: the approval names plan {named}, but the plan waiting is {actual}: show it again and approve what you read")]
+    HashMismatch {
+        /// The approval id.
+        id: String,
+        /// The hash the approver named.
+        named: String,
+        /// The plan's hash now.
+        actual: String,
+    },
+    /// The plan's file was changed after it was queued.
+    #[error("{id}: the plan was changed after it was queued (hash {recorded} recorded, {actual} now): refused")]
+    Tampered {
+        /// The approval id.
+        id: String,
+        /// The hash recorded when queued.
+        recorded: String,
+        /// The hash of what the file holds now.
+        actual: String,
+    },
+    /// Its TTL passed.
+    #[error("{0}: expired")]
+    Expired(String),
+    /// The queue could not be read or written.
+    #[error("approvals {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A file in the queue does not read as a pending plan.
+    #[error("approvals {path}: unreadable: {message}")]
+    Damaged {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
+}
+
+/// The hash an approval names: SHA-256 of the plan's JSON.
+pub fn plan_hash(plan: &Plan) -> String {
+    let json = serde_json::to_vec(plan).expect("plans serialise");
+    hex::encode(Sha256::digest(&json))
+}
+
+/// The queue directory beside an audit log.
+pub fn queue_dir(audit_log: &Path) -> PathBuf {
+    let mut name = audit_log.as_os_str().to_os_string();
+    name.push(".approvals");
+    PathBuf::from(name)
+}
+
+/// The approval queue on disk. One lock serialises decisions, so a plan is approved,
+/// rejected or expired once.
+pub struct Approvals {
+    dir: PathBuf,
+    lock: Mutex<()>,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ApprovalError + '_ {
+    move |source| ApprovalError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn valid_id(id: &str) -> bool {
+    id.len() == 19 && id.starts_with("ap-") && id[3..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+impl Approvals {
+    /// The queue in `dir` (created if missing).
+    pub fn open(dir: &Path) -> Result<Approvals, ApprovalError> {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        Ok(Approvals {
+            dir: dir.to_path_buf(),
+            lock: Mutex::new(()),
+        })
+    }
+
+    fn path(&self, id: &str) -> Result<PathBuf, ApprovalError> {
+        // Ids come from the API and the CLI: never a path of their choosing.
+        if !valid_id(id) {
+            return Err(ApprovalError::NotFound(id.to_string()));
+        }
+        Ok(self.dir.join(format!("{id}.json")))
+    }
+
+    /// Queues a plan; durable when this returns.
+    pub fn request(
+        &self,
+        playbook: &str,
+        anomaly: &Anomaly,
+        plan: &Plan,
+        round: usize,
+        now: f64,
+        ttl: std::time::Duration,
+    ) -> Result<Pending, ApprovalError> {
+        let plan_hash = plan_hash(plan);
+        let seed = format!("{}|{playbook}|{now}|{plan_hash}", anomaly.id);
+        let id = format!("ap-{}", &hex::encode(Sha256::digest(seed.as_bytes()))[..16]);
+        let p = Pending {
+            id,
+            playbook: playbook.into(),
+            anomaly: anomaly.clone(),
+            plan: plan.clone(),
+            round,
+            plan_hash,
+            requested_unix: now,
+            expires_unix: now + ttl.as_secs_f64(),
+            approved: None,
+        };
+        let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.write(&p)?;
+        Ok(p)
+    }
+
+    fn write(&self, p: &Pending) -> Result<(), ApprovalError> {
+        use std::io::Write as _;
+        let path = self.path(&p.id)?;
+        let tmp = path.with_extension("tmp");
+        let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+        f.write_all(&serde_json::to_vec_pretty(p).expect("pending plans serialise"))
+            .and_then(|()| f.sync_all())
+            .map_err(io(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io(&path))?;
+        std::fs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(&self.dir))
+    }
+
+    fn read(&self, path: &Path) -> Result<Pending, ApprovalError> {
+        let text = std::fs::read(path).map_err(io(path))?;
+        serde_json::from_slice(&text).map_err(|e| ApprovalError::Damaged {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Every plan waiting, oldest first; damaged files are reported, not skipped.
+    pub fn list(&self) -> Result<Vec<Result<Pending, ApprovalError>>, ApprovalError> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&self.dir).map_err(io(&self.dir))? {
+            let path = entry.map_err(io(&self.dir))?.path();
+            if path.extension().is_some_and(|e| e == "json") {
+                out.push(self.read(&path));
+            }
+        }
+        out.sort_by(|a, b| match (a, b) {
+            (Ok(a), Ok(b)) => a.requested_unix.total_cmp(&b.requested_unix),
+            (Ok(_), Err(_)) => std::cmp::Ordering::Less,
+            (Err(_), Ok(_)) => std::cmp::Ordering::Greater,
+            _ => std::cmp::Ordering::Equal,
+        });
+        Ok(out)
+    }
+
+    /// One waiting plan.
+    pub fn show(&self, id: &str) -> Result<Pending, ApprovalError> {
+        let path = self.path(id)?;
+        if !path.exists() {
+            return Err(ApprovalError::NotFound(id.into()));
+        }
+        self.read(&path)
+    }
+
+    /// Takes a plan out of the queue if `hash` names it, it is intact and not expired.
+    pub fn approve(&self, id: &str, hash: &str, now: f64) -> Result<Pending, ApprovalError> {
+        let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let p = self.checked(id, now)?;
+        if hash.len() < 8 || !p.plan_hash.starts_with(&hash.to_ascii_lowercase()) {
+            return Err(ApprovalError::HashMismatch {
+                id: id.into(),
+                named: hash.into(),
+                actual: p.plan_hash,
+            });
+        }
+        self.remove(id)?;
+        Ok(p)
+    }
+
+    /// Marks a plan approved while the agent is down: it runs (checked again) at start.
+    pub fn approve_offline(
+        &self,
+        id: &str,
+        hash: &str,
+        by: Decision,
+        now: f64,
+    ) -> Result<Pending, ApprovalError> {
+        let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut p = self.checked(id, now)?;
+        if hash.len() < 8 || !p.plan_hash.starts_with(&hash.to_ascii_lowercase()) {
+            return Err(ApprovalError::HashMismatch {
+                id: id.into(),
+                named: hash.into(),
+                actual: p.plan_hash,
+            });
+        }
+        p.approved = Some(by);
+        self.write(&p)?;
+        Ok(p)
+    }
+
+    /// Takes a plan out of the queue, unrun.
+    pub fn reject(&self, id: &str) -> Result<Pending, ApprovalError> {
+        let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let p = self.show(id)?;
+        self.remove(id)?;
+        Ok(p)
+    }
+
+    /// Takes out every plan whose TTL passed (approved-offline ones included: a stale
+    /// approval must not run days later).
+    pub fn expire(&self, now: f64) -> Result<Vec<Pending>, ApprovalError> {
+        let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut gone = Vec::new();
+        for p in self.list()?.into_iter().flatten() {
+            if p.expires_unix <= now {
+                self.remove(&p.id)?;
+                gone.push(p);
+            }
+        }
+        Ok(gone)
+    }
+
+    /// Plans approved while the agent was down, taken out of the queue to run.
+    pub fn take_approved(&self, now: f64) -> Result<Vec<(Pending, Decision)>, ApprovalError> {
+        let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::new();
+        for p in self.list()?.into_iter().flatten() {
+            let Some(d) = p.approved.clone() else {
+                continue;
+            };
+            if p.expires_unix > now && plan_hash(&p.plan) == p.plan_hash {
+                self.remove(&p.id)?;
+                out.push((p, d));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The plan if it is intact and not expired.
+    fn checked(&self, id: &str, now: f64) -> Result<Pending, ApprovalError> {
+        let p = self.show(id)?;
+        let actual = plan_hash(&p.plan);
+        if actual != p.plan_hash {
+            return Err(ApprovalError::Tampered {
+                id: id.into(),
+                recorded: p.plan_hash,
+                actual,
+            });
+        }
+        if p.expires_unix <= now {
+            return Err(ApprovalError::Expired(id.into()));
+        }
+        Ok(p)
+    }
+
+    fn remove(&self, id: &str) -> Result<(), ApprovalError> {
+        let path = self.path(id)?;
+        std::fs::remove_file(&path).map_err(io(&path))?;
+        std::fs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(&self.dir))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan() -> Plan {
+        serde_json::from_value(serde_json::json!({
+            "playbook": "drain", "anomaly_id": "an-1",
+            "actions": [{"kind": "k8s.drain", "target": {"node": "n1"}}]
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn approve_reject_expire_and_a_changed_plan_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Approvals::open(dir.path()).unwrap();
+        let ttl = std::time::Duration::from_secs(60);
+        let a = q
+            .request("drain", &Anomaly::default(), &plan(), 0, 1000.0, ttl)
+            .unwrap();
+        assert_eq!(q.list().unwrap().len(), 1);
+        assert!(matches!(
+            q.approve(&a.id, "00000000", 1001.0),
+            Err(ApprovalError::HashMismatch { .. })
+        ));
+        assert!(
+            matches!(
+                q.approve(&a.id, "", 1001.0),
+                Err(ApprovalError::HashMismatch { .. })
+            ),
+            "a hash must be named"
+        );
+        let got = q.approve(&a.id, &a.plan_hash[..12], 1001.0).unwrap();
+        assert_eq!(got.plan, plan());
+        assert!(
+            matches!(
+                q.approve(&a.id, &a.plan_hash, 1001.0),
+                Err(ApprovalError::NotFound(_))
+            ),
+            "approved once"
+        );
+
+        let b = q
+            .request("drain", &Anomaly::default(), &plan(), 0, 2000.0, ttl)
+            .unwrap();
+        assert_eq!(q.reject(&b.id).unwrap().id, b.id);
+        assert!(q.list().unwrap().is_empty());
+
+        let c = q
+            .request("drain", &Anomaly::default(), &plan(), 0, 3000.0, ttl)
+            .unwrap();
+        assert!(q.expire(3059.0).unwrap().is_empty());
+        assert!(matches!(
+            q.approve(&c.id, &c.plan_hash, 3060.0),
+            Err(ApprovalError::Expired(_))
+        ));
+        assert_eq!(q.expire(3060.0).unwrap()[0].id, c.id);
+
+        // Someone edits the queued plan: the recorded hash no longer matches.
+        let d = q
+            .request("drain", &Anomaly::default(), &plan(), 0, 4000.0, ttl)
+            .unwrap();
+        let path = dir.path().join(format!("{}.json", d.id));
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("\"n1\"", "\"n2\"");
+        std::fs::write(&path, text).unwrap();
+        assert!(matches!(
+            q.approve(&d.id, &d.plan_hash, 4001.0),
+            Err(ApprovalError::Tampered { .. })
+        ));
+        assert!(matches!(
+            q.show("../../etc/passwd"),
+            Err(ApprovalError::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn an_offline_approval_runs_at_start_only_if_still_valid() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Approvals::open(dir.path()).unwrap();
+        let ttl = std::time::Duration::from_secs(60);
+        let a = q
+            .request("drain", &Anomaly::default(), &plan(), 0, 1000.0, ttl)
+            .unwrap();
+        let by = Decision {
+            by: "sre".into(),
+            reason: "ok".into(),
+        };
+        q.approve_offline(&a.id, &a.plan_hash, by.clone(), 1001.0)
+            .unwrap();
+        assert!(
+            q.take_approved(1061.0).unwrap().is_empty(),
+            "expired meanwhile"
+        );
+        let b = q
+            .request("drain", &Anomaly::default(), &plan(), 0, 2000.0, ttl)
+            .unwrap();
+        q.approve_offline(&b.id, &b.plan_hash, by.clone(), 2001.0)
+            .unwrap();
+        let taken = q.take_approved(2002.0).unwrap();
+        assert_eq!(taken.len(), 1);
+        assert_eq!(taken[0].1, by);
+    }
+}
