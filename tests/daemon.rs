@@ -813,12 +813,6 @@ async fn agent_mode_caps_every_playbook_and_an_unconfigured_layer_fails_rather_t
             "recorded only: no [kubernetes] client is configured",
         ),
         (
-            "mode = \"approval\"",
-            "approval",
-            "not_executed",
-            "the playbook waits for approval, which this version cannot give",
-        ),
-        (
             "mode = \"auto\"",
             "auto",
             "failed",
@@ -897,4 +891,221 @@ async fn an_intent_a_stop_left_without_outcome_is_reconciled_at_start_never_reru
     assert_eq!(d.kinds("action_reconciled").len(), 1);
     d.stop().await;
     verify_log(&log);
+}
+
+/// An HTTP/1.1 request over loopback with an optional bearer token; status and body.
+async fn call(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+    token: Option<&str>,
+) -> (u16, serde_json::Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let auth = token
+        .map(|t| format!("authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: x\r\n{auth}content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let status = out[9..12].parse().unwrap();
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or_default();
+    (status, serde_json::from_str(body).unwrap_or(json!(body)))
+}
+
+/// A restart playbook that asks first; its plans wait two minutes at most.
+fn asking() -> String {
+    r#"
+const PLAYBOOK = #{
+    name: "restart",
+    mode: "approval",
+    trigger: #{ signal: "latency", min_score: 0.999 },
+    allowed: #{ kinds: ["k8s.rollout_restart"] },
+    group_by: ["pod"],
+    cooldown: "10m",
+    limits: #{ approval_ttl: "2m" },
+};
+fn plan(anomaly) {
+    [#{ kind: "k8s.rollout_restart", target: #{ namespace: "test", deployment: anomaly.labels.pod } }]
+}
+"#
+    .into()
+}
+
+const TOKEN: &str = "0123456789abcdef-approvals";
+
+/// The approval waiting for `pod`'s anomaly, once it is queued.
+async fn waiting(d: &Daemon, pod: &str) -> serde_json::Value {
+    d.wait_for("the approval request", Duration::from_secs(30), |d| {
+        d.kinds("approval_requested").len()
+            > d.kinds("approval_granted").len()
+                + d.kinds("approval_rejected").len()
+                + d.kinds("approval_expired").len()
+    })
+    .await;
+    let (status, list) = call(d.addr, "GET", "/api/v1/approvals", "", Some(TOKEN)).await;
+    assert_eq!(status, 200, "{list}");
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["anomaly"]["labels"]["pod"] == pod)
+        .unwrap_or_else(|| panic!("no approval for {pod}: {list:#}"))
+        .clone()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_plan_waits_for_approval_runs_exactly_as_approved_and_never_when_rejected_or_expired() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), TOKEN).unwrap();
+    let agent = "mode = \"auto\"\n[api]\ntoken_file = \"token\"";
+    let pods = ["p1", "p2", "p3", "p4"];
+    let fake = Fake::new().with_history(QUERY, &pods);
+    fake.set(&pods.map(|p| (p, 100.0)));
+    let d = start(
+        config(dir.path(), &[("restart", &asking())], agent, ""),
+        fake.clone(),
+    )
+    .await;
+
+    // p1: approved, with its hash, after a wrong one and an anonymous try were refused.
+    fake.set(&[("p1", 300.0), ("p2", 100.0), ("p3", 100.0), ("p4", 100.0)]);
+    let p1 = waiting(&d, "p1").await;
+    let (id, hash) = (
+        p1["id"].as_str().unwrap(),
+        p1["plan_hash"].as_str().unwrap(),
+    );
+    assert!(d.kinds("action_intent").is_empty(), "ran before approval");
+    let path = format!("/api/v1/approvals/{id}/approve");
+    let (status, _) = call(
+        d.addr,
+        "POST",
+        &path,
+        &json!({"hash": hash}).to_string(),
+        None,
+    )
+    .await;
+    assert_eq!(status, 401, "approved without the token");
+    let (status, body) = call(
+        d.addr,
+        "POST",
+        &path,
+        r#"{"hash": "deadbeefdeadbeef"}"#,
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(d.kinds("action_intent").is_empty());
+    let body =
+        json!({"hash": &hash[..12], "by": "alice", "reason": "checked the node"}).to_string();
+    let (status, answer) = call(d.addr, "POST", &path, &body, Some(TOKEN)).await;
+    assert_eq!(status, 200, "{answer}");
+    d.wait_for("the approved plan to run", Duration::from_secs(30), |d| {
+        !d.kinds("action_outcome").is_empty()
+    })
+    .await;
+    let granted = d.kinds("approval_granted");
+    assert_eq!(granted[0].data["by"], json!("alice"));
+    assert_eq!(granted[0].data["plan_hash"], json!(hash));
+    let intent = d.kinds("action_intent");
+    assert_eq!(intent.len(), 1);
+    assert!(granted[0].seq < intent[0].seq);
+    assert_eq!(intent[0].data["effective_mode"], json!("auto"));
+    assert_eq!(
+        intent[0].data["action"], p1["plan"]["actions"][0],
+        "what was approved is what ran"
+    );
+    let (status, _) = call(d.addr, "POST", &path, &body, Some(TOKEN)).await;
+    assert_eq!(status, 404, "approved twice");
+
+    // p2: rejected; it never runs.
+    fake.set(&[("p1", 100.0), ("p2", 300.0), ("p3", 100.0), ("p4", 100.0)]);
+    let p2 = waiting(&d, "p2").await;
+    let reject = format!("/api/v1/approvals/{}/reject", p2["id"].as_str().unwrap());
+    let (status, _) = call(
+        d.addr,
+        "POST",
+        &reject,
+        r#"{"by": "bob", "reason": "not now"}"#,
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        d.kinds("approval_rejected")[0].data["reason"],
+        json!("not now")
+    );
+
+    // p3: nobody answers for two minutes; it expires and can no longer be approved.
+    fake.set(&[("p1", 100.0), ("p2", 100.0), ("p3", 300.0), ("p4", 100.0)]);
+    let p3 = waiting(&d, "p3").await;
+    fake.set(&pods.map(|p| (p, 100.0)));
+    // The TTL runs on the wall clock (it must hold across restarts), which a paused
+    // test clock cannot move: the file is aged instead, as two minutes would.
+    let file3 = dir.path().join(format!(
+        "audit.jsonl.approvals/{}.json",
+        p3["id"].as_str().unwrap()
+    ));
+    let mut aged: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file3).unwrap()).unwrap();
+    aged["expires_unix"] = aged["requested_unix"].clone();
+    std::fs::write(&file3, aged.to_string()).unwrap();
+    d.wait_for("the expiry", Duration::from_secs(10), |d| {
+        !d.kinds("approval_expired").is_empty()
+    })
+    .await;
+    let late = format!("/api/v1/approvals/{}/approve", p3["id"].as_str().unwrap());
+    let body3 = json!({"hash": p3["plan_hash"]}).to_string();
+    let (status, _) = call(d.addr, "POST", &late, &body3, Some(TOKEN)).await;
+    assert_eq!(status, 404, "expired plans leave the queue");
+
+    // p4: waits across a restart, and is approved after it; a tampered copy is refused.
+    fake.set(&[("p1", 100.0), ("p2", 100.0), ("p3", 100.0), ("p4", 300.0)]);
+    let p4 = waiting(&d, "p4").await;
+    d.stop().await;
+    let file = dir.path().join(format!(
+        "audit.jsonl.approvals/{}.json",
+        p4["id"].as_str().unwrap()
+    ));
+    let original = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        original.replace("\"namespace\": \"test\"", "\"namespace\": \"prod\""),
+    )
+    .unwrap();
+    let d = start(
+        config(dir.path(), &[("restart", &asking())], agent, ""),
+        fake.clone(),
+    )
+    .await;
+    let approve4 = format!("/api/v1/approvals/{}/approve", p4["id"].as_str().unwrap());
+    let body4 = json!({"hash": p4["plan_hash"]}).to_string();
+    let (status, answer) = call(d.addr, "POST", &approve4, &body4, Some(TOKEN)).await;
+    assert_eq!(status, 409, "a plan changed on disk: {answer}");
+    std::fs::write(&file, &original).unwrap();
+    let (status, answer) = call(d.addr, "POST", &approve4, &body4, Some(TOKEN)).await;
+    assert_eq!(status, 200, "{answer}");
+    // The log holds both runs: p1's intent from before the restart, then p4's.
+    d.wait_for("p4's plan to run", Duration::from_secs(30), |d| {
+        d.kinds("action_intent").len() == 2
+    })
+    .await;
+    let intent = d.kinds("action_intent");
+    assert_eq!(
+        intent[1].data["action"]["target"]["deployment"],
+        json!("p4")
+    );
+    d.stop().await;
+    // Over both runs: one plan ran per approval, none for the rejected or expired.
+    let all = common::records(&dir.path().join("audit.jsonl"));
+    let ran: Vec<_> = of_kind(&all, "action_intent")
+        .iter()
+        .map(|r| r.data["action"]["target"]["deployment"].clone())
+        .collect();
+    assert_eq!(ran, [json!("p1"), json!("p4")]);
+    verify_log(&dir.path().join("audit.jsonl"));
 }
