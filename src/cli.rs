@@ -13,6 +13,53 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// `homeostat approvals …`.
+#[derive(Debug, Subcommand)]
+pub enum ApprovalsCommand {
+    /// Plans waiting, oldest first.
+    List,
+    /// One plan, with its hash.
+    Show {
+        /// The approval id (`ap-…`).
+        id: String,
+    },
+    /// Run a plan: name the hash you read with `show` (8 or more hex digits).
+    Approve {
+        /// The approval id.
+        id: String,
+        /// The plan's hash, or its first 8+ hex digits.
+        #[arg(long)]
+        hash: String,
+        /// Why, for the audit log.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Drop a plan unrun.
+    Reject {
+        /// The approval id.
+        id: String,
+        /// Why, for the audit log.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+}
+
+/// `homeostat breaker …`.
+#[derive(Debug, Subcommand)]
+pub enum BreakerCommand {
+    /// Close a playbook's breaker once the cause of its failures is understood.
+    Reset {
+        /// The playbook.
+        playbook: String,
+        /// Who (defaults to $USER).
+        #[arg(long)]
+        by: Option<String>,
+        /// Why, for the audit log.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+}
+
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -27,6 +74,54 @@ pub enum Command {
         /// The config file (TOML).
         #[arg(long, short)]
         config: PathBuf,
+    },
+    /// The kill switch: stop every action (plans are still made and audited as paused).
+    Pause {
+        /// The config file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Why, for the audit log.
+        #[arg(long, default_value = "paused from the command line")]
+        reason: String,
+        /// Who (defaults to $USER).
+        #[arg(long)]
+        by: Option<String>,
+    },
+    /// Release the kill switch.
+    Resume {
+        /// The config file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Who (defaults to $USER).
+        #[arg(long)]
+        by: Option<String>,
+    },
+    /// Paused or not, open circuit breakers, plans waiting for approval.
+    Status {
+        /// The config file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Plans waiting for an SRE's approval.
+    Approvals {
+        /// The config file (TOML).
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        /// Who decides (defaults to $USER).
+        #[arg(long, global = true)]
+        by: Option<String>,
+        /// What to do.
+        #[command(subcommand)]
+        command: ApprovalsCommand,
+    },
+    /// Circuit breakers of playbooks.
+    Breaker {
+        /// The config file (TOML).
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        /// What to do.
+        #[command(subcommand)]
+        command: BreakerCommand,
     },
     /// List, and test offline, the playbooks.
     Playbook {

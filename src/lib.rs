@@ -40,6 +40,7 @@ pub mod metrics;
 pub mod models;
 pub mod playbook;
 pub mod progress;
+pub mod remote;
 pub mod report;
 pub mod server;
 pub mod source;

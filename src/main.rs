@@ -9,7 +9,9 @@ use anyhow::Context as _;
 use clap::Parser;
 use homeostat::backtest::{self, Backtest, BacktestError, SettingsError};
 use homeostat::bench;
-use homeostat::cli::{AuditCommand, Cli, Command, PlaybookCommand};
+use homeostat::cli::{
+    ApprovalsCommand, AuditCommand, BreakerCommand, Cli, Command, PlaybookCommand,
+};
 use homeostat::playbook::Limits;
 use homeostat::progress::Progress;
 use homeostat::report::{self, load_config, CasesError, FitLine, Problems, TrialError};
@@ -89,6 +91,52 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run { config } => run(&config),
+        Command::Pause { config, reason, by } => control(&config, |c| async move {
+            homeostat::remote::pause(&c, &reason, &who(by)).await
+        }),
+        Command::Resume { config, by } => control(&config, |c| async move {
+            homeostat::remote::resume(&c, &who(by)).await
+        }),
+        Command::Status { config } => {
+            control(
+                &config,
+                |c| async move { homeostat::remote::status(&c).await },
+            )
+        }
+        Command::Approvals {
+            config,
+            by,
+            command,
+        } => {
+            let config = config.context("--config is required")?;
+            let by = who(by);
+            control(&config, |c| async move {
+                match command {
+                    ApprovalsCommand::List => homeostat::remote::approvals(&c).await,
+                    ApprovalsCommand::Show { id } => homeostat::remote::approval(&c, &id).await,
+                    ApprovalsCommand::Approve { id, hash, reason } => {
+                        homeostat::remote::approve(&c, &id, &hash, &by, &reason).await
+                    }
+                    ApprovalsCommand::Reject { id, reason } => {
+                        homeostat::remote::reject(&c, &id, &by, &reason).await
+                    }
+                }
+            })
+        }
+        Command::Breaker {
+            config,
+            command:
+                BreakerCommand::Reset {
+                    playbook,
+                    by,
+                    reason,
+                },
+        } => {
+            let config = config.context("--config is required")?;
+            control(&config, |c| async move {
+                homeostat::remote::reset_breaker(&c, &playbook, &who(by), &reason).await
+            })
+        }
         Command::Playbook {
             command: PlaybookCommand::List { config: path },
         } => {
@@ -194,6 +242,29 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")
+}
+
+/// Who runs a control command: `--by`, else `$USER`, else `cli`.
+fn who(by: Option<String>) -> String {
+    by.or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| "cli".into())
+}
+
+/// Runs a control command against the agent (or its files) and prints the answer.
+fn control<F, Fut>(path: &Path, f: F) -> anyhow::Result<ExitCode>
+where
+    F: FnOnce(homeostat::config::Config) -> Fut,
+    Fut: std::future::Future<
+        Output = Result<homeostat::remote::Answer, homeostat::remote::RemoteError>,
+    >,
+{
+    let config = load_config(path)?;
+    let answer = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(f(config))?;
+    outln!("{answer}");
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run(path: &Path) -> anyhow::Result<ExitCode> {

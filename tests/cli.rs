@@ -510,3 +510,35 @@ fn a_closed_stdout_pipe_ends_the_command_quietly() {
     assert!(out.status.success(), "{:?}: {stderr}", out.status);
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn pause_resume_and_approvals_act_on_the_files_and_audit_when_no_agent_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    // A port nothing listens on: the commands fall back to the files.
+    let config = write(
+        dir.path(),
+        "homeostat.toml",
+        "[prometheus]\nurl = \"http://127.0.0.1:9\"\n[agent]\nlisten = \"127.0.0.1:9\"\naudit_log = \"audit.jsonl\"\n[[signals]]\nname = \"a\"\nquery = \"up\"\n",
+    );
+    let o = homeostat(&["pause", "--config", &config, "--reason", "change freeze", "--by", "carol"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}{err}");
+    assert!(out.contains("no agent answered"), "{out}");
+    let pause_file = dir.path().join("homeostat.pause");
+    assert!(std::fs::read_to_string(&pause_file).unwrap().contains("change freeze"));
+    let o = homeostat(&["status", "--config", &config]);
+    assert!(text(&o).0.contains("\"paused\": true"), "{:?}", text(&o));
+    let o = homeostat(&["resume", "--config", &config, "--by", "carol"]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    assert!(!pause_file.exists());
+    let log = dir.path().join("audit.jsonl");
+    let records = homeostat::audit::read_records(&log).unwrap();
+    let kinds: Vec<_> = records.iter().map(|r| r.kind.as_str()).collect();
+    assert_eq!(kinds, ["paused", "resumed"]);
+    assert_eq!(records[0].data["by"], "carol");
+    assert_eq!(records[0].data["reason"], "change freeze");
+
+    let o = homeostat(&["approvals", "show", "ap-0000000000000000", "--config", &config]);
+    assert!(!o.status.success());
+    assert!(text(&o).1.contains("no plan waits for approval under ap-0000000000000000"), "{:?}", text(&o));
+}
