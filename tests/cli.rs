@@ -520,12 +520,22 @@ fn pause_resume_and_approvals_act_on_the_files_and_audit_when_no_agent_answers()
         "homeostat.toml",
         "[prometheus]\nurl = \"http://127.0.0.1:9\"\n[agent]\nlisten = \"127.0.0.1:9\"\naudit_log = \"audit.jsonl\"\n[[signals]]\nname = \"a\"\nquery = \"up\"\n",
     );
-    let o = homeostat(&["pause", "--config", &config, "--reason", "change freeze", "--by", "carol"]);
+    let o = homeostat(&[
+        "pause",
+        "--config",
+        &config,
+        "--reason",
+        "change freeze",
+        "--by",
+        "carol",
+    ]);
     let (out, err) = text(&o);
     assert!(o.status.success(), "{out}{err}");
     assert!(out.contains("no agent answered"), "{out}");
     let pause_file = dir.path().join("homeostat.pause");
-    assert!(std::fs::read_to_string(&pause_file).unwrap().contains("change freeze"));
+    assert!(std::fs::read_to_string(&pause_file)
+        .unwrap()
+        .contains("change freeze"));
     let o = homeostat(&["status", "--config", &config]);
     assert!(text(&o).0.contains("\"paused\": true"), "{:?}", text(&o));
     let o = homeostat(&["resume", "--config", &config, "--by", "carol"]);
@@ -538,7 +548,19 @@ fn pause_resume_and_approvals_act_on_the_files_and_audit_when_no_agent_answers()
     assert_eq!(records[0].data["by"], "carol");
     assert_eq!(records[0].data["reason"], "change freeze");
 
-    let o = homeostat(&["approvals", "show", "ap-0000000000000000", "--config", &config]);
+    let o = homeostat(&[
+        "approvals",
+        "show",
+        "ap-0000000000000000",
+        "--config",
+        &config,
+    ]);
     assert!(!o.status.success());
-    assert!(text(&o).1.contains("no plan waits for approval under ap-0000000000000000"), "{:?}", text(&o));
+    assert!(
+        text(&o)
+            .1
+            .contains("no plan waits for approval under ap-0000000000000000"),
+        "{:?}",
+        text(&o)
+    );
 }

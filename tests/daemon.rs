@@ -56,16 +56,17 @@ impl Fake {
 
     /// One day of minute points around 100 for each pod, ending two minutes ago.
     fn with_history(self: &Arc<Self>, query: &str, pods: &[&str]) -> Arc<Self> {
+        let points = 1440;
         let end = self.t0 - 120.0;
         let histories = pods
             .iter()
             .enumerate()
             .map(|(seed, pod)| History {
                 labels: pod_labels(pod),
-                samples: (0..1440)
+                samples: (0..points)
                     .map(|i| {
                         (
-                            end - (1439 - i) as f64 * 60.0,
+                            end - (points - 1 - i) as f64 * 60.0,
                             100.0 + 2.0 * noise(i * 7 + seed + 1),
                         )
                     })
@@ -1108,4 +1109,205 @@ async fn a_plan_waits_for_approval_runs_exactly_as_approved_and_never_when_rejec
         .collect();
     assert_eq!(ran, [json!("p1"), json!("p4")]);
     verify_log(&dir.path().join("audit.jsonl"));
+}
+
+/// Cordons the anomalous pod's "node" (named after the pod): one action per incident.
+const CORDON: &str = r#"
+const PLAYBOOK = #{
+    name: "cordon",
+    mode: "auto",
+    trigger: #{ signal: "latency", min_score: 0.999 },
+    allowed: #{ kinds: ["k8s.cordon"] },
+    group_by: ["pod"],
+};
+fn plan(anomaly) { [#{ kind: "k8s.cordon", target: #{ node: anomaly.labels.pod } }] }
+"#;
+
+/// `n` pods named `pod-0` … with a day of history, all quiet.
+fn many(n: usize) -> (Vec<String>, Arc<Fake>) {
+    let names: Vec<String> = (0..n).map(|i| format!("pod-{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let fake = Fake::new().with_history(QUERY, &refs);
+    fake.set(&refs.iter().map(|p| (*p, 100.0)).collect::<Vec<_>>());
+    (names, fake)
+}
+
+/// Cordons the node an alert names: one action per alert (the storm's playbook).
+const CORDON_ON_ALERT: &str = r#"
+const PLAYBOOK = #{
+    name: "cordon",
+    mode: "auto",
+    trigger: #{ alertname: "Burst" },
+    allowed: #{ kinds: ["k8s.cordon"] },
+    group_by: ["instance"],
+};
+fn plan(alert) { [#{ kind: "k8s.cordon", target: #{ node: alert.labels.instance } }] }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_of_a_thousand_anomalies_is_held_to_the_caps_exactly_and_the_agent_keeps_answering()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::new().with_history(QUERY, &["a"]);
+    fake.set(&[("a", 100.0)]);
+    // Dry-run counts like auto (dry-run is exact), and no client fails an action here.
+    let agent = "mode = \"dry-run\"\n[guardrails]\nmax_actions = 20\nmax_incidents = 4";
+    let d = start(
+        config(dir.path(), &[("cordon", CORDON_ON_ALERT)], agent, ""),
+        fake.clone(),
+    )
+    .await;
+    // A thousand firing alerts on a thousand nodes, in one request: one cycle.
+    let (status, _) = post(d.addr, "/api/v1/alertmanager", &burst(0, 1000)).await;
+    assert_eq!(status, 202);
+    let mut answered = 0;
+    while d.kinds("action_intent").len() + d.kinds("guardrail_refused").len() < 1000 {
+        // While it lasts: the API and /metrics answer.
+        let (status, s) = call(d.addr, "GET", "/api/v1/status", "", None).await;
+        assert_eq!((status, &s["paused"]), (200, &json!(false)), "{s}");
+        let m = common::http_get(&d.url("/metrics"))
+            .await
+            .expect("metrics answer");
+        assert_eq!(m.0, 200);
+        answered += 1;
+        assert!(
+            answered < 600,
+            "not decided within a minute: {:?}",
+            d.kinds("guardrail_refused").len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(d.kinds("alert_received").len(), 1000);
+    let intents = d.kinds("action_intent");
+    assert_eq!(intents.len(), 20, "the global cap, exactly");
+    let refused = d.kinds("guardrail_refused");
+    assert_eq!(refused.len(), 980);
+    let by_rule = |rule: &str| refused.iter().filter(|r| r.data["rule"] == rule).count();
+    assert_eq!(
+        by_rule("max_actions") + by_rule("max_incidents"),
+        980,
+        "{refused:#?}"
+    );
+    assert!(by_rule("max_actions") > 0);
+    let m = d.metrics.encode();
+    assert_eq!(
+        common::sample(
+            &m,
+            "homeostat_actions_total{kind=\"k8s.cordon\",outcome=\"dry_run\"}"
+        ),
+        Some(20.0),
+        "{m}"
+    );
+    d.stop().await;
+    verify_log(&dir.path().join("audit.jsonl"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn failing_incidents_open_the_breaker_which_holds_across_a_restart_until_reset() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pods, fake) = many(40);
+    // Auto with no Kubernetes client: every cordon fails, and one incident at a time.
+    let agent = "mode = \"auto\"\n[guardrails]\nmax_incidents = 1\nbreaker_after = 3";
+    let d = start(
+        config(dir.path(), &[("cordon", CORDON)], agent, ""),
+        fake.clone(),
+    )
+    .await;
+    fake.set(&pods.iter().map(|p| (p.as_str(), 300.0)).collect::<Vec<_>>());
+    d.wait_for("40 incidents decided", Duration::from_secs(3600), |d| {
+        d.kinds("action_intent").len() + d.kinds("guardrail_refused").len() >= 40
+    })
+    .await;
+    let outcomes = d.kinds("action_outcome");
+    assert_eq!(outcomes.len(), 3, "exactly breaker_after failures ran");
+    assert!(outcomes
+        .iter()
+        .all(|o| o.data["outcome"] == json!("failed")));
+    assert_eq!(d.kinds("breaker_tripped")[0].data["failures"], json!(3));
+    let m = d.metrics.encode();
+    assert_eq!(
+        common::sample(&m, "homeostat_breaker_open{playbook=\"cordon\"}"),
+        Some(1.0),
+        "{m}"
+    );
+    d.stop().await;
+
+    // Still open after a restart; a reset over the API closes it.
+    let d = start(
+        config(dir.path(), &[("cordon", CORDON)], agent, ""),
+        fake.clone(),
+    )
+    .await;
+    let (_, s) = call(d.addr, "GET", "/api/v1/status", "", None).await;
+    assert_eq!(s["breakers_open"], json!(["cordon"]), "{s}");
+    let (status, body) = call(
+        d.addr,
+        "POST",
+        "/api/v1/breakers/cordon/reset",
+        r#"{"by": "dave", "reason": "kubeconfig fixed"}"#,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(d.kinds("breaker_reset")[0].data["by"], json!("dave"));
+    let (_, s) = call(d.addr, "GET", "/api/v1/status", "", None).await;
+    assert_eq!(s["breakers_open"], json!([]), "{s}");
+    d.stop().await;
+    verify_log(&dir.path().join("audit.jsonl"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn while_paused_plans_are_made_and_audited_but_nothing_runs_and_resume_lets_it_run() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), TOKEN).unwrap();
+    let (pods, fake) = many(2);
+    let agent = "mode = \"dry-run\"\n[api]\ntoken_file = \"token\"";
+    let d = start(
+        config(dir.path(), &[("cordon", CORDON)], agent, ""),
+        fake.clone(),
+    )
+    .await;
+    let (status, _) = call(d.addr, "POST", "/api/v1/pause", "{}", None).await;
+    assert_eq!(status, 401, "paused without the token");
+    assert!(!dir.path().join("homeostat.pause").exists());
+    let (status, _) = call(
+        d.addr,
+        "POST",
+        "/api/v1/pause",
+        r#"{"reason": "incident review"}"#,
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(status, 200);
+    fake.set(&[(pods[0].as_str(), 300.0), (pods[1].as_str(), 100.0)]);
+    d.wait_for("the paused step", Duration::from_secs(30), |d| {
+        !d.kinds("guardrail_refused").is_empty()
+    })
+    .await;
+    let refused = d.kinds("guardrail_refused");
+    assert_eq!(refused[0].data["rule"], json!("paused"));
+    assert_eq!(refused[0].data["message"], json!("incident review"));
+    assert_eq!(d.kinds("plan").len(), 1, "the plan is still made");
+    assert!(d.kinds("action_intent").is_empty());
+    assert_eq!(d.metric("homeostat_paused"), Some(1.0));
+
+    let (status, _) = call(d.addr, "POST", "/api/v1/resume", "{}", None).await;
+    assert_eq!(status, 401);
+    let (status, _) = call(d.addr, "POST", "/api/v1/resume", "{}", Some(TOKEN)).await;
+    assert_eq!(status, 200);
+    fake.set(&[(pods[0].as_str(), 100.0), (pods[1].as_str(), 300.0)]);
+    d.wait_for("the step after resume", Duration::from_secs(30), |d| {
+        !d.kinds("action_intent").is_empty()
+    })
+    .await;
+    // A pause file that appears by other means (touch) is audited and obeyed too.
+    std::fs::write(dir.path().join("homeostat.pause"), "").unwrap();
+    ticks_pass(&d, 2).await;
+    let kinds: Vec<String> = common::records(&dir.path().join("audit.jsonl"))
+        .iter()
+        .filter(|r| ["paused", "resumed"].contains(&r.kind.as_str()))
+        .map(|r| format!("{} by {}", r.kind, r.data["by"].as_str().unwrap_or("")))
+        .collect();
+    assert_eq!(kinds, ["paused by api", "resumed by api", "paused by file"]);
+    d.stop().await;
 }
