@@ -196,53 +196,125 @@ impl fmt::Display for Rejected<'_> {
     }
 }
 
-/// `audit list`: the records (of one kind, if given) as a table, details cut to `width`.
+/// `audit list`: the records a filter keeps, as a table, details cut to `width`.
 #[derive(Debug, Clone)]
-pub struct AuditTable<'a> {
-    /// The records, in log order.
+pub struct AuditTable {
+    /// The records kept, in log order.
     pub records: Vec<AuditRecord>,
-    /// Only records of this kind.
-    pub kind: Option<&'a str>,
     /// Width of the details column.
     pub width: usize,
 }
 
-impl<'a> AuditTable<'a> {
-    /// Reads every record of a log (without verifying it).
-    pub fn read(log: &Path, kind: Option<&'a str>, width: usize) -> Result<Self, AuditError> {
-        let records = audit::read_records(log)?;
-        Ok(AuditTable {
-            records,
-            kind,
+impl AuditTable {
+    /// Reads the records of a log that `filter` keeps (without verifying it).
+    pub fn read(log: &Path, filter: &audit::Filter, width: usize) -> Result<Self, AuditError> {
+        let mut records = Vec::new();
+        for r in audit::records(log)? {
+            let (_, rec) = r?;
+            if filter.matches(&rec) {
+                records.push(rec);
+            }
+        }
+        Ok(AuditTable { records, width })
+    }
+}
+
+/// The table's header line.
+fn audit_header(f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    writeln!(f, "{:>5}  {:<24}  {:<16}  DETAILS", "SEQ", "TIME", "KIND")
+}
+
+/// One record as a table row.
+fn audit_row(f: &mut fmt::Formatter<'_>, r: &AuditRecord, width: usize) -> fmt::Result {
+    // The time and kind are the record's text too: escaped like the details.
+    writeln!(
+        f,
+        "{:>5}  {:<24}  {:<16}  {}",
+        r.seq,
+        audit::escape(&r.ts),
+        audit::escape(&r.kind),
+        audit::summarize(&r.kind, &r.data, width)
+    )
+}
+
+impl fmt::Display for AuditTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        audit_header(f)?;
+        for r in &self.records {
+            audit_row(f, r, self.width)?;
+        }
+        Ok(())
+    }
+}
+
+/// `audit show`: one incident's records, oldest first, across the log and the sealed
+/// segments before it, grouped by file.
+#[derive(Debug, Clone)]
+pub struct AuditIncident<'a> {
+    /// The incident's id.
+    pub id: &'a str,
+    /// Its records, each with its file.
+    pub records: Vec<(PathBuf, AuditRecord)>,
+    /// Width of the details column.
+    pub width: usize,
+}
+
+impl<'a> AuditIncident<'a> {
+    /// Finds incident `id` in `log` and the segments before it; fails naming the id if
+    /// it has no record.
+    pub fn read(log: &Path, id: &'a str, width: usize) -> Result<Self, AuditError> {
+        Ok(AuditIncident {
+            id,
+            records: audit::incident(log, id)?,
             width,
         })
     }
 }
 
-impl fmt::Display for AuditTable<'_> {
+/// A file's name for a heading, escaped (a name is text from outside too).
+fn file_name(p: &Path) -> String {
+    let name = p.file_name().unwrap_or(p.as_os_str()).to_string_lossy();
+    audit::escape(&name).into_owned()
+}
+
+impl fmt::Display for AuditIncident<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "{:>5}  {:<24}  {:<16}  DETAILS", "SEQ", "TIME", "KIND")?;
-        for r in self
-            .records
-            .iter()
-            .filter(|r| self.kind.is_none_or(|k| r.kind == k))
-        {
-            // The time and kind are the record's text too: escaped like the details.
-            writeln!(
-                f,
-                "{:>5}  {:<24}  {:<16}  {}",
-                r.seq,
-                audit::escape(&r.ts),
-                audit::escape(&r.kind),
-                audit::summarize(&r.kind, &r.data, self.width)
-            )?;
+        let mut files: Vec<&Path> = Vec::new();
+        for (file, _) in &self.records {
+            if files.last() != Some(&file.as_path()) {
+                files.push(file);
+            }
+        }
+        writeln!(
+            f,
+            "incident {}: {} record{} in {}",
+            audit::escape(self.id),
+            self.records.len(),
+            plural(self.records.len()),
+            files
+                .iter()
+                .map(|p| file_name(p))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )?;
+        audit_header(f)?;
+        let mut current: Option<&Path> = None;
+        for (file, r) in &self.records {
+            // Sequence numbers start again in each segment: say which one a row is in.
+            if files.len() > 1 && current != Some(file.as_path()) {
+                writeln!(f, "  -- {}", file_name(file))?;
+                current = Some(file);
+            }
+            audit_row(f, r, self.width)?;
         }
         Ok(())
     }
 }
 
 /// `audit verify`: a log's chain and head checked, and how many records it holds or
-/// where it first breaks; then each link back to a segment sealed before it.
+/// where it first breaks; then each link back to a segment sealed before it (each
+/// segment's chain re-read), how many segments and records the whole chain holds, and,
+/// with a public key, its signed checkpoints.
 #[derive(Debug, Clone)]
 pub struct AuditVerdict<'a> {
     /// The log.
@@ -251,22 +323,51 @@ pub struct AuditVerdict<'a> {
     pub result: Result<u64, VerifyError>,
     /// The links back through sealed segments (none for a log `seal` did not start).
     pub links: Vec<audit::Link>,
+    /// The checkpoints checked against the public key given, if one was.
+    pub signed: Option<Result<audit::Signed, String>>,
 }
 
 impl<'a> AuditVerdict<'a> {
-    /// Verifies a log and the links from it.
-    pub fn of(log: &'a Path) -> Self {
-        AuditVerdict {
+    /// Verifies a log and the links from it; with `key`, also every checkpoint in it
+    /// and its segments.
+    pub fn of(log: &'a Path, key: Option<&ed25519_dalek::VerifyingKey>) -> Self {
+        let mut verdict = AuditVerdict {
             log,
             result: audit::verify(log),
             links: audit::links(log),
+            signed: None,
+        };
+        if let Some(key) = key {
+            let files: Vec<PathBuf> = verdict.files().into_iter().map(|(p, _)| p).collect();
+            verdict.signed =
+                Some(audit::verify_checkpoints(&files, key).map_err(|e| e.to_string()));
         }
+        verdict
     }
 
-    /// Whether the chain and the head are intact, and every sealed segment linked is
-    /// there with the bytes it was sealed with.
+    /// The files of the chain whose links hold, oldest first, with the records each
+    /// verifies to.
+    fn files(&self) -> Vec<(PathBuf, u64)> {
+        let mut files: Vec<(PathBuf, u64)> = self
+            .links
+            .iter()
+            .take_while(|l| l.check.is_ok())
+            .filter_map(|l| Some((l.segment.clone()?, l.sealed.last_seq)))
+            .collect();
+        files.reverse();
+        files.push((self.log.to_path_buf(), *self.result.as_ref().unwrap_or(&0)));
+        files
+    }
+
+    /// Whether the chain and the head are intact, every sealed segment linked is there
+    /// with the bytes it was sealed with, and, with a key, every checkpoint holds.
     pub fn intact(&self) -> bool {
-        self.result.is_ok() && self.links.iter().all(|l| l.check.is_ok())
+        self.result.is_ok()
+            && self.links.iter().all(|l| l.check.is_ok())
+            && self
+                .signed
+                .as_ref()
+                .is_none_or(|s| s.as_ref().is_ok_and(audit::Signed::holds))
     }
 }
 
@@ -296,7 +397,81 @@ impl fmt::Display for AuditVerdict<'_> {
             }
             write!(f, "; reason: {}", audit::escape(&s.reason))?;
         }
+        let files = self.files();
+        if self.result.is_ok() && self.links.iter().all(|l| l.check.is_ok()) {
+            let records: u64 = files.iter().map(|(_, n)| n).sum();
+            write!(
+                f,
+                "\n{log}: one chain: {} segment{}, {records} records",
+                files.len(),
+                plural(files.len())
+            )?;
+        }
+        match &self.signed {
+            None => {}
+            Some(Err(e)) => write!(f, "\n{log}: checkpoints: cannot read: {e}")?,
+            Some(Ok(s)) => {
+                if let Some((file, seq, why)) = &s.bad {
+                    write!(
+                        f,
+                        "\n{log}: checkpoint BROKEN: record {seq} of {}: {why}",
+                        file_name(file)
+                    )?;
+                } else if let Some((file, seq)) = &s.last {
+                    // Records after the last checkpoint: in its file, then in later ones.
+                    let at = files.iter().position(|(p, _)| p == file).unwrap_or(0);
+                    let after: u64 = files[at..]
+                        .iter()
+                        .enumerate()
+                        .map(|(i, (_, n))| if i == 0 { n.saturating_sub(*seq) } else { *n })
+                        .sum();
+                    write!(
+                        f,
+                        "\n{log}: signed: {} checkpoint{} hold; the last signs record {seq} of {}; {after} record{} after it (the checkpoint's own included) rest on the chain alone",
+                        s.valid,
+                        plural(s.valid as usize),
+                        file_name(file),
+                        plural(after as usize),
+                    )?;
+                } else {
+                    write!(
+                        f,
+                        "\n{log}: checkpoint BROKEN: no checkpoint signed by this key"
+                    )?;
+                }
+            }
+        }
         Ok(())
+    }
+}
+
+/// `audit rotate`: whether the log was rotated, and into which segment.
+#[derive(Debug, Clone)]
+pub struct AuditRotate<'a> {
+    /// The log.
+    pub log: &'a Path,
+    /// What was done; `None`: not due.
+    pub sealed: Option<audit::Sealed>,
+}
+
+impl fmt::Display for AuditRotate<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.sealed {
+            None => write!(
+                f,
+                "{}: not rotated: smaller than --max-bytes",
+                self.log.display()
+            ),
+            Some(s) => write!(
+                f,
+                "{}: rotated: {} records sealed as {} ({} bytes, sha256 {}); new log started, linked to it",
+                self.log.display(),
+                s.link.last_seq,
+                s.segment.display(),
+                s.link.previous_bytes,
+                s.link.previous_sha256
+            ),
+        }
     }
 }
 

@@ -22,11 +22,18 @@
 
 mod chain;
 mod event;
+mod filter;
 mod seal;
+mod sign;
 mod summary;
 
 pub use event::*;
-pub use seal::{links, seal, segment_path, Link, Sealed};
+pub use filter::{is_about, parse_since, parse_target, Filter};
+pub use seal::{chain_files, links, rotate, seal, segment_path, Link, Sealed};
+pub use sign::{
+    checkpoint_message, generate_key, public_key_path, read_public_key, read_signing_key,
+    verify_checkpoints, KeyError, Signed,
+};
 pub use summary::{escape, summarize};
 
 use std::fs::{File, OpenOptions};
@@ -84,6 +91,16 @@ pub enum AuditError {
         path: PathBuf,
         /// Which line, and why.
         reason: String,
+    },
+    /// No record of the incident asked for, in the log or the segments before it.
+    #[error("{path}: no record of incident {id} in this log or the {segments} sealed segment(s) before it", path = .path.display(), id = escape(.id))]
+    NoIncident {
+        /// The log.
+        path: PathBuf,
+        /// The incident's id.
+        id: String,
+        /// Sealed segments searched besides the log.
+        segments: usize,
     },
     /// Another process holds the log (an agent running on it): two writers would
     /// interleave records and repeat sequence numbers.
@@ -408,6 +425,56 @@ fn parse_line(path: &Path, i: usize, line: &str) -> Result<AuditRecord, AuditErr
     })
 }
 
+/// Every line of a log, in order, as its exact text (without the newline) and the
+/// record it reads as; read as it goes (a log may be large), without verifying (use
+/// [`verify`] for that).
+pub fn records(
+    path: &Path,
+) -> Result<impl Iterator<Item = Result<(String, AuditRecord), AuditError>> + '_, AuditError> {
+    use std::io::BufRead as _;
+    let file = std::fs::File::open(path).map_err(io_err(path))?;
+    Ok(std::io::BufReader::new(file)
+        .lines()
+        .enumerate()
+        .map(move |(i, line)| {
+            let line = line.map_err(io_err(path))?;
+            let rec = parse_line(path, i, &line)?;
+            Ok((line, rec))
+        }))
+}
+
+/// Every record of incident `id` (its `anomaly_id` or `id`), oldest first, across the
+/// log and the sealed segments its links reach back to, each with its file. Fails
+/// naming the id if there is none.
+pub fn incident(log: &Path, id: &str) -> Result<Vec<(PathBuf, AuditRecord)>, AuditError> {
+    let files = chain_files(log);
+    // Most lines are about something else: only those holding the id are parsed.
+    let needle = Value::from(id).to_string();
+    let mut out = Vec::new();
+    for file in &files {
+        use std::io::BufRead as _;
+        let reader = std::fs::File::open(file).map_err(io_err(file))?;
+        for (i, line) in std::io::BufReader::new(reader).lines().enumerate() {
+            let line = line.map_err(io_err(file))?;
+            if !line.contains(needle.as_str()) {
+                continue;
+            }
+            let rec = parse_line(file, i, &line)?;
+            if is_about(&rec, id) {
+                out.push((file.clone(), rec));
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err(AuditError::NoIncident {
+            path: log.to_path_buf(),
+            id: id.to_string(),
+            segments: files.len() - 1,
+        });
+    }
+    Ok(out)
+}
+
 /// Streams the records of the given `kinds` to `f`, in log order; lines of other kinds
 /// are skipped unparsed (the log may be large).
 pub fn scan(path: &Path, kinds: &[&str], mut f: impl FnMut(AuditRecord)) -> Result<(), AuditError> {
@@ -494,6 +561,33 @@ impl Auditor {
                 reason: reason.to_string(),
             }),
         }
+    }
+
+    /// Rotates the log if it holds `max_bytes` or more (see [`AuditLog::rotate`]);
+    /// waits for any append in progress, and the next goes to the new log.
+    pub async fn rotate(&self, max_bytes: u64) -> Result<Option<Sealed>, AuditError> {
+        let log = self.log.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
+            log.rotate(max_bytes)
+        })
+        .await
+        .expect("audit rotation does not panic")
+    }
+
+    /// Appends a checkpoint signing the last record with `key` (see
+    /// [`AuditLog::checkpoint`]).
+    pub async fn checkpoint(&self, key: ed25519_dalek::SigningKey) -> Result<u64, AuditError> {
+        let log = self.log.clone();
+        let seq = tokio::task::spawn_blocking(move || {
+            let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
+            log.checkpoint(&key)
+        })
+        .await
+        .expect("audit append does not panic")?;
+        self.written
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(seq)
     }
 
     /// Appends and fsyncs an event; returns once it is durable.
