@@ -15,7 +15,16 @@
 //! last line, a head one record behind), recording an [`AuditRecovered`] event; it
 //! refuses any other damage. A write that fails latches the log as failed: no sequence
 //! number is ever given out twice. [`seal`] sets a log aside and starts a new segment
-//! whose first record ([`AuditSealed`]) links to it.
+//! whose first record ([`AuditSealed`]) links to it; [`rotate`] (and
+//! [`AuditLog::rotate`], for the writer itself) does so for an intact log past a size,
+//! so that the segments stay one chain, which [`links`] checks back to the first.
+//!
+//! A [`Checkpoint`] record signs the record before it with an Ed25519 key
+//! ([`verify_checkpoints`]): someone who can write the log but not read the key cannot
+//! rewrite history up to it undetected, which the chain alone cannot promise.
+//!
+//! [`incident`] gathers one incident's records across segments, [`Filter`] picks records
+//! for listing and export, and [`records`] streams a log's exact lines.
 //!
 //! What a record says is typed: the agent writes [`Event`]s and reads them back with
 //! [`AuditRecord::event`]; [`AuditRecord`] is the raw, verifiable line.
@@ -90,6 +99,18 @@ pub enum AuditError {
         /// The log.
         path: PathBuf,
         /// Which line, and why.
+        reason: String,
+    },
+    /// A rotation was asked of a log that does not verify: it would link an intact-looking
+    /// chain to damage; sealing it, with a reason, is the way.
+    #[error(
+        "{path}: not rotating a log that does not verify: {reason} (rotation keeps one intact chain; `homeostat audit seal --log {path} --reason TEXT` sets a damaged log aside)",
+        path = .path.display()
+    )]
+    NotIntact {
+        /// The log.
+        path: PathBuf,
+        /// What is wrong, and where.
         reason: String,
     },
     /// No record of the incident asked for, in the log or the segments before it.

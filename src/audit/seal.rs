@@ -318,7 +318,7 @@ pub fn rotate(log: &Path, max_bytes: u64) -> Result<Option<Sealed>, AuditError> 
     if bytes == 0 || bytes < max_bytes {
         return Ok(None);
     }
-    super::verify(log).map_err(|e| AuditError::Damaged {
+    super::verify(log).map_err(|e| AuditError::NotIntact {
         path: log.to_path_buf(),
         reason: super::escape(&e.to_string()).into_owned(),
     })?;
