@@ -403,6 +403,46 @@ fn rotation_keeps_one_chain_that_verify_counts_across_segments() {
     assert!(!segment_path(&log, 3).exists());
 }
 
+/// The agent's handle rotates the log it holds; records go on in the new file and the
+/// whole stays one chain, with typed events reading back (a checkpoint among them).
+#[tokio::test]
+async fn the_agent_rotates_and_signs_through_its_auditor() {
+    let (_d, log) = new_log();
+    let auditor = audit::Auditor::new(AuditLog::open(&log).unwrap());
+    let stopped = audit::Event::AgentStopped(audit::AgentStopped::default());
+    auditor.record(stopped.clone()).await.unwrap();
+    let key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+    assert_eq!(auditor.checkpoint(key.clone()).await.unwrap(), 2);
+    assert!(auditor.rotate(u64::MAX).await.unwrap().is_none());
+    let sealed = auditor.rotate(1).await.unwrap().expect("rotated");
+    assert_eq!(sealed.link.last_seq, 2);
+    assert_eq!(auditor.record(stopped).await.unwrap(), 2);
+    assert_eq!(auditor.written(), 3);
+    assert!(auditor.failed().is_none());
+
+    let segment = audit::read_records(&segment_path(&log, 1)).unwrap();
+    match segment[1].event().unwrap() {
+        audit::Event::Checkpoint(c) => {
+            assert_eq!((c.seq, c.hash.as_str()), (1, segment[0].hash.as_str()));
+            assert_eq!(c.public_key, hex::encode(key.verifying_key().as_bytes()));
+        }
+        other => panic!("{other:?}"),
+    }
+    let files = audit::chain_files(&log);
+    assert_eq!(files, [segment_path(&log, 1), log.clone()]);
+    let signed = audit::verify_checkpoints(&files, &key.verifying_key()).unwrap();
+    assert_eq!(
+        (signed.valid, signed.last),
+        (1, Some((files[0].clone(), 1)))
+    );
+    let out = homeostat(&["audit", "verify", "--log", p(&log)]);
+    assert!(
+        stdout(&out).contains("one chain: 2 segments, 4 records"),
+        "{}",
+        said(&out)
+    );
+}
+
 /// A sealed segment rewritten with its link's sha256 and every hash after it
 /// recomputed: the pins all agree, only reading the segment's chain again shows it.
 #[test]
