@@ -136,6 +136,9 @@ pub enum AuditCommand {
         /// Which records.
         #[command(flatten)]
         filter: AuditFilter,
+        /// Also the sealed segments before the log, oldest first.
+        #[arg(long)]
+        segments: bool,
         /// Width of the details column.
         #[arg(long, default_value_t = 110)]
         width: usize,

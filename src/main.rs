@@ -177,10 +177,16 @@ fn audit(command: AuditCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(code(verdict.intact(), 1))
         }
-        AuditCommand::List { log, filter, width } => {
+        AuditCommand::List {
+            log,
+            filter,
+            segments,
+            width,
+        } => {
+            let files = files(log, segments);
             out!(
                 "{}",
-                report::AuditTable::read(&log, &filter.to_filter(), width)?
+                report::AuditTable::read(&files, &filter.to_filter(), width)?
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -198,11 +204,7 @@ fn audit(command: AuditCommand) -> anyhow::Result<ExitCode> {
             segments,
         } => {
             let filter = filter.to_filter();
-            let files = if segments {
-                audit::chain_files(&log)
-            } else {
-                vec![log]
-            };
+            let files = files(log, segments);
             for file in &files {
                 for r in audit::records(file)? {
                     let (line, rec) = r?;
@@ -244,6 +246,15 @@ fn audit(command: AuditCommand) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// The log alone, or with `segments` its whole chain, oldest first.
+fn files(log: std::path::PathBuf, segments: bool) -> Vec<std::path::PathBuf> {
+    if segments {
+        homeostat::audit::chain_files(&log)
+    } else {
+        vec![log]
     }
 }
 

@@ -199,51 +199,64 @@ impl fmt::Display for Rejected<'_> {
 /// `audit list`: the records a filter keeps, as a table, details cut to `width`.
 #[derive(Debug, Clone)]
 pub struct AuditTable {
-    /// The records kept, in log order.
-    pub records: Vec<AuditRecord>,
+    /// The records kept, in log order, each with its file.
+    pub records: Vec<(PathBuf, AuditRecord)>,
     /// Width of the details column.
     pub width: usize,
 }
 
 impl AuditTable {
-    /// Reads the records of a log that `filter` keeps (without verifying it).
-    pub fn read(log: &Path, filter: &audit::Filter, width: usize) -> Result<Self, AuditError> {
+    /// Reads the records of `files` (a log, or its chain oldest first) that `filter`
+    /// keeps, without verifying them.
+    pub fn read(
+        files: &[PathBuf],
+        filter: &audit::Filter,
+        width: usize,
+    ) -> Result<Self, AuditError> {
         let mut records = Vec::new();
-        for r in audit::records(log)? {
-            let (_, rec) = r?;
-            if filter.matches(&rec) {
-                records.push(rec);
+        for file in files {
+            for r in audit::records(file)? {
+                let (_, rec) = r?;
+                if filter.matches(&rec) {
+                    records.push((file.clone(), rec));
+                }
             }
         }
         Ok(AuditTable { records, width })
     }
 }
 
-/// The table's header line.
-fn audit_header(f: &mut fmt::Formatter<'_>) -> fmt::Result {
-    writeln!(f, "{:>5}  {:<24}  {:<16}  DETAILS", "SEQ", "TIME", "KIND")
-}
-
-/// One record as a table row.
-fn audit_row(f: &mut fmt::Formatter<'_>, r: &AuditRecord, width: usize) -> fmt::Result {
-    // The time and kind are the record's text too: escaped like the details.
-    writeln!(
-        f,
-        "{:>5}  {:<24}  {:<16}  {}",
-        r.seq,
-        audit::escape(&r.ts),
-        audit::escape(&r.kind),
-        audit::summarize(&r.kind, &r.data, width)
-    )
+/// The table: a header, then one row per record; when they come from several files,
+/// each file's rows under its name (sequence numbers start again in each).
+fn audit_rows(
+    f: &mut fmt::Formatter<'_>,
+    records: &[(PathBuf, AuditRecord)],
+    width: usize,
+) -> fmt::Result {
+    writeln!(f, "{:>5}  {:<24}  {:<16}  DETAILS", "SEQ", "TIME", "KIND")?;
+    let several = records.windows(2).any(|w| w[0].0 != w[1].0);
+    let mut current: Option<&Path> = None;
+    for (file, r) in records {
+        if several && current != Some(file.as_path()) {
+            writeln!(f, "  -- {}", file_name(file))?;
+            current = Some(file);
+        }
+        // The time and kind are the record's text too: escaped like the details.
+        writeln!(
+            f,
+            "{:>5}  {:<24}  {:<16}  {}",
+            r.seq,
+            audit::escape(&r.ts),
+            audit::escape(&r.kind),
+            audit::summarize(&r.kind, &r.data, width)
+        )?;
+    }
+    Ok(())
 }
 
 impl fmt::Display for AuditTable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        audit_header(f)?;
-        for r in &self.records {
-            audit_row(f, r, self.width)?;
-        }
-        Ok(())
+        audit_rows(f, &self.records, self.width)
     }
 }
 
@@ -297,17 +310,7 @@ impl fmt::Display for AuditIncident<'_> {
                 .collect::<Vec<_>>()
                 .join(", ")
         )?;
-        audit_header(f)?;
-        let mut current: Option<&Path> = None;
-        for (file, r) in &self.records {
-            // Sequence numbers start again in each segment: say which one a row is in.
-            if files.len() > 1 && current != Some(file.as_path()) {
-                writeln!(f, "  -- {}", file_name(file))?;
-                current = Some(file);
-            }
-            audit_row(f, r, self.width)?;
-        }
-        Ok(())
+        audit_rows(f, &self.records, self.width)
     }
 }
 

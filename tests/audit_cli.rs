@@ -194,6 +194,32 @@ fn show_reads_one_incident_across_a_sealed_segment_in_order() {
     let out = homeostat(&["audit", "show", "an-bbb", "--log", p(&log)]);
     assert_eq!(stdout(&out).matches("an-bbb").count(), 4, "{}", said(&out));
 
+    // list reads the current file unless asked for the segments too.
+    let list = |extra: &[&str]| {
+        let mut args = vec![
+            "audit",
+            "list",
+            "--log",
+            p(&log),
+            "--target",
+            "deployment=cart",
+        ];
+        args.extend_from_slice(extra);
+        stdout(&homeostat(&args))
+    };
+    assert_eq!(list(&[]).lines().count(), 2, "{}", list(&[]));
+    let all = list(&["--segments"]);
+    let rows: Vec<&str> = all.lines().collect();
+    assert_eq!(
+        rows.len(),
+        1 + 2 + 3,
+        "header, 2 file names, 3 records: {all}"
+    );
+    assert!(
+        rows[1].contains("-- audit.jsonl.1.sealed") && rows[4].trim() == "-- audit.jsonl",
+        "{all}"
+    );
+
     let out = homeostat(&["audit", "show", "an-zzz", "--log", p(&log)]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
