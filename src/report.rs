@@ -227,7 +227,7 @@ impl AuditTable {
 }
 
 /// The table: a header, then one row per record; when they come from several files,
-/// each file's rows under its name (sequence numbers start again in each).
+/// each file's rows under its name (after a seal, sequence numbers start again at 1).
 fn audit_rows(
     f: &mut fmt::Formatter<'_>,
     records: &[(PathBuf, AuditRecord)],
@@ -355,7 +355,7 @@ impl<'a> AuditVerdict<'a> {
             .links
             .iter()
             .take_while(|l| l.check.is_ok())
-            .filter_map(|l| Some((l.segment.clone()?, l.sealed.last_seq)))
+            .filter_map(|l| Some((l.segment.clone()?, *l.check.as_ref().ok()?)))
             .collect();
         files.reverse();
         files.push((self.log.to_path_buf(), *self.result.as_ref().unwrap_or(&0)));
@@ -390,11 +390,17 @@ impl fmt::Display for AuditVerdict<'_> {
                 link.log.display(),
                 audit::escape(&s.previous)
             )?;
-            match &link.check {
-                Ok(()) => write!(f, "sha256 matches")?,
-                Err(e) => write!(f, "BROKEN: {}", audit::escape(e))?,
-            }
-            write!(f, "; {} records verified", s.last_seq)?;
+            let verified = match &link.check {
+                Ok(n) => {
+                    write!(f, "sha256 matches")?;
+                    *n
+                }
+                Err(e) => {
+                    write!(f, "BROKEN: {}", audit::escape(e))?;
+                    s.last_seq
+                }
+            };
+            write!(f, "; {verified} records verified")?;
             if let (Some(line), Some(problem)) = (s.first_bad_line, &s.problem) {
                 write!(f, ", then line {line}: {}", audit::escape(problem))?;
             }
@@ -421,20 +427,14 @@ impl fmt::Display for AuditVerdict<'_> {
                         file_name(file)
                     )?;
                 } else if let Some((file, seq)) = &s.last {
-                    // Records after the last checkpoint: in its file, then in later ones.
-                    let at = files.iter().position(|(p, _)| p == file).unwrap_or(0);
-                    let after: u64 = files[at..]
-                        .iter()
-                        .enumerate()
-                        .map(|(i, (_, n))| if i == 0 { n.saturating_sub(*seq) } else { *n })
-                        .sum();
                     write!(
                         f,
-                        "\n{log}: signed: {} checkpoint{} hold; the last signs record {seq} of {}; {after} record{} after it (the checkpoint's own included) rest on the chain alone",
+                        "\n{log}: signed: {} checkpoint{} hold; the last signs record {seq} of {}; {} record{} after it (the checkpoint's own included) rest on the chain alone",
                         s.valid,
                         plural(s.valid as usize),
                         file_name(file),
-                        plural(after as usize),
+                        s.after,
+                        plural(s.after as usize),
                     )?;
                 } else {
                     write!(

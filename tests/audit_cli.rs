@@ -337,6 +337,19 @@ fn export_writes_the_records_exactly_and_they_re_verify() {
         segment + std::fs::read_to_string(&log).unwrap().as_str()
     );
 
+    // A rotation goes on with the numbering and the chain: the segments exported
+    // together are one log, which verifies as such.
+    let whole = d.path().join("whole.jsonl");
+    std::fs::write(&whole, &out.stdout).unwrap();
+    let last = audit::read_records(&whole).unwrap().pop().unwrap();
+    assert_eq!(last.seq, 4);
+    std::fs::write(
+        head_path(&whole),
+        json!({"seq": last.seq, "hash": last.hash}).to_string(),
+    )
+    .unwrap();
+    assert_eq!(audit::verify(&whole), Ok(4));
+
     // Filtered: only those records, each line still carrying a hash that checks.
     let out = homeostat(&[
         "audit",
@@ -380,8 +393,8 @@ fn rotation_keeps_one_chain_that_verify_counts_across_segments() {
     );
     assert_eq!(
         l.append("step", &json!({"i": 3})).unwrap(),
-        2,
-        "goes on in the new log"
+        5,
+        "goes on with the numbering, in the new log"
     );
     assert!(
         matches!(AuditLog::open(&log), Err(audit::AuditError::Busy { .. })),
@@ -442,7 +455,7 @@ async fn the_agent_rotates_and_signs_through_its_auditor() {
     assert!(auditor.rotate(u64::MAX).await.unwrap().is_none());
     let sealed = auditor.rotate(1).await.unwrap().expect("rotated");
     assert_eq!(sealed.link.last_seq, 2);
-    assert_eq!(auditor.record(stopped).await.unwrap(), 2);
+    assert_eq!(auditor.record(stopped).await.unwrap(), 4);
     assert_eq!(auditor.written(), 3);
     assert!(auditor.failed().is_none());
 
@@ -467,6 +480,72 @@ async fn the_agent_rotates_and_signs_through_its_auditor() {
         "{}",
         said(&out)
     );
+}
+
+/// The log a rotation starts is judged like any other: its first record may go on from
+/// the segment before it only as the link that says so, a crash before its head is
+/// recovered, and a cut tail is still caught against the head.
+#[test]
+fn a_rotated_log_is_judged_like_any_log() {
+    let (_d, log) = new_log();
+    let mut l = AuditLog::open(&log).unwrap();
+    for i in 0..3 {
+        l.append("step", &json!({"i": i})).unwrap();
+    }
+    l.rotate(0).unwrap();
+    l.append("step", &json!({"i": 3})).unwrap();
+    l.append("step", &json!({"i": 4})).unwrap();
+    drop(l);
+    assert_eq!(audit::verify(&log), Ok(3), "records in this file");
+    let lines: Vec<String> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| l.to_string() + "\n")
+        .collect();
+
+    // Cut to its first record and no head: what a crash during the rotation leaves.
+    std::fs::write(&log, &lines[0]).unwrap();
+    std::fs::remove_file(head_path(&log)).unwrap();
+    let mut l = AuditLog::open(&log).unwrap();
+    assert_eq!(
+        l.append("step", &json!({})).unwrap(),
+        6,
+        "recovered, numbering kept"
+    );
+    drop(l);
+    assert_eq!(audit::verify(&log), Ok(3));
+
+    // Whole records cut off the end: the head still tells.
+    std::fs::write(&log, lines[..2].concat()).unwrap();
+    let e = audit::verify(&log).unwrap_err();
+    assert!(
+        e.reason
+            .contains("log ends at record 5 but the head says 6 (truncated)"),
+        "{e}"
+    );
+
+    // Any other first record must start at 1 from 64 zeros: a step, or a link whose
+    // numbers do not match its place, that claims to go on from elsewhere is refused.
+    let mut records = parts(&log);
+    records.truncate(1);
+    for (kind, last_seq) in [("step", 3), ("audit_sealed", 2)] {
+        let mut data = records[0].2.clone();
+        data["last_seq"] = json!(last_seq);
+        let (line, _) = line(
+            4,
+            &records[0].0,
+            kind,
+            data["last_hash"].as_str().unwrap(),
+            &data,
+        );
+        std::fs::write(&log, line + "\n").unwrap();
+        let e = audit::verify(&log).unwrap_err();
+        assert_eq!(e.line, 1, "{kind}: {e}");
+        assert!(
+            e.reason.contains("sequence 4 where 1 was expected"),
+            "{kind}: {e}"
+        );
+    }
 }
 
 /// A sealed segment rewritten with its link's sha256 and every hash after it
@@ -680,7 +759,7 @@ fn checkpoints_are_checked_in_every_segment() {
     assert_eq!(out.status.code(), Some(0), "{}", said(&out));
     assert!(
         stdout(&out)
-            .contains("signed: 2 checkpoints hold; the last signs record 1 of audit.jsonl;"),
+            .contains("signed: 2 checkpoints hold; the last signs record 3 of audit.jsonl;"),
         "{}",
         said(&out)
     );

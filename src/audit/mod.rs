@@ -272,7 +272,8 @@ impl AuditLog {
         let mut log = AuditLog {
             path: path.to_path_buf(),
             file,
-            seq: scan.records,
+            // A log a rotation started goes on with the previous segment's numbering.
+            seq: scan.base + scan.records,
             last_hash: scan.last_hash,
             failed: Arc::default(),
         };

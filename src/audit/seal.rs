@@ -56,11 +56,15 @@ pub fn seal(log: &Path, reason: &str) -> Result<Sealed, AuditError> {
     // Refused while an agent writes the log: it would go on appending to the segment.
     let held = File::open(log).map_err(io_err(log))?;
     super::lock_writer(&held, log)?;
-    seal_held(log, reason)
+    seal_held(log, reason, false)
 }
 
-/// [`seal`] once the caller holds the log's writer lock.
-fn seal_held(log: &Path, reason: &str) -> Result<Sealed, AuditError> {
+/// [`seal`] once the caller holds the log's writer lock. With `continues` (a rotation
+/// of an intact log), the new log goes on with the old one's numbering and chain: its
+/// first record has the `seq` after, and as `prev` the hash of, the old one's last.
+/// Without (a seal, of a log perhaps damaged past its last good record, whose later
+/// lines may hold any `seq`), it starts again at 1 from [`GENESIS`].
+fn seal_held(log: &Path, reason: &str, continues: bool) -> Result<Sealed, AuditError> {
     let head = head_path(log);
     let (n, resumed) = match latest_segment(log)? {
         Some(m) if same_file(log, &segment_path(log, m)) => (m, true),
@@ -94,7 +98,7 @@ fn seal_held(log: &Path, reason: &str) -> Result<Sealed, AuditError> {
         previous: file_name(&segment),
         previous_sha256,
         previous_bytes,
-        last_seq: scan.records,
+        last_seq: scan.base + scan.records,
         last_hash: scan.last_hash.clone(),
         first_bad_line: problem.as_ref().map(|p| p.line),
         problem: problem.map(|p| p.reason),
@@ -109,7 +113,11 @@ fn seal_held(log: &Path, reason: &str) -> Result<Sealed, AuditError> {
         _ => sync_dir(log),
     }
     let (kind, data) = Event::AuditSealed(link.clone()).to_parts();
-    let (line, hash) = format_record(1, &kind, GENESIS, &data);
+    let (seq, prev) = match continues {
+        true => (link.last_seq + 1, link.last_hash.as_str()),
+        false => (1, GENESIS),
+    };
+    let (line, hash) = format_record(seq, &kind, prev, &data);
     let mut tmp = log.as_os_str().to_owned();
     tmp.push(".sealing");
     let tmp = PathBuf::from(tmp);
@@ -118,7 +126,7 @@ fn seal_held(log: &Path, reason: &str) -> Result<Sealed, AuditError> {
     f.sync_all().map_err(io_err(&tmp))?;
     std::fs::rename(&tmp, log).map_err(io_err(log))?;
     sync_dir(log);
-    write_head(log, &Head { seq: 1, hash })?;
+    write_head(log, &Head { seq, hash })?;
     Ok(Sealed {
         segment,
         link,
@@ -151,7 +159,7 @@ fn finish_interrupted(log: &Path) -> Result<Option<Sealed>, AuditError> {
     write_head(
         log,
         &Head {
-            seq: 1,
+            seq: scan.base + 1,
             hash: scan.last_hash,
         },
     )?;
@@ -219,9 +227,10 @@ pub struct Link {
     pub segment: Option<PathBuf>,
     /// What the link says.
     pub sealed: AuditSealed,
-    /// `Ok` if the segment is beside the log with the length and SHA-256 it was sealed
-    /// with, and its chain verifies as far as the link says; else what is wrong.
-    pub check: Result<(), String>,
+    /// `Ok` with the records it holds, chained, if the segment is beside the log with the
+    /// length and SHA-256 it was sealed with and its chain verifies as far as the link
+    /// says; else what is wrong.
+    pub check: Result<u64, String>,
 }
 
 /// The links from a log back through the segments sealed before it, each checked; empty
@@ -266,7 +275,7 @@ fn previous_path(log: &Path, name: &str) -> Result<PathBuf, String> {
 /// the link names and, where the link recorded no problem, ends there. The SHA-256
 /// alone pins the bytes; re-reading the chain also catches a link written by hand
 /// that calls a damaged segment intact.
-fn check_segment(path: &Path, sealed: &AuditSealed) -> Result<(), String> {
+fn check_segment(path: &Path, sealed: &AuditSealed) -> Result<u64, String> {
     let file = File::open(path).map_err(|e| format!("cannot open: {e}"))?;
     let scan = chain::read_chain(file, true).map_err(|e| format!("unreadable: {e}"))?;
     let (bytes, sha) = scan.file.clone().unwrap_or_default();
@@ -277,19 +286,20 @@ fn check_segment(path: &Path, sealed: &AuditSealed) -> Result<(), String> {
         ));
     }
     let clean = scan.broken.is_none() && scan.partial.is_none();
-    if (scan.records, scan.last_hash.as_str()) != (sealed.last_seq, sealed.last_hash.as_str())
+    let last_seq = scan.base + scan.records;
+    if (last_seq, scan.last_hash.as_str()) != (sealed.last_seq, sealed.last_hash.as_str())
         || (sealed.problem.is_none() && !clean)
     {
         return Err(format!(
             "its chain verifies to record {} ({}), not as its link says (record {})",
-            scan.records,
+            last_seq,
             scan.broken
                 .as_ref()
                 .map_or_else(|| "then ends".to_string(), |b| b.to_string()),
             sealed.last_seq
         ));
     }
-    Ok(())
+    Ok(scan.records)
 }
 
 /// The files of a log's linked chain that exist, oldest first: each sealed segment the
@@ -322,7 +332,7 @@ pub fn rotate(log: &Path, max_bytes: u64) -> Result<Option<Sealed>, AuditError> 
         path: log.to_path_buf(),
         reason: super::escape(&e.to_string()).into_owned(),
     })?;
-    seal_held(log, &rotation_reason(bytes, max_bytes)).map(Some)
+    seal_held(log, &rotation_reason(bytes, max_bytes), true).map(Some)
 }
 
 /// The `reason` of a rotation's `audit_sealed` record.
@@ -346,10 +356,11 @@ impl super::AuditLog {
         if self.seq == 0 || bytes < max_bytes {
             return Ok(None);
         }
-        let rotated = seal_held(&self.path, &rotation_reason(bytes, max_bytes)).and_then(|s| {
-            let next = super::AuditLog::open(&self.path)?;
-            Ok((s, next))
-        });
+        let rotated =
+            seal_held(&self.path, &rotation_reason(bytes, max_bytes), true).and_then(|s| {
+                let next = super::AuditLog::open(&self.path)?;
+                Ok((s, next))
+            });
         match rotated {
             Ok((sealed, next)) => {
                 // The old file (now the segment) is closed with its lock; the latch is
