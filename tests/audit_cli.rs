@@ -787,3 +787,61 @@ fn checkpoints_are_checked_in_every_segment() {
         said(&out)
     );
 }
+
+/// Numbers only a hostile hand writes (a link going on from the largest `seq`, a head
+/// or a segment named with it) give errors, never an overflow.
+#[test]
+fn the_largest_sequence_numbers_give_errors_not_overflows() {
+    let (d, log) = new_log();
+    let max = u64::MAX;
+    let prev = "ab".repeat(32);
+    let link = json!({"previous": "gone", "last_seq": max - 1, "last_hash": prev, "reason": "x"});
+    let (first, hash) = line(max, "2026-01-01T00:00:00Z", "audit_sealed", &prev, &link);
+    std::fs::write(&log, format!("{first}\n")).unwrap();
+    std::fs::write(
+        head_path(&log),
+        json!({"seq": max, "hash": hash}).to_string(),
+    )
+    .unwrap();
+    assert_eq!(audit::verify(&log), Ok(1));
+    let mut l = AuditLog::open(&log).unwrap();
+    assert!(matches!(
+        l.append("step", &json!({})),
+        Err(audit::AuditError::Failed { .. })
+    ));
+    drop(l);
+
+    // A second record after it cannot be numbered.
+    let (second, _) = line(max, "2026-01-01T00:00:00Z", "step", &hash, &json!({}));
+    std::fs::write(&log, format!("{first}\n{second}\n")).unwrap();
+    let e = audit::verify(&log).unwrap_err();
+    assert!(e.reason.contains("past the last there can be"), "{e}");
+    std::fs::write(&log, format!("{first}\n")).unwrap();
+
+    // A head at the largest number against a shorter log.
+    let other = d.path().join("other.jsonl");
+    AuditLog::open(&other)
+        .unwrap()
+        .append("step", &json!({}))
+        .unwrap();
+    std::fs::write(
+        head_path(&other),
+        json!({"seq": max, "hash": "00"}).to_string(),
+    )
+    .unwrap();
+    assert!(audit::verify(&other)
+        .unwrap_err()
+        .reason
+        .contains("truncated"));
+
+    // Rotating the log numbered to the end starts again at 1 rather than overflow.
+    let out = homeostat(&["audit", "rotate", "--log", p(&log)]);
+    assert_eq!(out.status.code(), Some(0), "{}", said(&out));
+    assert_eq!(audit::read_records(&log).unwrap()[0].seq, 1);
+
+    // A segment named with the largest number: no segment can follow it.
+    std::fs::write(segment_path(&other, max), "").unwrap();
+    std::fs::write(head_path(&other), "").unwrap();
+    let out = homeostat(&["audit", "seal", "--log", p(&other), "--reason", "x"]);
+    assert_eq!(out.status.code(), Some(1), "{}", said(&out));
+}

@@ -234,11 +234,14 @@ fn first(line: &[u8]) -> Result<(AuditRecord, u64), String> {
 fn check_record(line: &[u8], n: u64, prev: &str) -> Result<AuditRecord, String> {
     let line = std::str::from_utf8(line).map_err(|_| "not UTF-8 text".to_string())?;
     let rec = check_line(line)?;
-    if rec.seq != n + 1 {
+    // A hostile log may number its records up to the largest u64: never overflow.
+    let Some(expected) = n.checked_add(1) else {
+        return Err(format!("sequence {} past the last there can be", rec.seq));
+    };
+    if rec.seq != expected {
         return Err(format!(
-            "sequence {} where {} was expected (deleted, inserted or reordered)",
+            "sequence {} where {expected} was expected (deleted, inserted or reordered)",
             rec.seq,
-            n + 1
         ));
     }
     if rec.prev != prev {
@@ -352,7 +355,7 @@ fn mismatch(scan: &Scan, head: Option<&Head>) -> VerifyError {
                 h.seq
             ),
         ),
-        Some(h) if h.seq + 1 == last_seq && h.hash == scan.last_prev => at(
+        Some(h) if h.seq.checked_add(1) == Some(last_seq) && h.hash == scan.last_prev => at(
             n,
             format!(
                 "the head is one record behind the last (head says record {})",

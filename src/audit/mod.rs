@@ -64,12 +64,13 @@ const HASH_PREFIX: &str = ",\"hash\":\"";
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
     /// The file system refused.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file involved.
         path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
+        /// The underlying error: in the message, so not a `source` as well (a chain
+        /// printed whole would repeat it).
+        error: std::io::Error,
     },
     /// The existing log is damaged, so appending to it would hide the damage.
     #[error(
@@ -194,9 +195,9 @@ pub struct AuditLog {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> AuditError + '_ {
-    move |source| AuditError::Io {
+    move |error| AuditError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     }
 }
 
@@ -324,7 +325,13 @@ impl AuditLog {
                 reason: reason.clone(),
             });
         }
-        let seq = self.seq + 1;
+        // Only a log numbered by hand gets here; it takes no more records.
+        let Some(seq) = self.seq.checked_add(1) else {
+            return Err(AuditError::Failed {
+                path: self.path.clone(),
+                reason: "sequence numbers used up".into(),
+            });
+        };
         let (line, hash) = format_record(seq, kind, &self.last_hash, data);
         let written = self
             .file
@@ -358,7 +365,7 @@ fn read_head(log: &Path) -> Result<Option<Head>, AuditError> {
                 reason: format!("head file {}: unreadable: {e}", path.display()),
             }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(AuditError::Io { path, source: e }),
+        Err(e) => Err(AuditError::Io { path, error: e }),
     }
 }
 

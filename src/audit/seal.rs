@@ -68,7 +68,15 @@ fn seal_held(log: &Path, reason: &str, continues: bool) -> Result<Sealed, AuditE
     let head = head_path(log);
     let (n, resumed) = match latest_segment(log)? {
         Some(m) if same_file(log, &segment_path(log, m)) => (m, true),
-        Some(m) => (m + 1, false),
+        Some(m) => match m.checked_add(1) {
+            Some(n) => (n, false),
+            // A file named by hand with the largest number: no segment can follow it.
+            None => {
+                return Err(io_err(&segment_path(log, m))(
+                    std::io::ErrorKind::AlreadyExists.into(),
+                ))
+            }
+        },
         None => (1, false),
     };
     let segment = segment_path(log, n);
@@ -113,9 +121,10 @@ fn seal_held(log: &Path, reason: &str, continues: bool) -> Result<Sealed, AuditE
         _ => sync_dir(log),
     }
     let (kind, data) = Event::AuditSealed(link.clone()).to_parts();
-    let (seq, prev) = match continues {
-        true => (link.last_seq + 1, link.last_hash.as_str()),
-        false => (1, GENESIS),
+    let (seq, prev) = match link.last_seq.checked_add(1) {
+        Some(next) if continues => (next, link.last_hash.as_str()),
+        // A seal, or a log numbered up to the last u64 (only by hand): start again.
+        _ => (1, GENESIS),
     };
     let (line, hash) = format_record(seq, &kind, prev, &data);
     let mut tmp = log.as_os_str().to_owned();

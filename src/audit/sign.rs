@@ -25,12 +25,13 @@ use super::{AuditError, AuditLog, Checkpoint, Event};
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     /// The file system refused.
-    #[error("{path}: {source}", path = .path.display())]
+    #[error("{path}: {error}", path = .path.display())]
     Io {
         /// The key file.
         path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
+        /// The underlying error: in the message, so not a `source` as well (a chain
+        /// printed whole would repeat it).
+        error: std::io::Error,
     },
     /// `keygen` never overwrites a key: the old one may be the only way to check old
     /// checkpoints.
@@ -67,7 +68,7 @@ pub fn checkpoint_message(seq: u64, hash: &str) -> Vec<u8> {
 pub fn generate_key(out: &Path) -> Result<VerifyingKey, KeyError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
-        move |source| KeyError::Io { path, source }
+        move |error| KeyError::Io { path, error }
     };
     let pub_path = public_key_path(out);
     for p in [out, pub_path.as_path()] {
@@ -120,10 +121,10 @@ fn read_key_bytes(path: &Path, what: &'static str) -> Result<[u8; 32], KeyError>
     wipe_string(&mut text);
     match read {
         Err(e) if e.kind() == std::io::ErrorKind::InvalidData => return Err(malformed()),
-        Err(source) => {
+        Err(error) => {
             return Err(KeyError::Io {
                 path: path.to_path_buf(),
-                source,
+                error,
             })
         }
         Ok(_) => {}
