@@ -46,6 +46,8 @@ pub struct Config {
     pub openstack: Option<crate::act::openstack::Settings>,
     /// `[notify]`: Alertmanager for alarms and `notify.alertmanager`, and webhooks.
     pub notify: crate::act::notify::Settings,
+    /// `[guardrails]`: rate limits, concurrency, breaker, healthy floor, kill switch.
+    pub guardrails: crate::act::guard::Settings,
 }
 
 /// The Prometheus-API store to query (Prometheus, Thanos, Mimir, VictoriaMetrics).
@@ -345,6 +347,7 @@ impl Config {
                 "kubernetes",
                 "openstack",
                 "notify",
+                "guardrails",
             ],
         );
 
@@ -461,6 +464,7 @@ impl Config {
         let kubernetes = w.kubernetes(&root, base);
         let openstack = w.openstack(&root, base);
         let notify = w.notify(&root);
+        let guardrails = w.guardrails(&root, base, &agent.audit_log);
 
         let playbooks = match root.get("playbooks") {
             None => Vec::new(),
@@ -563,6 +567,7 @@ impl Config {
                 kubernetes,
                 openstack,
                 notify,
+                guardrails,
             })
         } else {
             Err(w.problems)
@@ -1122,6 +1127,62 @@ impl Walker {
             o.action_timeout = d;
         }
         Some(o)
+    }
+
+    /// `[guardrails]`: every key optional; the pause file defaults to `homeostat.pause`
+    /// beside the audit log.
+    fn guardrails(
+        &mut self,
+        root: &Table,
+        base: &Path,
+        audit_log: &Path,
+    ) -> crate::act::guard::Settings {
+        let t = self.table(root, "", "guardrails", false);
+        let p = "guardrails";
+        self.known(
+            &t,
+            p,
+            &[
+                "window",
+                "max_actions",
+                "max_actions_per_target",
+                "max_incidents",
+                "breaker_after",
+                "min_healthy",
+                "pause_file",
+            ],
+        );
+        let mut g = crate::act::guard::Settings {
+            pause_file: audit_log.with_file_name("homeostat.pause"),
+            ..Default::default()
+        };
+        if let Some(d) = self.duration(&t, p, "window", bounds::SERIES_TTL) {
+            g.window = d;
+        }
+        for (key, slot) in [
+            ("max_actions", &mut g.max_actions),
+            ("max_actions_per_target", &mut g.max_actions_per_target),
+            ("max_incidents", &mut g.max_incidents),
+            ("breaker_after", &mut g.breaker_after),
+        ] {
+            if let Some(n) = self.count(&t, p, key, 1, 100_000) {
+                *slot = n as u32;
+            }
+        }
+        if let Some(f) = self.float(&t, p, "min_healthy") {
+            if (0.0..=1.0).contains(&f) {
+                g.min_healthy = f;
+            } else {
+                self.err(
+                    "guardrails.min_healthy",
+                    format!("must be a fraction from 0 to 1, found {f}"),
+                );
+            }
+        }
+        if let Some(f) = self.opt_string(&t, p, "pause_file") {
+            g.pause_file = base.join(f);
+        }
+        g
     }
 
     /// `[notify]`: Alertmanager (alarms, `notify.alertmanager`) and webhook limits.

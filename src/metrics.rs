@@ -132,6 +132,11 @@ struct PlaybookInfoLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PlaybookLabel {
+    playbook: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AlarmLabels {
     result: &'static str,
 }
@@ -165,6 +170,8 @@ pub struct Metrics {
     playbook_info: Family<PlaybookInfoLabels, Gauge>,
     webhook_requests: Family<WebhookLabels, Counter>,
     alarms: Family<AlarmLabels, Counter>,
+    breakers: Family<PlaybookLabel, Gauge>,
+    paused: Gauge,
     actions: Family<ActionLabels, Counter>,
     http: HttpMetrics,
     ready: Gauge,
@@ -247,6 +254,18 @@ impl Metrics {
             "Alarm alerts for Alertmanager: sent, send_failed (batches retried at the next re-send), dropped (queue full)",
             alarms.clone(),
         );
+        let breakers = Family::default();
+        registry.register(
+            "homeostat_breaker_open",
+            "1 while a playbook's circuit breaker is open (it runs no more until reset)",
+            breakers.clone(),
+        );
+        let paused = Gauge::default();
+        registry.register(
+            "homeostat_paused",
+            "1 while the kill switch is thrown: nothing is executed",
+            paused.clone(),
+        );
         let actions = Family::default();
         registry.register(
             "homeostat_actions",
@@ -267,6 +286,8 @@ impl Metrics {
             playbook_info,
             webhook_requests,
             alarms,
+            breakers,
+            paused,
             actions,
             http,
             ready,
@@ -365,6 +386,20 @@ impl Metrics {
         self.alarms
             .get_or_create(&AlarmLabels { result: "dropped" })
             .inc();
+    }
+
+    /// A playbook's circuit breaker opened (`true`) or was reset.
+    pub fn breaker(&self, playbook: &str, open: bool) {
+        self.breakers
+            .get_or_create(&PlaybookLabel {
+                playbook: playbook.to_string(),
+            })
+            .set(i64::from(open));
+    }
+
+    /// The kill switch was thrown (`true`) or released.
+    pub fn set_paused(&self, paused: bool) {
+        self.paused.set(i64::from(paused));
     }
 
     /// A plan step ended.

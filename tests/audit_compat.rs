@@ -160,6 +160,7 @@ fn new_records_keep_the_line_layout_byte_for_byte() {
             verified: Some(false),
             failed: true,
             escalated: true,
+            refused_by: None,
         }]),
         actions: vec![restart],
     };

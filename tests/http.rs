@@ -59,6 +59,7 @@ impl Server {
         let state = AppState {
             metrics: metrics.clone(),
             alerts,
+            control: None,
         };
         let task = tokio::spawn(server::serve(listener, state, settings, async move {
             let _ = stopped.await;

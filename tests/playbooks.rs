@@ -146,9 +146,11 @@ async fn hostile_playbooks_fail_alone_while_a_good_one_verifies_and_escalates() 
     exporter.set("hs_test_latency{pod=\"spiky\"}", 400.0);
     agent
         .wait_for(
-            "the good playbook's incident to end",
+            "the good playbook's incident to end and the five hostile ones to fail",
             Duration::from_secs(40),
-            |a| !a.kinds("incident_done").is_empty(),
+            // Each hostile script runs to its own limit on a thread of its own: on a busy
+            // machine the last may fail after the good incident is over.
+            |a| !a.kinds("incident_done").is_empty() && a.kinds("playbook_failed").len() >= 5,
         )
         .await;
     assert!(agent.is_running(), "{}", agent.logs.text());

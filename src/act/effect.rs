@@ -32,6 +32,8 @@ pub enum Outcome {
     NotExecuted,
     /// Not run because an earlier step of the plan stopped it.
     NotRun,
+    /// Not run, or interrupted, because the kill switch is thrown.
+    Paused,
 }
 
 impl Outcome {
@@ -46,6 +48,7 @@ impl Outcome {
             Outcome::DryRun => "dry_run",
             Outcome::NotExecuted => "not_executed",
             Outcome::NotRun => "not_run",
+            Outcome::Paused => "paused",
         }
     }
 

@@ -7,8 +7,11 @@
 //! requests, `dry-run` sends them as the API's own dry run (or records them where the
 //! API has none), `approval` records the step as not executed.
 
+pub mod control;
 pub mod effect;
+pub mod guard;
 pub mod k8s;
+mod live;
 pub mod notify;
 pub mod openstack;
 
@@ -19,14 +22,15 @@ use tokio::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 pub use effect::{ActError, Effector, Outcome, Prepared, Report, Request};
+pub use guard::Refusal;
 
 use crate::anomaly::Anomaly;
 use crate::audit::{
-    ActionIntent, ActionOutcome, AuditError, Auditor, EscalationLimit, Event, IncidentDone,
-    PlanChosen, PlaybookFailed, Verification,
+    ActionIntent, ActionOutcome, AuditError, Auditor, BreakerTripped, EscalationLimit, Event,
+    GuardrailRefused, IncidentDone, PlanChosen, PlaybookFailed, Verification,
 };
 use crate::playbook::{Action, Limits, Mode, OnFailure, Plan, Playbook, World};
 use crate::source::{unix_now, Source};
@@ -123,6 +127,15 @@ pub fn effective_mode(playbook: Mode, cap: Mode) -> Mode {
     }
 }
 
+/// How a refused step ended: paused, or refused.
+fn refusal_outcome(r: &Refusal) -> Outcome {
+    if r.rule == "paused" {
+        Outcome::Paused
+    } else {
+        Outcome::Refused
+    }
+}
+
 /// A step's time limit: its `params.timeout`, or its layer's default.
 fn step_timeout(action: &Action, default: Duration) -> Duration {
     action
@@ -155,6 +168,9 @@ pub struct StepResult {
     pub failed: bool,
     /// Whether its failure escalated to `on_result`.
     pub escalated: bool,
+    /// The guardrail that refused it, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused_by: Option<String>,
 }
 
 /// Everything the executor needs.
@@ -178,6 +194,8 @@ pub struct Executor {
     pub mode_cap: Mode,
     /// Where step outcomes are counted.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The guardrails every incident and action passes.
+    pub guard: Arc<guard::Guard>,
 }
 
 impl Executor {
@@ -190,6 +208,59 @@ impl Executor {
         plan: Plan,
         plan_seq: u64,
     ) -> Result<(), AuditError> {
+        let _slot = match self.guard.begin_incident(&playbook) {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                warn!(playbook = %playbook.name, anomaly = %anomaly.id, rule = refusal.rule, "incident refused: {}", refusal.message);
+                self.refuse(&plan, 0, 0, None, &refusal).await?;
+                return Ok(());
+            }
+        };
+        let last = self
+            .rounds(playbook.clone(), anomaly.clone(), plan, plan_seq)
+            .await?;
+        // Refusals by guardrails are not the playbook's failures: a storm held back
+        // must not disable the playbook that would fix it.
+        let failed = last
+            .iter()
+            .any(|r| r.failed && r.refused_by.is_none() && r.outcome != Outcome::Paused);
+        let acted = last
+            .iter()
+            .any(|r| r.refused_by.is_none() && r.outcome != Outcome::NotRun);
+        if !acted {
+            return Ok(());
+        }
+        if let Some(failures) = self.guard.incident_ended(&playbook.name, failed) {
+            error!(playbook = %playbook.name, failures, "circuit breaker open: the playbook runs no more until an SRE resets it (homeostat breaker reset)");
+            self.audit
+                .record(Event::BreakerTripped(BreakerTripped {
+                    playbook: playbook.name.clone(),
+                    failures,
+                }))
+                .await?;
+            self.metrics.breaker(&playbook.name, true);
+            if let Some(n) = &self.effectors.notify {
+                n.spawn_alert(
+                    "HomeostatBreakerOpen",
+                    &playbook.name,
+                    format!(
+                        "playbook {} disabled after {failures} failed incidents; reset it once understood",
+                        playbook.name
+                    ),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The plan's rounds: the plan, then `on_result`'s follow-ups; the last results.
+    async fn rounds(
+        &self,
+        playbook: Arc<Playbook>,
+        anomaly: Anomaly,
+        plan: Plan,
+        plan_seq: u64,
+    ) -> Result<Vec<StepResult>, AuditError> {
         let mut plan = plan;
         let mut plan_seq = plan_seq;
         let mut round = 0;
@@ -202,9 +273,10 @@ impl Executor {
             };
             let results = self.execute(&playbook, &plan, round, &ctx).await?;
             if !playbook.has_on_result {
-                return Ok(());
+                return Ok(results);
             }
             let r = serde_json::to_value(&results).expect("results serialise");
+            let last = results.clone();
             let (pb, a, limits, world) = (
                 playbook.clone(),
                 anomaly.clone(),
@@ -227,7 +299,7 @@ impl Executor {
                             results,
                         }))
                         .await?;
-                    return Ok(());
+                    return Ok(last);
                 }
                 Ok(Some(next)) if round < self.max_follow_ups => {
                     round += 1;
@@ -255,7 +327,7 @@ impl Executor {
                             dropped_actions: next.actions,
                         }))
                         .await?;
-                    return Ok(());
+                    return Ok(last);
                 }
                 Err(e) => {
                     warn!(playbook = %playbook.name, anomaly = %anomaly.id, error = %e, "on_result failed");
@@ -267,7 +339,7 @@ impl Executor {
                             error: e,
                         }))
                         .await?;
-                    return Ok(());
+                    return Ok(last);
                 }
             }
         }
@@ -297,10 +369,28 @@ impl Executor {
                 verified: None,
                 failed: false,
                 escalated: false,
+                refused_by: None,
             };
             if stopped {
                 results.push(result);
                 continue;
+            }
+            if mode != Mode::Approval {
+                if let Err(refusal) = self.check(playbook, action, ctx).await {
+                    warn!(playbook = %plan.playbook, anomaly = %plan.anomaly_id, step, rule = refusal.rule, "{action}: refused: {}", refusal.message);
+                    self.refuse(plan, round, step, Some(action), &refusal)
+                        .await?;
+                    self.metrics
+                        .action(&action.kind, refusal_outcome(&refusal).as_str());
+                    result.outcome = refusal_outcome(&refusal);
+                    result.detail =
+                        serde_json::json!({ "rule": refusal.rule, "message": refusal.message });
+                    result.refused_by = Some(refusal.rule.into());
+                    result.failed = true;
+                    stopped = true;
+                    results.push(result);
+                    continue;
+                }
             }
             let report = self
                 .dispatch(playbook, plan, round, step, action, mode, ctx)
@@ -343,6 +433,44 @@ impl Executor {
             results.push(result);
         }
         Ok(results)
+    }
+
+    /// Every guardrail, in order: the kill switch, then the rules that read live state
+    /// (so a refused action uses up no rate budget), then the counting ones.
+    async fn check(
+        &self,
+        playbook: &Playbook,
+        action: &Action,
+        ctx: &notify::Context,
+    ) -> Result<(), Refusal> {
+        if let Some(reason) = self.guard.paused() {
+            return Err(Refusal::new("paused", reason));
+        }
+        live::check(self, playbook, action, ctx).await?;
+        self.guard.admit(playbook, action, Instant::now())
+    }
+
+    /// Audits a refusal (`step` 0: the whole incident).
+    async fn refuse(
+        &self,
+        plan: &Plan,
+        round: usize,
+        step: usize,
+        action: Option<&Action>,
+        refusal: &Refusal,
+    ) -> Result<u64, AuditError> {
+        self.audit
+            .record(Event::GuardrailRefused(GuardrailRefused {
+                anomaly_id: plan.anomaly_id.clone(),
+                playbook: plan.playbook.clone(),
+                round,
+                step,
+                kind: action.map(|a| a.kind.clone()).unwrap_or_default(),
+                target: action.map(|a| a.target.clone()).unwrap_or_default(),
+                rule: refusal.rule.into(),
+                message: refusal.message.clone(),
+            }))
+            .await
     }
 
     /// Reads the target, records the intent with the exact requests (durable before
@@ -422,9 +550,32 @@ impl Executor {
                 }),
             });
         }
-        Ok(effector
-            .execute(action, prepared, mode == Mode::DryRun, deadline)
-            .await)
+        // The kill switch also stops an action that is waiting (a retry, an effect
+        // not yet seen): what it left behind is read and recorded.
+        let run = effector.execute(action, prepared, mode == Mode::DryRun, deadline);
+        tokio::select! {
+            report = run => Ok(report),
+            reason = self.until_paused() => {
+                let observed = effector.observe(action).await;
+                Ok(Report {
+                    outcome: Outcome::Paused,
+                    detail: serde_json::json!({
+                        "message": format!("interrupted by pause ({reason}): requests may have been sent"),
+                        "observed": observed.unwrap_or_else(Value::String),
+                    }),
+                })
+            }
+        }
+    }
+
+    /// Resolves with the reason once the kill switch is thrown (checked every interval).
+    async fn until_paused(&self) -> String {
+        loop {
+            tokio::time::sleep(self.verify_every).await;
+            if let Some(reason) = self.guard.paused() {
+                return reason;
+            }
+        }
     }
 
     /// Polls the step's PromQL condition until it returns data or the deadline passes.
@@ -531,6 +682,13 @@ mod tests {
             effectors: Effectors::default(),
             mode_cap: Mode::DryRun,
             metrics: Arc::new(crate::metrics::Metrics::new(Duration::from_secs(60))),
+            guard: guard::Guard::new(
+                guard::Settings {
+                    pause_file: dir.path().join("pause"),
+                    ..Default::default()
+                },
+                Default::default(),
+            ),
         };
         let plan = Plan {
             playbook: "drain".into(),

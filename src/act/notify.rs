@@ -81,6 +81,69 @@ impl Notifier {
         Notifier { settings, http }
     }
 
+    /// Whether an Alertmanager is configured.
+    pub fn has_alertmanager(&self) -> bool {
+        self.settings.alertmanager_url.is_some()
+    }
+
+    /// GETs a JSON array from Alertmanager's API v2.
+    async fn get_list(&self, path: &str) -> Result<Vec<Value>, String> {
+        let base = self
+            .settings
+            .alertmanager_url
+            .as_deref()
+            .ok_or("no Alertmanager is configured")?;
+        let r = self
+            .http
+            .get(format!("{base}{path}"))
+            .send()
+            .await
+            .map_err(|e| without_url(&e))?;
+        if !r.status().is_success() {
+            return Err(format!("{path}: HTTP {}", r.status().as_u16()));
+        }
+        r.json::<Vec<Value>>()
+            .await
+            .map_err(|e| format!("{path}: unreadable answer: {}", without_url(&e)))
+    }
+
+    /// Alerts firing now (active, neither silenced nor inhibited).
+    pub async fn firing_alerts(&self) -> Result<Vec<Value>, String> {
+        self.get_list("/api/v2/alerts?active=true&silenced=false&inhibited=false")
+            .await
+    }
+
+    /// Silences, as Alertmanager lists them (with their `status.state`).
+    pub async fn silences(&self) -> Result<Vec<Value>, String> {
+        self.get_list("/api/v2/silences").await
+    }
+
+    /// Posts a one-off alert about homeostat itself (a breaker that opened) in the
+    /// background; a failure is logged, never waited for.
+    pub fn spawn_alert(self: &Arc<Self>, alertname: &str, playbook: &str, summary: String) {
+        let Some(base) = self.settings.alertmanager_url.clone() else {
+            return;
+        };
+        let now = SystemTime::now();
+        let labels = Map::from_iter([
+            ("alertname".to_string(), Value::from(alertname)),
+            ("playbook".to_string(), playbook.into()),
+            ("severity".to_string(), "critical".into()),
+        ]);
+        let annotations = Map::from_iter([("summary".to_string(), Value::from(summary))]);
+        let alert = self.alert(labels, annotations, now, Some(now + NOTIFICATION_TTL));
+        let me = self.clone();
+        tokio::spawn(async move {
+            let deadline = Instant::now() + me.timeout();
+            let r = me
+                .post(&format!("{base}/api/v2/alerts"), &json!([alert]), deadline)
+                .await;
+            if r.outcome != Outcome::Done {
+                warn!(detail = %r.detail, "could not tell Alertmanager");
+            }
+        });
+    }
+
     /// The time limit of one notification, retries and their backoff included.
     pub fn timeout(&self) -> Duration {
         (self.settings.timeout + Duration::from_secs(4)) * (self.settings.retries + 1)

@@ -17,6 +17,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
+use crate::act::control::Control;
 use crate::act::notify::{AlarmEvent, Alarms};
 use crate::act::{Effectors, Executor};
 use crate::anomaly::Anomaly;
@@ -179,9 +180,12 @@ pub async fn run(
     }
     let spool = Arc::new(spool);
     let (stop_tx, mut server_stop) = signal_watch::channel(false);
+    let guard = crate::act::guard::Guard::new(config.guardrails.clone(), Default::default());
+    let control = Control::new(guard.clone(), audit.clone(), metrics.clone());
     let state = AppState {
         metrics: metrics.clone(),
         alerts: spool.clone(),
+        control: Some(control.clone()),
     };
     let server = tokio::spawn(server::serve(
         listener,
@@ -212,6 +216,7 @@ pub async fn run(
         effectors: effectors.clone(),
         mode_cap: config.agent.mode,
         metrics: metrics.clone(),
+        guard: guard.clone(),
     };
     let reconcile_effectors = effectors;
     let dispatcher = Dispatcher::new(
@@ -228,6 +233,7 @@ pub async fn run(
     let mut plans = PlanAges::default();
     let mut unclosed = BTreeMap::new();
     let mut intents = BTreeMap::new();
+    let mut tripped = BTreeSet::new();
     crate::audit::scan(
         audit.path(),
         &[
@@ -238,16 +244,32 @@ pub async fn run(
             "action_intent",
             "action_outcome",
             "action_reconciled",
+            "breaker_tripped",
+            "breaker_reset",
         ],
         |r| {
             // One that does not read as its kind is skipped: it cannot be resumed from.
             if let Ok(event) = r.event() {
+                match &event {
+                    Event::BreakerTripped(b) => {
+                        tripped.insert(b.playbook.clone());
+                    }
+                    Event::BreakerReset(b) => {
+                        tripped.remove(&b.playbook);
+                    }
+                    _ => {}
+                }
                 restore::track_open(&mut unclosed, &event);
                 restore::track_intent(&mut intents, r.seq, &event);
                 plans.note(&event, r.time(), now);
             }
         },
     )?;
+    for playbook in tripped {
+        warn!(playbook = %playbook, "circuit breaker still open from a previous run: the playbook runs no more until reset");
+        guard.restore_tripped(&playbook);
+        metrics.breaker(&playbook, true);
+    }
     // An action a stop cut off between its intent and its outcome may or may not have
     // happened: read its target and record what is there. Running it again could do
     // it twice (a second reboot, a second drain); the incident is over either way.
@@ -399,6 +421,7 @@ pub async fn run(
                     continue;
                 }
             }
+            control.sync().await?;
             // Queries are cancellable; processing (audit writes, dispatch) runs to completion.
             let results = tokio::select! {
                 _ = &mut shutdown => return Ok(()),

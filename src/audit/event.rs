@@ -58,6 +58,16 @@ pub enum Event {
     /// An intent left without an outcome by a crash, reconciled at start by reading
     /// its target (never by running it again).
     ActionReconciled(ActionReconciled),
+    /// A guardrail refused an incident (step 0) or an action; nothing was sent.
+    GuardrailRefused(GuardrailRefused),
+    /// A playbook's circuit breaker opened: it runs no more until an SRE resets it.
+    BreakerTripped(BreakerTripped),
+    /// An SRE reset a playbook's circuit breaker.
+    BreakerReset(BreakerReset),
+    /// The kill switch was thrown: nothing is executed until resumed.
+    Paused(Paused),
+    /// The kill switch was released.
+    Resumed(Resumed),
     /// Whether a step's success condition came true in time.
     Verification(Verification),
     /// An incident's last round ran and `on_result` asked for nothing more.
@@ -389,6 +399,68 @@ pub struct ActionOutcome {
     /// What the API answered or what was observed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<Value>,
+}
+
+/// `guardrail_refused`: which rule said no to what.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GuardrailRefused {
+    /// The anomaly or alert id.
+    pub anomaly_id: String,
+    /// The playbook.
+    pub playbook: String,
+    /// The plan's round.
+    pub round: usize,
+    /// 1-based step number; 0 when the whole incident was refused.
+    pub step: usize,
+    /// The action kind (empty for an incident).
+    pub kind: String,
+    /// Its target.
+    pub target: BTreeMap<String, String>,
+    /// The rule (`paused`, `breaker`, `max_actions`, `blast_radius`, `interlock`, ...).
+    pub rule: String,
+    /// What the rule saw.
+    pub message: String,
+}
+
+/// `breaker_tripped`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BreakerTripped {
+    /// The playbook now disabled.
+    pub playbook: String,
+    /// Its consecutive failed or unverified incidents.
+    pub failures: u32,
+}
+
+/// `breaker_reset`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BreakerReset {
+    /// The playbook enabled again.
+    pub playbook: String,
+    /// Who reset it (`api`, `cli`, a user name).
+    pub by: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// `paused`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Paused {
+    /// Why.
+    pub reason: String,
+    /// Who or what (`api`, `cli`, `file` when the pause file appeared by other means).
+    pub by: String,
+}
+
+/// `resumed`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Resumed {
+    /// Who or what.
+    pub by: String,
 }
 
 /// `action_reconciled`: at start, an intent found without its outcome (the agent

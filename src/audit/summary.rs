@@ -132,6 +132,27 @@ impl Event {
                 }
                 line
             }
+            Event::GuardrailRefused(g) => format!(
+                "{} step {}: {} refused by {}: {}",
+                g.anomaly_id,
+                g.step,
+                if g.kind.is_empty() {
+                    "incident"
+                } else {
+                    g.kind.as_str()
+                },
+                g.rule,
+                g.message
+            ),
+            Event::BreakerTripped(b) => format!(
+                "{}: circuit breaker open after {} failed incidents",
+                b.playbook, b.failures
+            ),
+            Event::BreakerReset(b) => {
+                format!("{}: breaker reset by {}: {}", b.playbook, b.by, b.reason)
+            }
+            Event::Paused(p) => format!("paused by {}: {}", p.by, p.reason),
+            Event::Resumed(r) => format!("resumed by {}", r.by),
             Event::ActionReconciled(r) => format!(
                 "{} step {}: {} left without outcome by a stop (intent #{}): {}",
                 r.anomaly_id,

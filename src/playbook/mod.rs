@@ -183,6 +183,8 @@ pub struct Playbook {
     pub cooldown: Duration,
     /// Whether it defines `fn on_result(anomaly, results)`.
     pub has_on_result: bool,
+    /// Its own guardrails (`PLAYBOOK.limits`).
+    pub limits: crate::act::guard::PlaybookLimits,
     ast: AST,
 }
 
@@ -301,11 +303,19 @@ impl Playbook {
                 scope: m.scope,
                 group_by: m.group_by,
                 cooldown: m.cooldown,
+                limits: m.limits,
                 has_on_result,
                 ast,
             }),
             _ => Err(invalid(problems)),
         }
+    }
+
+    /// The same playbook under another name (tests of rules that count per playbook).
+    #[cfg(test)]
+    pub fn renamed(mut self, name: &str) -> Playbook {
+        self.name = name.into();
+        self
     }
 
     /// Whether any trigger matches.
@@ -443,6 +453,7 @@ struct Meta {
     scope: Scope,
     group_by: Vec<String>,
     cooldown: Duration,
+    limits: crate::act::guard::PlaybookLimits,
 }
 
 const META_KEYS: &[&str] = &[
@@ -454,6 +465,7 @@ const META_KEYS: &[&str] = &[
     "allowed",
     "group_by",
     "cooldown",
+    "limits",
 ];
 
 fn parse_meta(meta: &Value, problems: &mut Vec<String>) -> Option<Meta> {
@@ -541,6 +553,10 @@ fn parse_meta(meta: &Value, problems: &mut Vec<String>) -> Option<Meta> {
         None => DEFAULT_COOLDOWN,
         Some(v) => duration(v, "PLAYBOOK.cooldown", problems).unwrap_or(DEFAULT_COOLDOWN),
     };
+    let limits = match m.get("limits") {
+        None => Default::default(),
+        Some(v) => parse_limits(v, problems),
+    };
     Some(Meta {
         name,
         description,
@@ -549,7 +565,91 @@ fn parse_meta(meta: &Value, problems: &mut Vec<String>) -> Option<Meta> {
         scope,
         group_by,
         cooldown,
+        limits,
     })
+}
+
+const LIMIT_KEYS: &[&str] = &[
+    "max_actions",
+    "window",
+    "max_incidents",
+    "interlock",
+    "min_healthy",
+    "approval_ttl",
+];
+
+/// `PLAYBOOK.limits`: this playbook's own guardrails.
+fn parse_limits(v: &Value, problems: &mut Vec<String>) -> crate::act::guard::PlaybookLimits {
+    let mut l = crate::act::guard::PlaybookLimits::default();
+    let Value::Object(m) = v else {
+        problems.push("PLAYBOOK.limits: must be a map".into());
+        return l;
+    };
+    for k in m.keys() {
+        if !LIMIT_KEYS.contains(&k.as_str()) {
+            problems.push(format!(
+                "PLAYBOOK.limits.{k}: unknown field (expected one of: {})",
+                LIMIT_KEYS.join(", ")
+            ));
+        }
+    }
+    let count = |key: &str, problems: &mut Vec<String>| match m.get(key) {
+        None => None,
+        Some(Value::Number(n)) if n.as_u64().is_some_and(|n| (1..=100_000).contains(&n)) => {
+            n.as_u64().map(|n| n as u32)
+        }
+        Some(other) => {
+            problems.push(format!(
+                "PLAYBOOK.limits.{key}: expected a count from 1 to 100000, got {other}"
+            ));
+            None
+        }
+    };
+    l.max_actions = count("max_actions", problems);
+    l.max_incidents = count("max_incidents", problems);
+    let bounded = |key: &str, max: Duration, problems: &mut Vec<String>| {
+        let d = duration(m.get(key)?, &format!("PLAYBOOK.limits.{key}"), problems)?;
+        if d.is_zero() || d > max {
+            problems.push(format!(
+                "PLAYBOOK.limits.{key}: must be between 1s and {}",
+                humantime::format_duration(max)
+            ));
+            return None;
+        }
+        Some(d)
+    };
+    l.window = bounded("window", Duration::from_secs(7 * 86_400), problems);
+    l.approval_ttl = bounded("approval_ttl", Duration::from_secs(7 * 86_400), problems);
+    l.min_healthy = match m.get("min_healthy") {
+        None => None,
+        Some(Value::Number(n)) if n.as_f64().is_some_and(|f| (0.0..=1.0).contains(&f)) => {
+            n.as_f64()
+        }
+        Some(other) => {
+            problems.push(format!(
+                "PLAYBOOK.limits.min_healthy: expected a fraction from 0 to 1, got {other}"
+            ));
+            None
+        }
+    };
+    match m.get("interlock") {
+        None => {}
+        Some(Value::Array(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                let path = format!("PLAYBOOK.limits.interlock[{i}]");
+                let ms = matchers(Some(item), &path, problems);
+                if ms.is_empty() {
+                    problems.push(format!("{path}: needs at least one label matcher"));
+                } else {
+                    l.interlock.push(ms);
+                }
+            }
+        }
+        Some(_) => problems.push(
+            "PLAYBOOK.limits.interlock: must be an array of alert matchers like #{ alertname: \"NodeDown\" }".into(),
+        ),
+    }
+    l
 }
 
 fn duration(v: &Value, path: &str, problems: &mut Vec<String>) -> Option<Duration> {

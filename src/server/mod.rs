@@ -25,6 +25,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
+use crate::act::control::{Control, ControlError};
 use crate::anomaly::AlertmanagerWebhook;
 use crate::config::{is_loopback, ApiConfig};
 use crate::metrics::{HttpRejection, Metrics, WebhookResult, CONTENT_TYPE};
@@ -40,6 +41,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Where accepted alerts go: on disk before the webhook answers 202.
     pub alerts: Arc<Spool>,
+    /// The kill switch and breakers (`None`: the control endpoints answer 503).
+    pub control: Option<Arc<Control>>,
 }
 
 /// The routes: reads are open, writes need the token ([`auth::require_token`]).
@@ -50,6 +53,10 @@ pub fn router(state: AppState, settings: &ServerSettings) -> Router {
             "/api/v1/alertmanager",
             post(alertmanager).layer(DefaultBodyLimit::max(settings.max_body_bytes)),
         )
+        .route("/api/v1/pause", post(pause))
+        .route("/api/v1/resume", post(resume))
+        .route("/api/v1/breakers/{playbook}/reset", post(reset_breaker))
+        .layer(DefaultBodyLimit::max(settings.max_body_bytes))
         .route_layer(axum::middleware::from_fn_with_state(
             guard,
             auth::require_token,
@@ -58,6 +65,7 @@ pub fn router(state: AppState, settings: &ServerSettings) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/api/v1/status", get(status))
         .merge(writes)
         .with_state(state)
 }
@@ -151,6 +159,113 @@ async fn alertmanager(
             tracing::error!(error = %e, "alert intake task failed; answered 503");
             (StatusCode::SERVICE_UNAVAILABLE, "retry later\n").into_response()
         }
+    }
+}
+
+/// The body of a control request: who asks, and why (both optional).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct ControlRequest {
+    reason: String,
+    by: String,
+}
+
+impl ControlRequest {
+    fn by(&self) -> &str {
+        if self.by.is_empty() {
+            "api"
+        } else {
+            &self.by
+        }
+    }
+}
+
+fn json_body(v: serde_json::Value) -> ([(header::HeaderName, &'static str); 1], String) {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        format!("{v}\n"),
+    )
+}
+
+/// A control request refused before it reached the control: status and message.
+type Refused = (StatusCode, String);
+
+fn refused((status, error): Refused) -> Response {
+    (status, json_body(serde_json::json!({ "error": error }))).into_response()
+}
+
+/// The control, and the request's optional JSON body (an empty one is all defaults).
+fn control_request(s: &AppState, body: &Bytes) -> Result<(Arc<Control>, ControlRequest), Refused> {
+    let control = s.control.clone().ok_or((
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the agent is not running its control loop".to_string(),
+    ))?;
+    let req = if body.iter().all(u8::is_ascii_whitespace) {
+        ControlRequest::default()
+    } else {
+        serde_json::from_slice(body).map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?
+    };
+    Ok((control, req))
+}
+
+fn control_result(r: Result<bool, ControlError>, what: &str) -> Response {
+    match r {
+        Ok(changed) => (
+            StatusCode::OK,
+            json_body(serde_json::json!({ "ok": true, "changed": changed, "what": what })),
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, what, "control request failed");
+            refused((StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+        }
+    }
+}
+
+/// `POST /api/v1/pause`: throws the kill switch (`{"reason": ..., "by": ...}`).
+async fn pause(State(s): State<AppState>, body: Bytes) -> Response {
+    let (c, req) = match control_request(&s, &body) {
+        Ok(x) => x,
+        Err(e) => return refused(e),
+    };
+    let reason = if req.reason.is_empty() {
+        "paused through the API"
+    } else {
+        &req.reason
+    };
+    control_result(c.pause(reason, req.by()).await, "paused")
+}
+
+/// `POST /api/v1/resume`: releases the kill switch.
+async fn resume(State(s): State<AppState>, body: Bytes) -> Response {
+    let (c, req) = match control_request(&s, &body) {
+        Ok(x) => x,
+        Err(e) => return refused(e),
+    };
+    control_result(c.resume(req.by()).await, "resumed")
+}
+
+/// `POST /api/v1/breakers/{playbook}/reset`: closes a playbook's circuit breaker.
+async fn reset_breaker(
+    State(s): State<AppState>,
+    axum::extract::Path(playbook): axum::extract::Path<String>,
+    body: Bytes,
+) -> Response {
+    let (c, req) = match control_request(&s, &body) {
+        Ok(x) => x,
+        Err(e) => return refused(e),
+    };
+    control_result(
+        c.reset_breaker(&playbook, req.by(), &req.reason).await,
+        "breaker reset",
+    )
+}
+
+/// `GET /api/v1/status`: paused or not, and open breakers.
+async fn status(State(s): State<AppState>) -> Response {
+    match control_request(&s, &Bytes::new()) {
+        Ok((c, _)) => (StatusCode::OK, json_body(c.status())).into_response(),
+        Err(e) => refused(e),
     }
 }
 
