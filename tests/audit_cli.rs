@@ -608,8 +608,17 @@ fn keygen_writes_a_private_key_only_its_owner_reads_and_never_overwrites() {
     );
     let secret = std::fs::read_to_string(&key).unwrap();
     let public_hex = std::fs::read_to_string(&public).unwrap();
-    assert_eq!((secret.trim().len(), public_hex.trim().len()), (64, 64));
-    assert_ne!(secret, public_hex);
+    let hex_of = |text: &str, label: &str| {
+        let (l, hex) = text.trim().split_once(' ').unwrap();
+        assert_eq!(l, label);
+        assert_eq!(hex.len(), 64);
+        hex.to_string()
+    };
+    let (secret_hex, public_hex) = (
+        hex_of(&secret, "homeostat-audit-ed25519-private"),
+        hex_of(&public_hex, "homeostat-audit-ed25519-public"),
+    );
+    assert_ne!(secret_hex, public_hex);
     let out = homeostat(&["audit", "keygen", "--out", p(&key)]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("already exists"), "{}", said(&out));
@@ -634,6 +643,28 @@ fn keygen_writes_a_private_key_only_its_owner_reads_and_never_overwrites() {
         stderr(&out).contains("junk: not a homeostat private key"),
         "{}",
         said(&out)
+    );
+    // Nor is the public key taken for the private one, or the other way round.
+    let out = homeostat(&["audit", "checkpoint", "--log", p(&log), "--key", p(&public)]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(
+            "not a homeostat private key: expected one line `homeostat-audit-ed25519-private"
+        ),
+        "{}",
+        said(&out)
+    );
+    let out = homeostat(&["audit", "verify", "--log", p(&log), "--pubkey", p(&key)]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("not a homeostat public key"),
+        "{}",
+        said(&out)
+    );
+    assert_eq!(
+        audit::read_records(&log).unwrap().len(),
+        1,
+        "nothing signed"
     );
 }
 
@@ -668,11 +699,17 @@ fn a_rewritten_history_passes_the_chain_but_not_the_checkpoint_before_it() {
     );
 
     // The private key never reaches the log (nor its head).
-    let secret = std::fs::read_to_string(&key).unwrap();
     let written = std::fs::read_to_string(&log).unwrap()
         + std::fs::read_to_string(head_path(&log)).unwrap().as_str();
-    assert!(!written.contains(secret.trim()));
-    assert!(written.contains(std::fs::read_to_string(&public).unwrap().trim()));
+    let hex_in = |path: &Path| {
+        let text = std::fs::read_to_string(path).unwrap();
+        text.trim().split_once(' ').unwrap().1.to_string()
+    };
+    assert!(!written.contains(&hex_in(&key)));
+    assert!(
+        written.contains(&hex_in(&public)),
+        "the public key tells keys apart"
+    );
 
     // Someone who can write the log changes record 2 and recomputes every hash after it.
     let honest = parts(&log);

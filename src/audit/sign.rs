@@ -8,9 +8,12 @@
 //! record, nor can a new one be made. Records after the last checkpoint are protected
 //! by the chain alone.
 //!
-//! Keys are files of hex text: the 32-byte secret seed (mode 0600, written once) and the
-//! 32-byte public key beside it, `<key>.pub`. Verification uses the public key the
-//! auditor brings, never the one a record names.
+//! Keys are one line of text each, a label then 64 hex digits: the 32-byte secret seed
+//! (`homeostat-audit-ed25519-private …`, mode 0600, written once) and the 32-byte public
+//! key beside it (`homeostat-audit-ed25519-public …`, `<key>.pub`). The labels keep one
+//! from being taken for the other (a public key passed as `--key` would otherwise sign
+//! as a "private" key anyone can read). Verification uses the public key the auditor
+//! brings, never the one a record names.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read as _, Write as _};
@@ -41,13 +44,18 @@ pub enum KeyError {
         path: PathBuf,
     },
     /// The file does not hold a key of the expected form.
-    #[error("{path}: not a homeostat {what} key: expected 64 hex digits", path = .path.display())]
+    #[error("{path}: not a homeostat {what} key: expected one line `{label} <64 hex digits>` (from `homeostat audit keygen`)", path = .path.display(), label = label(.what))]
     Malformed {
         /// The key file.
         path: PathBuf,
         /// `private` or `public`.
         what: &'static str,
     },
+}
+
+/// The label a key file of kind `what` (`private` or `public`) starts with.
+fn label(what: &str) -> String {
+    format!("homeostat-audit-ed25519-{what}")
 }
 
 /// Where the public key of the private key at `key` is written: `<key>.pub`.
@@ -84,7 +92,7 @@ pub fn generate_key(out: &Path) -> Result<VerifyingKey, KeyError> {
         .and_then(|mut f| f.read_exact(&mut seed))
         .map_err(io(urandom))?;
     let key = SigningKey::from_bytes(&seed);
-    let mut secret = format!("{}\n", hex::encode(seed));
+    let mut secret = format!("{} {}\n", label("private"), hex::encode(seed));
     wipe(&mut seed);
     // Created 0600 from the start: never readable by others, not even for an instant.
     let written = OpenOptions::new()
@@ -101,12 +109,13 @@ pub fn generate_key(out: &Path) -> Result<VerifyingKey, KeyError> {
         _ => io(out)(e),
     })?;
     let public = key.verifying_key();
-    std::fs::write(&pub_path, format!("{}\n", hex::encode(public.as_bytes())))
-        .map_err(io(&pub_path))?;
+    let line = format!("{} {}\n", label("public"), hex::encode(public.as_bytes()));
+    std::fs::write(&pub_path, line).map_err(io(&pub_path))?;
     Ok(public)
 }
 
-/// 32 bytes from a key file of 64 hex digits (surrounding whitespace allowed).
+/// 32 bytes from a key file: its label, a space, 64 hex digits (surrounding whitespace
+/// allowed).
 fn read_key_bytes(path: &Path, what: &'static str) -> Result<[u8; 32], KeyError> {
     let malformed = || KeyError::Malformed {
         path: path.to_path_buf(),
@@ -117,7 +126,12 @@ fn read_key_bytes(path: &Path, what: &'static str) -> Result<[u8; 32], KeyError>
         // A key is 65 bytes: read a little more than that, never a whole large file.
         .and_then(|f| f.take(256).read_to_string(&mut text));
     let mut bytes = [0u8; 32];
-    let decoded = hex::decode_to_slice(text.trim(), &mut bytes);
+    let decoded = match text.trim().split_once(' ') {
+        Some((l, hex)) if l == label(what) => {
+            hex::decode_to_slice(hex.trim(), &mut bytes).map_err(|_| ())
+        }
+        _ => Err(()),
+    };
     wipe_string(&mut text);
     match read {
         Err(e) if e.kind() == std::io::ErrorKind::InvalidData => return Err(malformed()),
