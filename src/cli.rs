@@ -77,7 +77,7 @@ pub enum Command {
         #[arg(long, default_value_t = 20_000)]
         series: usize,
     },
-    /// Inspect an audit log, or seal it and start a new one.
+    /// Read, verify, export, seal, rotate or sign an audit log.
     Audit {
         /// What to do with it.
         #[command(subcommand)]
@@ -127,6 +127,11 @@ pub enum AuditCommand {
         /// `audit keygen`); fails if one does not hold or there is none.
         #[arg(long)]
         pubkey: Option<PathBuf>,
+        /// With `--pubkey`: fail unless the last checkpoint signs this record or a later
+        /// one (the last signed record a previous verify reported), so that removing
+        /// checkpoints along with the records after them shows.
+        #[arg(long, requires = "pubkey", default_value_t = 0)]
+        signed_at_least: u64,
     },
     /// Print the records as a readable table.
     List {

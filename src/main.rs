@@ -167,9 +167,13 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
 fn audit(command: AuditCommand) -> anyhow::Result<ExitCode> {
     use homeostat::audit;
     match command {
-        AuditCommand::Verify { log, pubkey } => {
+        AuditCommand::Verify {
+            log,
+            pubkey,
+            signed_at_least,
+        } => {
             let key = pubkey.as_deref().map(audit::read_public_key).transpose()?;
-            let verdict = report::AuditVerdict::of(&log, key.as_ref());
+            let verdict = report::AuditVerdict::of(&log, key.as_ref(), signed_at_least);
             if verdict.intact() {
                 outln!("{verdict}");
             } else {

@@ -328,17 +328,21 @@ pub struct AuditVerdict<'a> {
     pub links: Vec<audit::Link>,
     /// The checkpoints checked against the public key given, if one was.
     pub signed: Option<Result<audit::Signed, String>>,
+    /// The record the last checkpoint must sign, at least (0: any).
+    pub min_signed: u64,
 }
 
 impl<'a> AuditVerdict<'a> {
     /// Verifies a log and the links from it; with `key`, also every checkpoint in it
     /// and its segments.
-    pub fn of(log: &'a Path, key: Option<&ed25519_dalek::VerifyingKey>) -> Self {
+    /// `min_signed`: the record an auditor saw signed before (0: none).
+    pub fn of(log: &'a Path, key: Option<&ed25519_dalek::VerifyingKey>, min_signed: u64) -> Self {
         let mut verdict = AuditVerdict {
             log,
             result: audit::verify(log),
             links: audit::links(log),
             signed: None,
+            min_signed,
         };
         if let Some(key) = key {
             let files: Vec<PathBuf> = verdict.files().into_iter().map(|(p, _)| p).collect();
@@ -370,7 +374,7 @@ impl<'a> AuditVerdict<'a> {
             && self
                 .signed
                 .as_ref()
-                .is_none_or(|s| s.as_ref().is_ok_and(audit::Signed::holds))
+                .is_none_or(|s| s.as_ref().is_ok_and(|s| s.holds(self.min_signed)))
     }
 }
 
@@ -425,6 +429,14 @@ impl fmt::Display for AuditVerdict<'_> {
                         f,
                         "\n{log}: checkpoint BROKEN: record {seq} of {}: {why}",
                         file_name(file)
+                    )?;
+                } else if let Some((_, seq)) =
+                    s.last.as_ref().filter(|(_, seq)| *seq < self.min_signed)
+                {
+                    write!(
+                        f,
+                        "\n{log}: checkpoint BROKEN: the last checkpoint signs record {seq}, but record {} was signed before (checkpoints removed with the records after them)",
+                        self.min_signed
                     )?;
                 } else if let Some((file, seq)) = &s.last {
                     write!(

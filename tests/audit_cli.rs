@@ -882,3 +882,70 @@ fn the_largest_sequence_numbers_give_errors_not_overflows() {
     let out = homeostat(&["audit", "seal", "--log", p(&other), "--reason", "x"]);
     assert_eq!(out.status.code(), Some(1), "{}", said(&out));
 }
+
+/// Cutting off the last checkpoint with every record after it leaves a log whose
+/// earlier checkpoint holds: only the last signed record an auditor saw before shows it.
+#[test]
+fn a_cut_tail_with_its_checkpoint_shows_against_the_last_signed_record_seen() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.jsonl");
+    let (key, public) = keygen(dir.path(), "audit.key");
+    AuditLog::open(&log)
+        .unwrap()
+        .append("step", &json!({"i": 1}))
+        .unwrap();
+    checkpoint(&log, &key);
+    AuditLog::open(&log)
+        .unwrap()
+        .append("step", &json!({"i": 3}))
+        .unwrap();
+    checkpoint(&log, &key);
+    let out = verify_with(&log, &public);
+    assert!(
+        stdout(&out).contains(
+            "signed: 2 checkpoints hold; the last signs record 3 of audit.jsonl; 1 record after it"
+        ),
+        "{}",
+        said(&out)
+    );
+    let at_least = |n: &str| {
+        homeostat(&[
+            "audit",
+            "verify",
+            "--log",
+            p(&log),
+            "--pubkey",
+            p(&public),
+            "--signed-at-least",
+            n,
+        ])
+    };
+    assert_eq!(at_least("3").status.code(), Some(0));
+
+    // Records 3 and 4 cut off, the head rewritten to match.
+    let mut records = parts(&log);
+    records.truncate(2);
+    write_chain(&log, &records);
+    assert_eq!(
+        verify_with(&log, &public).status.code(),
+        Some(0),
+        "fooled without it"
+    );
+    let out = at_least("3");
+    assert_eq!(out.status.code(), Some(1), "{}", said(&out));
+    assert!(
+        stderr(&out).contains("the last checkpoint signs record 1, but record 3 was signed before"),
+        "{}",
+        said(&out)
+    );
+    // It needs the key to mean anything.
+    let out = homeostat(&[
+        "audit",
+        "verify",
+        "--log",
+        p(&log),
+        "--signed-at-least",
+        "3",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", said(&out));
+}

@@ -333,7 +333,7 @@ proptest! {
         log.append("checkpoint", &json!({"seq": raw, "signature": 5})).unwrap();
         let signed = audit::verify_checkpoints(std::slice::from_ref(&path), &key.verifying_key()).unwrap();
         prop_assert_eq!(signed.valid, 0);
-        prop_assert!(!signed.holds());
+        prop_assert!(!signed.holds(0));
         // A good checkpoint after them does not excuse them: the first bad one is named.
         log.checkpoint(key).unwrap();
         let signed = audit::verify_checkpoints(&[path], &key.verifying_key()).unwrap();

@@ -206,9 +206,11 @@ pub struct Signed {
 }
 
 impl Signed {
-    /// Whether at least one checkpoint holds and none fails.
-    pub fn holds(&self) -> bool {
-        self.bad.is_none() && self.last.is_some()
+    /// Whether at least one checkpoint holds, none fails, and the last signs record
+    /// `at_least` or later (what an auditor saw signed before: less means checkpoints
+    /// were removed with the records after them).
+    pub fn holds(&self, at_least: u64) -> bool {
+        self.bad.is_none() && self.last.as_ref().is_some_and(|(_, seq)| *seq >= at_least)
     }
 }
 
