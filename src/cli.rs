@@ -172,7 +172,7 @@ pub enum Command {
         #[arg(long, default_value_t = 20_000)]
         series: usize,
     },
-    /// Inspect an audit log, or seal it and start a new one.
+    /// Read, verify, export, seal, rotate or sign an audit log.
     Audit {
         /// What to do with it.
         #[command(subcommand)]
@@ -212,24 +212,60 @@ pub enum PlaybookCommand {
 /// Audit log subcommands.
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Check the hash chain and the head, and the links to sealed segments before it;
-    /// exit 1 naming the first bad record.
+    /// Check the hash chain and the head, and the links to sealed segments before it
+    /// (each segment's chain too); exit 1 naming the first bad record.
     Verify {
         /// The audit log (JSON lines).
         #[arg(long)]
         log: PathBuf,
+        /// Also check every signed checkpoint against this public key (`KEY.pub` from
+        /// `audit keygen`); fails if one does not hold or there is none.
+        #[arg(long)]
+        pubkey: Option<PathBuf>,
+        /// With `--pubkey`: fail unless the last checkpoint signs this record or a later
+        /// one (the last signed record a previous verify reported), so that removing
+        /// checkpoints along with the records after them shows.
+        #[arg(long, requires = "pubkey", default_value_t = 0)]
+        signed_at_least: u64,
     },
     /// Print the records as a readable table.
     List {
         /// The audit log (JSON lines).
         #[arg(long)]
         log: PathBuf,
-        /// Only records of this kind (e.g. `plan`, `anomaly_opened`).
+        /// Which records.
+        #[command(flatten)]
+        filter: AuditFilter,
+        /// Also the sealed segments before the log, oldest first.
         #[arg(long)]
-        kind: Option<String>,
+        segments: bool,
         /// Width of the details column.
         #[arg(long, default_value_t = 110)]
         width: usize,
+    },
+    /// Print every record of one incident (its anomaly or alert id), in order, across
+    /// the log and the sealed segments before it.
+    Show {
+        /// The incident's id (`an-…` or `am-…`).
+        incident: String,
+        /// The audit log (JSON lines).
+        #[arg(long)]
+        log: PathBuf,
+        /// Width of the details column.
+        #[arg(long, default_value_t = 110)]
+        width: usize,
+    },
+    /// Write the records as JSON lines, each exactly as the log holds it (hash included).
+    Export {
+        /// The audit log (JSON lines).
+        #[arg(long)]
+        log: PathBuf,
+        /// Which records.
+        #[command(flatten)]
+        filter: AuditFilter,
+        /// Also the sealed segments before the log, oldest first.
+        #[arg(long)]
+        segments: bool,
     },
     /// Close a log, damaged or not, without rewriting it: rename it (and its head) aside
     /// to `<log>.<n>.sealed` and start a new log whose first record links to it.
@@ -242,4 +278,65 @@ pub enum AuditCommand {
         #[arg(long, value_parser = clap::builder::NonEmptyStringValueParser::new())]
         reason: String,
     },
+    /// Seal an intact log and start a new one linked to it, keeping one chain across
+    /// files; only if it holds `--max-bytes` or more. Stop the agent first.
+    Rotate {
+        /// The audit log (JSON lines).
+        #[arg(long)]
+        log: PathBuf,
+        /// Rotate only a log at least this large (0: any log with a record).
+        #[arg(long, default_value_t = 0)]
+        max_bytes: u64,
+    },
+    /// Append a record signing the last record's seq and hash with an Ed25519 key.
+    /// Stop the agent first.
+    Checkpoint {
+        /// The audit log (JSON lines).
+        #[arg(long)]
+        log: PathBuf,
+        /// The private key file (from `audit keygen`).
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Make an Ed25519 key pair for checkpoints: the private key (mode 0600) and
+    /// `<out>.pub`. Never overwrites.
+    Keygen {
+        /// Where to write the private key.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// Which records `audit list` and `audit export` keep; all given must match.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AuditFilter {
+    /// Only records of these kinds (repeat, or separate with commas).
+    #[arg(long, value_delimiter = ',')]
+    pub kind: Vec<String>,
+    /// Only records written since: an RFC 3339 time or a duration back from now (`2h`).
+    #[arg(long, value_parser = since_arg)]
+    pub since: Option<std::time::SystemTime>,
+    /// Only records about this playbook.
+    #[arg(long)]
+    pub playbook: Option<String>,
+    /// Only records whose action target or series labels hold `key=value` (repeat: all).
+    #[arg(long, value_parser = crate::audit::parse_target)]
+    pub target: Vec<(String, String)>,
+}
+
+impl AuditFilter {
+    /// As the library's filter.
+    pub fn to_filter(&self) -> crate::audit::Filter {
+        crate::audit::Filter {
+            since: self.since,
+            kinds: self.kind.clone(),
+            playbook: self.playbook.clone(),
+            target: self.target.clone(),
+        }
+    }
+}
+
+/// `--since`, read against the clock now.
+fn since_arg(s: &str) -> Result<std::time::SystemTime, String> {
+    crate::audit::parse_since(s, std::time::SystemTime::now())
 }

@@ -208,10 +208,20 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             outln!("{}", report.summary());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Audit {
-            command: AuditCommand::Verify { log },
+        Command::Audit { command } => audit(command),
+    }
+}
+
+fn audit(command: AuditCommand) -> anyhow::Result<ExitCode> {
+    use homeostat::audit;
+    match command {
+        AuditCommand::Verify {
+            log,
+            pubkey,
+            signed_at_least,
         } => {
-            let verdict = report::AuditVerdict::of(&log);
+            let key = pubkey.as_deref().map(audit::read_public_key).transpose()?;
+            let verdict = report::AuditVerdict::of(&log, key.as_ref(), signed_at_least);
             if verdict.intact() {
                 outln!("{verdict}");
             } else {
@@ -219,21 +229,84 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             }
             Ok(code(verdict.intact(), 1))
         }
-        Command::Audit {
-            command: AuditCommand::List { log, kind, width },
+        AuditCommand::List {
+            log,
+            filter,
+            segments,
+            width,
         } => {
+            let files = files(log, segments);
             out!(
                 "{}",
-                report::AuditTable::read(&log, kind.as_deref(), width)?
+                report::AuditTable::read(&files, &filter.to_filter(), width)?
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Audit {
-            command: AuditCommand::Seal { log, reason },
+        AuditCommand::Show {
+            incident,
+            log,
+            width,
         } => {
+            out!("{}", report::AuditIncident::read(&log, &incident, width)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Export {
+            log,
+            filter,
+            segments,
+        } => {
+            let filter = filter.to_filter();
+            let files = files(log, segments);
+            for file in &files {
+                for r in audit::records(file)? {
+                    let (line, rec) = r?;
+                    if filter.matches(&rec) {
+                        outln!("{line}");
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Seal { log, reason } => {
             outln!("{}", report::AuditSeal::run(&log, &reason)?);
             Ok(ExitCode::SUCCESS)
         }
+        AuditCommand::Rotate { log, max_bytes } => {
+            let sealed = audit::rotate(&log, max_bytes)?;
+            outln!("{}", report::AuditRotate { log: &log, sealed });
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Checkpoint { log, key } => {
+            let signing = audit::read_signing_key(&key)?;
+            let mut opened = audit::AuditLog::open(&log)?;
+            let seq = opened.checkpoint(&signing)?;
+            outln!(
+                "{}: checkpoint {seq} signs record {} with the key of {}",
+                log.display(),
+                seq - 1,
+                audit::public_key_path(&key).display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Keygen { out } => {
+            let public = audit::generate_key(&out)?;
+            outln!(
+                "{}: private key (mode 0600; keep it away from whoever can write the log)\n{}: public key {}",
+                out.display(),
+                audit::public_key_path(&out).display(),
+                hex::encode(public.as_bytes())
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// The log alone, or with `segments` its whole chain, oldest first.
+fn files(log: std::path::PathBuf, segments: bool) -> Vec<std::path::PathBuf> {
+    if segments {
+        homeostat::audit::chain_files(&log)
+    } else {
+        vec![log]
     }
 }
 

@@ -196,53 +196,128 @@ impl fmt::Display for Rejected<'_> {
     }
 }
 
-/// `audit list`: the records (of one kind, if given) as a table, details cut to `width`.
+/// `audit list`: the records a filter keeps, as a table, details cut to `width`.
 #[derive(Debug, Clone)]
-pub struct AuditTable<'a> {
-    /// The records, in log order.
-    pub records: Vec<AuditRecord>,
-    /// Only records of this kind.
-    pub kind: Option<&'a str>,
+pub struct AuditTable {
+    /// The records kept, in log order, each with its file.
+    pub records: Vec<(PathBuf, AuditRecord)>,
     /// Width of the details column.
     pub width: usize,
 }
 
-impl<'a> AuditTable<'a> {
-    /// Reads every record of a log (without verifying it).
-    pub fn read(log: &Path, kind: Option<&'a str>, width: usize) -> Result<Self, AuditError> {
-        let records = audit::read_records(log)?;
-        Ok(AuditTable {
-            records,
-            kind,
+impl AuditTable {
+    /// Reads the records of `files` (a log, or its chain oldest first) that `filter`
+    /// keeps, without verifying them.
+    pub fn read(
+        files: &[PathBuf],
+        filter: &audit::Filter,
+        width: usize,
+    ) -> Result<Self, AuditError> {
+        let mut records = Vec::new();
+        for file in files {
+            for r in audit::records(file)? {
+                let (_, rec) = r?;
+                if filter.matches(&rec) {
+                    records.push((file.clone(), rec));
+                }
+            }
+        }
+        Ok(AuditTable { records, width })
+    }
+}
+
+/// The table: a header, then one row per record; when they come from several files,
+/// each file's rows under its name (after a seal, sequence numbers start again at 1).
+fn audit_rows(
+    f: &mut fmt::Formatter<'_>,
+    records: &[(PathBuf, AuditRecord)],
+    width: usize,
+) -> fmt::Result {
+    writeln!(f, "{:>5}  {:<24}  {:<16}  DETAILS", "SEQ", "TIME", "KIND")?;
+    let several = records.windows(2).any(|w| w[0].0 != w[1].0);
+    let mut current: Option<&Path> = None;
+    for (file, r) in records {
+        if several && current != Some(file.as_path()) {
+            writeln!(f, "  -- {}", file_name(file))?;
+            current = Some(file);
+        }
+        // The time and kind are the record's text too: escaped like the details.
+        writeln!(
+            f,
+            "{:>5}  {:<24}  {:<16}  {}",
+            r.seq,
+            audit::escape(&r.ts),
+            audit::escape(&r.kind),
+            audit::summarize(&r.kind, &r.data, width)
+        )?;
+    }
+    Ok(())
+}
+
+impl fmt::Display for AuditTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        audit_rows(f, &self.records, self.width)
+    }
+}
+
+/// `audit show`: one incident's records, oldest first, across the log and the sealed
+/// segments before it, grouped by file.
+#[derive(Debug, Clone)]
+pub struct AuditIncident<'a> {
+    /// The incident's id.
+    pub id: &'a str,
+    /// Its records, each with its file.
+    pub records: Vec<(PathBuf, AuditRecord)>,
+    /// Width of the details column.
+    pub width: usize,
+}
+
+impl<'a> AuditIncident<'a> {
+    /// Finds incident `id` in `log` and the segments before it; fails naming the id if
+    /// it has no record.
+    pub fn read(log: &Path, id: &'a str, width: usize) -> Result<Self, AuditError> {
+        Ok(AuditIncident {
+            id,
+            records: audit::incident(log, id)?,
             width,
         })
     }
 }
 
-impl fmt::Display for AuditTable<'_> {
+/// A file's name for a heading, escaped (a name is text from outside too).
+fn file_name(p: &Path) -> String {
+    let name = p.file_name().unwrap_or(p.as_os_str()).to_string_lossy();
+    audit::escape(&name).into_owned()
+}
+
+impl fmt::Display for AuditIncident<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "{:>5}  {:<24}  {:<16}  DETAILS", "SEQ", "TIME", "KIND")?;
-        for r in self
-            .records
-            .iter()
-            .filter(|r| self.kind.is_none_or(|k| r.kind == k))
-        {
-            // The time and kind are the record's text too: escaped like the details.
-            writeln!(
-                f,
-                "{:>5}  {:<24}  {:<16}  {}",
-                r.seq,
-                audit::escape(&r.ts),
-                audit::escape(&r.kind),
-                audit::summarize(&r.kind, &r.data, self.width)
-            )?;
+        let mut files: Vec<&Path> = Vec::new();
+        for (file, _) in &self.records {
+            if files.last() != Some(&file.as_path()) {
+                files.push(file);
+            }
         }
-        Ok(())
+        writeln!(
+            f,
+            "incident {}: {} record{} in {}",
+            audit::escape(self.id),
+            self.records.len(),
+            plural(self.records.len()),
+            files
+                .iter()
+                .map(|p| file_name(p))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )?;
+        audit_rows(f, &self.records, self.width)
     }
 }
 
 /// `audit verify`: a log's chain and head checked, and how many records it holds or
-/// where it first breaks; then each link back to a segment sealed before it.
+/// where it first breaks; then each link back to a segment sealed before it (each
+/// segment's chain re-read), how many segments and records the whole chain holds, and,
+/// with a public key, its signed checkpoints.
 #[derive(Debug, Clone)]
 pub struct AuditVerdict<'a> {
     /// The log.
@@ -251,22 +326,55 @@ pub struct AuditVerdict<'a> {
     pub result: Result<u64, VerifyError>,
     /// The links back through sealed segments (none for a log `seal` did not start).
     pub links: Vec<audit::Link>,
+    /// The checkpoints checked against the public key given, if one was.
+    pub signed: Option<Result<audit::Signed, String>>,
+    /// The record the last checkpoint must sign, at least (0: any).
+    pub min_signed: u64,
 }
 
 impl<'a> AuditVerdict<'a> {
-    /// Verifies a log and the links from it.
-    pub fn of(log: &'a Path) -> Self {
-        AuditVerdict {
+    /// Verifies a log and the links from it; with `key`, also every checkpoint in it
+    /// and its segments.
+    /// `min_signed`: the record an auditor saw signed before (0: none).
+    pub fn of(log: &'a Path, key: Option<&ed25519_dalek::VerifyingKey>, min_signed: u64) -> Self {
+        let mut verdict = AuditVerdict {
             log,
             result: audit::verify(log),
             links: audit::links(log),
+            signed: None,
+            min_signed,
+        };
+        if let Some(key) = key {
+            let files: Vec<PathBuf> = verdict.files().into_iter().map(|(p, _)| p).collect();
+            verdict.signed =
+                Some(audit::verify_checkpoints(&files, key).map_err(|e| e.to_string()));
         }
+        verdict
     }
 
-    /// Whether the chain and the head are intact, and every sealed segment linked is
-    /// there with the bytes it was sealed with.
+    /// The files of the chain whose links hold, oldest first, with the records each
+    /// verifies to.
+    fn files(&self) -> Vec<(PathBuf, u64)> {
+        let mut files: Vec<(PathBuf, u64)> = self
+            .links
+            .iter()
+            .take_while(|l| l.check.is_ok())
+            .filter_map(|l| Some((l.segment.clone()?, *l.check.as_ref().ok()?)))
+            .collect();
+        files.reverse();
+        files.push((self.log.to_path_buf(), *self.result.as_ref().unwrap_or(&0)));
+        files
+    }
+
+    /// Whether the chain and the head are intact, every sealed segment linked is there
+    /// with the bytes it was sealed with, and, with a key, every checkpoint holds.
     pub fn intact(&self) -> bool {
-        self.result.is_ok() && self.links.iter().all(|l| l.check.is_ok())
+        self.result.is_ok()
+            && self.links.iter().all(|l| l.check.is_ok())
+            && self
+                .signed
+                .as_ref()
+                .is_none_or(|s| s.as_ref().is_ok_and(|s| s.holds(self.min_signed)))
     }
 }
 
@@ -286,17 +394,99 @@ impl fmt::Display for AuditVerdict<'_> {
                 link.log.display(),
                 audit::escape(&s.previous)
             )?;
-            match &link.check {
-                Ok(()) => write!(f, "sha256 matches")?,
-                Err(e) => write!(f, "BROKEN: {}", audit::escape(e))?,
-            }
-            write!(f, "; {} records verified", s.last_seq)?;
+            let verified = match &link.check {
+                Ok(n) => {
+                    write!(f, "sha256 matches")?;
+                    *n
+                }
+                Err(e) => {
+                    write!(f, "BROKEN: {}", audit::escape(e))?;
+                    s.last_seq
+                }
+            };
+            write!(f, "; {verified} records verified")?;
             if let (Some(line), Some(problem)) = (s.first_bad_line, &s.problem) {
                 write!(f, ", then line {line}: {}", audit::escape(problem))?;
             }
             write!(f, "; reason: {}", audit::escape(&s.reason))?;
         }
+        let files = self.files();
+        if self.result.is_ok() && self.links.iter().all(|l| l.check.is_ok()) {
+            let records: u64 = files.iter().map(|(_, n)| n).sum();
+            write!(
+                f,
+                "\n{log}: one chain: {} segment{}, {records} records",
+                files.len(),
+                plural(files.len())
+            )?;
+        }
+        match &self.signed {
+            None => {}
+            Some(Err(e)) => write!(f, "\n{log}: checkpoints: cannot read: {e}")?,
+            Some(Ok(s)) => {
+                if let Some((file, seq, why)) = &s.bad {
+                    write!(
+                        f,
+                        "\n{log}: checkpoint BROKEN: record {seq} of {}: {why}",
+                        file_name(file)
+                    )?;
+                } else if let Some((_, seq)) =
+                    s.last.as_ref().filter(|(_, seq)| *seq < self.min_signed)
+                {
+                    write!(
+                        f,
+                        "\n{log}: checkpoint BROKEN: the last checkpoint signs record {seq}, but record {} was signed before (checkpoints removed with the records after them)",
+                        self.min_signed
+                    )?;
+                } else if let Some((file, seq)) = &s.last {
+                    write!(
+                        f,
+                        "\n{log}: signed: {} checkpoint{} hold; the last signs record {seq} of {}; {} record{} after it (the checkpoint's own included) rest on the chain alone",
+                        s.valid,
+                        plural(s.valid as usize),
+                        file_name(file),
+                        s.after,
+                        plural(s.after as usize),
+                    )?;
+                } else {
+                    write!(
+                        f,
+                        "\n{log}: checkpoint BROKEN: no checkpoint signed by this key"
+                    )?;
+                }
+            }
+        }
         Ok(())
+    }
+}
+
+/// `audit rotate`: whether the log was rotated, and into which segment.
+#[derive(Debug, Clone)]
+pub struct AuditRotate<'a> {
+    /// The log.
+    pub log: &'a Path,
+    /// What was done; `None`: not due.
+    pub sealed: Option<audit::Sealed>,
+}
+
+impl fmt::Display for AuditRotate<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.sealed {
+            None => write!(
+                f,
+                "{}: not rotated: smaller than --max-bytes",
+                self.log.display()
+            ),
+            Some(s) => write!(
+                f,
+                "{}: rotated: {} records sealed as {} ({} bytes, sha256 {}); new log started, linked to it",
+                self.log.display(),
+                s.link.last_seq,
+                s.segment.display(),
+                s.link.previous_bytes,
+                s.link.previous_sha256
+            ),
+        }
     }
 }
 

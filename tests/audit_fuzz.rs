@@ -298,3 +298,45 @@ proptest! {
         );
     }
 }
+
+/// The one signing key the checkpoint cases are checked against.
+fn signing_key() -> &'static ed25519_dalek::SigningKey {
+    static K: OnceLock<ed25519_dalek::SigningKey> = OnceLock::new();
+    K.get_or_init(|| ed25519_dalek::SigningKey::from_bytes(&[7; 32]))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// A checkpoint record made by anyone without the key, in any shape, never holds,
+    /// and checking it never panics.
+    #[test]
+    fn checkpoints_without_the_key_never_hold(
+        seq in prop_oneof![Just(1u64), any::<u64>()],
+        hash in "[0-9a-f]{0,70}",
+        signature in "[0-9a-fA-F]{0,130}",
+        public_key in proptest::option::of("[0-9a-f]{0,66}"),
+        raw in any::<String>(),
+    ) {
+        let key = signing_key();
+        let ours = hex::encode(key.verifying_key().as_bytes());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let mut log = AuditLog::open(&path).unwrap();
+        log.append("step", &json!({"raw": raw})).unwrap();
+        // Right after the record, naming our key: everything but the signature fits.
+        let prev = audit::read_records(&path).unwrap()[0].hash.clone();
+        let hash = if seq == 1 { prev } else { hash };
+        log.append("checkpoint", &json!({"seq": seq, "hash": hash,
+            "public_key": public_key.unwrap_or(ours), "signature": signature})).unwrap();
+        log.append("checkpoint", &json!(raw)).unwrap();
+        log.append("checkpoint", &json!({"seq": raw, "signature": 5})).unwrap();
+        let signed = audit::verify_checkpoints(std::slice::from_ref(&path), &key.verifying_key()).unwrap();
+        prop_assert_eq!(signed.valid, 0);
+        prop_assert!(!signed.holds(0));
+        // A good checkpoint after them does not excuse them: the first bad one is named.
+        log.checkpoint(key).unwrap();
+        let signed = audit::verify_checkpoints(&[path], &key.verifying_key()).unwrap();
+        prop_assert!(signed.bad.is_some() && signed.valid == 0);
+    }
+}

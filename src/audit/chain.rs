@@ -20,6 +20,9 @@ pub(crate) const MAX_LINE: usize = 64 << 20;
 /// What one pass over a log found.
 #[derive(Debug, Clone)]
 pub(crate) struct Scan {
+    /// The `seq` before the first record: 0 for a log that starts from [`GENESIS`], the
+    /// last `seq` of the previous segment for a log a rotation started (see [`first`]).
+    pub base: u64,
     /// Complete records that verify and chain, from the first up to the first bad line.
     pub records: u64,
     /// Hash of the last of them ([`GENESIS`] for none).
@@ -131,6 +134,7 @@ pub(crate) fn read_chain_with(file: impl Read, hash_file: bool, limit: usize) ->
         limit,
     };
     let mut scan = Scan {
+        base: 0,
         records: 0,
         last_hash: GENESIS.to_string(),
         last_prev: GENESIS.to_string(),
@@ -161,7 +165,7 @@ pub(crate) fn read_chain_with(file: impl Read, hash_file: bool, limit: usize) ->
                 scan.broken = bad(format!("a line of {len} bytes, longer than any record"));
                 break;
             }
-            Piece::Line(line) => match check_record(&line, scan.records, &scan.last_hash) {
+            Piece::Line(line) => match next_record(&line, &mut scan) {
                 Ok(rec) => {
                     offset += line.len() as u64 + 1;
                     scan.records += 1;
@@ -186,15 +190,58 @@ pub(crate) fn read_chain_with(file: impl Read, hash_file: bool, limit: usize) ->
     Ok(scan)
 }
 
+/// Checks one complete line as the next record of `scan`; the first may also be the
+/// link a rotation starts a log with, which sets `scan.base`.
+fn next_record(line: &[u8], scan: &mut Scan) -> Result<AuditRecord, String> {
+    if scan.records > 0 {
+        return check_record(line, scan.base + scan.records, &scan.last_hash);
+    }
+    let (rec, base) = first(line)?;
+    scan.base = base;
+    // The record before it is the previous segment's last.
+    scan.last_hash = rec.prev.clone();
+    Ok(rec)
+}
+
+/// Checks a log's first line: a record that starts from [`GENESIS`] with `seq` 1, or
+/// the `audit_sealed` link a rotation starts a log with, which goes on with the previous
+/// segment's numbering and chain: its `seq` is one past, and its `prev` is, the
+/// `last_seq` and `last_hash` it names. Returns the record and the `seq` before it.
+/// (That the previous segment does end there is for [`links`](super::links) to check.)
+fn first(line: &[u8]) -> Result<(AuditRecord, u64), String> {
+    let genesis = check_record(line, 0, GENESIS);
+    let Err(why) = genesis else {
+        return genesis.map(|rec| (rec, 0));
+    };
+    let line = std::str::from_utf8(line).map_err(|_| "not UTF-8 text".to_string())?;
+    let rec = check_line(line)?;
+    let continues = rec.kind == "audit_sealed"
+        && rec.seq > 1
+        && rec.data.get("last_seq").and_then(serde_json::Value::as_u64) == Some(rec.seq - 1)
+        && rec
+            .data
+            .get("last_hash")
+            .and_then(serde_json::Value::as_str)
+            == Some(&rec.prev);
+    if continues {
+        Ok((rec.clone(), rec.seq - 1))
+    } else {
+        Err(why)
+    }
+}
+
 /// Checks one complete line as the record after `n` records ending in `prev`.
 fn check_record(line: &[u8], n: u64, prev: &str) -> Result<AuditRecord, String> {
     let line = std::str::from_utf8(line).map_err(|_| "not UTF-8 text".to_string())?;
     let rec = check_line(line)?;
-    if rec.seq != n + 1 {
+    // A hostile log may number its records up to the largest u64: never overflow.
+    let Some(expected) = n.checked_add(1) else {
+        return Err(format!("sequence {} past the last there can be", rec.seq));
+    };
+    if rec.seq != expected {
         return Err(format!(
-            "sequence {} where {} was expected (deleted, inserted or reordered)",
+            "sequence {} where {expected} was expected (deleted, inserted or reordered)",
             rec.seq,
-            n + 1
         ));
     }
     if rec.prev != prev {
@@ -235,11 +282,11 @@ pub(crate) fn recovery(scan: &Scan, head: Option<&Head>) -> Result<Recovery, Ver
     }
     let n = scan.records;
     let last = Head {
-        seq: n,
+        seq: scan.base + n,
         hash: scan.last_hash.clone(),
     };
     let behind = Head {
-        seq: n.saturating_sub(1),
+        seq: (scan.base + n).saturating_sub(1),
         hash: scan.last_prev.clone(),
     };
     match (head, &scan.partial) {
@@ -281,6 +328,8 @@ pub(crate) fn verdict(scan: &Scan, head: Option<&Head>) -> Result<u64, VerifyErr
 /// What is wrong with the end of a log whose complete lines are good.
 fn mismatch(scan: &Scan, head: Option<&Head>) -> VerifyError {
     let n = scan.records;
+    // Lines count in this file; `seq` may go on from a segment before it.
+    let last_seq = scan.base + n;
     let at = |line: u64, reason: String| VerifyError {
         line: line as usize,
         reason,
@@ -299,14 +348,14 @@ fn mismatch(scan: &Scan, head: Option<&Head>) -> VerifyError {
             n + 1,
             "the head file is missing, so a cut tail cannot be ruled out".into(),
         ),
-        Some(h) if h.seq > n => at(
+        Some(h) if h.seq > last_seq => at(
             n + 1,
             format!(
-                "log ends at record {n} but the head says {} (truncated)",
+                "log ends at record {last_seq} but the head says {} (truncated)",
                 h.seq
             ),
         ),
-        Some(h) if h.seq + 1 == n && h.hash == scan.last_prev => at(
+        Some(h) if h.seq.checked_add(1) == Some(last_seq) && h.hash == scan.last_prev => at(
             n,
             format!(
                 "the head is one record behind the last (head says record {})",
@@ -330,7 +379,7 @@ pub(crate) fn first_record(file: impl Read) -> io::Result<Option<AuditRecord>> {
         limit: MAX_LINE,
     };
     Ok(match lines.next()? {
-        Some(Piece::Line(line)) => check_record(&line, 0, GENESIS).ok(),
+        Some(Piece::Line(line)) => first(&line).ok().map(|(rec, _)| rec),
         _ => None,
     })
 }

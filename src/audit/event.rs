@@ -89,6 +89,25 @@ pub enum Event {
     /// A signal's saved models could not be used at start: its series are refitted from
     /// history instead.
     ModelsRefused(ModelsRefused),
+    /// An Ed25519 signature over the record before it (its `seq` and `hash`): history up
+    /// to there cannot be rewritten without the private key.
+    Checkpoint(Checkpoint),
+}
+
+/// `checkpoint`: written by `homeostat audit checkpoint`, always right after the record
+/// it signs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Checkpoint {
+    /// The record signed: the one before this.
+    pub seq: u64,
+    /// Its hash.
+    pub hash: String,
+    /// The signer's public key (hex), to tell keys apart; verification uses the key the
+    /// auditor brings, never this one.
+    pub public_key: String,
+    /// The Ed25519 signature (hex) of [`checkpoint_message`](super::checkpoint_message).
+    pub signature: String,
 }
 
 /// `models_refused`: a models file that did not load (damaged, another schema or other

@@ -15,18 +15,34 @@
 //! last line, a head one record behind), recording an [`AuditRecovered`] event; it
 //! refuses any other damage. A write that fails latches the log as failed: no sequence
 //! number is ever given out twice. [`seal`] sets a log aside and starts a new segment
-//! whose first record ([`AuditSealed`]) links to it.
+//! whose first record ([`AuditSealed`]) links to it; [`rotate`] (and
+//! [`AuditLog::rotate`], for the writer itself) does so for an intact log past a size,
+//! so that the segments stay one chain, which [`links`] checks back to the first.
+//!
+//! A [`Checkpoint`] record signs the record before it with an Ed25519 key
+//! ([`verify_checkpoints`]): someone who can write the log but not read the key cannot
+//! rewrite history up to it undetected, which the chain alone cannot promise.
+//!
+//! [`incident`] gathers one incident's records across segments, [`Filter`] picks records
+//! for listing and export, and [`records`] streams a log's exact lines.
 //!
 //! What a record says is typed: the agent writes [`Event`]s and reads them back with
 //! [`AuditRecord::event`]; [`AuditRecord`] is the raw, verifiable line.
 
 mod chain;
 mod event;
+mod filter;
 mod seal;
+mod sign;
 mod summary;
 
 pub use event::*;
-pub use seal::{links, seal, segment_path, Link, Sealed};
+pub use filter::{is_about, parse_since, parse_target, Filter};
+pub use seal::{chain_files, links, rotate, seal, segment_path, Link, Sealed};
+pub use sign::{
+    checkpoint_message, generate_key, public_key_path, read_public_key, read_signing_key,
+    verify_checkpoints, KeyError, Signed,
+};
 pub use summary::{escape, summarize};
 
 use std::fs::{File, OpenOptions};
@@ -48,12 +64,13 @@ const HASH_PREFIX: &str = ",\"hash\":\"";
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
     /// The file system refused.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file involved.
         path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
+        /// The underlying error: in the message, so not a `source` as well (a chain
+        /// printed whole would repeat it).
+        error: std::io::Error,
     },
     /// The existing log is damaged, so appending to it would hide the damage.
     #[error(
@@ -84,6 +101,28 @@ pub enum AuditError {
         path: PathBuf,
         /// Which line, and why.
         reason: String,
+    },
+    /// A rotation was asked of a log that does not verify: it would link an intact-looking
+    /// chain to damage; sealing it, with a reason, is the way.
+    #[error(
+        "{path}: not rotating a log that does not verify: {reason} (rotation keeps one intact chain; `homeostat audit seal --log {path} --reason TEXT` sets a damaged log aside)",
+        path = .path.display()
+    )]
+    NotIntact {
+        /// The log.
+        path: PathBuf,
+        /// What is wrong, and where.
+        reason: String,
+    },
+    /// No record of the incident asked for, in the log or the segments before it.
+    #[error("{path}: no record of incident {id} in this log or the {segments} sealed segment(s) before it", path = .path.display(), id = escape(.id))]
+    NoIncident {
+        /// The log.
+        path: PathBuf,
+        /// The incident's id.
+        id: String,
+        /// Sealed segments searched besides the log.
+        segments: usize,
     },
     /// Another process holds the log (an agent running on it): two writers would
     /// interleave records and repeat sequence numbers.
@@ -156,9 +195,9 @@ pub struct AuditLog {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> AuditError + '_ {
-    move |source| AuditError::Io {
+    move |error| AuditError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     }
 }
 
@@ -234,7 +273,8 @@ impl AuditLog {
         let mut log = AuditLog {
             path: path.to_path_buf(),
             file,
-            seq: scan.records,
+            // A log a rotation started goes on with the previous segment's numbering.
+            seq: scan.base + scan.records,
             last_hash: scan.last_hash,
             failed: Arc::default(),
         };
@@ -285,7 +325,13 @@ impl AuditLog {
                 reason: reason.clone(),
             });
         }
-        let seq = self.seq + 1;
+        // Only a log numbered by hand gets here; it takes no more records.
+        let Some(seq) = self.seq.checked_add(1) else {
+            return Err(AuditError::Failed {
+                path: self.path.clone(),
+                reason: "sequence numbers used up".into(),
+            });
+        };
         let (line, hash) = format_record(seq, kind, &self.last_hash, data);
         let written = self
             .file
@@ -319,7 +365,7 @@ fn read_head(log: &Path) -> Result<Option<Head>, AuditError> {
                 reason: format!("head file {}: unreadable: {e}", path.display()),
             }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(AuditError::Io { path, source: e }),
+        Err(e) => Err(AuditError::Io { path, error: e }),
     }
 }
 
@@ -408,6 +454,56 @@ fn parse_line(path: &Path, i: usize, line: &str) -> Result<AuditRecord, AuditErr
     })
 }
 
+/// Every line of a log, in order, as its exact text (without the newline) and the
+/// record it reads as; read as it goes (a log may be large), without verifying (use
+/// [`verify`] for that).
+pub fn records(
+    path: &Path,
+) -> Result<impl Iterator<Item = Result<(String, AuditRecord), AuditError>> + '_, AuditError> {
+    use std::io::BufRead as _;
+    let file = std::fs::File::open(path).map_err(io_err(path))?;
+    Ok(std::io::BufReader::new(file)
+        .lines()
+        .enumerate()
+        .map(move |(i, line)| {
+            let line = line.map_err(io_err(path))?;
+            let rec = parse_line(path, i, &line)?;
+            Ok((line, rec))
+        }))
+}
+
+/// Every record of incident `id` (its `anomaly_id` or `id`), oldest first, across the
+/// log and the sealed segments its links reach back to, each with its file. Fails
+/// naming the id if there is none.
+pub fn incident(log: &Path, id: &str) -> Result<Vec<(PathBuf, AuditRecord)>, AuditError> {
+    let files = chain_files(log);
+    // Most lines are about something else: only those holding the id are parsed.
+    let needle = Value::from(id).to_string();
+    let mut out = Vec::new();
+    for file in &files {
+        use std::io::BufRead as _;
+        let reader = std::fs::File::open(file).map_err(io_err(file))?;
+        for (i, line) in std::io::BufReader::new(reader).lines().enumerate() {
+            let line = line.map_err(io_err(file))?;
+            if !line.contains(needle.as_str()) {
+                continue;
+            }
+            let rec = parse_line(file, i, &line)?;
+            if is_about(&rec, id) {
+                out.push((file.clone(), rec));
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err(AuditError::NoIncident {
+            path: log.to_path_buf(),
+            id: id.to_string(),
+            segments: files.len() - 1,
+        });
+    }
+    Ok(out)
+}
+
 /// Streams the records of the given `kinds` to `f`, in log order; lines of other kinds
 /// are skipped unparsed (the log may be large).
 pub fn scan(path: &Path, kinds: &[&str], mut f: impl FnMut(AuditRecord)) -> Result<(), AuditError> {
@@ -494,6 +590,33 @@ impl Auditor {
                 reason: reason.to_string(),
             }),
         }
+    }
+
+    /// Rotates the log if it holds `max_bytes` or more (see [`AuditLog::rotate`]);
+    /// waits for any append in progress, and the next goes to the new log.
+    pub async fn rotate(&self, max_bytes: u64) -> Result<Option<Sealed>, AuditError> {
+        let log = self.log.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
+            log.rotate(max_bytes)
+        })
+        .await
+        .expect("audit rotation does not panic")
+    }
+
+    /// Appends a checkpoint signing the last record with `key` (see
+    /// [`AuditLog::checkpoint`]).
+    pub async fn checkpoint(&self, key: ed25519_dalek::SigningKey) -> Result<u64, AuditError> {
+        let log = self.log.clone();
+        let seq = tokio::task::spawn_blocking(move || {
+            let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
+            log.checkpoint(&key)
+        })
+        .await
+        .expect("audit append does not panic")?;
+        self.written
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(seq)
     }
 
     /// Appends and fsyncs an event; returns once it is durable.

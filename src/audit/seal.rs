@@ -11,11 +11,9 @@
 
 use std::collections::BTreeSet;
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
-
-use sha2::{Digest, Sha256};
 
 use super::{
     chain, format_record, head_path, head_problem, io_err, read_head, sync_dir, write_head,
@@ -58,9 +56,27 @@ pub fn seal(log: &Path, reason: &str) -> Result<Sealed, AuditError> {
     // Refused while an agent writes the log: it would go on appending to the segment.
     let held = File::open(log).map_err(io_err(log))?;
     super::lock_writer(&held, log)?;
+    seal_held(log, reason, false)
+}
+
+/// [`seal`] once the caller holds the log's writer lock. With `continues` (a rotation
+/// of an intact log), the new log goes on with the old one's numbering and chain: its
+/// first record has the `seq` after, and as `prev` the hash of, the old one's last.
+/// Without (a seal, of a log perhaps damaged past its last good record, whose later
+/// lines may hold any `seq`), it starts again at 1 from [`GENESIS`].
+fn seal_held(log: &Path, reason: &str, continues: bool) -> Result<Sealed, AuditError> {
+    let head = head_path(log);
     let (n, resumed) = match latest_segment(log)? {
         Some(m) if same_file(log, &segment_path(log, m)) => (m, true),
-        Some(m) => (m + 1, false),
+        Some(m) => match m.checked_add(1) {
+            Some(n) => (n, false),
+            // A file named by hand with the largest number: no segment can follow it.
+            None => {
+                return Err(io_err(&segment_path(log, m))(
+                    std::io::ErrorKind::AlreadyExists.into(),
+                ))
+            }
+        },
         None => (1, false),
     };
     let segment = segment_path(log, n);
@@ -90,7 +106,7 @@ pub fn seal(log: &Path, reason: &str) -> Result<Sealed, AuditError> {
         previous: file_name(&segment),
         previous_sha256,
         previous_bytes,
-        last_seq: scan.records,
+        last_seq: scan.base + scan.records,
         last_hash: scan.last_hash.clone(),
         first_bad_line: problem.as_ref().map(|p| p.line),
         problem: problem.map(|p| p.reason),
@@ -105,7 +121,12 @@ pub fn seal(log: &Path, reason: &str) -> Result<Sealed, AuditError> {
         _ => sync_dir(log),
     }
     let (kind, data) = Event::AuditSealed(link.clone()).to_parts();
-    let (line, hash) = format_record(1, &kind, GENESIS, &data);
+    let (seq, prev) = match link.last_seq.checked_add(1) {
+        Some(next) if continues => (next, link.last_hash.as_str()),
+        // A seal, or a log numbered up to the last u64 (only by hand): start again.
+        _ => (1, GENESIS),
+    };
+    let (line, hash) = format_record(seq, &kind, prev, &data);
     let mut tmp = log.as_os_str().to_owned();
     tmp.push(".sealing");
     let tmp = PathBuf::from(tmp);
@@ -114,7 +135,7 @@ pub fn seal(log: &Path, reason: &str) -> Result<Sealed, AuditError> {
     f.sync_all().map_err(io_err(&tmp))?;
     std::fs::rename(&tmp, log).map_err(io_err(log))?;
     sync_dir(log);
-    write_head(log, &Head { seq: 1, hash })?;
+    write_head(log, &Head { seq, hash })?;
     Ok(Sealed {
         segment,
         link,
@@ -147,7 +168,7 @@ fn finish_interrupted(log: &Path) -> Result<Option<Sealed>, AuditError> {
     write_head(
         log,
         &Head {
-            seq: 1,
+            seq: scan.base + 1,
             hash: scan.last_hash,
         },
     )?;
@@ -211,11 +232,14 @@ fn sealed_from(log: &Path) -> Option<AuditSealed> {
 pub struct Link {
     /// The log whose first record is the link.
     pub log: PathBuf,
+    /// The segment it names, if the name is one a link may hold.
+    pub segment: Option<PathBuf>,
     /// What the link says.
     pub sealed: AuditSealed,
-    /// `Ok` if the segment is beside the log with the length and SHA-256 it was sealed
-    /// with; else what is wrong.
-    pub check: Result<(), String>,
+    /// `Ok` with the records it holds, chained, if the segment is beside the log with the
+    /// length and SHA-256 it was sealed with and its chain verifies as far as the link
+    /// says; else what is wrong.
+    pub check: Result<u64, String>,
 }
 
 /// The links from a log back through the segments sealed before it, each checked; empty
@@ -233,6 +257,7 @@ pub fn links(log: &Path) -> Vec<Link> {
         let holds = check.is_ok();
         out.push(Link {
             log: current,
+            segment: previous.clone().ok(),
             sealed,
             check,
         });
@@ -254,28 +279,110 @@ fn previous_path(log: &Path, name: &str) -> Result<PathBuf, String> {
     }
 }
 
-fn check_segment(path: &Path, sealed: &AuditSealed) -> Result<(), String> {
-    let mut file = File::open(path).map_err(|e| format!("cannot open: {e}"))?;
-    let mut sha = Sha256::new();
-    let mut bytes = 0u64;
-    let mut buf = vec![0u8; 64 << 10];
-    loop {
-        let n = file
-            .read(&mut buf)
-            .map_err(|e| format!("unreadable: {e}"))?;
-        if n == 0 {
-            break;
-        }
-        sha.update(&buf[..n]);
-        bytes += n as u64;
-    }
-    let sha = hex::encode(sha.finalize());
-    if (bytes, sha.as_str()) == (sealed.previous_bytes, sealed.previous_sha256.as_str()) {
-        Ok(())
-    } else {
-        Err(format!(
+/// Checks a segment against its link: the bytes it was sealed with (length and
+/// SHA-256), and, read again in the same pass, its chain: it verifies up to the record
+/// the link names and, where the link recorded no problem, ends there. The SHA-256
+/// alone pins the bytes; re-reading the chain also catches a link written by hand
+/// that calls a damaged segment intact.
+fn check_segment(path: &Path, sealed: &AuditSealed) -> Result<u64, String> {
+    let file = File::open(path).map_err(|e| format!("cannot open: {e}"))?;
+    let scan = chain::read_chain(file, true).map_err(|e| format!("unreadable: {e}"))?;
+    let (bytes, sha) = scan.file.clone().unwrap_or_default();
+    if (bytes, sha.as_str()) != (sealed.previous_bytes, sealed.previous_sha256.as_str()) {
+        return Err(format!(
             "changed since it was sealed: {bytes} bytes with sha256 {sha}, sealed as {} bytes with sha256 {}",
             sealed.previous_bytes, sealed.previous_sha256
-        ))
+        ));
+    }
+    let clean = scan.broken.is_none() && scan.partial.is_none();
+    let last_seq = scan.base + scan.records;
+    if (last_seq, scan.last_hash.as_str()) != (sealed.last_seq, sealed.last_hash.as_str())
+        || (sealed.problem.is_none() && !clean)
+    {
+        return Err(format!(
+            "its chain verifies to record {} ({}), not as its link says (record {})",
+            last_seq,
+            scan.broken
+                .as_ref()
+                .map_or_else(|| "then ends".to_string(), |b| b.to_string()),
+            sealed.last_seq
+        ));
+    }
+    Ok(scan.records)
+}
+
+/// The files of a log's linked chain that exist, oldest first: each sealed segment the
+/// links reach back to, then the log itself.
+pub fn chain_files(log: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = links(log)
+        .into_iter()
+        .filter_map(|l| l.segment)
+        .filter(|p| p.is_file())
+        .collect();
+    files.reverse();
+    files.push(log.to_path_buf());
+    files
+}
+
+/// Rotates the log at `log` if it holds `max_bytes` or more (0: always, if it holds
+/// any record): seals it with reason `rotated at N bytes` and starts a new log linked
+/// to it, so that every segment stays one verifiable chain. Refuses a damaged log
+/// (that is for [`seal`], with a reason) and a log an agent holds (the agent rotates
+/// its own through [`AuditLog::rotate`](super::AuditLog::rotate)). `None` if it was
+/// not due.
+pub fn rotate(log: &Path, max_bytes: u64) -> Result<Option<Sealed>, AuditError> {
+    let held = File::open(log).map_err(io_err(log))?;
+    super::lock_writer(&held, log)?;
+    let bytes = held.metadata().map_err(io_err(log))?.len();
+    if bytes == 0 || bytes < max_bytes {
+        return Ok(None);
+    }
+    super::verify(log).map_err(|e| AuditError::NotIntact {
+        path: log.to_path_buf(),
+        reason: super::escape(&e.to_string()).into_owned(),
+    })?;
+    seal_held(log, &rotation_reason(bytes, max_bytes), true).map(Some)
+}
+
+/// The `reason` of a rotation's `audit_sealed` record.
+fn rotation_reason(bytes: u64, max_bytes: u64) -> String {
+    format!("rotated at {bytes} bytes (limit {max_bytes})")
+}
+
+impl super::AuditLog {
+    /// Rotates this log if it holds `max_bytes` or more (see [`rotate`]), keeping its
+    /// writer lock throughout, and goes on appending to the new log. A rotation that
+    /// fails latches the log as failed, like a failed append: which file the next
+    /// record would go to is then unsure, and the next open recovers it.
+    pub fn rotate(&mut self, max_bytes: u64) -> Result<Option<Sealed>, AuditError> {
+        if let Some(reason) = self.failed.get() {
+            return Err(AuditError::Failed {
+                path: self.path.clone(),
+                reason: reason.clone(),
+            });
+        }
+        let bytes = self.file.metadata().map_err(io_err(&self.path))?.len();
+        if self.seq == 0 || bytes < max_bytes {
+            return Ok(None);
+        }
+        let rotated =
+            seal_held(&self.path, &rotation_reason(bytes, max_bytes), true).and_then(|s| {
+                let next = super::AuditLog::open(&self.path)?;
+                Ok((s, next))
+            });
+        match rotated {
+            Ok((sealed, next)) => {
+                // The old file (now the segment) is closed with its lock; the latch is
+                // kept, shared with every `Auditor` of this log.
+                self.file = next.file;
+                self.seq = next.seq;
+                self.last_hash = next.last_hash;
+                Ok(Some(sealed))
+            }
+            Err(e) => {
+                let _ = self.failed.set(format!("rotating: {e}"));
+                Err(e)
+            }
+        }
     }
 }

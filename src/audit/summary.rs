@@ -273,6 +273,12 @@ impl Event {
                 s.reason
             ),
             Event::ModelsRefused(m) => format!("{}: {}", m.signal, m.reason),
+            Event::Checkpoint(c) => format!(
+                "signs record {} (hash {}) with key {}",
+                c.seq,
+                short(&c.hash),
+                short(&c.public_key)
+            ),
             Event::AgentStopped(_) | Event::EscalationLimit(_) => generic(&self.to_parts().1),
         }
     }
