@@ -755,6 +755,33 @@ async fn scale_goes_through_the_scale_subresource_within_bounds() {
         fake.object("deployments", "shop", "cart").unwrap()["spec"]["replicas"],
         7
     );
+
+    // A write that left the count alone (a restart's annotation) is not a reason to
+    // fail: the same scale goes again with the new resourceVersion.
+    let prepared = k.prepare(&scale(json!({"replicas": 8}))).await.unwrap();
+    let restart = action(
+        "k8s.rollout_restart",
+        &[("namespace", "shop"), ("deployment", "cart")],
+        json!({}),
+    );
+    assert_eq!(
+        act(&k, &restart, false, 5 * SEC).await.1.outcome,
+        Outcome::Done
+    );
+    let r = k
+        .execute(
+            &scale(json!({"replicas": 8})),
+            prepared,
+            false,
+            Instant::now() + 5 * SEC,
+        )
+        .await;
+    assert_eq!(r.outcome, Outcome::Done, "{}", r.detail);
+    assert!(r.detail["requests"][0]["resent_with_resource_version"].is_string());
+    assert_eq!(
+        fake.object("deployments", "shop", "cart").unwrap()["spec"]["replicas"],
+        8
+    );
 }
 
 #[tokio::test]

@@ -289,6 +289,9 @@ struct Track {
     sent: Sent,
     attempts: u32,
     verified: Option<bool>,
+    /// The resourceVersion a scale was sent again with, after a conflict with a write
+    /// that left the replica count alone.
+    rebased: Option<Value>,
 }
 
 fn is_pod_removal(req: &Request) -> bool {
@@ -693,12 +696,17 @@ impl Kube {
                 sent: Sent::Skipped,
                 attempts: 0,
                 verified: None,
+                rebased: None,
             })
             .collect();
         // In order; a failed request other than a pod's removal stops the rest (a drain
         // whose cordon failed must not evict onto a schedulable node).
+        let observed_replicas = prepared.observed.get("replicas").cloned();
         for t in tracks.iter_mut() {
             self.send(t, dry_run, deadline).await;
+            if let Some(replicas) = &observed_replicas {
+                self.rebase_scale(t, replicas, dry_run, deadline).await;
+            }
             if !t.sent.ok() && !is_pod_removal(&t.request) {
                 break;
             }
@@ -719,6 +727,38 @@ impl Kube {
             self.verify(action, &mut tracks, deadline).await;
         }
         report(action, &tracks, dry_run)
+    }
+
+    /// A scale sent with the resourceVersion it read conflicts with any write to its
+    /// workload since (a rollout restart's annotation, a label). When the replica count
+    /// is still the one read, the count it was computed from holds: the same scale is
+    /// sent once more with the new resourceVersion. A changed count stays a conflict.
+    async fn rebase_scale(
+        &self,
+        t: &mut Track,
+        replicas: &Value,
+        dry_run: bool,
+        deadline: Instant,
+    ) {
+        let conflict = matches!(&t.sent, Sent::Rejected(s) if s.code == 409);
+        let Some(Effect::Replicas { path, .. }) = &t.effect else {
+            return;
+        };
+        if !conflict || t.rebased.is_some() {
+            return;
+        }
+        let Ok(a) = self.read(path).await else {
+            return;
+        };
+        if !a.is_success() || &a.body["spec"]["replicas"] != replicas {
+            return;
+        }
+        let rv = a.body["metadata"]["resourceVersion"].clone();
+        if let Some(body) = t.request.body.as_mut() {
+            body["metadata"]["resourceVersion"] = rv.clone();
+        }
+        t.rebased = Some(rv);
+        self.send(t, dry_run, deadline).await;
     }
 
     /// Reads each accepted request's effect until it shows or the deadline passes.
@@ -793,6 +833,9 @@ fn track_detail(t: &Track, dry_run: bool) -> Value {
     }
     if let Some(v) = t.verified {
         d["verified"] = json!(v);
+    }
+    if let Some(rv) = &t.rebased {
+        d["resent_with_resource_version"] = rv.clone();
     }
     d
 }
