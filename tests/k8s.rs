@@ -428,6 +428,23 @@ async fn lists_follow_continue_tokens_and_refuse_more_than_the_cap() {
     );
 }
 
+#[tokio::test]
+async fn a_read_without_an_answer_within_the_timeout_is_an_error() {
+    let fake = shop();
+    fake.set_delay(Duration::from_secs(3));
+    let k = Kube::from_client(
+        fake.client(),
+        Settings {
+            timeout: Duration::from_millis(300),
+            ..settings()
+        },
+    );
+    let started = Instant::now();
+    let e = k.get("nodes", "", "n1").await.unwrap_err();
+    assert!(e.contains("no answer within"), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(1));
+}
+
 // ---- actions ---------------------------------------------------------------------
 
 #[tokio::test]
@@ -532,6 +549,41 @@ async fn rollout_restart_refuses_opted_out_and_paused_workloads_and_fails_on_404
         .unwrap()
         .starts_with("Deployment.apps \"broken\" is invalid: metadata.labels"));
     assert_eq!(fake.writes(), 0);
+}
+
+#[tokio::test]
+async fn observe_reads_the_state_a_lost_outcome_is_reconciled_from() {
+    let fake = shop();
+    fake.add(labelled(
+        workload("Deployment", "shop", "kept", 1),
+        "homeostat.io/ignore",
+        "true",
+    ));
+    let k = kube(&fake);
+    let restart = action(
+        "k8s.rollout_restart",
+        &[("namespace", "shop"), ("deployment", "cart")],
+        json!({}),
+    );
+    assert!(k.observe(&restart).await.unwrap()["restartedAt"].is_null());
+    let (p, _) = act(&k, &restart, false, 5 * SEC).await;
+    let sent = p.unwrap().requests[0].body.as_ref().unwrap()["spec"]["template"]["metadata"]
+        ["annotations"]["kubectl.kubernetes.io/restartedAt"]
+        .clone();
+    assert_eq!(k.observe(&restart).await.unwrap()["restartedAt"], sent);
+    // Observing is not acting: an opted-out target can still be read.
+    let kept = action(
+        "k8s.scale",
+        &[("namespace", "shop"), ("deployment", "kept")],
+        json!({"replicas": 2}),
+    );
+    assert_eq!(k.observe(&kept).await.unwrap()["replicas"], 1);
+    let gone = action("k8s.cordon", &[("node", "n9")], json!({}));
+    assert!(k
+        .observe(&gone)
+        .await
+        .unwrap_err()
+        .contains("nodes \"n9\" not found"));
 }
 
 #[tokio::test]
