@@ -438,7 +438,7 @@ impl Kube {
             p.get("delta").and_then(Value::as_i64),
         ) {
             (Some(r), _) => r,
-            (None, Some(d)) => current + d,
+            (None, Some(d)) => current.saturating_add(d),
             (None, None) => {
                 return Err(failed(
                     "k8s.scale: params.replicas or params.delta is required",

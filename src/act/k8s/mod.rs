@@ -273,7 +273,7 @@ impl Kube {
     ) -> Result<Vec<Value>, String> {
         let max = self.settings.max_list_items;
         // One more than the cap in a page tells a full answer from an overlong one.
-        let page = (max + 1).clamp(1, 500);
+        let page = max.saturating_add(1).clamp(1, 500);
         let mut items = Vec::new();
         let mut next: Option<String> = None;
         loop {
