@@ -1144,6 +1144,38 @@ async fn no_answer_before_the_deadline_is_timed_out() {
 }
 
 #[tokio::test]
+async fn throttling_is_retried_after_the_pause_the_api_asks_for() {
+    let fake = shop();
+    fake.throttle_next_write(1);
+    let started = Instant::now();
+    let (_, r) = act(
+        &kube(&fake),
+        &action("k8s.cordon", &[("node", "n1")], json!({})),
+        false,
+        5 * SEC,
+    )
+    .await;
+    assert_eq!(r.outcome, Outcome::Done, "{}", r.detail);
+    assert_eq!(r.detail["requests"][0]["attempts"], 2);
+    assert!(started.elapsed() >= SEC, "waited as asked");
+    // Within a deadline shorter than the pause, it is not sent again.
+    fake.throttle_next_write(2);
+    let (_, r) = act(
+        &kube(&fake),
+        &action("k8s.uncordon", &[("node", "n1")], json!({})),
+        false,
+        SEC,
+    )
+    .await;
+    assert_eq!(r.outcome, Outcome::TimedOut, "{}", r.detail);
+    assert_eq!(r.detail["requests"][0]["attempts"], 1);
+    assert!(r.detail["message"]
+        .as_str()
+        .unwrap()
+        .contains("429 TooManyRequests"));
+}
+
+#[tokio::test]
 async fn transient_failures_are_retried_and_a_lost_answer_is_read_before_resending() {
     let fake = shop();
     let k = kube(&fake);
@@ -1187,6 +1219,36 @@ async fn transient_failures_are_retried_and_a_lost_answer_is_read_before_resendi
         .filter(|w| w.method == "PUT")
         .count();
     assert_eq!(puts, 1, "not resent");
+}
+
+#[tokio::test]
+async fn a_cluster_that_cannot_be_reached_fails_reads_and_times_out_writes() {
+    let fake = shop();
+    let dir = tempfile::tempdir().unwrap();
+    // The discard port: nothing listens there.
+    let path = FakeKube::write_kubeconfig(dir.path(), "http://127.0.0.1:9", TOKEN);
+    let down = Kube::connect(&Settings {
+        kubeconfig: Some(path),
+        timeout: Duration::from_millis(500),
+        ..settings()
+    })
+    .await
+    .expect("nothing is sent at connect");
+    let e = down.get("nodes", "", "n1").await.unwrap_err();
+    assert!(e.starts_with("k8s get nodes /n1: "), "{e}");
+    assert!(!e.contains(TOKEN));
+    let cordon = action("k8s.cordon", &[("node", "n1")], json!({}));
+    let r = down.prepare(&cordon).await.unwrap_err();
+    assert_eq!(r.outcome, Outcome::Failed, "{}", r.detail);
+    // Prepared while the cluster answered, sent once it no longer does: retried until
+    // the deadline, then timed out (never reported done).
+    let prepared = kube(&fake).prepare(&cordon).await.unwrap();
+    let r = down
+        .execute(&cordon, prepared, false, Instant::now() + 2 * SEC)
+        .await;
+    assert_eq!(r.outcome, Outcome::TimedOut, "{}", r.detail);
+    assert!(r.detail["requests"][0]["attempts"].as_u64().unwrap() >= 2);
+    assert_eq!(fake.writes(), 0);
 }
 
 // ---- the client's own loading, over HTTP -----------------------------------------

@@ -74,6 +74,7 @@ struct Fault {
     code: u16,
     reason: String,
     message: String,
+    details: Value,
     /// Apply the request first, then answer with the fault (an answer lost on the way).
     after: bool,
 }
@@ -726,6 +727,19 @@ impl FakeKube {
             code,
             reason: reason.into(),
             message: message.into(),
+            details: Value::Null,
+            after: false,
+        });
+    }
+
+    /// The next write request is throttled as API Priority and Fairness does: a 429
+    /// without a budget cause, asking the client to retry after `secs`.
+    pub fn throttle_next_write(&self, secs: u64) {
+        self.lock().faults.push_back(Fault {
+            code: 429,
+            reason: "TooManyRequests".into(),
+            message: "Too many requests, please try again later.".into(),
+            details: json!({ "retryAfterSeconds": secs }),
             after: false,
         });
     }
@@ -737,6 +751,7 @@ impl FakeKube {
             code,
             reason: "Timeout".into(),
             message: "the answer was lost".into(),
+            details: Value::Null,
             after: true,
         });
     }
@@ -874,10 +889,10 @@ impl FakeKube {
             None
         };
         match fault {
-            Some(f) if !f.after => status(f.code, &f.reason, &f.message, Value::Null),
+            Some(f) if !f.after => status(f.code, &f.reason, &f.message, f.details),
             Some(f) => {
                 let _applied = self.answer(call);
-                status(f.code, &f.reason, &f.message, Value::Null)
+                status(f.code, &f.reason, &f.message, f.details)
             }
             None => self.answer(call),
         }

@@ -664,6 +664,11 @@ impl Kube {
                         return;
                     }
                     ambiguous = s.code >= 500;
+                    // The API's own pause, when it named one (never past the deadline,
+                    // which the check below keeps).
+                    if let Some(wait) = s.retry_after {
+                        pause = pause.max(wait.min(MAX_PAUSE));
+                    }
                     s.line()
                 }
                 Err(e) => {

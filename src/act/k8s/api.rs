@@ -2,6 +2,8 @@
 //! names checked before they become paths, one bounded call, and the API's own
 //! `Status` answers read as they are (never guessed).
 
+use std::time::Duration;
+
 use serde_json::{json, Value};
 
 /// Where one kind lives in the API.
@@ -152,6 +154,10 @@ impl Answer {
             } else {
                 Vec::new()
             },
+            retry_after: b["details"]["retryAfterSeconds"]
+                .as_u64()
+                .filter(|_| is_status)
+                .map(Duration::from_secs),
         }
     }
 }
@@ -167,6 +173,8 @@ pub struct ApiStatus {
     pub message: String,
     /// `details.causes`.
     pub causes: Vec<Value>,
+    /// `details.retryAfterSeconds`: how long the API asked to wait (rate limiting).
+    pub retry_after: Option<Duration>,
 }
 
 impl ApiStatus {
