@@ -1,6 +1,15 @@
 //! Kubernetes: reads for playbooks and the effector for `k8s.*` actions, through
-//! `kube::Client`. Every write is sent with `dryRun=All` in dry-run mode, so the API
-//! server validates it (RBAC, admission, PodDisruptionBudgets) without persisting.
+//! `kube::Client` (kubeconfig, context or in-cluster service account). Every write is
+//! sent with `dryRun=All` in dry-run mode, so the API server validates it (RBAC,
+//! admission, PodDisruptionBudgets) without persisting.
+//!
+//! - this module: [`Settings`], the client ([`Kube::connect`], [`Kube::from_client`]),
+//!   one bounded call, and the reads ([`Kube::get`], [`Kube::list`]);
+//! - [`api`]: paths, name checks, the API's `Status` answers, credential scrubbing;
+//! - `actions`: what each action reads and sends, retries, verification, outcomes.
+//!
+//! `docs/kubernetes.md` describes the behaviour; `tests/k8s.rs` pins it down against
+//! the fake API server in `tests/common/fake_kube.rs`.
 
 mod actions;
 pub mod api;
