@@ -1319,3 +1319,55 @@ async fn connect_loads_a_kubeconfig_and_never_shows_its_token() {
     .await;
     assert!(e.contains("missing"), "{e}");
 }
+
+#[test]
+fn without_a_kubeconfig_or_a_cluster_the_agent_says_which_it_tried_and_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |kubernetes: &str| {
+        let config = dir.path().join("homeostat.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[prometheus]\nurl = \"http://127.0.0.1:9\"\n[agent]\nlisten = \"127.0.0.1:0\"\n\
+                 audit_log = \"audit.jsonl\"\n{kubernetes}\n[[signals]]\nname = \"x\"\nquery = \"up\"\n"
+            ),
+        )
+        .unwrap();
+        config
+    };
+    let run = |config: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_homeostat"))
+            .args(["run", "--config"])
+            .arg(config)
+            // kubectl's order: KUBECONFIG, ~/.kube/config, then the in-cluster account.
+            .env_remove("KUBECONFIG")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env_remove("KUBERNETES_SERVICE_PORT")
+            .env("HOME", dir.path())
+            .output()
+            .unwrap()
+    };
+    let out = run(&write("[kubernetes]"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("kubernetes: no kubeconfig ("), "{stderr}");
+    assert!(stderr.contains(".kube/config"), "{stderr}");
+    assert!(stderr.contains("and not in a cluster ("), "{stderr}");
+
+    // ~/.kube/config is found, with a context it does not have.
+    std::fs::create_dir_all(dir.path().join(".kube")).unwrap();
+    FakeKube::write_kubeconfig(&dir.path().join(".kube"), "https://127.0.0.1:6443", TOKEN);
+    std::fs::rename(
+        dir.path().join(".kube/kubeconfig"),
+        dir.path().join(".kube/config"),
+    )
+    .unwrap();
+    let out = run(&write("[kubernetes]\ncontext = \"prod\""));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("kubernetes: kubeconfig: ") && stderr.contains("prod"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(TOKEN), "{stderr}");
+}
