@@ -704,8 +704,8 @@ impl Kube {
                 rebased: None,
             })
             .collect();
-        // In order; a failed request other than a pod's removal stops the rest (a drain
-        // whose cordon failed must not evict onto a schedulable node).
+        // In order; a failed request other than a pod's removal stops the rest (pods
+        // evicted from a node whose cordon failed could be scheduled straight back).
         let observed_replicas = prepared.observed.get("replicas").cloned();
         for t in tracks.iter_mut() {
             self.send(t, dry_run, deadline).await;
