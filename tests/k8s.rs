@@ -11,9 +11,9 @@ use common::fake_kube::{self, annotated, labelled, node, owned_by, pdb, pod, wor
 use homeostat::act::k8s::{Kube, Settings};
 use homeostat::act::{Effector, Outcome, Prepared, Report};
 use homeostat::playbook::{Action, OnFailure};
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v1::Scale;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Event, Node, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Status;
 use serde_json::{json, Value};
@@ -137,6 +137,38 @@ async fn the_fakes_answers_have_the_real_apis_shapes() {
             st.disruptions_allowed
         ),
         (3, 2, 1)
+    );
+
+    let (_, body) = send(
+        "GET",
+        "/apis/apps/v1/namespaces/shop/statefulsets/db",
+        "",
+        None,
+    )
+    .await;
+    let _: StatefulSet = serde_json::from_value(body).unwrap();
+    let (_, body) = send("GET", "/apis/apps/v1/daemonsets", "", None).await;
+    let ds: k8s_openapi::List<DaemonSet> = serde_json::from_value(body).unwrap();
+    assert_eq!(ds.items.len(), 1);
+    let (_, body) = send("GET", "/api/v1/nodes?limit=1", "", None).await;
+    let nodes: k8s_openapi::List<Node> = serde_json::from_value(body).unwrap();
+    assert_eq!(nodes.items.len(), 1);
+    assert!(nodes.metadata.continue_.is_some());
+    let (_, body) = send("GET", "/apis/policy/v1/poddisruptionbudgets", "", None).await;
+    let _: k8s_openapi::List<PodDisruptionBudget> = serde_json::from_value(body).unwrap();
+    let (_, body) = send("GET", "/api/v1/namespaces/shop/events", "", None).await;
+    let _: k8s_openapi::List<Event> = serde_json::from_value(body).unwrap();
+    let (code, body) = send(
+        "DELETE",
+        "/api/v1/namespaces/shop/pods/cart-3?dryRun=All",
+        "application/json",
+        None,
+    )
+    .await;
+    let deleted: Pod = serde_json::from_value(body).unwrap();
+    assert_eq!(
+        (code, deleted.metadata.name.as_deref()),
+        (200, Some("cart-3"))
     );
 
     // Errors are Status objects with the real codes, reasons and messages.

@@ -1263,6 +1263,10 @@ fn preconditions(opts: &Value, key: &Key, current: &Value) -> Result<(), Respons
     Ok(())
 }
 
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
 /// Deletes an object: at once, or (pods, with a termination grace) marked terminating.
 fn remove(s: &mut State, key: &Key, current: Value) -> Value {
     if key.0 == "pods" && !s.grace.is_zero() {
@@ -1270,8 +1274,7 @@ fn remove(s: &mut State, key: &Key, current: Value) -> Value {
             return current;
         }
         let mut next = current;
-        next["metadata"]["deletionTimestamp"] =
-            json!(humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string());
+        next["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
         next["metadata"]["deletionGracePeriodSeconds"] = json!(s.grace.as_secs());
         let at = Instant::now() + s.grace;
         s.terminating.push((key.clone(), at));
@@ -1294,7 +1297,7 @@ fn delete(
     preconditions(&opts, key, &current)?;
     if dry_run {
         let mut would = current;
-        would["metadata"]["deletionTimestamp"] = json!("dry-run");
+        would["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
         return Ok(json_response(200, &would));
     }
     let gone = remove(s, key, current);
