@@ -1208,6 +1208,32 @@ async fn throttling_is_retried_after_the_pause_the_api_asks_for() {
 }
 
 #[tokio::test]
+async fn a_held_write_is_received_but_neither_applied_nor_answered_until_released() {
+    let fake = shop();
+    let k = std::sync::Arc::new(kube(&fake));
+    let cordon = action("k8s.cordon", &[("node", "n1")], json!({}));
+    let prepared = k.prepare(&cordon).await.unwrap();
+    fake.hold_writes();
+    let run = {
+        let (k, cordon) = (k.clone(), cordon.clone());
+        tokio::spawn(async move {
+            k.execute(&cordon, prepared, false, Instant::now() + 10 * SEC)
+                .await
+        })
+    };
+    while fake.received_writes().is_empty() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!run.is_finished());
+    assert_eq!(fake.writes(), 0);
+    assert!(fake.object("nodes", "", "n1").unwrap()["spec"]["unschedulable"].is_null());
+    fake.release_writes();
+    assert_eq!(run.await.unwrap().outcome, Outcome::Done);
+    assert_eq!(fake.writes(), 1);
+}
+
+#[tokio::test]
 async fn transient_failures_are_retried_and_a_lost_answer_is_read_before_resending() {
     let fake = shop();
     let k = kube(&fake);

@@ -18,6 +18,13 @@
 //! budget's status is computed from its pods on every request, and a deleted pod is
 //! gone at once (or after `set_termination_grace`).
 //!
+//! For tests it records every request (`received`), counts persisted writes
+//! (`writes`) and accepted dry runs (`dry_runs`), and can delay answers
+//! (`set_delay`, `set_write_delay`), hold writes until released (`hold_writes`), deny
+//! a verb on a resource (`deny`), answer the next write with a status
+//! (`fail_next_write`, `throttle_next_write`), or apply it and lose the answer
+//! (`lose_next_answer`).
+//!
 //! It does not implement: create (POST to a collection), watches, JSON patch and
 //! server-side apply (415), namespaces as objects, admission beyond the checks named,
 //! the `unhealthyPodEvictionPolicy: AlwaysAllow` variant, or the API's discovery.
@@ -98,10 +105,22 @@ struct State {
 }
 
 /// The fake; clones share one state.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct FakeKube {
     state: Arc<Mutex<State>>,
     token: Arc<Mutex<Option<String>>>,
+    /// While `true`, writes wait (received, not yet answered or applied).
+    hold: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Default for FakeKube {
+    fn default() -> Self {
+        FakeKube {
+            state: Arc::default(),
+            token: Arc::default(),
+            hold: Arc::new(tokio::sync::watch::channel(false).0),
+        }
+    }
 }
 
 type Key = (String, String, String);
@@ -721,6 +740,18 @@ impl FakeKube {
         self.lock().grace = d;
     }
 
+    /// Holds every write from now on: received (and counted in `received`), neither
+    /// applied nor answered until [`release_writes`](Self::release_writes). For a test
+    /// that stops the agent between an action's intent and its outcome.
+    pub fn hold_writes(&self) {
+        self.hold.send_replace(true);
+    }
+
+    /// Lets held writes (and later ones) through.
+    pub fn release_writes(&self) {
+        self.hold.send_replace(false);
+    }
+
     /// The next write request is answered with this status instead of being applied.
     pub fn fail_next_write(&self, code: u16, reason: &str, message: &str) {
         self.lock().faults.push_back(Fault {
@@ -860,6 +891,11 @@ impl FakeKube {
             };
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
+        }
+        if is_write {
+            let mut held = self.hold.subscribe();
+            // Only fails when the sender is gone, which the fake itself keeps alive.
+            let _ = held.wait_for(|h| !*h).await;
         }
         let want = self.token.lock().unwrap().clone();
         if let Some(t) = want {
