@@ -4,6 +4,8 @@
 //! and the homeostat binary as a child process.
 #![allow(dead_code)]
 
+pub mod fake_kube;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
