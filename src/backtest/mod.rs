@@ -364,6 +364,7 @@ pub fn details(results: &[FileResult]) -> Vec<String> {
                     *found.entry(e).or_default() += 1;
                     at
                 }
+                None if !nab::scored_window((first, last), r.rows) => "probation".to_string(),
                 None => "MISS".to_string(),
             })
             .collect();
@@ -413,6 +414,14 @@ impl FileResult {
     /// Rows detected as anomalous.
     pub fn detection_count(&self) -> usize {
         self.detections.iter().filter(|d| **d).count()
+    }
+
+    /// Its windows that NAB scores: those not wholly inside probation.
+    pub fn scored_windows(&self) -> usize {
+        self.windows
+            .iter()
+            .filter(|w| nab::scored_window(**w, self.rows))
+            .count()
     }
 }
 
@@ -482,13 +491,14 @@ pub fn score_table(results: &[FileResult]) -> Vec<(String, usize, usize, [f64; 3
     let all: Vec<&FileResult> = results.iter().filter(|r| r.labelled).collect();
     let row = |name: String, files: &[&FileResult]| {
         let windows: usize = files.iter().map(|f| f.windows.len()).sum();
+        let scored: usize = files.iter().map(|f| f.scored_windows()).sum();
         let mut scores = [0.0; 3];
         for (k, p) in nab::PROFILES.iter().enumerate() {
             let raw: f64 = files
                 .iter()
                 .map(|f| nab::score_file(&f.detections, &f.windows, p))
                 .sum();
-            scores[k] = nab::normalise(raw, windows, p);
+            scores[k] = nab::normalise(raw, scored, windows, p);
         }
         (name, files.len(), windows, scores)
     };
