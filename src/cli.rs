@@ -52,8 +52,13 @@ pub enum Command {
         labels: Vec<PathBuf>,
         /// Leave each category of each data set out in turn: score it alone, and with
         /// several `--config`s, with the one that scores best on the other categories.
-        #[arg(long, requires = "labels", conflicts_with_all = ["out", "plot", "details"])]
+        #[arg(long, requires = "labels", conflicts_with_all = ["out", "plot", "details", "incidents"])]
         folds: bool,
+        /// With `--labels`, also count the incidents the anomalies make when those opening
+        /// within this many seconds on one machine's series (files `<machine>_<metric>`)
+        /// are grouped.
+        #[arg(long, requires = "labels")]
+        incidents: Option<f64>,
         /// Write NAB-format results (`timestamp,value,anomaly_score,label`) here.
         #[arg(long)]
         out: Option<PathBuf>,

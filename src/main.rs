@@ -133,6 +133,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             data,
             labels,
             folds,
+            incidents,
             out,
             config,
             signal,
@@ -180,6 +181,16 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             if !folds {
                 for report in &reports {
                     out!("{report}");
+                    if let Some(within) = incidents {
+                        let rows = backtest::incidents::count(&report.files, within);
+                        out!(
+                            "{}",
+                            backtest::incidents::IncidentTable {
+                                within,
+                                rows: &rows
+                            }
+                        );
+                    }
                     outln!("{}", report.summary());
                 }
             } else {

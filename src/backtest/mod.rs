@@ -9,6 +9,7 @@
 //! detector ever sees a file's min, max or future.
 
 pub mod cv;
+pub mod incidents;
 pub mod nab;
 pub mod plot;
 pub mod report;
@@ -339,6 +340,8 @@ pub struct FileResult {
     pub labelled: bool,
     /// Detection per row.
     pub detections: Vec<bool>,
+    /// The Unix time of each detection, in row order.
+    pub opened_at: Vec<f64>,
     /// Per row, what scored highest and whether against the daily profile.
     pub evidence: Vec<(Evidence, bool)>,
 }
@@ -614,6 +617,7 @@ mod tests {
             windows: vec![(20, 29), (32, 35)],
             labelled: true,
             detections: (0..40).map(|i| [10, 15, 25, 27, 38].contains(&i)).collect(),
+            opened_at: Vec::new(),
             evidence,
         };
         let lines = details(&[r]);

@@ -202,10 +202,16 @@ impl Backtest<'_> {
                     name,
                     rows: rows.len(),
                 }));
-                let detections = scored
+                let detections: Vec<bool> = scored
                     .anomaly_score
                     .iter()
                     .map(|s| *s >= DETECTION_THRESHOLD)
+                    .collect();
+                let opened_at = rows
+                    .iter()
+                    .zip(&detections)
+                    .filter(|(_, d)| **d)
+                    .map(|(r, _)| r.t)
                     .collect();
                 let scored_days = match (rows.get(nab::probation(rows.len())), rows.last()) {
                     (Some(first), Some(last)) => (last.t - first.t) / 86_400.0,
@@ -219,6 +225,7 @@ impl Backtest<'_> {
                     windows,
                     labelled,
                     detections,
+                    opened_at,
                     evidence: scored.evidence,
                 });
             }
