@@ -5,6 +5,19 @@
     homeostat backtest --data OUT --out RESULTS
     scripts/synthetic.py score RESULTS
 
+    scripts/synthetic.py clean OUT       # 40 anomaly-free series under OUT/clean/<kind>_<n>.csv
+    homeostat backtest --data OUT --out RESULTS
+    scripts/synthetic.py check RESULTS [THRESHOLD]
+
+`clean` and `check` test the threshold's calibration: a threshold t states a false-alarm
+rate of (1 - t) per five-minute step, 288 (1 - t) per series per day (0.288 at the
+default 0.999). Ten kinds of anomaly-free series (Gaussian, Student-t(3), lognormal,
+Pareto(3), Poisson counts at 3 and 50, AR(1), a daily wave with noise, daily Poisson
+counts, a daily wave with noise twice as wide by day), four of each, 20,000 five-minute
+points (69 days); the first 2,016 (a week, the agent's default history) are history and
+not counted. `check` prints the anomalies opened per series-day by kind, marks a kind
+above the stated rate, and exits 1 if all of them together are above it.
+
 Four kinds of series (`iid` Gaussian noise; `daily`, a daily wave with noise; `ar1`, a
 wandering AR(1) level; `counts`, Poisson counts with a daily cycle), 4,000 points at five
 minutes each, and seven kinds of anomaly starting at row 3,000 (ten days in), sized in
@@ -81,6 +94,81 @@ def series(base, kind, rng):
     return xs
 
 
+CLEAN_KINDS = ["gauss", "t3", "lognormal", "pareto", "poisson3", "poisson50", "ar1",
+               "daily", "dailycounts", "dailynoise"]
+CLEAN_POINTS, CLEAN_HISTORY, CLEAN_REPS = 20000, 2016, 4
+
+
+def clean_series(kind, rng):
+    """The values of one anomaly-free series."""
+    xs, ar = [], 0.0
+    for i in range(CLEAN_POINTS):
+        day = math.sin(2 * math.pi * i / 288)
+        if kind == "gauss":
+            x = 50 + rng.gauss(0, 2)
+        elif kind == "t3":
+            # Student-t with 3 degrees of freedom: a normal over sqrt(chi2(3) / 3).
+            chi2 = sum(rng.gauss(0, 1) ** 2 for _ in range(3))
+            x = 50 + 2 * rng.gauss(0, 1) / math.sqrt(chi2 / 3)
+        elif kind == "lognormal":
+            x = math.exp(rng.gauss(1, 0.5))
+        elif kind == "pareto":
+            x = rng.paretovariate(3)
+        elif kind == "poisson3":
+            x = float(poisson(rng, 3))
+        elif kind == "poisson50":
+            x = float(poisson(rng, 50))
+        elif kind == "ar1":
+            ar = 0.9 * ar + rng.gauss(0, 1)
+            x = 50 + ar
+        elif kind == "daily":
+            x = 50 + 20 * day + rng.gauss(0, 2)
+        elif kind == "dailycounts":
+            x = float(poisson(rng, 20 + 15 * day))
+        else:
+            x = 50 + 20 * day + rng.gauss(0, 2 + 2 * max(day, 0))
+        xs.append(x)
+    return xs
+
+
+def clean(out):
+    start = dt.datetime(2026, 1, 1)
+    os.makedirs(os.path.join(out, "clean"), exist_ok=True)
+    for k, kind in enumerate(CLEAN_KINDS):
+        for n in range(CLEAN_REPS):
+            rng = random.Random(7000 + 10 * k + n)
+            with open(os.path.join(out, "clean", f"{kind}_{n}.csv"), "w") as f:
+                f.write("timestamp,value\n")
+                for i, x in enumerate(clean_series(kind, rng)):
+                    t = start + dt.timedelta(minutes=5 * i)
+                    f.write(f"{t:%Y-%m-%d %H:%M:%S},{x!r}\n")
+
+
+def check(results, threshold=0.999):
+    stated = 288 * (1 - threshold)
+    opened, days = {}, {}
+    for path in glob.glob(os.path.join(results, "clean", "*.csv")):
+        kind = os.path.basename(path).rsplit("_", 1)[0]
+        rows = list(csv.DictReader(open(path)))
+        opened[kind] = opened.get(kind, 0) + sum(
+            float(r["anomaly_score"]) >= 0.5 for r in rows[CLEAN_HISTORY:])
+        days[kind] = days.get(kind, 0) + (len(rows) - CLEAN_HISTORY) / 288
+    if not days:
+        sys.exit(f"no results under {results}/clean")
+    print(f"stated: {stated:.3f} false alarms per series-day (threshold {threshold})")
+    print("| series | false alarms | per series-day |")
+    print("|---|---|---|")
+    for kind in CLEAN_KINDS:
+        if kind in days:
+            rate = opened[kind] / days[kind]
+            mark = " (above)" if rate > stated else ""
+            print(f"| {kind} | {opened[kind]} | {rate:.3f}{mark} |")
+    total = sum(opened.values()) / sum(days.values())
+    print(f"| all | {sum(opened.values())} | {total:.3f} |")
+    if total > stated:
+        sys.exit(f"above the stated rate: {total:.3f} > {stated:.3f}")
+
+
 def make(out):
     start = dt.datetime(2026, 1, 1)
     for b, base in enumerate(BASES):
@@ -120,5 +208,9 @@ if __name__ == "__main__":
         make(sys.argv[2])
     elif len(sys.argv) == 3 and sys.argv[1] == "score":
         score(sys.argv[2])
+    elif len(sys.argv) == 3 and sys.argv[1] == "clean":
+        clean(sys.argv[2])
+    elif len(sys.argv) in (3, 4) and sys.argv[1] == "check":
+        check(sys.argv[2], *map(float, sys.argv[3:]))
     else:
         sys.exit(__doc__)

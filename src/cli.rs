@@ -137,18 +137,30 @@ pub enum Command {
     },
     /// Run the live detection engine over CSV files (NAB layout) and score it.
     Backtest {
-        /// Directory of `<category>/<file>.csv` files (`timestamp,value`).
+        /// Directory of `<category>/<file>.csv` files (`timestamp,value`); repeat it
+        /// (each with its `--labels`, in the same order) to score several data sets together.
+        #[arg(long, required = true)]
+        data: Vec<PathBuf>,
+        /// NAB `combined_windows.json`: score the run for the three NAB profiles; one per
+        /// `--data`, in the same order.
         #[arg(long)]
-        data: PathBuf,
-        /// NAB `combined_windows.json`: score the run for the three NAB profiles.
-        #[arg(long)]
-        labels: Option<PathBuf>,
+        labels: Vec<PathBuf>,
+        /// Leave each category of each data set out in turn: score it alone, and with
+        /// several `--config`s, with the one that scores best on the other categories.
+        #[arg(long, requires = "labels", conflicts_with_all = ["out", "plot", "details", "incidents"])]
+        folds: bool,
+        /// With `--labels`, also count the incidents the anomalies make when those opening
+        /// within this many seconds on one machine's series (files `<machine>_<metric>`)
+        /// are grouped.
+        #[arg(long, requires = "labels")]
+        incidents: Option<f64>,
         /// Write NAB-format results (`timestamp,value,anomaly_score,label`) here.
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Use this config's `[detection]` defaults instead of the built-in ones.
+        /// Use this config's `[detection]` defaults instead of the built-in ones; with
+        /// `--folds`, repeat it: the candidates to choose among.
         #[arg(long, short)]
-        config: Option<PathBuf>,
+        config: Vec<PathBuf>,
         /// With `--config`, use this signal's settings (its overrides of `[detection]`).
         #[arg(long, requires = "config")]
         signal: Option<String>,

@@ -2,12 +2,12 @@
 //! (0 ok, 1 failure, 2 usage or config error).
 
 use std::io::IsTerminal;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser;
-use homeostat::backtest::{self, Backtest, BacktestError, SettingsError};
+use homeostat::backtest::{self, Backtest, BacktestError, DataSet, SettingsError};
 use homeostat::bench;
 use homeostat::cli::{
     ApprovalsCommand, AuditCommand, BreakerCommand, Cli, Command, PlaybookCommand,
@@ -63,9 +63,15 @@ fn main() -> ExitCode {
     }
 }
 
+/// Arguments that do not fit together (exit 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Usage(String);
+
 /// A usage or config error (exit 2, printed as it is); anything else is a failure (exit 1).
 fn is_usage(e: &anyhow::Error) -> bool {
     e.is::<Problems>()
+        || e.is::<Usage>()
         || e.is::<SettingsError>()
         || matches!(e.downcast_ref(), Some(BacktestError::NoFiles { .. }))
         || matches!(e.downcast_ref(), Some(CasesError::Empty { .. }))
@@ -175,26 +181,80 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Backtest {
             data,
             labels,
+            folds,
+            incidents,
             out,
             config,
             signal,
             details,
             plot,
         } => {
-            let detection = backtest::settings(config.as_deref(), signal.as_deref())?;
-            let backtest = Backtest {
-                data: &data,
-                labels: labels.as_deref(),
-                out: out.as_deref(),
-                plot: plot.as_deref(),
-                detection: &detection,
-                details,
+            if !labels.is_empty() && labels.len() != data.len() {
+                anyhow::bail!(Usage(format!(
+                    "{} --data but {} --labels: give one labels file per data set, in the same order",
+                    data.len(),
+                    labels.len()
+                )));
+            }
+            if config.len() > 1 && !folds {
+                anyhow::bail!(Usage(
+                    "several --config are candidates for --folds to choose among".into()
+                ));
+            }
+            let sets: Vec<DataSet> = data
+                .iter()
+                .enumerate()
+                .map(|(i, d)| DataSet {
+                    data: d,
+                    labels: labels.get(i).map(PathBuf::as_path),
+                })
+                .collect();
+            let configs: Vec<Option<&Path>> = match config.len() {
+                0 => vec![None],
+                _ => config.iter().map(|c| Some(c.as_path())).collect(),
             };
             let progress = Progress::stderr();
-            let report = backtest.run(|event| event.show(&progress))?;
+            let mut reports = Vec::with_capacity(configs.len());
+            for path in &configs {
+                let detection = backtest::settings(*path, signal.as_deref())?;
+                let backtest = Backtest {
+                    sets: &sets,
+                    out: out.as_deref(),
+                    plot: plot.as_deref(),
+                    detection: &detection,
+                    details,
+                };
+                reports.push(backtest.run(|event| event.show(&progress))?);
+            }
             progress.finish();
-            out!("{report}");
-            outln!("{}", report.summary());
+            if !folds {
+                for report in &reports {
+                    out!("{report}");
+                    if let Some(within) = incidents {
+                        let rows = backtest::incidents::count(&report.files, within);
+                        out!(
+                            "{}",
+                            backtest::incidents::IncidentTable {
+                                within,
+                                rows: &rows
+                            }
+                        );
+                    }
+                    outln!("{}", report.summary());
+                }
+            } else {
+                let tables: Vec<_> = reports
+                    .into_iter()
+                    .map(|r| r.scores.unwrap_or_default())
+                    .collect();
+                let names = configs
+                    .iter()
+                    .map(|c| c.map_or("built-in defaults".into(), |p| p.display().to_string()))
+                    .collect();
+                let cv = backtest::cv::cross_validate(names, &tables);
+                out!("{cv}");
+                outln!("{}", cv.summary());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {

@@ -564,3 +564,41 @@ fn pause_resume_and_approvals_act_on_the_files_and_audit_when_no_agent_answers()
         text(&o)
     );
 }
+
+#[test]
+fn backtest_leaves_each_category_of_several_data_sets_out() {
+    // Two data sets, each of one category holding the labelled spike: two folds, named
+    // by set and category, each scored alone; labels must pair with the data sets.
+    let dir = tempfile::tempdir().unwrap();
+    let labels = json!({"synthetic/spike.csv": [["2024-01-01 13:10:00.000000", "2024-01-01 13:30:00.000000"]]});
+    let mut args = vec!["backtest".to_string(), "--folds".to_string()];
+    for set in ["one", "two"] {
+        let root = dir.path().join(set);
+        let data = category(&root, "synthetic");
+        std::fs::write(data.join("spike.csv"), spike_csv()).unwrap();
+        let l = write(&root, "labels.json", &labels.to_string());
+        args.extend([
+            "--data".into(),
+            root.join("data").to_str().unwrap().into(),
+            "--labels".into(),
+            l,
+        ]);
+    }
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = homeostat(&argv);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stdout.contains("one/synthetic "), "{stdout}");
+    assert!(stdout.contains("two/synthetic "), "{stdout}");
+    let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(last["folds"], 2);
+    // The spike of `backtest_scores_a_labelled_spike_as_nab_does`, in each fold alone.
+    let standard = last["mean"]["standard"].as_f64().unwrap();
+    assert!((standard - 93.7940).abs() < 1e-3, "{last}");
+    assert_eq!(last["worst"]["standard"], last["mean"]["standard"]);
+    // Three labels files for two data sets: a usage error.
+    let mut bad = argv.clone();
+    bad.extend(["--labels", argv[5]]);
+    let out = homeostat(&bad);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out).1);
+}

@@ -8,13 +8,14 @@
 //! they came. Streaming: each row is scored before the detector learns from it, and no
 //! detector ever sees a file's min, max or future.
 
+pub mod cv;
+pub mod incidents;
 pub mod nab;
 pub mod plot;
 pub mod report;
 
 pub use report::{
-    settings, Backtest, BacktestReport, BacktestSummary, CategoryScore, Event, FileDone,
-    SettingsError,
+    settings, Backtest, BacktestReport, BacktestSummary, DataSet, Event, FileDone, SettingsError,
 };
 
 use std::collections::BTreeMap;
@@ -324,16 +325,23 @@ pub fn run_series(rows: &[Row], cfg: &DetectionConfig) -> Scored {
 /// One file's outcome.
 #[derive(Debug, Clone)]
 pub struct FileResult {
+    /// The data set it belongs to (empty when the backtest has one).
+    pub set: String,
     /// Path relative to the data directory, with `/` separators.
     pub name: String,
     /// Rows in the file.
     pub rows: usize,
+    /// Days from the first row after probation to the last row: the series-days its
+    /// false alarms are counted over.
+    pub scored_days: f64,
     /// Labelled windows as row ranges (empty without labels).
     pub windows: Vec<(usize, usize)>,
     /// Whether the file has labels at all.
     pub labelled: bool,
     /// Detection per row.
     pub detections: Vec<bool>,
+    /// The Unix time of each detection, in row order.
+    pub opened_at: Vec<f64>,
     /// Per row, what scored highest and whether against the daily profile.
     pub evidence: Vec<(Evidence, bool)>,
 }
@@ -364,6 +372,7 @@ pub fn details(results: &[FileResult]) -> Vec<String> {
                     *found.entry(e).or_default() += 1;
                     at
                 }
+                None if !nab::scored_window((first, last), r.rows) => "probation".to_string(),
                 None => "MISS".to_string(),
             })
             .collect();
@@ -376,7 +385,11 @@ pub fn details(results: &[FileResult]) -> Vec<String> {
         }
         lines.push(format!(
             "  {:<52} windows [{}] false alarms {}{}",
-            r.name,
+            if r.set.is_empty() {
+                r.name.clone()
+            } else {
+                format!("{}/{}", r.set, r.name)
+            },
             hits.join(", "),
             d.false_positives.len(),
             counted(&by, " (", ")"),
@@ -410,9 +423,39 @@ impl FileResult {
         self.name.split('/').next().unwrap_or("")
     }
 
+    /// The category, after its data set's name when the backtest has several
+    /// (`ops-dev/smd`): what the score table and cross-validation group by.
+    pub fn group(&self) -> String {
+        if self.set.is_empty() {
+            self.category().to_string()
+        } else {
+            format!("{}/{}", self.set, self.category())
+        }
+    }
+
+    /// Rows NAB scores: those after probation.
+    pub fn scored_rows(&self) -> usize {
+        self.rows - nab::probation(self.rows).min(self.rows)
+    }
+
+    /// Detections after probation outside every window, as NAB counts false positives.
+    pub fn false_alarms(&self) -> usize {
+        nab::file_detail(&self.detections, &self.windows)
+            .false_positives
+            .len()
+    }
+
     /// Rows detected as anomalous.
     pub fn detection_count(&self) -> usize {
         self.detections.iter().filter(|d| **d).count()
+    }
+
+    /// Its windows that NAB scores: those not wholly inside probation.
+    pub fn scored_windows(&self) -> usize {
+        self.windows
+            .iter()
+            .filter(|w| nab::scored_window(**w, self.rows))
+            .count()
     }
 }
 
@@ -473,30 +516,85 @@ pub fn write_results(
     f.flush().map_err(io(path))
 }
 
-/// Scores per category and in total: `(name, files, windows, [score per profile])`.
-pub fn score_table(results: &[FileResult]) -> Vec<(String, usize, usize, [f64; 3])> {
-    let mut groups: BTreeMap<String, Vec<&FileResult>> = BTreeMap::new();
-    for r in results.iter().filter(|r| r.labelled) {
-        groups.entry(r.category().to_string()).or_default().push(r);
-    }
-    let all: Vec<&FileResult> = results.iter().filter(|r| r.labelled).collect();
-    let row = |name: String, files: &[&FileResult]| {
+/// One group's figures: NAB's scores and the false alarms.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupScore {
+    /// The group ([`FileResult::group`]), or `total`.
+    pub name: String,
+    /// Labelled files in it.
+    pub files: usize,
+    /// Label windows in them.
+    pub windows: usize,
+    /// Detections in them.
+    pub detections: usize,
+    /// Normalised score per profile of [`nab::PROFILES`] (NaN without windows).
+    pub scores: [f64; 3],
+    /// Detections after probation outside every window.
+    pub false_alarms: usize,
+    /// Rows after probation.
+    pub scored_rows: usize,
+    /// Series-days after probation.
+    pub scored_days: f64,
+}
+
+impl GroupScore {
+    /// The figures of labelled `files` scored together.
+    pub fn of(name: String, files: &[&FileResult]) -> Self {
         let windows: usize = files.iter().map(|f| f.windows.len()).sum();
+        let scored: usize = files.iter().map(|f| f.scored_windows()).sum();
         let mut scores = [0.0; 3];
         for (k, p) in nab::PROFILES.iter().enumerate() {
             let raw: f64 = files
                 .iter()
                 .map(|f| nab::score_file(&f.detections, &f.windows, p))
                 .sum();
-            scores[k] = nab::normalise(raw, windows, p);
+            scores[k] = nab::normalise(raw, scored, windows, p);
         }
-        (name, files.len(), windows, scores)
-    };
+        GroupScore {
+            name,
+            files: files.len(),
+            windows,
+            detections: files.iter().map(|f| f.detection_count()).sum(),
+            scores,
+            false_alarms: files.iter().map(|f| f.false_alarms()).sum(),
+            scored_rows: files.iter().map(|f| f.scored_rows()).sum(),
+            scored_days: files.iter().map(|f| f.scored_days).sum(),
+        }
+    }
+
+    /// False alarms per 1,000 scored rows (NaN without any).
+    pub fn false_alarms_per_1000(&self) -> f64 {
+        per(self.false_alarms, self.scored_rows as f64 / 1000.0)
+    }
+
+    /// False alarms per series-day (NaN without any).
+    pub fn false_alarms_per_day(&self) -> f64 {
+        per(self.false_alarms, self.scored_days)
+    }
+}
+
+/// `n` over `of`, NaN when there is nothing to count over.
+fn per(n: usize, of: f64) -> f64 {
+    if of > 0.0 {
+        n as f64 / of
+    } else {
+        f64::NAN
+    }
+}
+
+/// The figures per group ([`FileResult::group`]) of labelled files, and the `total`
+/// line last.
+pub fn score_table(results: &[FileResult]) -> Vec<GroupScore> {
+    let mut groups: BTreeMap<String, Vec<&FileResult>> = BTreeMap::new();
+    for r in results.iter().filter(|r| r.labelled) {
+        groups.entry(r.group()).or_default().push(r);
+    }
+    let all: Vec<&FileResult> = results.iter().filter(|r| r.labelled).collect();
     let mut table: Vec<_> = groups
-        .iter()
-        .map(|(c, files)| row(c.clone(), files))
+        .into_iter()
+        .map(|(c, files)| GroupScore::of(c, &files))
         .collect();
-    table.push(row("total".to_string(), &all));
+    table.push(GroupScore::of("total".to_string(), &all));
     table
 }
 
@@ -512,11 +610,14 @@ mod tests {
         evidence[25] = (Evidence::Jump, true);
         evidence[15] = (Evidence::Drift, false);
         let r = FileResult {
+            set: String::new(),
             name: "cat/a.csv".into(),
             rows: 40,
+            scored_days: 1.0,
             windows: vec![(20, 29), (32, 35)],
             labelled: true,
             detections: (0..40).map(|i| [10, 15, 25, 27, 38].contains(&i)).collect(),
+            opened_at: Vec::new(),
             evidence,
         };
         let lines = details(&[r]);

@@ -41,16 +41,25 @@ pub fn probation(rows: usize) -> usize {
     ((0.15 * rows as f64).floor() as usize).min(750)
 }
 
-/// NAB's scaled sigmoid: `2 / (1 + e^(5y)) - 1`, and -1 past `y = 3`.
+/// NAB's scaled sigmoid: `2 / (1 + e^(5y)) - 1`, and -1 from `y = 3` on.
 pub fn sigmoid(y: f64) -> f64 {
-    if y > 3.0 {
+    if y >= 3.0 {
         -1.0
     } else {
         2.0 / (1.0 + (5.0 * y).exp()) - 1.0
     }
 }
 
+/// Whether a window (inclusive rows) is scored in a file of `rows` rows: NAB scores a
+/// window only if one of its rows is past probation. One wholly inside probation is
+/// neither found nor missed, and is not in the null baseline; it still counts in the
+/// perfect score (see [`normalise`]).
+pub fn scored_window(window: (usize, usize), rows: usize) -> bool {
+    window.1 >= probation(rows)
+}
+
 /// One file's raw score under a profile; `windows` are inclusive row ranges, in order.
+/// A window wholly inside probation costs nothing when missed (see [`scored_window`]).
 pub fn score_file(detections: &[bool], windows: &[(usize, usize)], p: &Profile) -> f64 {
     let skip = probation(detections.len());
     let mut score = 0.0;
@@ -88,7 +97,11 @@ pub fn score_file(detections: &[bool], windows: &[(usize, usize)], p: &Profile) 
             }
         }
     }
-    let missed = detected.iter().filter(|d| !**d).count();
+    let missed = detected
+        .iter()
+        .zip(windows)
+        .filter(|(d, w)| !**d && scored_window(**w, detections.len()))
+        .count();
     score - p.fn_ * missed as f64
 }
 
@@ -125,12 +138,15 @@ pub fn file_detail(detections: &[bool], windows: &[(usize, usize)]) -> FileDetai
     }
 }
 
-/// NAB's normalised score over files scored together: `100 (S - S_null) / (S_perfect - S_null)`;
-/// undefined (NaN) without windows, where never alarming is already perfect.
-pub fn normalise(raw: f64, windows: usize, p: &Profile) -> f64 {
-    let null = -p.fn_ * windows as f64;
-    let perfect = p.tp * windows as f64;
-    if windows == 0 {
+/// NAB's normalised score over files scored together: `100 (S - S_null) / (S_perfect - S_null)`,
+/// where the null detector misses the `scored` windows (those past probation, see
+/// [`scored_window`]) and the perfect one finds `all` the labels' windows, as NAB's
+/// `Runner.normalize` counts them; undefined (NaN) without windows, where never alarming
+/// is already perfect.
+pub fn normalise(raw: f64, scored: usize, all: usize, p: &Profile) -> f64 {
+    let null = -p.fn_ * scored as f64;
+    let perfect = p.tp * all as f64;
+    if all == 0 {
         return f64::NAN;
     }
     100.0 * (raw - null) / (perfect - null)
@@ -164,7 +180,7 @@ mod tests {
     fn detection_at_the_left_edge_scores_one() {
         // 20 rows, probation 3, window rows 10..=12.
         close(score_file(&hits(20, &[10]), &[(10, 12)], &STD), 1.0);
-        close(normalise(1.0, 1, &STD), 100.0);
+        close(normalise(1.0, 1, 1, &STD), 100.0);
     }
 
     #[test]
@@ -225,9 +241,43 @@ mod tests {
         // S_null = -2, S_perfect = 2 -> 100 * 2 / 4 = 50.
         let s = score_file(&hits(20, &[10]), &[(10, 12)], &STD)
             + score_file(&hits(20, &[]), &[(10, 12)], &STD);
-        close(normalise(s, 2, &STD), 50.0);
+        close(normalise(s, 2, 2, &STD), 50.0);
         // Never alarming scores 0; without windows the score is undefined.
-        close(normalise(-2.0, 2, &STD), 0.0);
-        assert!(normalise(-0.22, 0, &STD).is_nan());
+        close(normalise(-2.0, 2, 2, &STD), 0.0);
+        assert!(normalise(-0.22, 0, 0, &STD).is_nan());
+    }
+
+    #[test]
+    fn a_window_inside_probation_is_in_the_perfect_score_only() {
+        // 20 rows, probation 3: window 0..=2 lies wholly inside it, 10..=12 does not.
+        // Found at its left edge, the second scores 1; the first is neither found nor
+        // missed (not -1), and is not in the null baseline: S_null = -1 (one scored
+        // window), S_perfect = 2 (both windows of the labels), so 100 * (1 + 1) / (2 + 1).
+        let windows = [(0, 2), (10, 12)];
+        assert!(!scored_window(windows[0], 20) && scored_window(windows[1], 20));
+        let s = score_file(&hits(20, &[10]), &windows, &STD);
+        close(s, 1.0);
+        close(normalise(s, 1, 2, &STD), 200.0 / 3.0);
+        // Low FN: the same raw score (no window missed), S_null = -2, S_perfect = 2.
+        let s = score_file(&hits(20, &[10]), &windows, &PROFILES[2]);
+        close(normalise(s, 1, 2, &PROFILES[2]), 75.0);
+        // A window reaching past probation by one row is scored: missed, it costs 1.
+        close(score_file(&hits(20, &[]), &[(0, 3)], &STD), -1.0);
+        // A detection inside probation finds nothing and costs nothing.
+        close(score_file(&hits(20, &[1]), &windows, &STD), -1.0);
+    }
+
+    #[test]
+    fn the_sigmoid_is_minus_one_from_three_on() {
+        // NAB: `if y >= 3.0: return -1.0`; the formula at 3 gives 2/(1+e^15) - 1 = -0.99999939.
+        assert_eq!(sigmoid(3.0), -1.0);
+        assert!(
+            (sigmoid(2.999) + 0.99999939).abs() < 1e-7,
+            "{}",
+            sigmoid(2.999)
+        );
+        // Two rows after a 3-row window, a false positive at y = 6/2 = 3: exactly -0.11.
+        let s = score_file(&hits(20, &[10, 18]), &[(10, 12)], &STD);
+        assert_eq!(s, 1.0 - 0.11);
     }
 }

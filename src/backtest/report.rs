@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::{nab, BacktestError, FileResult, DETECTION_THRESHOLD};
+use super::{nab, BacktestError, FileResult, GroupScore, DETECTION_THRESHOLD};
 use crate::config::DetectionConfig;
 use crate::progress::Progress;
 use crate::report::{self, Problems};
@@ -50,13 +50,37 @@ pub fn settings(
     }
 }
 
-/// One backtest: where the data is and what to do with it.
+/// One data set: a directory of files and, optionally, their labels.
 #[derive(Debug, Clone, Copy)]
-pub struct Backtest<'a> {
+pub struct DataSet<'a> {
     /// Directory of `<category>/<file>.csv` files (`timestamp,value`).
     pub data: &'a Path,
     /// NAB `combined_windows.json`: score the run for the three NAB profiles.
     pub labels: Option<&'a Path>,
+}
+
+impl DataSet<'_> {
+    /// What the set is called in a backtest of several: its directory's name, or its
+    /// parent's when that is `data` (NAB's layout: `nab-dev/data`).
+    pub fn name(&self) -> String {
+        let last = |p: &Path| {
+            p.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        };
+        match last(self.data).as_str() {
+            "data" => self.data.parent().map(last).unwrap_or_default(),
+            name => name.to_string(),
+        }
+    }
+}
+
+/// One backtest: where the data is and what to do with it.
+#[derive(Debug, Clone, Copy)]
+pub struct Backtest<'a> {
+    /// The data sets, run one after the other and scored together (grouped by set and
+    /// category when there are several).
+    pub sets: &'a [DataSet<'a>],
     /// Write NAB-format results here, at each file's relative path.
     pub out: Option<&'a Path>,
     /// Write one PNG per file here.
@@ -109,79 +133,107 @@ impl Backtest<'_> {
     /// Runs every file, telling `on` of warnings and each file done; a directory without
     /// `*.csv` files is [`BacktestError::NoFiles`].
     pub fn run(&self, mut on: impl FnMut(Event<'_>)) -> Result<BacktestReport, BacktestError> {
-        let labels = self.labels.map(super::read_labels).transpose()?;
-        let files = super::csv_files(self.data)?;
-        if files.is_empty() {
-            return Err(BacktestError::NoFiles {
-                dir: self.data.to_path_buf(),
-            });
+        let mut listed = Vec::with_capacity(self.sets.len());
+        for set in self.sets {
+            let labels = set.labels.map(super::read_labels).transpose()?;
+            let files = super::csv_files(set.data)?;
+            if files.is_empty() {
+                return Err(BacktestError::NoFiles {
+                    dir: set.data.to_path_buf(),
+                });
+            }
+            let name = match self.sets.len() {
+                1 => String::new(),
+                _ => set.name(),
+            };
+            listed.push((name, labels, files));
         }
+        let total = listed.iter().map(|(_, _, files)| files.len()).sum();
         let started = std::time::Instant::now();
-        let mut results = Vec::with_capacity(files.len());
+        let mut results = Vec::with_capacity(total);
         let mut total_rows = 0;
         let mut skipped = 0;
-        for (n, (name, path)) in files.iter().enumerate() {
-            // A file that cannot be read as data, or whose labels do not fit it, is
-            // skipped alone: the others are scored all the same.
-            let read = super::read_series(path).and_then(|series| {
-                let windows = match labels.as_ref().and_then(|l| l.get(name)) {
-                    Some(w) => Some(super::window_rows(&series.rows, w, path)?),
-                    None => None,
+        let mut done = 0;
+        for (set, labels, files) in &listed {
+            for (name, path) in files {
+                done += 1;
+                // A file that cannot be read as data, or whose labels do not fit it, is
+                // skipped alone: the others are scored all the same.
+                let read = super::read_series(path).and_then(|series| {
+                    let windows = match labels.as_ref().and_then(|l| l.get(name)) {
+                        Some(w) => Some(super::window_rows(&series.rows, w, path)?),
+                        None => None,
+                    };
+                    Ok((series, windows))
+                });
+                let (series, windows) = match read {
+                    Ok(read) => read,
+                    Err(e) => {
+                        skipped += 1;
+                        on(Event::Warning(&format!("warning: {e}: file skipped")));
+                        continue;
+                    }
                 };
-                Ok((series, windows))
-            });
-            let (series, windows) = match read {
-                Ok(read) => read,
-                Err(e) => {
-                    skipped += 1;
-                    on(Event::Warning(&format!("warning: {e}: file skipped")));
-                    continue;
+                for line in warnings(path, &series.problems) {
+                    on(Event::Warning(&line));
                 }
-            };
-            for line in warnings(path, &series.problems) {
-                on(Event::Warning(&line));
+                if let Some(order) = series.time_order() {
+                    on(Event::Warning(&format!(
+                        "warning: {}: {order}",
+                        path.display()
+                    )));
+                }
+                let rows = series.rows;
+                let labelled = windows.is_some();
+                let windows = windows.unwrap_or_default();
+                let scored = super::run_series(&rows, self.detection);
+                if let Some(out) = self.out {
+                    let at = out.join(set).join(name);
+                    super::write_results(&at, &rows, &scored, &windows)?;
+                }
+                if let Some(plot) = self.plot {
+                    let png = plot.join(set).join(name).with_extension("png");
+                    super::plot::write_png(&png, &rows, &scored, &windows)?;
+                }
+                total_rows += rows.len();
+                on(Event::FileDone(FileDone {
+                    done,
+                    total,
+                    name,
+                    rows: rows.len(),
+                }));
+                let detections: Vec<bool> = scored
+                    .anomaly_score
+                    .iter()
+                    .map(|s| *s >= DETECTION_THRESHOLD)
+                    .collect();
+                let opened_at = rows
+                    .iter()
+                    .zip(&detections)
+                    .filter(|(_, d)| **d)
+                    .map(|(r, _)| r.t)
+                    .collect();
+                let scored_days = match (rows.get(nab::probation(rows.len())), rows.last()) {
+                    (Some(first), Some(last)) => (last.t - first.t) / 86_400.0,
+                    _ => 0.0,
+                };
+                results.push(FileResult {
+                    set: set.clone(),
+                    name: name.clone(),
+                    rows: rows.len(),
+                    scored_days,
+                    windows,
+                    labelled,
+                    detections,
+                    opened_at,
+                    evidence: scored.evidence,
+                });
             }
-            if let Some(order) = series.time_order() {
-                on(Event::Warning(&format!(
-                    "warning: {}: {order}",
-                    path.display()
-                )));
-            }
-            let rows = series.rows;
-            let labelled = windows.is_some();
-            let windows = windows.unwrap_or_default();
-            let scored = super::run_series(&rows, self.detection);
-            if let Some(out) = self.out {
-                super::write_results(&out.join(name), &rows, &scored, &windows)?;
-            }
-            if let Some(plot) = self.plot {
-                let png = plot.join(name).with_extension("png");
-                super::plot::write_png(&png, &rows, &scored, &windows)?;
-            }
-            total_rows += rows.len();
-            on(Event::FileDone(FileDone {
-                done: n + 1,
-                total: files.len(),
-                name,
-                rows: rows.len(),
-            }));
-            let detections = scored
-                .anomaly_score
-                .iter()
-                .map(|s| *s >= DETECTION_THRESHOLD)
-                .collect();
-            results.push(FileResult {
-                name: name.clone(),
-                rows: rows.len(),
-                windows,
-                labelled,
-                detections,
-                evidence: scored.evidence,
-            });
         }
         let seconds = started.elapsed().as_secs_f64();
         let detections = results.iter().map(FileResult::detection_count).sum();
-        let scores = labels.map(|_| category_scores(&results));
+        let labelled = listed.iter().any(|(_, labels, _)| labels.is_some());
+        let scores = labelled.then(|| super::score_table(&results));
         Ok(BacktestReport {
             files: results,
             skipped,
@@ -217,42 +269,6 @@ fn warnings(path: &Path, problems: &[String]) -> Vec<String> {
     lines
 }
 
-/// One line of the score table: a NAB category, or `total`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CategoryScore {
-    /// The category (the first path component), or `total`.
-    pub name: String,
-    /// Labelled files in it.
-    pub files: usize,
-    /// Label windows in them.
-    pub windows: usize,
-    /// Detections in them.
-    pub detections: usize,
-    /// Normalised score per profile of [`nab::PROFILES`] (NaN without windows).
-    pub scores: [f64; 3],
-}
-
-/// The score table of labelled files, the `total` line last.
-fn category_scores(results: &[FileResult]) -> Vec<CategoryScore> {
-    super::score_table(results)
-        .into_iter()
-        .map(|(name, files, windows, scores)| {
-            let detections = results
-                .iter()
-                .filter(|r| r.labelled && (name == "total" || r.category() == name))
-                .map(FileResult::detection_count)
-                .sum();
-            CategoryScore {
-                name,
-                files,
-                windows,
-                detections,
-                scores,
-            }
-        })
-        .collect()
-}
-
 /// What a backtest found; `Display` is the text `homeostat backtest` prints before its
 /// JSON line ([`BacktestReport::summary`]).
 #[derive(Debug, Clone)]
@@ -268,7 +284,7 @@ pub struct BacktestReport {
     /// Wall-clock seconds of the run (reading, scoring, writing).
     pub seconds: f64,
     /// With labels, the score table, the `total` line last.
-    pub scores: Option<Vec<CategoryScore>>,
+    pub scores: Option<Vec<GroupScore>>,
     /// Whether the text lists where each window was detected (`--details`).
     pub details: bool,
 }
@@ -276,12 +292,17 @@ pub struct BacktestReport {
 impl BacktestReport {
     /// The machine-readable summary: the last line `homeostat backtest` prints.
     pub fn summary(&self) -> BacktestSummary {
-        let total = self
+        let line = self
             .scores
             .as_ref()
-            .map(|t| t.last().expect("the total line is always there").scores);
+            .map(|t| t.last().expect("the total line is always there"));
+        let total = line.map(|l| l.scores);
+        let nan_null = |v: f64| (!v.is_nan()).then_some(v);
         BacktestSummary {
             detections: self.detections,
+            false_alarms: line.map(|l| l.false_alarms),
+            false_alarms_per_1000_points: line.and_then(|l| nan_null(l.false_alarms_per_1000())),
+            false_alarms_per_series_day: line.and_then(|l| nan_null(l.false_alarms_per_day())),
             reward_low_fn_rate: total.map(|s| s[2]),
             reward_low_fp_rate: total.map(|s| s[1]),
             rows: self.rows,
@@ -316,37 +337,45 @@ impl fmt::Display for BacktestReport {
         }
         writeln!(
             f,
-            "{:<24} {:>5} {:>7} {:>10} {:>9} {:>19} {:>19}",
+            "{:<32} {:>5} {:>7} {:>10} {:>9} {:>19} {:>19} {:>12} {:>9} {:>8}",
             "category",
             "files",
             "windows",
             "detections",
             nab::PROFILES[0].name,
             nab::PROFILES[1].name,
-            nab::PROFILES[2].name
+            nab::PROFILES[2].name,
+            "false alarms",
+            "per 1k pts",
+            "per day"
         )?;
         // A category without windows has no normalised score (NaN): its false alarms count in the total.
-        let show = |v: f64| {
-            if v.is_nan() {
-                "n/a".to_string()
-            } else {
-                format!("{v:.2}")
-            }
-        };
         for c in table {
             writeln!(
                 f,
-                "{:<24} {:>5} {:>7} {:>10} {:>9} {:>19} {:>19}",
+                "{:<32} {:>5} {:>7} {:>10} {:>9} {:>19} {:>19} {:>12} {:>9} {:>8}",
                 c.name,
                 c.files,
                 c.windows,
                 c.detections,
-                show(c.scores[0]),
-                show(c.scores[1]),
-                show(c.scores[2])
+                show(c.scores[0], 2),
+                show(c.scores[1], 2),
+                show(c.scores[2], 2),
+                c.false_alarms,
+                show(c.false_alarms_per_1000(), 3),
+                show(c.false_alarms_per_day(), 3),
             )?;
         }
         Ok(())
+    }
+}
+
+/// `v` with `decimals`, or `n/a` for NaN (a figure without anything to count over).
+pub(super) fn show(v: f64, decimals: usize) -> String {
+    if v.is_nan() {
+        "n/a".to_string()
+    } else {
+        format!("{v:.decimals$}")
     }
 }
 
@@ -356,6 +385,15 @@ impl fmt::Display for BacktestReport {
 pub struct BacktestSummary {
     /// Detections over all files.
     pub detections: usize,
+    /// With labels, detections after probation outside every window.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub false_alarms: Option<usize>,
+    /// With labels, false alarms per 1,000 rows after probation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub false_alarms_per_1000_points: Option<f64>,
+    /// With labels, false alarms per series-day after probation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub false_alarms_per_series_day: Option<f64>,
     /// Total score, profile `reward_low_FN_rate`.
     #[serde(rename = "reward_low_FN_rate", skip_serializing_if = "Option::is_none")]
     pub reward_low_fn_rate: Option<f64>,
@@ -416,19 +454,22 @@ mod tests {
             report.summary().to_string(),
             r#"{"detections":1,"rows":10,"seconds":0.5,"threshold":0.5}"#
         );
-        report.scores = Some(vec![CategoryScore {
+        report.scores = Some(vec![GroupScore {
             name: "total".into(),
             files: 0,
             windows: 0,
             detections: 0,
             scores: [f64::NAN, 1.5, 2.0],
+            false_alarms: 3,
+            scored_rows: 2000,
+            scored_days: 0.0,
         }]);
         assert_eq!(
             report.summary().to_string(),
-            r#"{"detections":1,"reward_low_FN_rate":2.0,"reward_low_FP_rate":1.5,"rows":10,"seconds":0.5,"standard":null,"threshold":0.5}"#
+            r#"{"detections":1,"false_alarms":3,"false_alarms_per_1000_points":1.5,"reward_low_FN_rate":2.0,"reward_low_FP_rate":1.5,"rows":10,"seconds":0.5,"standard":null,"threshold":0.5}"#
         );
-        assert!(report
-            .to_string()
-            .ends_with("n/a                1.50                2.00\n"));
+        assert!(report.to_string().ends_with(
+            "n/a                1.50                2.00            3     1.500      n/a\n"
+        ));
     }
 }

@@ -5,6 +5,7 @@
 //! values, no global min/max. It is behind a trait so the engine can be swapped.
 
 mod ensemble;
+pub mod group;
 mod hysteresis;
 pub mod kmeans;
 mod robust;
