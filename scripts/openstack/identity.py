@@ -143,6 +143,7 @@ def main():
         'clouds_yaml': os.path.join(RUN, 'clouds.yaml'),
         'secure_yaml': os.path.join(RUN, 'secure.yaml'),
         'project_id': project['id'],
+        'admin_password': ADMIN_PASSWORD, 'member_password': member_password,
         # For tests that grep logs and audit records for leaked secrets.
         'secrets': [ADMIN_PASSWORD, member_password, member_cred['secret'],
                     admin_cred['secret']],
