@@ -76,13 +76,13 @@ fn block(lines: &[Line], pos: &mut usize, indent: usize) -> Result<Value, String
     let first = &lines[*pos];
     if first.text == "-" || first.text.starts_with("- ") {
         let mut items = Vec::new();
-        while let Some(l) = lines.get(*pos).filter(|l| l.indent == indent) {
-            let rest = l
-                .text
-                .strip_prefix('-')
-                .ok_or_else(|| format!("line {}: a mapping key among sequence items", l.number))?;
+        // A sequence at its key's own indentation ends at the next key.
+        while let Some(l) = lines
+            .get(*pos)
+            .filter(|l| l.indent == indent && (l.text == "-" || l.text.starts_with("- ")))
+        {
             *pos += 1;
-            let rest = rest.trim_start();
+            let rest = l.text[1..].trim_start();
             if rest.is_empty() {
                 items.push(nested(lines, pos, indent)?);
             } else if split_key(rest).is_some() {
