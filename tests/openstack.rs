@@ -374,3 +374,147 @@ async fn reads_return_novas_json_and_an_ambiguous_name_is_an_error() {
     let e = member_os.compute_services("").await.unwrap_err();
     assert!(e.contains("403"), "{e}");
 }
+
+/// How the proxy in front of Nova fails the first server action it sees.
+#[derive(Clone, Copy, PartialEq)]
+enum Fault {
+    /// Nova carries it out, the client gets a 502: an ambiguous failure.
+    AfterForwarding,
+    /// Nova never sees it, the client gets a 503.
+    BeforeForwarding,
+}
+
+/// A proxy to Nova that fails the first `POST .../action` as `fault` says and counts
+/// the actions it received.
+async fn flaky_proxy(
+    nova: String,
+    fault: Fault,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use axum::body::Bytes;
+    use axum::http::{HeaderMap, Method, StatusCode, Uri};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let posts = Arc::new(AtomicUsize::new(0));
+    let seen = posts.clone();
+    let http = reqwest::Client::new();
+    let handler = move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+        let (http, nova, seen) = (http.clone(), nova.clone(), seen.clone());
+        async move {
+            let action = method == Method::POST && uri.path().ends_with("/action");
+            let first = action && seen.fetch_add(1, Ordering::SeqCst) == 0;
+            if first && fault == Fault::BeforeForwarding {
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Bytes::from_static(b"proxy: try later"),
+                );
+            }
+            let mut req = http.request(
+                method.as_str().parse().unwrap(),
+                format!(
+                    "{nova}{}",
+                    uri.path_and_query().map(|p| p.as_str()).unwrap_or("")
+                ),
+            );
+            for (k, v) in &headers {
+                if k != "host" && k != "content-length" {
+                    req = req.header(k.as_str(), v.as_bytes());
+                }
+            }
+            let resp = req.body(body).send().await.unwrap();
+            let status = StatusCode::from_u16(resp.status().as_u16()).unwrap();
+            let bytes = resp.bytes().await.unwrap();
+            if first {
+                return (
+                    StatusCode::BAD_GATEWAY,
+                    Bytes::from_static(b"proxy: upstream timed out"),
+                );
+            }
+            (status, bytes)
+        }
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new().fallback(handler);
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}"), posts)
+}
+
+/// homeostat's client, as the member, with compute reached through `url`.
+async fn through(cloud: &common::openstack::Cloud, url: &str) -> OpenStack {
+    let dir = tempfile::tempdir().unwrap();
+    let clouds = std::fs::read_to_string(&cloud.clouds_yaml)
+        .unwrap()
+        .replace(
+            "  homeostat-member:\n",
+            &format!("  homeostat-member:\n    compute_endpoint_override: \"{url}\"\n"),
+        );
+    std::fs::write(dir.path().join("clouds.yaml"), clouds).unwrap();
+    let secure = cloud.clouds_yaml.with_file_name("secure.yaml");
+    std::fs::copy(secure, dir.path().join("secure.yaml")).unwrap();
+    let mut settings = cloud.settings("homeostat-member");
+    settings.clouds_file = Some(dir.path().join("clouds.yaml"));
+    let os = OpenStack::connect(&settings).await.unwrap();
+    assert_eq!(os.compute_endpoint().await, url);
+    os
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reboot_whose_answer_was_lost_is_not_sent_again() {
+    let cloud = cloud_or_skip!();
+    let nova = cloud.nova_url.trim_end_matches("/v2.1").to_string();
+    let (url, posts) = flaky_proxy(nova, Fault::AfterForwarding).await;
+    let os = through(cloud, &format!("{url}/v2.1")).await;
+    let member = cloud.member().await;
+    let id = member.boot("lost-answer", json!({}), None).await;
+
+    let (_, report) = run(
+        &os,
+        &action("openstack.server_reboot", &id, json!({"type": "soft"})),
+    )
+    .await;
+    // The 502 came after Nova took the reboot: the re-read shows it, nothing is resent.
+    assert_eq!(report.outcome, Outcome::Done, "{:?}", report.detail);
+    assert_eq!(posts.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let (_, actions) = member
+        .call("GET", &format!("/servers/{id}/os-instance-actions"), None)
+        .await;
+    let reboots = actions["instanceActions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["action"] == "reboot")
+        .count();
+    assert_eq!(reboots, 1, "{actions}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reboot_that_never_reached_nova_is_sent_again_after_reading_the_server() {
+    let cloud = cloud_or_skip!();
+    let nova = cloud.nova_url.trim_end_matches("/v2.1").to_string();
+    let (url, posts) = flaky_proxy(nova, Fault::BeforeForwarding).await;
+    let os = through(cloud, &format!("{url}/v2.1")).await;
+    let member = cloud.member().await;
+    let id = member.boot("never-arrived", json!({}), None).await;
+
+    let (_, report) = run(
+        &os,
+        &action("openstack.server_reboot", &id, json!({"type": "hard"})),
+    )
+    .await;
+    assert_eq!(report.outcome, Outcome::Done, "{:?}", report.detail);
+    assert_eq!(
+        posts.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "sent once more"
+    );
+    let (_, actions) = member
+        .call("GET", &format!("/servers/{id}/os-instance-actions"), None)
+        .await;
+    let reboots = actions["instanceActions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["action"] == "reboot")
+        .count();
+    assert_eq!(reboots, 1, "{actions}");
+}

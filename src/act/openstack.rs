@@ -1064,7 +1064,10 @@ async fn authenticate(
     let expires = t["expires_at"]
         .as_str()
         .and_then(|s| humantime::parse_rfc3339_weak(s.trim_end_matches('Z')).ok());
-    let compute = compute_endpoint(&t["catalog"], cloud.region.as_deref(), &cloud.interface)?;
+    let compute = match &cloud.compute_override {
+        Some(url) => url.trim_end_matches('/').to_string(),
+        None => compute_endpoint(&t["catalog"], cloud.region.as_deref(), &cloud.interface)?,
+    };
     Ok(Token {
         value: token,
         expires,
@@ -1225,5 +1228,115 @@ impl Effector for OpenStack {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_microversion_is_the_highest_both_sides_know() {
+        let v = |s| Microversion::parse(s).unwrap();
+        assert_eq!(
+            negotiate(v("2.1"), v("2.104"), v("2.100")),
+            Some(v("2.100"))
+        );
+        assert_eq!(negotiate(v("2.1"), v("2.79"), v("2.100")), Some(v("2.79")));
+        assert_eq!(negotiate(v("2.101"), v("2.110"), v("2.100")), None);
+        // Numeric, not textual: 2.9 is older than 2.53.
+        assert!(v("2.9") < v("2.53"));
+        assert_eq!(Microversion::parse("2"), None);
+    }
+
+    #[test]
+    fn a_migration_that_ends_on_its_host_failed_and_one_on_another_is_done() {
+        let before = json!({"host": "c1", "status": "ACTIVE", "task_state": null});
+        let what = What::LiveMigrate { host: None };
+        let now =
+            |host: &str, task: Value| json!({"host": host, "status": "ACTIVE", "task_state": task});
+        assert!(matches!(
+            progress(&what, &before, &now("c1", json!("migrating"))),
+            Progress::Pending
+        ));
+        assert!(matches!(
+            progress(&what, &before, &now("c1", Value::Null)),
+            Progress::Failed(_)
+        ));
+        assert!(matches!(
+            progress(&what, &before, &now("c2", Value::Null)),
+            Progress::Done(_)
+        ));
+        let to_c3 = What::LiveMigrate {
+            host: Some("c3".into()),
+        };
+        assert!(matches!(
+            progress(&to_c3, &before, &now("c2", Value::Null)),
+            Progress::Failed(_)
+        ));
+        let error = json!({"host": "c1", "status": "ERROR", "task_state": null});
+        assert!(matches!(
+            progress(&What::Reboot { hard: false }, &before, &error),
+            Progress::Failed(_)
+        ));
+    }
+
+    #[test]
+    fn a_request_took_effect_when_the_server_has_a_task_or_changed() {
+        let before = json!({"task_state": null, "updated": "t1", "host": "c1"});
+        let what = What::Reboot { hard: true };
+        assert!(!took_effect(&what, &before, &before));
+        assert!(took_effect(
+            &what,
+            &before,
+            &json!({"task_state": "rebooting_hard", "updated": "t1", "host": "c1"})
+        ));
+        assert!(took_effect(
+            &what,
+            &before,
+            &json!({"task_state": null, "updated": "t2", "host": "c1"})
+        ));
+    }
+
+    #[test]
+    fn novas_error_message_is_found_in_its_wrapper() {
+        let a = Answer {
+            status: 409,
+            body: json!({"conflictingRequest": {"code": 409, "message": "Instance is locked"}}),
+            request_id: None,
+        };
+        assert_eq!(a.message(), "Instance is locked");
+        assert_eq!(a.describe(), "409 Conflict: Instance is locked");
+        assert!(is_uuid("9f1c2d3e-4b5a-6789-abcd-ef0123456789"));
+        assert!(!is_uuid("web-1") && !is_uuid("detail"));
+    }
+
+    #[test]
+    fn the_token_request_carries_the_secret_only_in_its_body() {
+        let body = auth_body(&cloud::Method::ApplicationCredential {
+            credential: cloud::Ident::Id("ac".into()),
+            user: None,
+            secret: Secret("s".into()),
+        });
+        assert_eq!(
+            body,
+            json!({"auth": {"identity": {"methods": ["application_credential"],
+                "application_credential": {"id": "ac", "secret": "s"}}}})
+        );
+        let catalog = json!([{"type": "compute", "endpoints": [
+            {"interface": "internal", "region_id": "R1", "url": "http://int/v2.1"},
+            {"interface": "public", "region_id": "R2", "url": "http://pub2/v2.1/"},
+            {"interface": "public", "region_id": "R1", "url": "http://pub1/v2.1"}]}]);
+        assert_eq!(
+            compute_endpoint(&catalog, Some("R2"), "public").unwrap(),
+            "http://pub2/v2.1"
+        );
+        assert_eq!(
+            compute_endpoint(&catalog, Some("R1"), "internal").unwrap(),
+            "http://int/v2.1"
+        );
+        assert!(compute_endpoint(&catalog, Some("R3"), "public")
+            .unwrap_err()
+            .contains("region R3"));
     }
 }

@@ -74,6 +74,8 @@ pub struct Cloud {
     pub region: Option<String>,
     /// `public`, `internal` or `admin`.
     pub interface: String,
+    /// `compute_endpoint_override`: the compute URL to use instead of the catalog's.
+    pub compute_override: Option<String>,
 }
 
 /// Loads the cloud the settings name: `settings.cloud`, else `OS_CLOUD` from `clouds.yaml`
@@ -185,13 +187,15 @@ fn from_files(
         get: &|k| text(&auth, k),
     };
     let auth_type = text(&entry, "auth_type");
-    cloud(
+    let mut c = cloud(
         origin,
         auth_type,
         fields,
         text(&entry, "region_name"),
         text(&entry, "interface"),
-    )
+    )?;
+    c.compute_override = text(&entry, "compute_endpoint_override");
+    Ok(c)
 }
 
 fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<Cloud, String> {
@@ -300,6 +304,7 @@ fn cloud(
         method,
         region,
         interface: interface.unwrap_or_else(|| "public".into()),
+        compute_override: None,
     })
 }
 
