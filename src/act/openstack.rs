@@ -345,8 +345,12 @@ impl OpenStack {
                         .find(|(k, _)| k == "marker")
                         .map(|(_, v)| v.into_owned())
                 });
+            // A caller's `limit` asks for one page, not for all in pages of that size.
+            let one_page = query.iter().any(|(k, _)| k == "limit");
             match next {
-                Some(m) if Some(&m) != marker.as_ref() && !page.is_empty() => marker = Some(m),
+                Some(m) if !one_page && Some(&m) != marker.as_ref() && !page.is_empty() => {
+                    marker = Some(m)
+                }
                 _ => return Ok(out),
             }
         }
@@ -394,7 +398,8 @@ impl OpenStack {
         }
     }
 
-    /// Servers matching Nova's list filters (`status`, `host`, `name`, ...).
+    /// Servers matching Nova's list filters (`status`, `host`, `name`, ...), every page
+    /// unless the filters hold a `limit`.
     pub async fn servers(&self, filters: &Map<String, Value>) -> Result<Vec<Value>, String> {
         let q: Vec<(String, String)> = filters
             .iter()
