@@ -100,7 +100,17 @@ def main():
     admin_cred = app_cred(admin, ADMIN_PASSWORD, 'admin')
 
     ready = os.path.join(RUN, 'nova-ready')
-    wait('nova', lambda: os.path.exists(ready), limit=180)
+    nova_pid = int(open(os.path.join(RUN, 'nova.pid')).read())
+
+    def nova_ready():
+        if os.path.exists(ready):
+            return True
+        try:
+            os.kill(nova_pid, 0)
+        except ProcessLookupError:
+            sys.exit('nova exited before it was ready (see nova.out)')
+        return False
+    wait('nova', nova_ready, limit=180)
     nova_state = json.load(open(ready))
     nova = 'http://127.0.0.1:%d/v2.1' % nova_state['port']
     svc = call('POST', '/services', {'service': {
