@@ -104,6 +104,8 @@ class Cloud(integrated_helpers._IntegratedTestBase):
         # A stopped compute shows "down" after service_down_time; short, so
         # that a test sees it without waiting a minute.
         self.flags(report_interval=2, service_down_time=6)
+        # A test binary boots more servers than the default quota (10) allows.
+        self.flags(instances=-1, cores=-1, ram=-1, group='quota')
         super()._setup_services()
 
     def runTest(self):
