@@ -382,6 +382,8 @@ enum Fault {
     AfterForwarding,
     /// Nova never sees it, the client gets a 503.
     BeforeForwarding,
+    /// The first read of a server gets a 503 instead (the actions are counted only).
+    FirstRead,
 }
 
 /// A proxy to Nova that fails the first `POST .../action` as `fault` says and counts
@@ -401,8 +403,14 @@ async fn flaky_proxy(
         let (http, nova, seen) = (http.clone(), nova.clone(), seen.clone());
         async move {
             let action = method == Method::POST && uri.path().ends_with("/action");
-            let first = action && seen.fetch_add(1, Ordering::SeqCst) == 0;
-            if first && fault == Fault::BeforeForwarding {
+            let read = method == Method::GET && uri.path().contains("/servers/");
+            let counted = if fault == Fault::FirstRead {
+                read
+            } else {
+                action
+            };
+            let first = counted && seen.fetch_add(1, Ordering::SeqCst) == 0;
+            if first && fault != Fault::AfterForwarding {
                 return (
                     StatusCode::SERVICE_UNAVAILABLE,
                     Bytes::from_static(b"proxy: try later"),
@@ -517,4 +525,24 @@ async fn a_reboot_that_never_reached_nova_is_sent_again_after_reading_the_server
         .filter(|a| a["action"] == "reboot")
         .count();
     assert_eq!(reboots, 1, "{actions}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_that_fails_once_is_tried_again() {
+    let cloud = cloud_or_skip!();
+    let nova = cloud.nova_url.trim_end_matches("/v2.1").to_string();
+    let (url, reads) = flaky_proxy(nova, Fault::FirstRead).await;
+    let os = through(cloud, &format!("{url}/v2.1")).await;
+    let id = cloud
+        .member()
+        .await
+        .boot("read-twice", json!({}), None)
+        .await;
+    let server = os
+        .server(&id)
+        .await
+        .unwrap()
+        .expect("found on the second try");
+    assert_eq!(server["name"], "read-twice");
+    assert_eq!(reads.load(std::sync::atomic::Ordering::SeqCst), 2);
 }

@@ -296,16 +296,28 @@ impl OpenStack {
         ))
     }
 
-    /// GET a compute path; its JSON, or an error with status and message.
+    /// GET a compute path; its JSON, or an error with status and message. A read is
+    /// idempotent: a 5xx or a transport error is tried twice more (after 0.5 s, 1 s).
     async fn get(&self, path: &str, query: &[(String, String)]) -> Result<Value, (u16, String)> {
-        let a = self
-            .call("GET", path, query, None, self.settings.timeout)
-            .await
-            .map_err(|e| (0, e))?;
-        if a.ok() {
-            Ok(a.body)
-        } else {
-            Err((a.status, format!("GET {path}: {}", a.describe())))
+        let mut backoff = Duration::from_millis(500);
+        let mut attempts = 3;
+        loop {
+            attempts -= 1;
+            let error = match self
+                .call("GET", path, query, None, self.settings.timeout)
+                .await
+            {
+                Ok(a) if a.ok() => return Ok(a.body),
+                Ok(a) => (a.status, format!("GET {path}: {}", a.describe())),
+                Err(e) => (0, e),
+            };
+            let transient = error.0 == 0 || error.0 >= 500;
+            if !transient || attempts == 0 {
+                return Err(error);
+            }
+            debug!(path, "openstack read failed, trying again: {}", error.1);
+            tokio::time::sleep(backoff).await;
+            backoff *= 2;
         }
     }
 
