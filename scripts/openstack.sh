@@ -46,9 +46,12 @@ export PIP_CACHE_DIR="$H/pip-cache" PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT
 
 log() { echo "openstack.sh: $*" >&2; }
 
-# The stamp changes with the pins, so a changed pin reinstalls.
-stamp() { cat "$HERE/openstack/nova-constraints.txt" "$HERE/openstack/keystone-constraints.txt" \
-    "$0" | sha256sum | cut -c1-16; }
+# What an install is made of: the pins, and this number, raised when install() or the
+# Keystone template change. A different stamp reinstalls (editing anything else here
+# does not).
+INSTALL_VERSION=1
+stamp() { { cat "$HERE/openstack/nova-constraints.txt" "$HERE/openstack/keystone-constraints.txt"
+    echo "$INSTALL_VERSION"; } | sha256sum | cut -c1-16; }
 
 os_packages() {
   "$PY" -c 'import venv, ensurepip' 2>/dev/null && return 0
