@@ -16,6 +16,10 @@ if ((${#need[@]})); then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
+# The OpenStack tests run a real Keystone and the real Nova API (PyPI, in venvs cached
+# under ~/.cache/homeostat-openstack): installed once, silent when already there.
+scripts/openstack.sh install
+
 cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked

@@ -761,3 +761,4 @@ pub fn sample(metrics: &str, series: &str) -> Option<f64> {
             .and_then(|rest| rest.trim().parse().ok())
     })
 }
+pub mod openstack;
