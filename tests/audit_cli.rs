@@ -186,7 +186,10 @@ fn show_reads_one_incident_across_a_sealed_segment_in_order() {
         !text.contains("an-bbb") && !text.contains("audit_sealed"),
         "{text}"
     );
-    assert!(text.contains("by alice"), "the approval names its approver: {text}");
+    assert!(
+        text.contains("by alice"),
+        "the approval names its approver: {text}"
+    );
 
     let out = homeostat(&["audit", "show", "an-bbb", "--log", p(&log)]);
     assert_eq!(stdout(&out).matches("an-bbb").count(), 4, "{}", said(&out));
