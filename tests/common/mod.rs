@@ -629,6 +629,12 @@ impl AgentProcess {
         }
     }
 
+    /// SIGKILL: it stops where it is, writing nothing more.
+    pub fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
     /// Whether it is still running.
     pub fn is_running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
