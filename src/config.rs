@@ -88,6 +88,11 @@ pub struct AgentConfig {
     pub max_series_per_signal: usize,
     /// Series tracked over all signals at most (about 3 KiB each).
     pub max_series: usize,
+    /// The audit log is sealed and a new file linked to it once it is this large.
+    pub audit_max_bytes: u64,
+    /// An Ed25519 key (`homeostat audit keygen`): when set, the agent signs a
+    /// checkpoint at every rotation and at every clean stop.
+    pub audit_signing_key: Option<PathBuf>,
     /// The most any playbook may do (`dry-run` < `approval` < `auto`): a playbook's
     /// mode is capped by it, so a new installation acts only once an SRE says so.
     pub mode: crate::playbook::Mode,
@@ -203,6 +208,9 @@ pub fn default_max_series_per_signal() -> usize {
 pub fn default_max_series() -> usize {
     100_000
 }
+/// Default size at which the audit log rotates: 256 MiB, read back in seconds at start.
+pub const DEFAULT_AUDIT_MAX_BYTES: u64 = 256 << 20;
+
 /// Default wall-clock limit of one playbook run.
 pub fn default_playbook_timeout() -> Duration {
     Duration::from_secs(5)
@@ -393,6 +401,8 @@ impl Config {
                     "max_series_per_signal",
                     "max_series",
                     "mode",
+                    "audit_max_bytes",
+                    "audit_signing_key",
                 ],
             );
             let mode = match w.opt_string(&t, "agent", "mode").as_deref() {
@@ -451,6 +461,12 @@ impl Config {
                     .count(&t, "agent", "max_series", 1, bounds::SERIES)
                     .map_or_else(default_max_series, |n| n as usize),
                 mode,
+                audit_max_bytes: w
+                    .count(&t, "agent", "audit_max_bytes", 1 << 16, 1 << 40)
+                    .map_or(DEFAULT_AUDIT_MAX_BYTES, |n| n as u64),
+                audit_signing_key: w
+                    .opt_string(&t, "agent", "audit_signing_key")
+                    .map(|f| base.join(f)),
             }
         };
 

@@ -1311,3 +1311,58 @@ async fn while_paused_plans_are_made_and_audited_but_nothing_runs_and_resume_let
     assert_eq!(kinds, ["paused by api", "resumed by api", "paused by file"]);
     d.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_rotates_its_audit_log_into_one_signed_chain_and_resumes_across_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("audit.key");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_homeostat"))
+        .args(["audit", "keygen", "--out", key.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let fake = Fake::new().with_history(QUERY, &["a"]);
+    fake.set(&[("a", 100.0)]);
+    let agent = "audit_max_bytes = 65536\naudit_signing_key = \"audit.key\"";
+    let d = start(config(dir.path(), &[], agent, ""), fake.clone()).await;
+    // An anomaly opened before the rotation is resumed at the restart, under its id:
+    // its record is in the sealed segment by then.
+    fake.set(&[("a", 300.0)]);
+    d.wait_for("the anomaly", Duration::from_secs(30), |d| {
+        !d.kinds("anomaly_opened").is_empty()
+    })
+    .await;
+    let id = d.kinds("anomaly_opened")[0].data["id"].clone();
+    // Enough alert records to pass 64 KiB.
+    for i in 0..3 {
+        let (status, _) = post(d.addr, "/api/v1/alertmanager", &burst(i * 200, 200)).await;
+        assert_eq!(status, 202);
+    }
+    let segment = dir.path().join("audit.jsonl.1.sealed");
+    d.wait_for("a rotation", Duration::from_secs(60), |_| segment.exists())
+        .await;
+    d.stop().await;
+    let log = dir.path().join("audit.jsonl");
+    let verify = std::process::Command::new(env!("CARGO_BIN_EXE_homeostat"))
+        .args([
+            "audit",
+            "verify",
+            "--log",
+            log.to_str().unwrap(),
+            "--pubkey",
+        ])
+        .arg(dir.path().join("audit.key.pub"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&verify.stdout).to_string()
+        + &*String::from_utf8_lossy(&verify.stderr);
+    assert!(verify.status.success(), "{said}");
+    assert!(said.contains("segments"), "{said}");
+    assert!(said.contains("checkpoints hold"), "{said}");
+
+    let d = start(config(dir.path(), &[], agent, ""), fake.clone()).await;
+    let resumed = d.kinds("anomaly_resumed");
+    assert_eq!(resumed.len(), 1, "{resumed:#?}");
+    assert_eq!(resumed[0].data["id"], id);
+    d.stop().await;
+}

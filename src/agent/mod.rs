@@ -250,37 +250,41 @@ pub async fn run(
     let mut unclosed = BTreeMap::new();
     let mut intents = BTreeMap::new();
     let mut tripped = BTreeSet::new();
-    crate::audit::scan(
-        audit.path(),
-        &[
-            "anomaly_opened",
-            "anomaly_closed",
-            "playbook_matched",
-            "playbook_suppressed",
-            "action_intent",
-            "action_outcome",
-            "action_reconciled",
-            "breaker_tripped",
-            "breaker_reset",
-        ],
-        |r| {
-            // One that does not read as its kind is skipped: it cannot be resumed from.
-            if let Ok(event) = r.event() {
-                match &event {
-                    Event::BreakerTripped(b) => {
-                        tripped.insert(b.playbook.clone());
+    // Every segment of the chain, oldest first: a rotation must not make the agent
+    // forget an open anomaly, a cooldown, an open breaker or an intent without outcome.
+    for file in crate::audit::chain_files(audit.path()) {
+        crate::audit::scan(
+            &file,
+            &[
+                "anomaly_opened",
+                "anomaly_closed",
+                "playbook_matched",
+                "playbook_suppressed",
+                "action_intent",
+                "action_outcome",
+                "action_reconciled",
+                "breaker_tripped",
+                "breaker_reset",
+            ],
+            |r| {
+                // One that does not read as its kind is skipped: it cannot be resumed from.
+                if let Ok(event) = r.event() {
+                    match &event {
+                        Event::BreakerTripped(b) => {
+                            tripped.insert(b.playbook.clone());
+                        }
+                        Event::BreakerReset(b) => {
+                            tripped.remove(&b.playbook);
+                        }
+                        _ => {}
                     }
-                    Event::BreakerReset(b) => {
-                        tripped.remove(&b.playbook);
-                    }
-                    _ => {}
+                    restore::track_open(&mut unclosed, &event);
+                    restore::track_intent(&mut intents, r.seq, &event);
+                    plans.note(&event, r.time(), now);
                 }
-                restore::track_open(&mut unclosed, &event);
-                restore::track_intent(&mut intents, r.seq, &event);
-                plans.note(&event, r.time(), now);
-            }
-        },
-    )?;
+            },
+        )?;
+    }
     for playbook in tripped {
         warn!(playbook = %playbook, "circuit breaker still open from a previous run: the playbook runs no more until reset");
         guard.restore_tripped(&playbook);
@@ -446,6 +450,7 @@ pub async fn run(
                 }
             }
             control.sync().await?;
+            rotate_audit(&ctx.audit, &config).await?;
             if let Err(e) = control.expire().await {
                 match e {
                     ControlError::Audit(e) => return Err(e),
@@ -499,6 +504,10 @@ pub async fn run(
             alerts_pending: Some(pending),
         }))
         .await;
+    if stopped.is_ok() {
+        // The stop record signed too: a cut tail after it shows against the key.
+        checkpoint(&ctx.audit, &config).await;
+    }
     result?;
     stopped?;
     Ok(())
@@ -742,6 +751,39 @@ async fn process(
         }
     }
     Ok(())
+}
+
+/// Seals the audit log into a segment once it reaches `agent.audit_max_bytes` (the
+/// chain goes on in a new file), signing a checkpoint first when a key is configured.
+async fn rotate_audit(audit: &Auditor, config: &Config) -> Result<(), AuditError> {
+    let size = std::fs::metadata(audit.path())
+        .map(|m| m.len())
+        .unwrap_or(0);
+    if size < config.agent.audit_max_bytes {
+        return Ok(());
+    }
+    checkpoint(audit, config).await;
+    if let Some(sealed) = audit.rotate(config.agent.audit_max_bytes).await? {
+        info!(segment = %sealed.segment.display(), "audit log rotated: the chain goes on in a new file");
+    }
+    Ok(())
+}
+
+/// Signs a checkpoint of the log's head when `agent.audit_signing_key` is set; a key
+/// that cannot be read is logged (the chain itself goes on).
+async fn checkpoint(audit: &Auditor, config: &Config) {
+    let Some(path) = &config.agent.audit_signing_key else {
+        return;
+    };
+    match crate::audit::read_signing_key(path) {
+        Ok(key) => match audit.checkpoint(key).await {
+            Ok(seq) => info!(seq, "audit checkpoint signed"),
+            Err(e) => warn!(error = %e, "audit checkpoint not written"),
+        },
+        Err(e) => {
+            warn!(key = %path.display(), error = %e, "audit signing key unreadable: no checkpoint")
+        }
+    }
 }
 
 /// Fits series that appeared after start from their history.
