@@ -172,7 +172,7 @@ pub async fn status(config: &Config) -> Result<Answer, RemoteError> {
     ))
 }
 
-/// `homeostat breaker reset`: only through the agent (breakers are its memory).
+/// `homeostat breaker reset`: through the agent, or recorded in the log for its next start.
 pub async fn reset_breaker(
     config: &Config,
     playbook: &str,

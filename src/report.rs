@@ -87,11 +87,12 @@ pub fn check(file: &Path, config: &Config) -> Result<CheckReport, Problems> {
         file: file.to_path_buf(),
         signals: config.signals.iter().map(|s| s.name.clone()).collect(),
         playbooks,
+        mode: config.agent.mode,
     })
 }
 
 /// A config that passed `check`: its signals and playbooks, and a note when a playbook
-/// asks to act (no surprises: this build only plans).
+/// asks for more than `agent.mode` allows (no surprises: the cap wins).
 #[derive(Debug, Clone)]
 pub struct CheckReport {
     /// The config file.
@@ -100,6 +101,8 @@ pub struct CheckReport {
     pub signals: Vec<String>,
     /// The playbooks it loads.
     pub playbooks: Vec<Playbook>,
+    /// `agent.mode`, which caps every playbook's.
+    pub mode: Mode,
 }
 
 impl fmt::Display for CheckReport {
@@ -126,14 +129,16 @@ impl fmt::Display for CheckReport {
         let acting: Vec<&str> = self
             .playbooks
             .iter()
-            .filter(|p| p.mode != Mode::DryRun)
+            .filter(|p| crate::act::effective_mode(p.mode, self.mode) != p.mode)
             .map(|p| p.name.as_str())
             .collect();
         if !acting.is_empty() {
             writeln!(
                 f,
-                "note: this build has no effectors; plans of {} run in dry-run",
-                acting.join(", ")
+                "note: agent.mode is {}: plans of {} run as {} (raise agent.mode to let them act)",
+                self.mode.as_str(),
+                acting.join(", "),
+                self.mode.as_str()
             )?;
         }
         Ok(())

@@ -68,7 +68,7 @@ impl Effectors {
                 .notify
                 .as_deref()
                 .map(|n| (n as &dyn Effector, n.timeout()))
-                .ok_or("[alertmanager]"),
+                .ok_or("[notify]"),
         }
     }
 }
@@ -509,6 +509,10 @@ impl Executor {
                 }))
                 .await?;
             result.outcome = report.outcome;
+            // The target itself said no (its opt-out): not the playbook's failure.
+            if report.outcome == Outcome::Refused {
+                result.refused_by = report.detail["rule"].as_str().map(String::from);
+            }
             result.detail = report.detail;
             result.failed = report.outcome.is_failure();
             let ran = matches!(
@@ -603,7 +607,7 @@ impl Executor {
             self.audit.record(intent(None, Vec::new())).await?;
             return Ok(Report::new(
                 Outcome::NotExecuted,
-                "the playbook waits for approval, which this version cannot give",
+                "the playbook asks for approval, and no approval queue is kept here",
             ));
         }
         let (effector, default_timeout) = match self.effectors.of(&action.kind) {

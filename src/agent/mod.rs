@@ -438,8 +438,17 @@ pub async fn run(
                 }
                 Some(approved) = approved_rx.recv() => {
                     let (id, playbook) = (approved.pending.id.clone(), approved.pending.playbook.clone());
+                    let anomaly_id = approved.pending.anomaly.id.clone();
                     if !dispatcher.lock().await.run_approved(approved) {
                         error!(id = %id, playbook = %playbook, "approved plan not run: its playbook is no longer loaded");
+                        ctx.audit
+                            .record(Event::PlaybookFailed(crate::audit::PlaybookFailed {
+                                anomaly_id,
+                                playbook,
+                                stage: "approval".into(),
+                                error: format!("approved plan {id} not run: the playbook is no longer loaded"),
+                            }))
+                            .await?;
                     }
                     continue;
                 }

@@ -1,5 +1,5 @@
 //! The bearer token that write endpoints require: a layer put on every route that may
-//! make the agent act (today the Alertmanager webhook), so a new write endpoint is
+//! make the agent act (the Alertmanager webhook, pause/resume, breaker resets and approvals), so a new write endpoint is
 //! guarded by being added to the same router, not by remembering a check.
 //!
 //! With no token configured, only clients on this host pass: `check` refuses such a
