@@ -15,32 +15,9 @@ use std::time::Duration;
 use common::fake_kube::{annotated, node, FakeKube};
 use common::{of_kind, verify_log, AgentProcess, Alertmanager, Daemon};
 use homeostat::config::Config;
-use homeostat::source::{BoxFuture, History, Point, Source, SourceError};
 use serde_json::{json, Value};
 
 const TOKEN: &str = "fake-kube-token-guardrails";
-
-/// A store with no series: detection has nothing to say; alerts drive the incidents.
-struct Quiet;
-
-impl Source for Quiet {
-    fn instant_at<'a>(
-        &'a self,
-        _: &'a str,
-        _: Option<f64>,
-    ) -> BoxFuture<'a, Result<Vec<Point>, SourceError>> {
-        Box::pin(async { Ok(vec![]) })
-    }
-    fn range<'a>(
-        &'a self,
-        _: &'a str,
-        _: f64,
-        _: Duration,
-        _: Duration,
-    ) -> BoxFuture<'a, Result<Vec<History>, SourceError>> {
-        Box::pin(async { Ok(vec![]) })
-    }
-}
 
 /// Drains (or cordons) the node a `NodeBad` alert names.
 fn playbook(kind: &str, limits: &str) -> String {
@@ -110,7 +87,7 @@ async fn setup(nodes: &[(&str, bool)], playbook_text: &str) -> Setup {
 impl Setup {
     async fn start(&self, extra: &str) -> Daemon {
         let config = Config::parse(&config_text(&self.kubeconfig, extra), self.dir.path()).unwrap();
-        Daemon::start_with(config, Arc::new(Quiet)).await
+        Daemon::start_with(config, Arc::new(common::Empty)).await
     }
 }
 

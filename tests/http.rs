@@ -14,7 +14,6 @@ use homeostat::agent::{self, Agent};
 use homeostat::config::{ApiConfig, ApiToken, Config, TlsFiles};
 use homeostat::metrics::Metrics;
 use homeostat::server::{self, AppState};
-use homeostat::source::{BoxFuture, History, Point, Source, SourceError};
 use homeostat::spool::Spool;
 use proptest::prelude::*;
 
@@ -755,29 +754,6 @@ async fn a_real_alertmanager_sends_the_token_from_its_credentials_file() {
     server.stop().await.unwrap();
 }
 
-/// A store with no data: the agent runs, fits nothing and ticks.
-struct Empty;
-
-impl Source for Empty {
-    fn instant_at<'a>(
-        &'a self,
-        _: &'a str,
-        _: Option<f64>,
-    ) -> BoxFuture<'a, Result<Vec<Point>, SourceError>> {
-        Box::pin(async { Ok(vec![]) })
-    }
-
-    fn range<'a>(
-        &'a self,
-        _: &'a str,
-        _: f64,
-        _: Duration,
-        _: Duration,
-    ) -> BoxFuture<'a, Result<Vec<History>, SourceError>> {
-        Box::pin(async { Ok(vec![]) })
-    }
-}
-
 /// What tracing wrote on one test's thread, at every level.
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
@@ -885,7 +861,7 @@ async fn the_token_never_reaches_a_log_line_or_the_audit_log() {
             config,
             playbooks,
             rejected,
-            source: Arc::new(Empty),
+            source: Arc::new(common::Empty),
             metrics: metrics.clone(),
             effectors: Default::default(),
         },

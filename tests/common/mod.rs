@@ -19,7 +19,7 @@ use homeostat::audit::AuditRecord;
 use homeostat::config::Config;
 use homeostat::metrics::Metrics;
 use homeostat::playbook::Limits;
-use homeostat::source::{PromSource, Source};
+use homeostat::source::{BoxFuture, PromSource, Source, SourceError};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tracing::instrument::WithSubscriber;
@@ -768,3 +768,27 @@ pub fn sample(metrics: &str, series: &str) -> Option<f64> {
     })
 }
 pub mod openstack;
+
+/// A store with no data: the agent runs, fits nothing and ticks (tests driven by
+/// alerts, or of the HTTP side).
+pub struct Empty;
+
+impl Source for Empty {
+    fn instant_at<'a>(
+        &'a self,
+        _: &'a str,
+        _: Option<f64>,
+    ) -> BoxFuture<'a, Result<Vec<homeostat::source::Point>, SourceError>> {
+        Box::pin(async { Ok(vec![]) })
+    }
+
+    fn range<'a>(
+        &'a self,
+        _: &'a str,
+        _: f64,
+        _: Duration,
+        _: Duration,
+    ) -> BoxFuture<'a, Result<Vec<homeostat::source::History>, SourceError>> {
+        Box::pin(async { Ok(vec![]) })
+    }
+}
