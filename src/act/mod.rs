@@ -243,6 +243,7 @@ impl Executor {
             Err(refusal) => {
                 warn!(playbook = %playbook.name, anomaly = %anomaly.id, rule = refusal.rule, "incident refused: {}", refusal.message);
                 self.refuse(&plan, 0, 0, None, &refusal).await?;
+                self.metrics.action("incident", Outcome::Refused.as_str());
                 return Ok(());
             }
         };

@@ -461,7 +461,7 @@ fn parse_verify(path: &str, v: &Value, problems: &mut Vec<String>) -> Option<Ver
     };
     let within = match m.get("within") {
         Some(Value::String(w)) => match humantime::parse_duration(w) {
-            Ok(d) if !d.is_zero() && d <= std::time::Duration::from_secs(3600) => Some(d),
+            Ok(d) if d >= std::time::Duration::from_secs(1) && d <= MAX_STEP_TIMEOUT => Some(d),
             Ok(_) => {
                 problems.push(format!("{path}.within: must be between 1s and 1h"));
                 None
@@ -562,7 +562,7 @@ fn check_params(path: &str, kind: &str, params: &Map<String, Value>) -> Vec<Stri
     match params.get("timeout") {
         None => {}
         Some(Value::String(w)) => match humantime::parse_duration(w) {
-            Ok(d) if !d.is_zero() && d <= MAX_STEP_TIMEOUT => {}
+            Ok(d) if d >= std::time::Duration::from_secs(1) && d <= MAX_STEP_TIMEOUT => {}
             Ok(_) => problems.push(format!("{path}.params.timeout: must be between 1s and 1h")),
             Err(e) => problems.push(format!(
                 "{path}.params.timeout: {w:?} is not a duration like \"5m\": {e}"
@@ -636,6 +636,27 @@ mod tests {
         // Records round-trip, so what was audited is what ran.
         let back: Plan = serde_json::from_value(serde_json::to_value(&plan).unwrap()).unwrap();
         assert_eq!(back, plan);
+    }
+
+    #[test]
+    fn step_time_limits_are_whole_seconds_to_an_hour() {
+        let with = |timeout: &str, within: &str| {
+            let v = json!([{"kind": "k8s.rollout_restart", "target": {"namespace": "shop", "deployment": "cart"},
+                "params": {"timeout": timeout}, "verify": {"query": "up", "within": within}}]);
+            parse_actions(&v, &scope())
+        };
+        assert!(with("1s", "1h").is_ok());
+        let errs = with("500ms", "2h").unwrap_err();
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("plan[0].params.timeout: must be between 1s and 1h")),
+            "{errs:#?}"
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("plan[0].verify.within: must be between 1s and 1h")),
+            "{errs:#?}"
+        );
     }
 
     #[test]
