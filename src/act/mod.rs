@@ -170,7 +170,7 @@ pub struct StepResult {
     pub failed: bool,
     /// Whether its failure escalated to `on_result`.
     pub escalated: bool,
-    /// The guardrail that refused it, if one did.
+    /// The rule that refused it, if one did: a guardrail, or the target's own (opt-out).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused_by: Option<String>,
 }
