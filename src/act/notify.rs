@@ -467,6 +467,92 @@ impl Alarms {
     }
 }
 
+/// The most alarm events put in one request to Alertmanager.
+const BATCH: usize = 1000;
+
+/// The alarm task's memory, borrowed while it takes in events.
+struct State<'a> {
+    firing: &'a mut BTreeMap<String, Firing>,
+    resolved: &'a mut Vec<Value>,
+    metrics: &'a Metrics,
+}
+
+impl State<'_> {
+    /// Takes in one event: an opened alarm goes in `batch` at once, a closed one joins
+    /// the resolutions (sent until delivered).
+    fn apply(
+        &mut self,
+        notifier: &Notifier,
+        event: AlarmEvent,
+        resend_every: Duration,
+        batch: &mut Vec<Value>,
+    ) {
+        let now = SystemTime::now();
+        match event {
+            AlarmEvent::Open {
+                anomaly,
+                severity,
+                audit_seq,
+                resumed,
+            } => {
+                let mut labels: Map<String, Value> = anomaly
+                    .labels
+                    .0
+                    .iter()
+                    .map(|(k, v)| (k.clone(), Value::from(v.clone())))
+                    .collect();
+                labels.insert("alertname".into(), "HomeostatAnomaly".into());
+                labels.insert("signal".into(), anomaly.signal.clone().into());
+                labels.insert("severity".into(), severity.into());
+                let mut annotations = if resumed {
+                    Map::from_iter([
+                        ("anomaly_id".to_string(), Value::from(anomaly.id.clone())),
+                        ("evidence".to_string(), anomaly.evidence.clone().into()),
+                        (
+                            "description".to_string(),
+                            "resumed after a restart of homeostat".into(),
+                        ),
+                    ])
+                } else {
+                    anomaly_annotations(&anomaly)
+                };
+                annotations.insert(
+                    "summary".into(),
+                    format!("anomaly on {} {}", anomaly.signal, anomaly.labels).into(),
+                );
+                annotations.insert("audit_seq".into(), audit_seq.to_string().into());
+                let starts = humantime::parse_rfc3339_weak(&anomaly.started_at).unwrap_or(now);
+                let f = Firing {
+                    labels,
+                    annotations,
+                    starts,
+                };
+                batch.push(notifier.alert(
+                    f.labels.clone(),
+                    f.annotations.clone(),
+                    f.starts,
+                    Some(now + resend_every * 4),
+                ));
+                self.firing.insert(anomaly.id.clone(), f);
+            }
+            AlarmEvent::Close { id } => {
+                if let Some(f) = self.firing.remove(&id) {
+                    if self.resolved.len() >= ALARM_QUEUE {
+                        self.resolved.remove(0);
+                        self.metrics.alarm_dropped();
+                    }
+                    self.resolved.push(notifier.alert(
+                        f.labels,
+                        f.annotations,
+                        f.starts,
+                        Some(now),
+                    ));
+                }
+            }
+        }
+    }
+}
+
 /// One firing alarm as the task keeps it.
 struct Firing {
     labels: Map<String, Value>,
@@ -491,46 +577,13 @@ async fn alarm_loop(
         tokio::select! {
             event = rx.recv() => {
                 let Some(event) = event else { return };
-                let now = SystemTime::now();
-                match event {
-                    AlarmEvent::Open { anomaly, severity, audit_seq, resumed } => {
-                        let mut labels: Map<String, Value> = anomaly
-                            .labels
-                            .0
-                            .iter()
-                            .map(|(k, v)| (k.clone(), Value::from(v.clone())))
-                            .collect();
-                        labels.insert("alertname".into(), "HomeostatAnomaly".into());
-                        labels.insert("signal".into(), anomaly.signal.clone().into());
-                        labels.insert("severity".into(), severity.into());
-                        let mut annotations = if resumed {
-                            Map::from_iter([
-                                ("anomaly_id".to_string(), Value::from(anomaly.id.clone())),
-                                ("evidence".to_string(), anomaly.evidence.clone().into()),
-                                ("description".to_string(), "resumed after a restart of homeostat".into()),
-                            ])
-                        } else {
-                            anomaly_annotations(&anomaly)
-                        };
-                        annotations.insert(
-                            "summary".into(),
-                            format!("anomaly on {} {}", anomaly.signal, anomaly.labels).into(),
-                        );
-                        annotations.insert("audit_seq".into(), audit_seq.to_string().into());
-                        let starts = humantime::parse_rfc3339_weak(&anomaly.started_at).unwrap_or(now);
-                        let f = Firing { labels, annotations, starts };
-                        batch.push(notifier.alert(f.labels.clone(), f.annotations.clone(), f.starts, Some(now + resend_every * 4)));
-                        firing.insert(anomaly.id.clone(), f);
-                    }
-                    AlarmEvent::Close { id } => {
-                        if let Some(f) = firing.remove(&id) {
-                            if resolved.len() >= ALARM_QUEUE {
-                                resolved.remove(0);
-                                metrics.alarm_dropped();
-                            }
-                            resolved.push(notifier.alert(f.labels, f.annotations, f.starts, Some(now)));
-                        }
-                    }
+                let mut state = State { firing: &mut firing, resolved: &mut resolved, metrics: &metrics };
+                state.apply(&notifier, event, resend_every, &mut batch);
+                // Whatever else waits goes in the same request: a burst of anomalies is
+                // one POST, not one each.
+                while batch.len() < BATCH {
+                    let Ok(event) = rx.try_recv() else { break };
+                    state.apply(&notifier, event, resend_every, &mut batch);
                 }
             }
             _ = tick.tick() => {
@@ -560,5 +613,81 @@ async fn alarm_loop(
             warn!(alerts = n, detail = %report.detail, "alarms not delivered to Alertmanager; retried at the next re-send");
             metrics.alarm_send_failed();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test]
+    async fn a_burst_of_anomalies_reaches_alertmanager_in_few_requests_and_all_resolve() {
+        // A stand-in for Alertmanager's POST /api/v2/alerts: counts requests and alerts.
+        let requests = Arc::new(AtomicUsize::new(0));
+        let firing = Arc::new(AtomicUsize::new(0));
+        let resolved = Arc::new(AtomicUsize::new(0));
+        let (r, f, z) = (requests.clone(), firing.clone(), resolved.clone());
+        let app = axum::Router::new().route(
+            "/api/v2/alerts",
+            axum::routing::post(move |axum::Json(alerts): axum::Json<Vec<Value>>| {
+                let (r, f, z) = (r.clone(), f.clone(), z.clone());
+                async move {
+                    r.fetch_add(1, Ordering::SeqCst);
+                    let now = SystemTime::now();
+                    for a in alerts {
+                        let ends =
+                            humantime::parse_rfc3339_weak(a["endsAt"].as_str().unwrap()).unwrap();
+                        if ends <= now {
+                            z.fetch_add(1, Ordering::SeqCst)
+                        } else {
+                            f.fetch_add(1, Ordering::SeqCst)
+                        };
+                    }
+                    "ok"
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let settings = Settings {
+            alertmanager_url: Some(url),
+            resend_every: Duration::from_secs(3600),
+            ..Settings::default()
+        };
+        let alarms = Alarms::start(&settings, Arc::new(Metrics::new(Duration::from_secs(60))));
+        for i in 0..500 {
+            let anomaly = Anomaly {
+                id: format!("an-{i}"),
+                signal: "s".into(),
+                ..Anomaly::default()
+            };
+            alarms.send(AlarmEvent::Open {
+                anomaly: Box::new(anomaly),
+                severity: "warning".into(),
+                audit_seq: i,
+                resumed: false,
+            });
+        }
+        for i in 0..500 {
+            alarms.send(AlarmEvent::Close {
+                id: format!("an-{i}"),
+            });
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while resolved.load(Ordering::SeqCst) < 500 {
+            assert!(
+                Instant::now() < deadline,
+                "resolved {} of 500",
+                resolved.load(Ordering::SeqCst)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(firing.load(Ordering::SeqCst), 500);
+        // Batched: far fewer requests than the 1,000 events (one each would be 1,000).
+        let n = requests.load(Ordering::SeqCst);
+        assert!(n < 100, "{n} requests");
     }
 }
