@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::act::approval::{queue_dir, Approvals};
+use crate::act::approval::{listing, queue_dir, Approvals};
 use crate::act::control::{approve_offline, remove_pause_file, write_pause_file};
 use crate::audit::{ApprovalDecided, AuditLog, Event, Paused, Resumed};
 use crate::config::Config;
@@ -207,16 +207,8 @@ pub async fn approvals(config: &Config) -> Result<Answer, RemoteError> {
     if let Some(v) = call(config, "GET", "/api/v1/approvals", Value::Null).await? {
         return Ok(Answer::Agent(v));
     }
-    let list: Vec<Value> = queue(config)?
-        .list()
-        .map_err(local)?
-        .into_iter()
-        .map(|p| match p {
-            Ok(p) => serde_json::to_value(p).unwrap_or_default(),
-            Err(e) => json!({"error": e.to_string()}),
-        })
-        .collect();
-    Ok(Answer::Offline(Value::Array(list)))
+    let list = queue(config)?.list().map_err(local)?;
+    Ok(Answer::Offline(listing(list)))
 }
 
 /// `homeostat approvals show ID`.

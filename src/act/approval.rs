@@ -102,6 +102,16 @@ pub fn plan_hash(plan: &Plan) -> String {
     hex::encode(Sha256::digest(&json))
 }
 
+/// A listing as the API and the CLI show it: each plan, or the error of a damaged file.
+pub fn listing(list: Vec<Result<Pending, ApprovalError>>) -> serde_json::Value {
+    list.into_iter()
+        .map(|p| match p {
+            Ok(p) => serde_json::to_value(p).unwrap_or_default(),
+            Err(e) => serde_json::json!({ "error": e.to_string() }),
+        })
+        .collect()
+}
+
 /// The queue directory beside an audit log.
 pub fn queue_dir(audit_log: &Path) -> PathBuf {
     let mut name = audit_log.as_os_str().to_os_string();
@@ -226,14 +236,7 @@ impl Approvals {
     /// Takes a plan out of the queue if `hash` names it, it is intact and not expired.
     pub fn approve(&self, id: &str, hash: &str, now: f64) -> Result<Pending, ApprovalError> {
         let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        let p = self.checked(id, now)?;
-        if hash.len() < 8 || !p.plan_hash.starts_with(&hash.to_ascii_lowercase()) {
-            return Err(ApprovalError::HashMismatch {
-                id: id.into(),
-                named: hash.into(),
-                actual: p.plan_hash,
-            });
-        }
+        let p = self.checked(id, hash, now)?;
         self.remove(id)?;
         Ok(p)
     }
@@ -247,14 +250,7 @@ impl Approvals {
         now: f64,
     ) -> Result<Pending, ApprovalError> {
         let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        let mut p = self.checked(id, now)?;
-        if hash.len() < 8 || !p.plan_hash.starts_with(&hash.to_ascii_lowercase()) {
-            return Err(ApprovalError::HashMismatch {
-                id: id.into(),
-                named: hash.into(),
-                actual: p.plan_hash,
-            });
-        }
+        let mut p = self.checked(id, hash, now)?;
         p.approved = Some(by);
         self.write(&p)?;
         Ok(p)
@@ -298,8 +294,8 @@ impl Approvals {
         Ok(out)
     }
 
-    /// The plan if it is intact and not expired.
-    fn checked(&self, id: &str, now: f64) -> Result<Pending, ApprovalError> {
+    /// The plan if it is intact, not expired, and `hash` (8+ hex digits) names it.
+    fn checked(&self, id: &str, hash: &str, now: f64) -> Result<Pending, ApprovalError> {
         let p = self.show(id)?;
         let actual = plan_hash(&p.plan);
         if actual != p.plan_hash {
@@ -311,6 +307,13 @@ impl Approvals {
         }
         if p.expires_unix <= now {
             return Err(ApprovalError::Expired(id.into()));
+        }
+        if hash.len() < 8 || !p.plan_hash.starts_with(&hash.to_ascii_lowercase()) {
+            return Err(ApprovalError::HashMismatch {
+                id: id.into(),
+                named: hash.into(),
+                actual: p.plan_hash,
+            });
         }
         Ok(p)
     }

@@ -214,18 +214,30 @@ fn control_request(s: &AppState, body: &Bytes) -> Result<(Arc<Control>, ControlR
     Ok((control, req))
 }
 
-fn control_result(r: Result<bool, ControlError>, what: &str) -> Response {
-    match r {
-        Ok(changed) => (
-            StatusCode::OK,
-            json_body(serde_json::json!({ "ok": true, "changed": changed, "what": what })),
-        )
-            .into_response(),
-        Err(e) => {
-            tracing::error!(error = %e, what, "control request failed");
-            refused((StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+/// A control's answer: 200 with its JSON, or the error with a status that says whose
+/// mistake it was.
+fn reply(r: Result<serde_json::Value, ControlError>) -> Response {
+    use crate::act::approval::ApprovalError as A;
+    let e = match r {
+        Ok(v) => return (StatusCode::OK, json_body(v)).into_response(),
+        Err(e) => e,
+    };
+    let status = match &e {
+        ControlError::Approval(A::NotFound(_)) => StatusCode::NOT_FOUND,
+        ControlError::Approval(A::Expired(_)) => StatusCode::GONE,
+        ControlError::Approval(A::HashMismatch { .. } | A::Tampered { .. }) => StatusCode::CONFLICT,
+        ControlError::NoApprovals => StatusCode::SERVICE_UNAVAILABLE,
+        _ => {
+            tracing::error!(error = %e, "control request failed");
+            StatusCode::INTERNAL_SERVER_ERROR
         }
-    }
+    };
+    refused((status, e.to_string()))
+}
+
+/// The answer of a switch: whether it changed anything.
+fn changed(what: &str) -> impl FnOnce(bool) -> serde_json::Value + '_ {
+    move |changed| serde_json::json!({ "ok": true, "changed": changed, "what": what })
 }
 
 /// `POST /api/v1/pause`: throws the kill switch (`{"reason": ..., "by": ...}`).
@@ -239,7 +251,7 @@ async fn pause(State(s): State<AppState>, body: Bytes) -> Response {
     } else {
         &req.reason
     };
-    control_result(c.pause(reason, req.by()).await, "paused")
+    reply(c.pause(reason, req.by()).await.map(changed("paused")))
 }
 
 /// `POST /api/v1/resume`: releases the kill switch.
@@ -248,7 +260,7 @@ async fn resume(State(s): State<AppState>, body: Bytes) -> Response {
         Ok(x) => x,
         Err(e) => return refused(e),
     };
-    control_result(c.resume(req.by()).await, "resumed")
+    reply(c.resume(req.by()).await.map(changed("resumed")))
 }
 
 /// `POST /api/v1/breakers/{playbook}/reset`: closes a playbook's circuit breaker.
@@ -261,22 +273,11 @@ async fn reset_breaker(
         Ok(x) => x,
         Err(e) => return refused(e),
     };
-    control_result(
-        c.reset_breaker(&playbook, req.by(), &req.reason).await,
-        "breaker reset",
+    reply(
+        c.reset_breaker(&playbook, req.by(), &req.reason)
+            .await
+            .map(changed("breaker reset")),
     )
-}
-
-fn control_error(e: ControlError) -> Response {
-    use crate::act::approval::ApprovalError as A;
-    let status = match &e {
-        ControlError::Approval(A::NotFound(_)) => StatusCode::NOT_FOUND,
-        ControlError::Approval(A::Expired(_)) => StatusCode::GONE,
-        ControlError::Approval(A::HashMismatch { .. } | A::Tampered { .. }) => StatusCode::CONFLICT,
-        ControlError::NoApprovals => StatusCode::SERVICE_UNAVAILABLE,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
-    };
-    refused((status, e.to_string()))
 }
 
 /// `GET /api/v1/approvals`: plans waiting, oldest first.
@@ -285,19 +286,7 @@ async fn approvals(State(s): State<AppState>) -> Response {
         Ok((c, _)) => c,
         Err(e) => return refused(e),
     };
-    match c.approvals() {
-        Ok(list) => {
-            let items: Vec<serde_json::Value> = list
-                .into_iter()
-                .map(|p| match p {
-                    Ok(p) => serde_json::to_value(p).unwrap_or_default(),
-                    Err(e) => serde_json::json!({ "error": e.to_string() }),
-                })
-                .collect();
-            (StatusCode::OK, json_body(serde_json::Value::Array(items))).into_response()
-        }
-        Err(e) => control_error(e),
-    }
+    reply(c.approvals().map(crate::act::approval::listing))
 }
 
 /// `GET /api/v1/approvals/{id}`.
@@ -309,14 +298,10 @@ async fn approval(
         Ok((c, _)) => c,
         Err(e) => return refused(e),
     };
-    match c.approval(&id) {
-        Ok(p) => (
-            StatusCode::OK,
-            json_body(serde_json::to_value(p).unwrap_or_default()),
-        )
-            .into_response(),
-        Err(e) => control_error(e),
-    }
+    reply(
+        c.approval(&id)
+            .map(|p| serde_json::to_value(p).unwrap_or_default()),
+    )
 }
 
 /// `POST /api/v1/approvals/{id}/approve` with `{"hash": ..., "by": ..., "reason": ...}`.
@@ -329,16 +314,11 @@ async fn approve(
         Ok(x) => x,
         Err(e) => return refused(e),
     };
-    match c.approve(&id, &req.hash, req.by(), &req.reason).await {
-        Ok(p) => (
-            StatusCode::OK,
-            json_body(
-                serde_json::json!({ "ok": true, "approved": p.id, "plan_hash": p.plan_hash }),
-            ),
-        )
-            .into_response(),
-        Err(e) => control_error(e),
-    }
+    reply(
+        c.approve(&id, &req.hash, req.by(), &req.reason)
+            .await
+            .map(|p| serde_json::json!({ "ok": true, "approved": p.id, "plan_hash": p.plan_hash })),
+    )
 }
 
 /// `POST /api/v1/approvals/{id}/reject` with `{"by": ..., "reason": ...}`.
@@ -351,14 +331,11 @@ async fn reject(
         Ok(x) => x,
         Err(e) => return refused(e),
     };
-    match c.reject(&id, req.by(), &req.reason).await {
-        Ok(p) => (
-            StatusCode::OK,
-            json_body(serde_json::json!({ "ok": true, "rejected": p.id })),
-        )
-            .into_response(),
-        Err(e) => control_error(e),
-    }
+    reply(
+        c.reject(&id, req.by(), &req.reason)
+            .await
+            .map(|p| serde_json::json!({ "ok": true, "rejected": p.id })),
+    )
 }
 
 /// `GET /api/v1/status`: paused or not, and open breakers.
