@@ -735,10 +735,20 @@ pub async fn wait_ready(addr: SocketAddr) {
 
 /// The records of an audit log (none before it exists).
 pub fn records(log: &Path) -> Vec<AuditRecord> {
-    if log.exists() {
-        homeostat::audit::read_records(log).unwrap()
-    } else {
-        Vec::new()
+    if !log.exists() {
+        return Vec::new();
+    }
+    // The agent may be appending a line as it is read: a torn last line is read again.
+    let mut tries = 0;
+    loop {
+        match homeostat::audit::read_records(log) {
+            Ok(records) => return records,
+            Err(_) if tries < 50 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("{}: {e}", log.display()),
+        }
     }
 }
 
