@@ -53,6 +53,12 @@ pub struct Anomaly {
     /// An alert's annotations (empty for homeostat's own anomalies).
     #[serde(default)]
     pub annotations: std::collections::BTreeMap<String, String>,
+    /// The incident it belongs to: the id of the first of the anomalies that opened
+    /// close together on series of the same instance, node, pod, deployment or server
+    /// (`agent.incident_window`); its own id when it came first or alone, and for alerts.
+    /// Empty in records written before incidents existed (and then not written).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub incident: String,
 }
 
 impl Default for Anomaly {
@@ -76,6 +82,7 @@ impl Default for Anomaly {
             duration_secs: 0.0,
             source: "homeostat".into(),
             annotations: Default::default(),
+            incident: String::new(),
         }
     }
 }

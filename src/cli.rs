@@ -255,8 +255,9 @@ pub enum AuditCommand {
         #[arg(long, default_value_t = 110)]
         width: usize,
     },
-    /// Print every record of one incident (its anomaly or alert id), in order, across
-    /// the log and the sealed segments before it.
+    /// Print every record of one incident (its anomaly or alert id, with the anomalies
+    /// that opened as its members), in order, across the log and the sealed segments
+    /// before it.
     Show {
         /// The incident's id (`an-…` or `am-…`).
         incident: String,

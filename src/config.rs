@@ -96,6 +96,12 @@ pub struct AgentConfig {
     /// The most any playbook may do (`dry-run` < `approval` < `auto`): a playbook's
     /// mode is capped by it, so a new installation acts only once an SRE says so.
     pub mode: crate::playbook::Mode,
+    /// Anomalies opening within this long of each other on series sharing one of
+    /// `incident_labels` are one incident: each playbook runs once for it.
+    #[serde(with = "humantime_serde_str")]
+    pub incident_window: Duration,
+    /// The labels that name what a series measures (empty: no grouping).
+    pub incident_labels: Vec<String>,
 }
 
 /// Detection parameters: the defaults in `[detection]`, or one signal's resolved set.
@@ -208,6 +214,13 @@ pub fn default_max_series_per_signal() -> usize {
 pub fn default_max_series() -> usize {
     100_000
 }
+/// Default reach of incident grouping: a machine's metrics going wrong together open
+/// within a few query intervals of each other.
+pub const DEFAULT_INCIDENT_WINDOW: Duration = Duration::from_secs(300);
+/// Default labels that name what a series measures.
+pub fn default_incident_labels() -> Vec<String> {
+    crate::detect::group::IDENTIFYING.map(String::from).to_vec()
+}
 /// Default size at which the audit log rotates: 256 MiB, read back in seconds at start.
 pub const DEFAULT_AUDIT_MAX_BYTES: u64 = 256 << 20;
 
@@ -230,6 +243,8 @@ pub mod bounds {
     pub const TIMEOUT: Duration = MINUTE.saturating_mul(10);
     /// `agent.interval`.
     pub const INTERVAL: Duration = DAY;
+    /// Longest `agent.incident_window`.
+    pub const INCIDENT_WINDOW: Duration = DAY;
     /// `agent.series_ttl`.
     pub const SERIES_TTL: Duration = DAY.saturating_mul(30);
     /// `agent.max_backoff`.
@@ -403,8 +418,37 @@ impl Config {
                     "mode",
                     "audit_max_bytes",
                     "audit_signing_key",
+                    "incident_window",
+                    "incident_labels",
                 ],
             );
+            let incident_labels = match t.get("incident_labels") {
+                None => default_incident_labels(),
+                Some(Value::Array(items)) => items
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, v)| match v.as_str() {
+                        Some(s) if is_identifier(s) => Some(s.to_string()),
+                        _ => {
+                            w.err(
+                                &format!("agent.incident_labels[{i}]"),
+                                format!("{v} is not a label name ([a-zA-Z_][a-zA-Z0-9_]*)"),
+                            );
+                            None
+                        }
+                    })
+                    .collect(),
+                Some(other) => {
+                    w.err(
+                        "agent.incident_labels",
+                        format!(
+                            "expected an array of label names, found {}",
+                            other.type_str()
+                        ),
+                    );
+                    default_incident_labels()
+                }
+            };
             let mode = match w.opt_string(&t, "agent", "mode").as_deref() {
                 None | Some("dry-run") => crate::playbook::Mode::DryRun,
                 Some("approval") => crate::playbook::Mode::Approval,
@@ -467,6 +511,10 @@ impl Config {
                 audit_signing_key: w
                     .opt_string(&t, "agent", "audit_signing_key")
                     .map(|f| base.join(f)),
+                incident_window: w
+                    .duration(&t, "agent", "incident_window", bounds::INCIDENT_WINDOW)
+                    .unwrap_or(DEFAULT_INCIDENT_WINDOW),
+                incident_labels,
             }
         };
 
@@ -1802,6 +1850,46 @@ mod effector_tests {
             "alarms on by default once Alertmanager is set"
         );
         assert_eq!(c.signals[0].severity, "warning");
+    }
+
+    #[test]
+    fn incidents_group_by_the_identifying_labels_unless_told_otherwise() {
+        let c = parse("").unwrap();
+        assert_eq!(c.agent.incident_window, Duration::from_secs(300));
+        assert_eq!(
+            c.agent.incident_labels,
+            ["instance", "node", "pod", "deployment", "server"]
+        );
+        let c = parse("[agent]\nincident_window = \"2m\"\nincident_labels = []\n").unwrap();
+        assert_eq!(c.agent.incident_window, Duration::from_secs(120));
+        assert!(c.agent.incident_labels.is_empty());
+        let problems =
+            parse("[agent]\nincident_window = \"2d\"\nincident_labels = [\"host\", \"a-b\", 3]\n")
+                .unwrap_err();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("agent.incident_window:")),
+            "{problems:?}"
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("agent.incident_labels[1]:")),
+            "{problems:?}"
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("agent.incident_labels[2]:")),
+            "{problems:?}"
+        );
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        let problems = parse("[agent]\nincident_labels = \"pod\"\n").unwrap_err();
+        assert!(
+            problems[0].starts_with("agent.incident_labels: expected an array"),
+            "{problems:?}"
+        );
     }
 
     #[test]

@@ -17,6 +17,7 @@ use crate::audit::{
     AuditError, Event, PlanChosen, PlaybookFailed, PlaybookMatched, PlaybookRejected,
     PlaybookReloaded, PlaybookSuppressed,
 };
+use crate::detect::group::Incidents;
 use crate::metrics::{Metrics, PlaybookResult};
 use crate::playbook::{Limits, Playbook};
 use crate::source::unix_now;
@@ -35,6 +36,8 @@ pub struct Dispatcher {
     metrics: Arc<Metrics>,
     /// Plans being made and run: off the detection tick, which never waits on a script.
     incidents: JoinSet<()>,
+    /// Which anomalies are one incident, and the playbooks run for each.
+    grouping: Incidents,
 }
 
 /// Runs a matched playbook's `plan()` in the sandbox, audits the plan (or the failure),
@@ -137,7 +140,8 @@ fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 impl Dispatcher {
-    /// Starts with the playbooks loaded at start; `paths` are the configured files.
+    /// Starts with the playbooks loaded at start; `paths` are the configured files;
+    /// anomalies are grouped into incidents by `grouping`.
     pub fn new(
         paths: Vec<PathBuf>,
         signals: Vec<String>,
@@ -145,6 +149,7 @@ impl Dispatcher {
         limits: Limits,
         executor: Executor,
         metrics: Arc<Metrics>,
+        grouping: Incidents,
     ) -> Self {
         let seen = paths
             .iter()
@@ -160,6 +165,7 @@ impl Dispatcher {
             executor,
             metrics,
             incidents: JoinSet::new(),
+            grouping,
         };
         d.publish();
         d
@@ -200,21 +206,72 @@ impl Dispatcher {
         &self.active
     }
 
+    /// Anomaly `anomaly` opened: it joins (or starts) its incident, which it now names.
+    pub fn opened(&mut self, anomaly: &mut Anomaly) {
+        anomaly.incident = self
+            .grouping
+            .open(&anomaly.id, &anomaly.labels, anomaly.started_unix);
+    }
+
+    /// Anomaly `id` closed: its incident is forgotten with its last member.
+    pub fn closed(&mut self, id: &str) {
+        self.grouping.close(id);
+    }
+
+    /// Anomaly `id`, open before a restart since `started_unix`, goes on in `incident`
+    /// with the playbooks already run for it.
+    pub fn resumed(
+        &mut self,
+        id: &str,
+        incident: &str,
+        handled: &BTreeSet<String>,
+        started_unix: f64,
+    ) {
+        self.grouping
+            .resume(id, incident, handled.iter().cloned(), started_unix);
+    }
+
     /// Runs every matching playbook not yet in `handled` for this event, once per
-    /// incident: the match (or the cooldown that suppresses it) is audited here; making
-    /// the plan and running it go on in a task of their own, so the caller never waits
-    /// on a script.
+    /// incident: the match (or the incident or cooldown that suppresses it) is audited
+    /// here; making the plan and running it go on in a task of their own, so the caller
+    /// never waits on a script.
     pub async fn respond(
         &mut self,
         anomaly: &Anomaly,
         handled: &mut BTreeSet<String>,
     ) -> Result<(), AuditError> {
         let audit = self.executor.audit.clone();
+        let mut anomaly = anomaly.clone();
+        anomaly.incident = self
+            .grouping
+            .incident_of(&anomaly.id)
+            .unwrap_or(&anomaly.id)
+            .to_string();
+        let anomaly = &anomaly;
         for pb in self.active.clone() {
             if handled.contains(&pb.name) || !pb.matches(anomaly) {
                 continue;
             }
             handled.insert(pb.name.clone());
+            if let Some(at) = self.grouping.handled(&anomaly.incident, &pb.name) {
+                let ago = (unix_now() - at).max(0.0);
+                info!(playbook = %pb.name, anomaly = %anomaly.id, incident = %anomaly.incident, "suppressed: the playbook already answered this incident");
+                audit
+                    .record(Event::PlaybookSuppressed(PlaybookSuppressed {
+                        anomaly_id: anomaly.id.clone(),
+                        playbook: pb.name.clone(),
+                        group: anomaly.incident.clone(),
+                        reason: "incident".into(),
+                        last_plan_secs_ago: ago,
+                        cooldown_secs: pb.cooldown.as_secs_f64(),
+                    }))
+                    .await?;
+                self.metrics
+                    .playbook_run(&pb.name, PlaybookResult::Suppressed);
+                continue;
+            }
+            self.grouping
+                .note_handled(&anomaly.incident, &pb.name, unix_now());
             let group = pb.group_key(anomaly);
             let key = (pb.name.clone(), group.clone());
             if let Some(last) = self.groups.get(&key).filter(|t| t.elapsed() < pb.cooldown) {

@@ -315,6 +315,20 @@ impl fmt::Display for AuditIncident<'_> {
                 .collect::<Vec<_>>()
                 .join(", ")
         )?;
+        let members: Vec<&str> = self
+            .records
+            .iter()
+            .filter_map(|(_, rec)| audit::member_of(rec, self.id))
+            .collect();
+        if members.len() > 1 {
+            let names: Vec<_> = members.iter().map(|m| audit::escape(m)).collect();
+            writeln!(
+                f,
+                "{} anomalies opened together: {}",
+                members.len(),
+                names.join(", ")
+            )?;
+        }
         audit_rows(f, &self.records, self.width)
     }
 }

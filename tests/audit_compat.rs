@@ -126,11 +126,12 @@ fn new_records_keep_the_line_layout_byte_for_byte() {
         duration_secs: 0.0,
         source: "homeostat".into(),
         annotations: Default::default(),
+        incident: "an-1".into(),
     };
     assert_eq!(
         write_one(&Event::AnomalyOpened(anomaly)),
         format!(
-            r#"{{"seq":1,"ts":"","kind":"anomaly_opened","prev":"{zeros}","data":{{"annotations":{{}},"direction":"up","duration_secs":0.0,"evidence":"level","expected":100.0,"id":"an-1","labels":{{"pod":"cart-1"}},"lower":95.5,"peak_score":1.0,"query":"max by (pod) (lat)","score":1.0,"seasonal":false,"signal":"latency","source":"homeostat","started_at":"2026-12-07T14:11:40.123Z","started_unix":1796652700.123,"upper":104.5,"value":500.0}}"#
+            r#"{{"seq":1,"ts":"","kind":"anomaly_opened","prev":"{zeros}","data":{{"annotations":{{}},"direction":"up","duration_secs":0.0,"evidence":"level","expected":100.0,"id":"an-1","incident":"an-1","labels":{{"pod":"cart-1"}},"lower":95.5,"peak_score":1.0,"query":"max by (pod) (lat)","score":1.0,"seasonal":false,"signal":"latency","source":"homeostat","started_at":"2026-12-07T14:11:40.123Z","started_unix":1796652700.123,"upper":104.5,"value":500.0}}"#
         )
     );
 

@@ -421,7 +421,14 @@ async fn a_second_incident_within_the_cooldown_is_suppressed_and_one_after_it_is
     let dir = tempfile::tempdir().unwrap();
     let fake = Fake::new().with_history(QUERY, &["a"]);
     fake.set(&[("a", 100.0)]);
-    let cfg = config(dir.path(), &[("restart", RESTART)], "", "close_after = 2");
+    // Incident grouping off: a series opening again two minutes later would be the
+    // same incident (within `incident_window`), and this is about the cooldown.
+    let cfg = config(
+        dir.path(),
+        &[("restart", RESTART)],
+        "incident_labels = []",
+        "close_after = 2",
+    );
     let d = start(cfg, fake.clone()).await;
     let incident = |v: f64| {
         let fake = fake.clone();
@@ -1365,4 +1372,144 @@ async fn the_agent_rotates_its_audit_log_into_one_signed_chain_and_resumes_acros
     assert_eq!(resumed.len(), 1, "{resumed:#?}");
     assert_eq!(resumed[0].data["id"], id);
     d.stop().await;
+}
+
+const ERRORS: &str = "max by (pod) (hs_test_errors)";
+
+/// Restarts a pod's deployment on either of its signals.
+const RESTART_ON_ANY: &str = r#"
+const PLAYBOOK = #{
+    name: "restart-any",
+    triggers: [#{ signal: "latency", min_score: 0.999 }, #{ signal: "errors", min_score: 0.999 }],
+    allowed: #{ kinds: ["k8s.rollout_restart"] },
+};
+fn plan(anomaly) {
+    [#{ kind: "k8s.rollout_restart", target: #{ namespace: "test", deployment: anomaly.labels.pod } }]
+}
+"#;
+
+#[tokio::test(start_paused = true)]
+async fn anomalies_of_one_pod_opening_together_are_one_incident_planned_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::new()
+        .with_history(QUERY, &["a", "b"])
+        .with_history(ERRORS, &["a", "b"]);
+    let both = |fake: &Fake, latency: &[(&str, f64)], errors: &[(&str, f64)]| {
+        fake.set(latency);
+        let values = errors.iter().map(|(p, v)| (pod_labels(p), *v)).collect();
+        fake.answer(ERRORS, Answer::Values(values));
+    };
+    both(
+        &fake,
+        &[("a", 100.0), ("b", 100.0)],
+        &[("a", 100.0), ("b", 100.0)],
+    );
+    std::fs::write(dir.path().join("restart.rhai"), RESTART_ON_ANY).unwrap();
+    let text = format!(
+        r#"
+playbooks = ["restart.rhai"]
+[prometheus]
+url = "http://127.0.0.1:9"
+[agent]
+interval = "1s"
+audit_log = "audit.jsonl"
+models_dir = "models"
+incident_window = "1m"
+[detection]
+history = "1d"
+history_step = "1m"
+[[signals]]
+name = "latency"
+query = '{QUERY}'
+direction = "up"
+[[signals]]
+name = "errors"
+query = '{ERRORS}'
+direction = "up"
+"#
+    );
+    let cfg = Config::parse(&text, dir.path()).unwrap_or_else(|e| panic!("{e:#?}"));
+    let d = start(cfg, fake.clone()).await;
+
+    // Pod a's latency, then 20 s later its errors; pod b's errors at the same time.
+    both(
+        &fake,
+        &[("a", 400.0), ("b", 100.0)],
+        &[("a", 100.0), ("b", 100.0)],
+    );
+    d.wait_for("a's latency", Duration::from_secs(10), |d| {
+        d.kinds("anomaly_opened").len() == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    both(
+        &fake,
+        &[("a", 400.0), ("b", 100.0)],
+        &[("a", 400.0), ("b", 400.0)],
+    );
+    d.wait_for("three anomalies", Duration::from_secs(10), |d| {
+        d.kinds("anomaly_opened").len() == 3 && !d.kinds("playbook_suppressed").is_empty()
+    })
+    .await;
+    ticks_pass(&d, 3).await;
+
+    let opened: HashMap<(String, String), serde_json::Value> = d
+        .kinds("anomaly_opened")
+        .into_iter()
+        .map(|r| {
+            let key = (
+                r.data["signal"].as_str().unwrap().to_string(),
+                r.data["labels"]["pod"].as_str().unwrap().to_string(),
+            );
+            (key, r.data)
+        })
+        .collect();
+    let id = |signal: &str, pod: &str| opened[&(signal.into(), pod.into())]["id"].clone();
+    let incident =
+        |signal: &str, pod: &str| opened[&(signal.into(), pod.into())]["incident"].clone();
+    // a's errors joined a's latency's incident; b's errors is an incident of its own.
+    assert_eq!(incident("latency", "a"), id("latency", "a"));
+    assert_eq!(incident("errors", "a"), id("latency", "a"));
+    assert_eq!(incident("errors", "b"), id("errors", "b"));
+
+    // One plan per incident: a's second member is suppressed, naming the incident.
+    let matched: Vec<_> = d
+        .kinds("playbook_matched")
+        .into_iter()
+        .map(|r| r.data["anomaly_id"].clone())
+        .collect();
+    assert_eq!(matched.len(), 2, "{matched:?}");
+    assert!(matched.contains(&id("latency", "a")) && matched.contains(&id("errors", "b")));
+    let suppressed = d.kinds("playbook_suppressed");
+    assert_eq!(suppressed.len(), 1);
+    assert_eq!(suppressed[0].data["anomaly_id"], id("errors", "a"));
+    assert_eq!(suppressed[0].data["reason"], json!("incident"));
+    assert_eq!(suppressed[0].data["group"], id("latency", "a"));
+    // Wall-clock seconds (which a paused test clock does not move): within the window.
+    let ago = suppressed[0].data["last_plan_secs_ago"].as_f64().unwrap();
+    assert!((0.0..60.0).contains(&ago), "{ago}");
+    // The playbook saw the incident too.
+    let plan_for_a = d
+        .kinds("playbook_matched")
+        .into_iter()
+        .find(|r| r.data["anomaly_id"] == id("latency", "a"))
+        .unwrap();
+    assert_eq!(plan_for_a.data["anomaly"]["incident"], id("latency", "a"));
+    d.stop().await;
+
+    // `audit show` on the incident shows both members' records, and not b's.
+    let log = dir.path().join("audit.jsonl");
+    let first = id("latency", "a");
+    let shown = homeostat::report::AuditIncident::read(&log, first.as_str().unwrap(), 200)
+        .unwrap()
+        .to_string();
+    assert!(shown.contains("2 anomalies opened together"), "{shown}");
+    for member in [id("latency", "a"), id("errors", "a")] {
+        assert!(shown.contains(member.as_str().unwrap()), "{shown}");
+    }
+    assert!(
+        !shown.contains(id("errors", "b").as_str().unwrap()),
+        "{shown}"
+    );
+    verify_log(&log);
 }

@@ -396,6 +396,11 @@ fn anomaly_annotations(a: &Anomaly) -> Map<String, Value> {
     }
     m.insert("evidence".into(), a.evidence.clone().into());
     m.insert("anomaly_id".into(), a.id.clone().into());
+    // Alertmanager groups by labels; the incident, which changes nothing about the
+    // series, is an annotation so an alert's identity stays its series'.
+    if !a.incident.is_empty() {
+        m.insert("incident".into(), a.incident.clone().into());
+    }
     m
 }
 

@@ -27,6 +27,7 @@ use crate::audit::{
     ModelsRefused, PlaybookRejected, PlaybookVersion,
 };
 use crate::config::Config;
+use crate::detect::group::Incidents;
 use crate::dispatch::{Dispatcher, PlanAges};
 use crate::metrics::{Metrics, Snapshot};
 use crate::models::{self, SignalModels};
@@ -242,6 +243,10 @@ pub async fn run(
         limits,
         executor,
         metrics.clone(),
+        Incidents::new(
+            config.agent.incident_window.as_secs_f64(),
+            config.agent.incident_labels.clone(),
+        ),
     );
     // What a previous run left behind: plans whose cooldowns still run, and anomalies
     // it stopped with open (one streaming pass over the log).
@@ -384,6 +389,10 @@ pub async fn run(
             }
             let audit_seq = ctx.audit.record(r.event()).await?;
             if let Restored::Resumed { anomaly: u, .. } = &r {
+                dispatcher
+                    .lock()
+                    .await
+                    .resumed(&u.id, &u.incident, &u.handled, u.started_unix);
                 // Its alarm goes on firing: same labels, so Alertmanager sees one alert.
                 if let Some(cfg) = config.signals.iter().find(|s| s.name == u.signal && s.alert) {
                     ctx.alarms.send(AlarmEvent::Open {
@@ -397,6 +406,7 @@ pub async fn run(
                             seasonal: u.seasonal,
                             started_unix: u.started_unix,
                             started_at: crate::source::rfc3339(u.started_unix),
+                            incident: u.incident.clone(),
                             ..Anomaly::default()
                         }),
                         severity: cfg.severity.clone(),
@@ -709,8 +719,9 @@ async fn process(
                 warn!(signal = %name, "query returned no series; series marked stale");
                 ctx.metrics.query_empty(&name);
             }
-            WatchEvent::Opened(a) => {
-                warn!(signal = %name, series = %a.labels, value = a.value, expected = a.expected, score = format!("{:.2}", a.score), evidence = %a.evidence, seasonal = a.seasonal, id = %a.id, "anomaly opened");
+            WatchEvent::Opened(mut a) => {
+                dispatcher.lock().await.opened(&mut a);
+                warn!(signal = %name, series = %a.labels, value = a.value, expected = a.expected, score = format!("{:.2}", a.score), evidence = %a.evidence, seasonal = a.seasonal, id = %a.id, incident = %a.incident, "anomaly opened");
                 let alarm = w.config().alert.then(|| a.clone());
                 let audit_seq = ctx.audit.record(Event::AnomalyOpened(a)).await?;
                 ctx.metrics.anomaly_opened(&name);
@@ -731,6 +742,7 @@ async fn process(
                 reason,
             } => {
                 info!(signal = %name, series = %labels, id = %id, duration_secs, reason, "anomaly closed");
+                dispatcher.lock().await.closed(&id);
                 ctx.alarms.send(AlarmEvent::Close { id: id.clone() });
                 ctx.audit
                     .record(Event::AnomalyClosed(AnomalyClosed {

@@ -29,6 +29,8 @@ pub struct Unclosed {
     pub seasonal: bool,
     /// Playbooks already matched (or suppressed) for it.
     pub handled: BTreeSet<String>,
+    /// Its incident (empty in a record written before incidents existed).
+    pub incident: String,
 }
 
 /// Folds one audit event, in log order, into the anomalies open so far (by id).
@@ -48,6 +50,7 @@ pub fn track_open(open: &mut BTreeMap<String, Unclosed>, event: &Event) {
                     evidence: a.evidence.clone(),
                     seasonal: a.seasonal,
                     handled: BTreeSet::new(),
+                    incident: a.incident.clone(),
                 },
             );
         }
@@ -264,6 +267,7 @@ mod tests {
                 evidence: "jump".into(),
                 seasonal: true,
                 handled: ["restart".to_string(), "scale".to_string()].into(),
+                incident: String::new(),
             }]
         );
     }
@@ -294,6 +298,7 @@ mod tests {
             evidence: String::new(),
             seasonal: false,
             handled: BTreeSet::new(),
+            incident: String::new(),
         };
         let restored = resume(
             std::slice::from_mut(&mut w),

@@ -573,5 +573,7 @@ fn describe(signal: &SignalConfig, labels: &Labels, series: &Series, wall: Syste
             .unwrap_or(0.0),
         source: "homeostat".into(),
         annotations: Default::default(),
+        // The dispatcher, which groups across signals, names it.
+        incident: String::new(),
     }
 }

@@ -61,6 +61,17 @@ pub fn is_about(rec: &AuditRecord, id: &str) -> bool {
         .any(|k| rec.data.get(k).and_then(Value::as_str) == Some(id))
 }
 
+/// The anomaly `rec` opens as a member of incident `incident`, if it is such an
+/// `anomaly_opened` (the incident's first member included).
+pub fn member_of<'r>(rec: &'r AuditRecord, incident: &str) -> Option<&'r str> {
+    if rec.kind != "anomaly_opened"
+        || rec.data.get("incident").and_then(Value::as_str) != Some(incident)
+    {
+        return None;
+    }
+    rec.data.get("id").and_then(Value::as_str)
+}
+
 /// `--since`: an RFC 3339 time (`2026-12-07T14:00:00Z`), or a duration back from `now`
 /// (`2h`, `30m`, `1day`).
 pub fn parse_since(s: &str, now: SystemTime) -> Result<SystemTime, String> {

@@ -37,7 +37,7 @@ mod sign;
 mod summary;
 
 pub use event::*;
-pub use filter::{is_about, parse_since, parse_target, Filter};
+pub use filter::{is_about, member_of, parse_since, parse_target, Filter};
 pub use seal::{chain_files, links, rotate, seal, segment_path, Link, Sealed};
 pub use sign::{
     checkpoint_message, generate_key, public_key_path, read_public_key, read_signing_key,
@@ -472,24 +472,32 @@ pub fn records(
         }))
 }
 
-/// Every record of incident `id` (its `anomaly_id` or `id`), oldest first, across the
-/// log and the sealed segments its links reach back to, each with its file. Fails
-/// naming the id if there is none.
+/// Every record of incident `id` (its `anomaly_id` or `id`) and of the anomalies that
+/// opened as its members, oldest first, across the log and the sealed segments its
+/// links reach back to, each with its file. Fails naming the id if there is none.
 pub fn incident(log: &Path, id: &str) -> Result<Vec<(PathBuf, AuditRecord)>, AuditError> {
     let files = chain_files(log);
-    // Most lines are about something else: only those holding the id are parsed.
-    let needle = Value::from(id).to_string();
+    // Most lines are about something else: only those holding an id are parsed. A
+    // member opens before any other record about it, so its id is known in time.
+    let mut ids = vec![id.to_string()];
+    let mut needles = vec![Value::from(id).to_string()];
     let mut out = Vec::new();
     for file in &files {
         use std::io::BufRead as _;
         let reader = std::fs::File::open(file).map_err(io_err(file))?;
         for (i, line) in std::io::BufReader::new(reader).lines().enumerate() {
             let line = line.map_err(io_err(file))?;
-            if !line.contains(needle.as_str()) {
+            if !needles.iter().any(|n| line.contains(n.as_str())) {
                 continue;
             }
             let rec = parse_line(file, i, &line)?;
-            if is_about(&rec, id) {
+            if let Some(member) = member_of(&rec, id) {
+                if !ids.iter().any(|m| m == member) {
+                    needles.push(Value::from(member).to_string());
+                    ids.push(member.to_string());
+                }
+            }
+            if ids.iter().any(|m| is_about(&rec, m)) {
                 out.push((file.clone(), rec));
             }
         }

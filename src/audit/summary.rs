@@ -66,7 +66,7 @@ impl Event {
     pub fn summary(&self) -> String {
         match self {
             Event::AnomalyOpened(a) => format!(
-                "{} {}{} value={} expected={} band=[{}, {}] score={}{}",
+                "{} {}{} value={} expected={} band=[{}, {}] score={}{}{}",
                 a.id,
                 a.signal,
                 labels(&a.labels),
@@ -80,6 +80,12 @@ impl Event {
                     ("", _) => String::new(),
                     (e, true) => format!(" evidence={e} (daily profile)"),
                     (e, false) => format!(" evidence={e}"),
+                },
+                // Shown for the members that joined another's incident.
+                if a.incident.is_empty() || a.incident == a.id {
+                    String::new()
+                } else {
+                    format!(" incident={}", a.incident)
                 }
             ),
             Event::AnomalyClosed(c) => format!(
@@ -217,9 +223,14 @@ impl Event {
                 )
             }
             Event::PlaybookSuppressed(s) => format!(
-                "{} playbook {} group {}: {} (last plan {}s ago)",
+                "{} playbook {} {} {}: {} (last plan {}s ago)",
                 s.anomaly_id,
                 s.playbook,
+                if s.reason == "incident" {
+                    "incident"
+                } else {
+                    "group"
+                },
                 s.group,
                 s.reason,
                 num(s.last_plan_secs_ago)

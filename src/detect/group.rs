@@ -3,6 +3,8 @@
 //! incident. A machine that goes wrong moves several of its metrics at once; an operator
 //! wants one page for it, not one per metric. Pure: no I/O, no clock.
 
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
 use crate::labels::Labels;
 
 /// The labels that name the thing a series measures: two series that share the value of
@@ -26,71 +28,223 @@ pub fn related(a: &Labels, b: &Labels, identifying: &[&str]) -> bool {
 }
 
 /// The incident of each opening, numbered from 0 in order of the incidents' first
-/// openings: an opening joins every earlier one it is [`related`] to that opened at most
-/// `within` seconds before it (and so, transitively, their incidents). An opening whose
-/// time is not a number is an incident of its own.
+/// openings, as [`Incidents`] would assign them live with the openings in time order
+/// (ties in the order given). An opening whose time is not a number is an incident of
+/// its own.
 pub fn incidents(openings: &[Opening<'_>], within: f64, identifying: &[&str]) -> Vec<usize> {
-    let n = openings.len();
-    let mut order: Vec<usize> = (0..n).collect();
+    let mut order: Vec<usize> = (0..openings.len()).collect();
     order.sort_by(|&a, &b| openings[a].t.total_cmp(&openings[b].t));
-    // Where each opening stands in time order.
-    let mut rank = vec![0; n];
-    for (k, &i) in order.iter().enumerate() {
-        rank[i] = k;
+    let names = identifying.iter().map(|s| s.to_string()).collect();
+    let mut live = Incidents::new(within, names);
+    let mut number: HashMap<String, usize> = HashMap::new();
+    let mut out = vec![0; openings.len()];
+    for i in order {
+        let incident = live.open(&i.to_string(), openings[i].labels, openings[i].t);
+        let next = number.len();
+        out[i] = *number.entry(incident).or_insert(next);
+        // Nothing closes in a batch: only what is still joinable needs keeping.
+        live.close(&i.to_string());
     }
-    // Union-find over the openings, the root of a set being its earliest member.
-    let mut parent: Vec<usize> = (0..n).collect();
-    fn root(parent: &mut [usize], mut i: usize) -> usize {
-        while parent[i] != i {
-            parent[i] = parent[parent[i]];
-            i = parent[i];
+    out
+}
+
+/// One incident being tracked: its members and the playbooks already run for it.
+#[derive(Debug, Default)]
+struct Incident {
+    /// Members still open.
+    open: usize,
+    /// Its openings still joinable.
+    recent: usize,
+    /// Every member's id, first (the incident's own id) first; at most [`MAX_MEMBERS`].
+    members: Vec<String>,
+    /// Playbook → Unix time it was run for the incident.
+    handled: BTreeMap<String, f64>,
+}
+
+/// The most member ids an incident lists (a fleet-wide event may have thousands).
+pub const MAX_MEMBERS: usize = 100;
+
+/// An identifying label's name and value.
+type Key = (String, String);
+
+/// Live grouping: each anomaly, as it opens, joins the incident of the earliest
+/// [`related`] opening of the last `within` seconds, or starts one named by its own id.
+/// Two incidents never merge once made: an opening related to both joins the older (a
+/// plan may already be running for each). An incident is forgotten once none of its
+/// members is open and no later opening can join it. Pure: the caller passes the times.
+/// Each opening costs a few map lookups, so a storm of thousands stays cheap.
+#[derive(Debug)]
+pub struct Incidents {
+    within: f64,
+    identifying: Vec<String>,
+    /// Openings of the last `within` seconds, in the order they came: time, keys,
+    /// incident.
+    recent: VecDeque<(f64, Vec<Key>, String)>,
+    /// The same openings by identifying label, each list in the same order.
+    by_key: HashMap<Key, VecDeque<(f64, String)>>,
+    incidents: HashMap<String, Incident>,
+    /// Open member id → its incident.
+    member_of: HashMap<String, String>,
+}
+
+impl Incidents {
+    /// Groups openings up to `within` seconds apart (not a number or negative: only
+    /// openings at the same time) on series sharing one of the `identifying` labels
+    /// (none: every anomaly is an incident of its own).
+    pub fn new(within: f64, identifying: Vec<String>) -> Self {
+        Incidents {
+            within: if within.is_nan() {
+                0.0
+            } else {
+                within.max(0.0)
+            },
+            identifying,
+            recent: VecDeque::new(),
+            by_key: HashMap::new(),
+            incidents: HashMap::new(),
+            member_of: HashMap::new(),
         }
-        i
     }
-    let within = if within.is_nan() {
-        0.0
-    } else {
-        within.max(0.0)
-    };
-    let mut start = 0;
-    for k in 0..n {
-        let i = order[k];
-        let t = openings[i].t;
+
+    /// Anomaly `id` opened on `labels` at Unix time `t`: returns its incident's id.
+    pub fn open(&mut self, id: &str, labels: &Labels, t: f64) -> String {
         if !t.is_finite() {
-            continue;
+            self.join(id, id);
+            return id.to_string();
         }
-        while start < k && openings[order[start]].t.total_cmp(&(t - within)).is_lt() {
-            start += 1;
+        self.forget_before(t);
+        let keys: Vec<Key> = self
+            .identifying
+            .iter()
+            .filter_map(|name| labels.get(name).map(|v| (name.clone(), v.to_string())))
+            .collect();
+        let incident = keys
+            .iter()
+            .filter_map(|k| self.by_key.get(k).and_then(VecDeque::front))
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+            .map_or_else(|| id.to_string(), |(_, incident)| incident.clone());
+        self.join(id, &incident);
+        for k in &keys {
+            self.by_key
+                .entry(k.clone())
+                .or_default()
+                .push_back((t, incident.clone()));
         }
-        for &j in &order[start..k] {
-            if openings[j].t.is_finite()
-                && related(openings[i].labels, openings[j].labels, identifying)
-            {
-                let (ri, rj) = (root(&mut parent, i), root(&mut parent, j));
-                if ri != rj {
-                    // Keep the earlier opening as the root: incidents number by their start.
-                    let (keep, join) = if rank[ri] < rank[rj] {
-                        (ri, rj)
-                    } else {
-                        (rj, ri)
-                    };
-                    parent[join] = keep;
-                }
+        if let Some(entry) = self.incidents.get_mut(&incident) {
+            entry.recent += 1;
+        }
+        self.recent.push_back((t, keys, incident.clone()));
+        incident
+    }
+
+    /// Anomaly `id`, open before a restart, goes on as a member of `incident` (as the
+    /// audit log recorded it; empty: its own), with the playbooks already run for it,
+    /// noted as run at `t` (when it opened: they ran no earlier). Nothing new joins it:
+    /// it opened before the restart.
+    pub fn resume(
+        &mut self,
+        id: &str,
+        incident: &str,
+        handled: impl IntoIterator<Item = String>,
+        t: f64,
+    ) {
+        let incident = if incident.is_empty() { id } else { incident };
+        self.join(id, incident);
+        for playbook in handled {
+            self.note_handled(incident, &playbook, t);
+        }
+    }
+
+    fn join(&mut self, id: &str, incident: &str) {
+        let entry = self.incidents.entry(incident.to_string()).or_default();
+        entry.open += 1;
+        if entry.members.len() < MAX_MEMBERS && !entry.members.iter().any(|m| m == id) {
+            entry.members.push(id.to_string());
+        }
+        if let Some(before) = self.member_of.insert(id.to_string(), incident.to_string()) {
+            // The same id opened twice without a close: count it open once.
+            if let Some(e) = self.incidents.get_mut(&before) {
+                e.open = e.open.saturating_sub(1);
             }
         }
     }
-    let mut number = vec![usize::MAX; n];
-    let mut next = 0;
-    let mut out = vec![0; n];
-    for &i in &order {
-        let r = root(&mut parent, i);
-        if number[r] == usize::MAX {
-            number[r] = next;
-            next += 1;
+
+    /// Anomaly `id` closed.
+    pub fn close(&mut self, id: &str) {
+        let Some(incident) = self.member_of.remove(id) else {
+            return;
+        };
+        if let Some(entry) = self.incidents.get_mut(&incident) {
+            entry.open = entry.open.saturating_sub(1);
         }
-        out[i] = number[r];
+        self.forget_if_idle(&incident);
     }
-    out
+
+    /// The incident of open anomaly `id`, if it is tracked.
+    pub fn incident_of(&self, id: &str) -> Option<&str> {
+        self.member_of.get(id).map(String::as_str)
+    }
+
+    /// The members of `incident` (at most [`MAX_MEMBERS`]), first first.
+    pub fn members(&self, incident: &str) -> &[String] {
+        self.incidents
+            .get(incident)
+            .map_or(&[], |i| i.members.as_slice())
+    }
+
+    /// When `playbook` was run for `incident`, if it was.
+    pub fn handled(&self, incident: &str, playbook: &str) -> Option<f64> {
+        self.incidents
+            .get(incident)
+            .and_then(|i| i.handled.get(playbook).copied())
+    }
+
+    /// Notes that `playbook` ran for `incident` at Unix time `t`.
+    pub fn note_handled(&mut self, incident: &str, playbook: &str, t: f64) {
+        if let Some(entry) = self.incidents.get_mut(incident) {
+            entry.handled.entry(playbook.to_string()).or_insert(t);
+        }
+    }
+
+    /// Incidents tracked (open, or still joinable).
+    pub fn len(&self) -> usize {
+        self.incidents.len()
+    }
+
+    /// Whether none is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.incidents.is_empty()
+    }
+
+    /// Drops the openings no opening at `t` can join.
+    fn forget_before(&mut self, t: f64) {
+        while self.recent.front().is_some_and(|r| r.0 < t - self.within) {
+            let (_, keys, incident) = self.recent.pop_front().expect("front exists");
+            for k in keys {
+                // Each key's list is in arrival order: its front is this opening.
+                if let Some(list) = self.by_key.get_mut(&k) {
+                    list.pop_front();
+                    if list.is_empty() {
+                        self.by_key.remove(&k);
+                    }
+                }
+            }
+            if let Some(entry) = self.incidents.get_mut(&incident) {
+                entry.recent = entry.recent.saturating_sub(1);
+            }
+            self.forget_if_idle(&incident);
+        }
+    }
+
+    fn forget_if_idle(&mut self, incident: &str) {
+        if self
+            .incidents
+            .get(incident)
+            .is_some_and(|i| i.open == 0 && i.recent == 0)
+        {
+            self.incidents.remove(incident);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -169,6 +323,68 @@ mod tests {
             incidents(&openings[..2], f64::NAN, &IDENTIFYING),
             vec![0, 1]
         );
+    }
+
+    #[test]
+    fn live_members_share_the_first_ones_incident_and_its_playbooks() {
+        let cpu_a = labels(&[("instance", "a"), ("__name__", "cpu")]);
+        let mem_a = labels(&[("instance", "a"), ("__name__", "mem")]);
+        let pod_on_a = labels(&[("instance", "a"), ("pod", "p")]);
+        let pod = labels(&[("pod", "p")]);
+        let other = labels(&[("instance", "b")]);
+        let mut live = Incidents::new(300.0, IDENTIFYING.map(String::from).to_vec());
+        assert_eq!(live.open("an-1", &pod, 0.0), "an-1");
+        assert_eq!(live.open("an-2", &cpu_a, 100.0), "an-2");
+        assert_eq!(live.open("an-3", &other, 150.0), "an-3");
+        // Related to both: joins the older incident; the two do not merge.
+        assert_eq!(live.open("an-4", &pod_on_a, 200.0), "an-1");
+        assert_eq!(live.open("an-5", &mem_a, 350.0), "an-2");
+        assert_eq!(live.members("an-1"), ["an-1", "an-4"]);
+        assert_eq!(live.members("an-2"), ["an-2", "an-5"]);
+        assert_eq!(live.incident_of("an-5"), Some("an-2"));
+
+        assert_eq!(live.handled("an-2", "restart"), None);
+        live.note_handled("an-2", "restart", 120.0);
+        live.note_handled("an-2", "restart", 400.0);
+        assert_eq!(live.handled("an-2", "restart"), Some(120.0));
+
+        // Everything closed and 300 s past the last opening: nothing is kept.
+        for id in ["an-1", "an-2", "an-3", "an-4", "an-5"] {
+            live.close(id);
+        }
+        assert_eq!(
+            live.len(),
+            3,
+            "joinable for 300 s after their latest openings"
+        );
+        assert_eq!(live.open("an-6", &mem_a, 1000.0), "an-6");
+        assert_eq!(live.len(), 1);
+        assert_eq!(live.handled("an-2", "restart"), None);
+        // An open member keeps its incident (and what ran for it) however long it stays.
+        assert_eq!(live.open("an-7", &cpu_a, 1100.0), "an-6");
+        live.note_handled("an-6", "restart", 1100.0);
+        live.close("an-6");
+        assert_eq!(live.open("an-8", &other, 9000.0), "an-8");
+        assert_eq!(live.handled("an-6", "restart"), Some(1100.0));
+        live.close("an-7");
+        assert_eq!(live.handled("an-6", "restart"), None);
+    }
+
+    #[test]
+    fn a_resumed_member_keeps_its_recorded_incident_and_playbooks() {
+        let mut live = Incidents::new(300.0, IDENTIFYING.map(String::from).to_vec());
+        live.resume("an-2", "an-1", ["drain".to_string()], 10.0);
+        live.resume("an-9", "", [], 20.0);
+        assert_eq!(live.incident_of("an-2"), Some("an-1"));
+        assert_eq!(live.incident_of("an-9"), Some("an-9"));
+        assert_eq!(live.handled("an-1", "drain"), Some(10.0));
+        // Not joinable: a new opening on any series starts its own.
+        let node = labels(&[("node", "n1")]);
+        assert_eq!(live.open("an-10", &node, 50.0), "an-10");
+        // No identifying labels configured: every anomaly is its own incident.
+        let mut off = Incidents::new(300.0, Vec::new());
+        assert_eq!(off.open("an-1", &node, 0.0), "an-1");
+        assert_eq!(off.open("an-2", &node, 1.0), "an-2");
     }
 
     proptest::proptest! {

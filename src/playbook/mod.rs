@@ -844,6 +844,7 @@ pub(crate) mod tests {
             duration_secs: duration,
             source: "homeostat".into(),
             annotations: Default::default(),
+            incident: "an-test".into(),
         }
     }
 
