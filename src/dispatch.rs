@@ -256,18 +256,9 @@ impl Dispatcher {
             if let Some(at) = self.grouping.handled(&anomaly.incident, &pb.name) {
                 let ago = (unix_now() - at).max(0.0);
                 info!(playbook = %pb.name, anomaly = %anomaly.id, incident = %anomaly.incident, "suppressed: the playbook already answered this incident");
-                audit
-                    .record(Event::PlaybookSuppressed(PlaybookSuppressed {
-                        anomaly_id: anomaly.id.clone(),
-                        playbook: pb.name.clone(),
-                        group: anomaly.incident.clone(),
-                        reason: "incident".into(),
-                        last_plan_secs_ago: ago,
-                        cooldown_secs: pb.cooldown.as_secs_f64(),
-                    }))
+                let group = anomaly.incident.clone();
+                self.suppressed(&pb, anomaly, group, "incident", ago)
                     .await?;
-                self.metrics
-                    .playbook_run(&pb.name, PlaybookResult::Suppressed);
                 continue;
             }
             self.grouping
@@ -277,18 +268,8 @@ impl Dispatcher {
             if let Some(last) = self.groups.get(&key).filter(|t| t.elapsed() < pb.cooldown) {
                 let ago = last.elapsed().as_secs_f64();
                 info!(playbook = %pb.name, anomaly = %anomaly.id, %group, "suppressed: a plan for this incident ran {ago:.0}s ago");
-                audit
-                    .record(Event::PlaybookSuppressed(PlaybookSuppressed {
-                        anomaly_id: anomaly.id.clone(),
-                        playbook: pb.name.clone(),
-                        group,
-                        reason: "cooldown".into(),
-                        last_plan_secs_ago: ago,
-                        cooldown_secs: pb.cooldown.as_secs_f64(),
-                    }))
+                self.suppressed(&pb, anomaly, group, "cooldown", ago)
                     .await?;
-                self.metrics
-                    .playbook_run(&pb.name, PlaybookResult::Suppressed);
                 continue;
             }
             self.groups.insert(key, Instant::now());
@@ -313,6 +294,32 @@ impl Dispatcher {
                 }
             });
         }
+        Ok(())
+    }
+
+    /// Audits and counts a match that does not run: `reason` names what held it, the
+    /// plan that did run for `group` was made `ago` seconds before.
+    async fn suppressed(
+        &self,
+        pb: &Playbook,
+        anomaly: &Anomaly,
+        group: String,
+        reason: &str,
+        ago: f64,
+    ) -> Result<(), AuditError> {
+        self.executor
+            .audit
+            .record(Event::PlaybookSuppressed(PlaybookSuppressed {
+                anomaly_id: anomaly.id.clone(),
+                playbook: pb.name.clone(),
+                group,
+                reason: reason.into(),
+                last_plan_secs_ago: ago,
+                cooldown_secs: pb.cooldown.as_secs_f64(),
+            }))
+            .await?;
+        self.metrics
+            .playbook_run(&pb.name, PlaybookResult::Suppressed);
         Ok(())
     }
 

@@ -312,7 +312,8 @@ pub struct PlaybookSuppressed {
     pub playbook: String,
     /// The incident group.
     pub group: String,
-    /// Why (`cooldown`).
+    /// Why: `incident` (the playbook answered another member of the incident) or
+    /// `cooldown` (a plan for the group ran within the playbook's cooldown).
     pub reason: String,
     /// Age of the group's last plan.
     pub last_plan_secs_ago: f64,
