@@ -229,10 +229,15 @@ impl ApiStatus {
 }
 
 /// Whether an object opted out of homeostat (`homeostat.io/ignore: "true"` as a label
-/// or an annotation).
+/// or an annotation; `True` and `TRUE` too, as for Nova's metadata: an operator who
+/// wrote either meant it).
 pub fn opted_out(obj: &Value) -> bool {
     let m = &obj["metadata"];
-    m["labels"][OPT_OUT] == "true" || m["annotations"][OPT_OUT] == "true"
+    ["labels", "annotations"].iter().any(|k| {
+        m[k][OPT_OUT]
+            .as_str()
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+    })
 }
 
 /// The label or annotation that keeps homeostat's hands off an object.
@@ -339,5 +344,21 @@ mod tests {
             redact("bad token s3cr3t-t0ken here", &secrets_in(json)),
             "bad token [redacted] here"
         );
+    }
+
+    #[test]
+    fn an_opt_out_is_any_case_of_true_as_a_label_or_an_annotation() {
+        let obj = |where_: &str, v: &str| serde_json::json!({"metadata": {where_: {"homeostat.io/ignore": v}}});
+        for v in ["true", "True", "TRUE"] {
+            assert!(opted_out(&obj("labels", v)), "{v}");
+            assert!(opted_out(&obj("annotations", v)), "{v}");
+        }
+        for v in ["false", "yes", "", "truex"] {
+            assert!(!opted_out(&obj("labels", v)), "{v}");
+        }
+        assert!(!opted_out(&serde_json::json!({"metadata": {}})));
+        assert!(!opted_out(
+            &serde_json::json!({"metadata": {"labels": {"homeostat.io/ignore": true}}})
+        ));
     }
 }
