@@ -278,20 +278,32 @@ impl Approvals {
         Ok(gone)
     }
 
-    /// Plans approved while the agent was down, taken out of the queue to run.
-    pub fn take_approved(&self, now: f64) -> Result<Vec<(Pending, Decision)>, ApprovalError> {
+    /// Plans approved while the agent was down, taken out of the queue: those to run,
+    /// and those whose plan changed on disk since (with the hash it has now), which
+    /// never run. Expired ones stay for [`Approvals::expire`].
+    #[allow(clippy::type_complexity)]
+    pub fn take_approved(
+        &self,
+        now: f64,
+    ) -> Result<(Vec<(Pending, Decision)>, Vec<(Pending, String)>), ApprovalError> {
         let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        let mut out = Vec::new();
+        let (mut run, mut changed) = (Vec::new(), Vec::new());
         for p in self.list()?.into_iter().flatten() {
             let Some(d) = p.approved.clone() else {
                 continue;
             };
-            if p.expires_unix > now && plan_hash(&p.plan) == p.plan_hash {
-                self.remove(&p.id)?;
-                out.push((p, d));
+            if p.expires_unix <= now {
+                continue;
+            }
+            self.remove(&p.id)?;
+            let actual = plan_hash(&p.plan);
+            if actual == p.plan_hash {
+                run.push((p, d));
+            } else {
+                changed.push((p, actual));
             }
         }
-        Ok(out)
+        Ok((run, changed))
     }
 
     /// The plan if it is intact, not expired, and `hash` (8+ hex digits) names it.
@@ -419,7 +431,7 @@ mod tests {
         q.approve_offline(&a.id, &a.plan_hash, by.clone(), 1001.0)
             .unwrap();
         assert!(
-            q.take_approved(1061.0).unwrap().is_empty(),
+            q.take_approved(1061.0).unwrap().0.is_empty(),
             "expired meanwhile"
         );
         let b = q
@@ -427,8 +439,24 @@ mod tests {
             .unwrap();
         q.approve_offline(&b.id, &b.plan_hash, by.clone(), 2001.0)
             .unwrap();
-        let taken = q.take_approved(2002.0).unwrap();
+        let (taken, changed) = q.take_approved(2002.0).unwrap();
         assert_eq!(taken.len(), 1);
         assert_eq!(taken[0].1, by);
+        assert!(changed.is_empty());
+
+        // Approved, then its plan edited on disk before the start: taken out, never run.
+        let c = q
+            .request("drain", &Anomaly::default(), &plan(), 0, 3000.0, ttl)
+            .unwrap();
+        q.approve_offline(&c.id, &c.plan_hash, by, 3001.0).unwrap();
+        let path = dir.path().join(format!("{}.json", c.id));
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text.replace("\"n1\"", "\"n2\"")).unwrap();
+        let (taken, changed) = q.take_approved(3002.0).unwrap();
+        assert!(taken.is_empty());
+        assert_eq!(changed.len(), 1);
+        assert_eq!(changed[0].0.id, c.id);
+        assert_ne!(changed[0].1, c.plan_hash);
+        assert!(q.show(&c.id).is_err(), "left in the queue");
     }
 }

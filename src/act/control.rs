@@ -190,7 +190,18 @@ impl Control {
         let Some(q) = &self.approvals else {
             return Ok(());
         };
-        for (p, d) in q.take_approved(unix_now())? {
+        let (run, changed) = q.take_approved(unix_now())?;
+        for (p, actual) in changed {
+            warn!(id = %p.id, playbook = %p.playbook, "approved plan changed on disk since: it never runs");
+            let why = format!(
+                "the plan changed on disk after it was approved (approved {}, now {actual}): it never runs",
+                p.plan_hash
+            );
+            self.audit
+                .record(Event::ApprovalRejected(decided(&p, "homeostat", &why)))
+                .await?;
+        }
+        for (p, d) in run {
             let grant_seq = self
                 .audit
                 .record(Event::ApprovalGranted(decided(&p, &d.by, &d.reason)))
