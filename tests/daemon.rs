@@ -1513,3 +1513,73 @@ direction = "up"
     );
     verify_log(&log);
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_approval_given_while_the_agent_is_down_runs_at_start_unless_its_plan_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), TOKEN).unwrap();
+    let agent = "mode = \"auto\"\n[api]\ntoken_file = \"token\"";
+    let fake = Fake::new().with_history(QUERY, &["p1", "p2"]);
+    fake.set(&[("p1", 100.0), ("p2", 100.0)]);
+    let cfg = || config(dir.path(), &[("restart", &asking())], agent, "");
+    let d = start(cfg(), fake.clone()).await;
+    fake.set(&[("p1", 300.0), ("p2", 300.0)]);
+    d.wait_for("two approval requests", Duration::from_secs(30), |d| {
+        d.kinds("approval_requested").len() == 2
+    })
+    .await;
+    let (p1, p2) = (waiting(&d, "p1").await, waiting(&d, "p2").await);
+    d.stop().await;
+
+    // Both approved offline; p2's plan is then edited on disk.
+    let queue =
+        homeostat::act::approval::Approvals::open(&dir.path().join("audit.jsonl.approvals"))
+            .unwrap();
+    for p in [&p1, &p2] {
+        let (id, hash) = (p["id"].as_str().unwrap(), p["plan_hash"].as_str().unwrap());
+        homeostat::act::control::approve_offline(&queue, id, hash, "sre", "go").unwrap();
+    }
+    let file = dir.path().join(format!(
+        "audit.jsonl.approvals/{}.json",
+        p2["id"].as_str().unwrap()
+    ));
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        text.replace("\"namespace\": \"test\"", "\"namespace\": \"prod\""),
+    )
+    .unwrap();
+
+    fake.set(&[("p1", 100.0), ("p2", 100.0)]);
+    let d = start(cfg(), fake.clone()).await;
+    d.wait_for("p1's plan to run", Duration::from_secs(30), |d| {
+        !d.kinds("action_intent").is_empty()
+    })
+    .await;
+    ticks_pass(&d, 3).await;
+    let granted = d.kinds("approval_granted");
+    assert_eq!(granted.len(), 1);
+    assert_eq!(granted[0].data["id"], p1["id"]);
+    assert_eq!(granted[0].data["by"], json!("sre"));
+    let rejected = d.kinds("approval_rejected");
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(rejected[0].data["id"], p2["id"]);
+    assert_eq!(rejected[0].data["by"], json!("homeostat"));
+    assert!(
+        rejected[0].data["reason"]
+            .as_str()
+            .unwrap()
+            .contains(p2["plan_hash"].as_str().unwrap()),
+        "{}",
+        rejected[0].data
+    );
+    let intents = d.kinds("action_intent");
+    assert_eq!(intents.len(), 1);
+    assert_eq!(
+        intents[0].data["action"]["target"]["deployment"],
+        json!("p1")
+    );
+    assert!(!file.exists(), "the changed plan left in the queue");
+    d.stop().await;
+    verify_log(&dir.path().join("audit.jsonl"));
+}
