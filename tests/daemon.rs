@@ -170,6 +170,17 @@ fn on_result(anomaly, results) {
 
 /// The agent's config in `dir`: one signal, the given `[detection]` and `[agent]` extras.
 fn config(dir: &Path, playbooks: &[(&str, &str)], agent_extra: &str, detection: &str) -> Config {
+    config_with(dir, playbooks, agent_extra, detection, "")
+}
+
+/// [`config`] with more `[[signals]]` after the latency one.
+fn config_with(
+    dir: &Path,
+    playbooks: &[(&str, &str)],
+    agent_extra: &str,
+    detection: &str,
+    signals: &str,
+) -> Config {
     let mut names = Vec::new();
     for (name, body) in playbooks {
         std::fs::write(dir.join(format!("{name}.rhai")), body).unwrap();
@@ -194,6 +205,7 @@ history_step = "1m"
 name = "latency"
 query = '{QUERY}'
 direction = "up"
+{signals}
 "#,
         names.join(", ")
     );
@@ -1404,31 +1416,13 @@ async fn anomalies_of_one_pod_opening_together_are_one_incident_planned_once() {
         &[("a", 100.0), ("b", 100.0)],
         &[("a", 100.0), ("b", 100.0)],
     );
-    std::fs::write(dir.path().join("restart.rhai"), RESTART_ON_ANY).unwrap();
-    let text = format!(
-        r#"
-playbooks = ["restart.rhai"]
-[prometheus]
-url = "http://127.0.0.1:9"
-[agent]
-interval = "1s"
-audit_log = "audit.jsonl"
-models_dir = "models"
-incident_window = "1m"
-[detection]
-history = "1d"
-history_step = "1m"
-[[signals]]
-name = "latency"
-query = '{QUERY}'
-direction = "up"
-[[signals]]
-name = "errors"
-query = '{ERRORS}'
-direction = "up"
-"#
+    let cfg = config_with(
+        dir.path(),
+        &[("restart", RESTART_ON_ANY)],
+        "incident_window = \"1m\"",
+        "",
+        &format!("[[signals]]\nname = \"errors\"\nquery = '{ERRORS}'\ndirection = \"up\""),
     );
-    let cfg = Config::parse(&text, dir.path()).unwrap_or_else(|e| panic!("{e:#?}"));
     let d = start(cfg, fake.clone()).await;
 
     // Pod a's latency, then 20 s later its errors; pod b's errors at the same time.
