@@ -242,11 +242,17 @@ impl Dispatcher {
     ) -> Result<(), AuditError> {
         let audit = self.executor.audit.clone();
         let mut anomaly = anomaly.clone();
-        anomaly.incident = self
-            .grouping
-            .incident_of(&anomaly.id)
-            .unwrap_or(&anomaly.id)
-            .to_string();
+        anomaly.incident = match self.grouping.incident_of(&anomaly.id) {
+            Some(incident) => incident.to_string(),
+            // A firing alert joins (or starts) an incident as it arrives, like an anomaly
+            // as it opens; it has no close here, so it is joinable for the window only.
+            None if anomaly.source == "alertmanager" => {
+                let incident = self.grouping.open(&anomaly.id, &anomaly.labels, unix_now());
+                self.grouping.close(&anomaly.id);
+                incident
+            }
+            None => anomaly.id.clone(),
+        };
         let anomaly = &anomaly;
         for pb in self.active.clone() {
             if handled.contains(&pb.name) || !pb.matches(anomaly) {

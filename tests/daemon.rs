@@ -1577,3 +1577,62 @@ async fn an_approval_given_while_the_agent_is_down_runs_at_start_unless_its_plan
     d.stop().await;
     verify_log(&dir.path().join("audit.jsonl"));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_firing_alert_on_a_pod_with_an_open_anomaly_joins_its_incident() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::new().with_history(QUERY, &["a"]);
+    fake.set(&[("a", 100.0)]);
+    let restart = r#"
+const PLAYBOOK = #{
+    name: "restart-pod",
+    triggers: [#{ signal: "latency", min_score: 0.999 }, #{ alertname: "PodCrashLooping" }],
+    allowed: #{ kinds: ["k8s.rollout_restart"] },
+};
+fn plan(event) {
+    [#{ kind: "k8s.rollout_restart", target: #{ namespace: "test", deployment: event.labels.pod } }]
+}
+"#;
+    let d = start(
+        config(dir.path(), &[("restart", restart)], "", ""),
+        fake.clone(),
+    )
+    .await;
+    fake.set(&[("a", 400.0)]);
+    d.wait_for("the anomaly's plan", Duration::from_secs(10), |d| {
+        !d.kinds("plan").is_empty()
+    })
+    .await;
+    let alert = |pod: &str, fingerprint: &str| {
+        json!({
+            "version": "4", "status": "firing", "receiver": "homeostat", "groupKey": "{}:{}",
+            "alerts": [{"status": "firing",
+                "labels": {"alertname": "PodCrashLooping", "pod": pod, "namespace": "test"},
+                "annotations": {}, "startsAt": "2026-12-07T10:00:00Z",
+                "endsAt": "0001-01-01T00:00:00Z", "fingerprint": fingerprint}]
+        })
+        .to_string()
+    };
+    // The same pod: one incident, no second restart. Another pod: its own.
+    let (status, _) = post(d.addr, "/api/v1/alertmanager", &alert("a", "f1")).await;
+    assert_eq!(status, 202);
+    let (status, _) = post(d.addr, "/api/v1/alertmanager", &alert("b", "f2")).await;
+    assert_eq!(status, 202);
+    d.wait_for(
+        "b's plan and a's suppression",
+        Duration::from_secs(10),
+        |d| d.kinds("plan").len() == 2 && !d.kinds("playbook_suppressed").is_empty(),
+    )
+    .await;
+    let anomaly_id = d.kinds("anomaly_opened")[0].data["id"].clone();
+    let suppressed = &d.kinds("playbook_suppressed")[0].data;
+    assert_eq!(suppressed["reason"], json!("incident"));
+    assert_eq!(suppressed["group"], anomaly_id);
+    let targets: Vec<_> = d
+        .kinds("plan")
+        .iter()
+        .map(|r| r.data["actions"][0]["target"]["deployment"].clone())
+        .collect();
+    assert_eq!(targets, [json!("a"), json!("b")]);
+    d.stop().await;
+}
