@@ -53,9 +53,9 @@ pub struct Anomaly {
     /// An alert's annotations (empty for homeostat's own anomalies).
     #[serde(default)]
     pub annotations: std::collections::BTreeMap<String, String>,
-    /// The incident it belongs to: the id of the first of the anomalies that opened
-    /// close together on series of the same instance, node, pod, deployment or server
-    /// (`agent.incident_window`); its own id when it came first or alone, and for alerts.
+    /// The incident it belongs to: the id of the first of the anomalies and alerts that
+    /// came close together (`agent.incident_window`), each sharing an instance, node, pod,
+    /// deployment or server with one before it; its own id when it came first or alone.
     /// Empty in records written before incidents existed (and then not written).
     #[serde(skip_serializing_if = "String::is_empty")]
     pub incident: String,

@@ -213,7 +213,8 @@ impl Dispatcher {
             .open(&anomaly.id, &anomaly.labels, anomaly.started_unix);
     }
 
-    /// Anomaly `id` closed: its incident is forgotten with its last member.
+    /// Anomaly `id` closed: its incident is forgotten once no member is open and no new
+    /// one can join.
     pub fn closed(&mut self, id: &str) {
         self.grouping.close(id);
     }
@@ -259,17 +260,28 @@ impl Dispatcher {
                 continue;
             }
             handled.insert(pb.name.clone());
-            if let Some(at) = self.grouping.handled(&anomaly.incident, &pb.name) {
-                let ago = (unix_now() - at).max(0.0);
+            let group = pb.group_key(anomaly);
+            // Once per incident, or once per target of the incident for a playbook that
+            // names its targets (`group_by`): the labels an incident is grouped by may name
+            // a scraper or a node, and the pods behind it are each one's own remediation.
+            let what = if pb.group_by.is_empty() {
+                pb.name.clone()
+            } else {
+                format!("{} {group}", pb.name)
+            };
+            let now = unix_now();
+            if let Some(at) = self
+                .grouping
+                .handled(&anomaly.incident, &what)
+                .filter(|at| now - at < pb.cooldown.as_secs_f64())
+            {
+                let ago = (now - at).max(0.0);
                 info!(playbook = %pb.name, anomaly = %anomaly.id, incident = %anomaly.incident, "suppressed: the playbook already answered this incident");
-                let group = anomaly.incident.clone();
-                self.suppressed(&pb, anomaly, group, "incident", ago)
+                let incident = anomaly.incident.clone();
+                self.suppressed(&pb, anomaly, incident, "incident", ago)
                     .await?;
                 continue;
             }
-            self.grouping
-                .note_handled(&anomaly.incident, &pb.name, unix_now());
-            let group = pb.group_key(anomaly);
             let key = (pb.name.clone(), group.clone());
             if let Some(last) = self.groups.get(&key).filter(|t| t.elapsed() < pb.cooldown) {
                 let ago = last.elapsed().as_secs_f64();
@@ -278,6 +290,7 @@ impl Dispatcher {
                     .await?;
                 continue;
             }
+            self.grouping.note_handled(&anomaly.incident, &what, now);
             self.groups.insert(key, Instant::now());
             audit
                 .record(Event::PlaybookMatched(PlaybookMatched {

@@ -315,16 +315,19 @@ impl fmt::Display for AuditIncident<'_> {
                 .collect::<Vec<_>>()
                 .join(", ")
         )?;
-        let members: Vec<&str> = self
-            .records
-            .iter()
-            .filter_map(|(_, rec)| audit::member_of(rec, self.id))
-            .collect();
+        let mut members: Vec<&str> = Vec::new();
+        for (_, rec) in &self.records {
+            if let Some(m) = audit::member_of(rec, self.id) {
+                if !members.contains(&m) {
+                    members.push(m);
+                }
+            }
+        }
         if members.len() > 1 {
             let names: Vec<_> = members.iter().map(|m| audit::escape(m)).collect();
             writeln!(
                 f,
-                "{} anomalies opened together: {}",
+                "{} members (anomalies and alerts): {}",
                 members.len(),
                 names.join(", ")
             )?;

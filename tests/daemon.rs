@@ -56,13 +56,19 @@ impl Fake {
 
     /// One day of minute points around 100 for each pod, ending two minutes ago.
     fn with_history(self: &Arc<Self>, query: &str, pods: &[&str]) -> Arc<Self> {
+        let series: Vec<Labels> = pods.iter().map(|p| pod_labels(p)).collect();
+        self.with_series_history(query, &series)
+    }
+
+    /// [`Fake::with_history`] for series of any labels.
+    fn with_series_history(self: &Arc<Self>, query: &str, series: &[Labels]) -> Arc<Self> {
         let points = 1440;
         let end = self.t0 - 120.0;
-        let histories = pods
+        let histories = series
             .iter()
             .enumerate()
-            .map(|(seed, pod)| History {
-                labels: pod_labels(pod),
+            .map(|(seed, labels)| History {
+                labels: labels.clone(),
                 samples: (0..points)
                     .map(|i| {
                         (
@@ -1497,7 +1503,10 @@ async fn anomalies_of_one_pod_opening_together_are_one_incident_planned_once() {
     let shown = homeostat::report::AuditIncident::read(&log, first.as_str().unwrap(), 200)
         .unwrap()
         .to_string();
-    assert!(shown.contains("2 anomalies opened together"), "{shown}");
+    assert!(
+        shown.contains("2 members (anomalies and alerts)"),
+        "{shown}"
+    );
     for member in [id("latency", "a"), id("errors", "a")] {
         assert!(shown.contains(member.as_str().unwrap()), "{shown}");
     }
@@ -1634,5 +1643,102 @@ fn plan(event) {
         .map(|r| r.data["actions"][0]["target"]["deployment"].clone())
         .collect();
     assert_eq!(targets, [json!("a"), json!("b")]);
+    // b's alert delivered again (Alertmanager repeats a firing alert): the same incident.
+    let (status, _) = post(d.addr, "/api/v1/alertmanager", &alert("b", "f2")).await;
+    assert_eq!(status, 202);
+    d.wait_for("the repeat's suppression", Duration::from_secs(10), |d| {
+        d.kinds("playbook_suppressed").len() == 2
+    })
+    .await;
+    let again = &d.kinds("playbook_suppressed")[1].data;
+    assert_eq!(again["reason"], json!("incident"));
+    assert_eq!(
+        again["group"], again["anomaly_id"],
+        "b's alert started its own"
+    );
+    assert_eq!(d.kinds("plan").len(), 2);
+    d.stop().await;
+
+    // `audit show` on the anomaly's incident shows the alert that joined it.
+    let log = dir.path().join("audit.jsonl");
+    let shown = homeostat::report::AuditIncident::read(&log, anomaly_id.as_str().unwrap(), 200)
+        .unwrap()
+        .to_string();
+    assert!(
+        shown.contains("2 members (anomalies and alerts)"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains(suppressed["anomaly_id"].as_str().unwrap()),
+        "{shown}"
+    );
+    assert!(
+        !shown.contains(again["anomaly_id"].as_str().unwrap()),
+        "{shown}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn in_one_incident_a_playbook_with_group_by_runs_once_per_target_and_one_without_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let on_node = |pod: &str| Labels::from_pairs([("pod", pod), ("node", "n1")]);
+    let (a, b) = (on_node("a"), on_node("b"));
+    let fake = Fake::new().with_series_history(QUERY, &[a.clone(), b.clone()]);
+    let set = |va: f64, vb: f64| {
+        fake.answer(
+            QUERY,
+            Answer::Values(vec![(a.clone(), va), (b.clone(), vb)]),
+        );
+    };
+    set(100.0, 100.0);
+    let per_pod = r#"
+const PLAYBOOK = #{ name: "restart-pod", trigger: #{ signal: "latency", min_score: 0.999 },
+    allowed: #{ kinds: ["k8s.rollout_restart"] }, group_by: ["pod"] };
+fn plan(anomaly) {
+    [#{ kind: "k8s.rollout_restart", target: #{ namespace: "test", deployment: anomaly.labels.pod } }]
+}
+"#;
+    let per_node = r#"
+const PLAYBOOK = #{ name: "cordon-node", trigger: #{ signal: "latency", min_score: 0.999 },
+    allowed: #{ kinds: ["k8s.cordon"] } };
+fn plan(anomaly) { [#{ kind: "k8s.cordon", target: #{ node: anomaly.labels.node } }] }
+"#;
+    let d = start(
+        config(dir.path(), &[("pod", per_pod), ("node", per_node)], "", ""),
+        fake.clone(),
+    )
+    .await;
+    set(400.0, 400.0);
+    d.wait_for(
+        "three plans and a suppression",
+        Duration::from_secs(10),
+        |d| d.kinds("plan").len() == 3 && !d.kinds("playbook_suppressed").is_empty(),
+    )
+    .await;
+    ticks_pass(&d, 3).await;
+    let opened = d.kinds("anomaly_opened");
+    assert_eq!(opened.len(), 2);
+    assert_eq!(
+        opened[1].data["incident"], opened[0].data["id"],
+        "one incident: node n1"
+    );
+    let mut plans: Vec<String> = d
+        .kinds("plan")
+        .iter()
+        .map(|r| format!("{} {}", r.data["playbook"], r.data["actions"][0]["target"]))
+        .collect();
+    plans.sort();
+    assert_eq!(
+        plans,
+        [
+            r#""cordon-node" {"node":"n1"}"#,
+            r#""restart-pod" {"deployment":"a","namespace":"test"}"#,
+            r#""restart-pod" {"deployment":"b","namespace":"test"}"#,
+        ]
+    );
+    let suppressed = d.kinds("playbook_suppressed");
+    assert_eq!(suppressed.len(), 1);
+    assert_eq!(suppressed[0].data["playbook"], json!("cordon-node"));
+    assert_eq!(suppressed[0].data["reason"], json!("incident"));
     d.stop().await;
 }

@@ -278,9 +278,11 @@ impl Approvals {
         Ok(gone)
     }
 
-    /// Plans approved while the agent was down, taken out of the queue: those to run,
-    /// and those whose plan changed on disk since (with the hash it has now), which
-    /// never run. Expired ones stay for [`Approvals::expire`].
+    /// Plans approved while the agent was down: those to run, taken out of the queue
+    /// (at most once: a crash before they run loses them, never runs them twice), and
+    /// those whose plan changed on disk since (with the hash it has now), left for the
+    /// caller to audit and [`Approvals::reject`]; they never run. Expired ones stay for
+    /// [`Approvals::expire`].
     #[allow(clippy::type_complexity)]
     pub fn take_approved(
         &self,
@@ -295,9 +297,9 @@ impl Approvals {
             if p.expires_unix <= now {
                 continue;
             }
-            self.remove(&p.id)?;
             let actual = plan_hash(&p.plan);
             if actual == p.plan_hash {
+                self.remove(&p.id)?;
                 run.push((p, d));
             } else {
                 changed.push((p, actual));
@@ -444,7 +446,7 @@ mod tests {
         assert_eq!(taken[0].1, by);
         assert!(changed.is_empty());
 
-        // Approved, then its plan edited on disk before the start: taken out, never run.
+        // Approved, then its plan edited on disk before the start: never run.
         let c = q
             .request("drain", &Anomaly::default(), &plan(), 0, 3000.0, ttl)
             .unwrap();
@@ -457,6 +459,7 @@ mod tests {
         assert_eq!(changed.len(), 1);
         assert_eq!(changed[0].0.id, c.id);
         assert_ne!(changed[0].1, c.plan_hash);
+        q.reject(&c.id).unwrap();
         assert!(q.show(&c.id).is_err(), "left in the queue");
     }
 }

@@ -200,6 +200,8 @@ impl Control {
             self.audit
                 .record(Event::ApprovalRejected(decided(&p, "homeostat", &why)))
                 .await?;
+            // Only once audited: a crash before leaves it to be rejected at the next start.
+            q.reject(&p.id)?;
         }
         for (p, d) in run {
             let grant_seq = self

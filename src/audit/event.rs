@@ -315,9 +315,9 @@ pub struct PlaybookSuppressed {
     /// Why: `incident` (the playbook answered another member of the incident) or
     /// `cooldown` (a plan for the group ran within the playbook's cooldown).
     pub reason: String,
-    /// Age of the group's last plan.
+    /// Age of the group's (or the incident's) last plan.
     pub last_plan_secs_ago: f64,
-    /// The playbook's cooldown.
+    /// The playbook's cooldown: after it, the same group (or incident) is answered again.
     pub cooldown_secs: f64,
 }
 

@@ -61,15 +61,22 @@ pub fn is_about(rec: &AuditRecord, id: &str) -> bool {
         .any(|k| rec.data.get(k).and_then(Value::as_str) == Some(id))
 }
 
-/// The anomaly `rec` opens as a member of incident `incident`, if it is such an
-/// `anomaly_opened` (the incident's first member included).
+/// The anomaly or alert that `rec` shows to be a member of incident `incident` (the
+/// first one included): an `anomaly_opened` naming the incident, a `playbook_matched`
+/// whose event names it (an alert joins as it arrives, with no record of its own), or a
+/// `playbook_suppressed` because the incident was already answered.
 pub fn member_of<'r>(rec: &'r AuditRecord, incident: &str) -> Option<&'r str> {
-    if rec.kind != "anomaly_opened"
-        || rec.data.get("incident").and_then(Value::as_str) != Some(incident)
-    {
-        return None;
-    }
-    rec.data.get("id").and_then(Value::as_str)
+    let d = &rec.data;
+    let names = |v: &Value| v.as_str() == Some(incident);
+    let member = match rec.kind.as_str() {
+        "anomaly_opened" if names(&d["incident"]) => &d["id"],
+        "playbook_matched" if names(&d["anomaly"]["incident"]) => &d["anomaly_id"],
+        "playbook_suppressed" if d["reason"] == "incident" && names(&d["group"]) => {
+            &d["anomaly_id"]
+        }
+        _ => return None,
+    };
+    member.as_str()
 }
 
 /// `--since`: an RFC 3339 time (`2026-12-07T14:00:00Z`), or a duration back from `now`

@@ -69,10 +69,12 @@ type Key = (String, String);
 
 /// Live grouping: each anomaly, as it opens, joins the incident of the earliest
 /// [`related`] opening of the last `within` seconds, or starts one named by its own id.
-/// Two incidents never merge once made: an opening related to both joins the older (a
-/// plan may already be running for each). An incident is forgotten once none of its
-/// members is open and no later opening can join it. Pure: the caller passes the times.
-/// Each opening costs a few map lookups, so a storm of thousands stays cheap.
+/// Membership chains: an anomaly may join through a member it shares a label with, not
+/// the first one. Two incidents never merge once made: an opening related to both joins
+/// that of the earliest related opening still within reach (a plan may already be
+/// running for each). An incident is forgotten once none of its members is open and no
+/// later opening can join it. Pure: the caller passes the times. Each opening costs a
+/// few map lookups, so a storm of thousands stays cheap.
 #[derive(Debug)]
 pub struct Incidents {
     within: f64,
@@ -85,6 +87,8 @@ pub struct Incidents {
     incidents: HashMap<String, Incident>,
     /// Open member id → its incident.
     member_of: HashMap<String, String>,
+    /// The latest opening time seen: one far before it means the clock was stepped back.
+    newest: f64,
 }
 
 impl Incidents {
@@ -103,15 +107,26 @@ impl Incidents {
             by_key: HashMap::new(),
             incidents: HashMap::new(),
             member_of: HashMap::new(),
+            newest: f64::NEG_INFINITY,
         }
     }
 
-    /// Anomaly `id` opened on `labels` at Unix time `t`: returns its incident's id.
+    /// Anomaly `id` opened on `labels` at Unix time `t`: returns its incident's id (its
+    /// own id, or that id with a `-2`, `-3`, … suffix if an incident of that name is
+    /// still tracked: an alert's id is the same at every firing).
     pub fn open(&mut self, id: &str, labels: &Labels, t: f64) -> String {
         if !t.is_finite() {
-            self.join(id, id);
-            return id.to_string();
+            let own = self.fresh_name(id);
+            self.join(id, &own);
+            return own;
         }
+        if t < self.newest - self.within {
+            // The clock was stepped back (NTP, a resumed VM): what came "later" would
+            // stay joinable for the size of the step. Start afresh.
+            self.forget_before(f64::INFINITY);
+            self.newest = t;
+        }
+        self.newest = self.newest.max(t);
         self.forget_before(t);
         let keys: Vec<Key> = self
             .identifying
@@ -122,7 +137,8 @@ impl Incidents {
             .iter()
             .filter_map(|k| self.by_key.get(k).and_then(VecDeque::front))
             .min_by(|a, b| a.0.total_cmp(&b.0))
-            .map_or_else(|| id.to_string(), |(_, incident)| incident.clone());
+            .map(|(_, incident)| incident.clone())
+            .unwrap_or_else(|| self.fresh_name(id));
         self.join(id, &incident);
         for k in &keys {
             self.by_key
@@ -138,9 +154,9 @@ impl Incidents {
     }
 
     /// Anomaly `id`, open before a restart, goes on as a member of `incident` (as the
-    /// audit log recorded it; empty: its own), with the playbooks already run for it,
-    /// noted as run at `t` (when it opened: they ran no earlier). Nothing new joins it:
-    /// it opened before the restart.
+    /// audit log recorded it; empty: its own), with what was already run for it (see
+    /// [`Incidents::handled`]), noted as run at `t` (when it opened: no earlier).
+    /// Nothing new joins it: it opened before the restart.
     pub fn resume(
         &mut self,
         id: &str,
@@ -150,9 +166,20 @@ impl Incidents {
     ) {
         let incident = if incident.is_empty() { id } else { incident };
         self.join(id, incident);
-        for playbook in handled {
-            self.note_handled(incident, &playbook, t);
+        for what in handled {
+            self.note_handled(incident, &what, t);
         }
+    }
+
+    /// `id`, or `id-2`, `id-3`, … if an incident of that name is tracked.
+    fn fresh_name(&self, id: &str) -> String {
+        if !self.incidents.contains_key(id) {
+            return id.to_string();
+        }
+        (2u64..)
+            .map(|n| format!("{id}-{n}"))
+            .find(|name| !self.incidents.contains_key(name))
+            .expect("an unused suffix exists")
     }
 
     fn join(&mut self, id: &str, incident: &str) {
@@ -165,6 +192,9 @@ impl Incidents {
             // The same id opened twice without a close: count it open once.
             if let Some(e) = self.incidents.get_mut(&before) {
                 e.open = e.open.saturating_sub(1);
+            }
+            if before != incident {
+                self.forget_if_idle(&before);
             }
         }
     }
@@ -192,17 +222,18 @@ impl Incidents {
             .map_or(&[], |i| i.members.as_slice())
     }
 
-    /// When `playbook` was run for `incident`, if it was.
-    pub fn handled(&self, incident: &str, playbook: &str) -> Option<f64> {
+    /// When `what` (a playbook, or a playbook for one target: the caller's key) last
+    /// ran for `incident`, if it did.
+    pub fn handled(&self, incident: &str, what: &str) -> Option<f64> {
         self.incidents
             .get(incident)
-            .and_then(|i| i.handled.get(playbook).copied())
+            .and_then(|i| i.handled.get(what).copied())
     }
 
-    /// Notes that `playbook` ran for `incident` at Unix time `t`.
-    pub fn note_handled(&mut self, incident: &str, playbook: &str, t: f64) {
+    /// Notes that `what` ran for `incident` at Unix time `t`.
+    pub fn note_handled(&mut self, incident: &str, what: &str, t: f64) {
         if let Some(entry) = self.incidents.get_mut(incident) {
-            entry.handled.entry(playbook.to_string()).or_insert(t);
+            entry.handled.insert(what.to_string(), t);
         }
     }
 
@@ -345,8 +376,10 @@ mod tests {
 
         assert_eq!(live.handled("an-2", "restart"), None);
         live.note_handled("an-2", "restart", 120.0);
-        live.note_handled("an-2", "restart", 400.0);
         assert_eq!(live.handled("an-2", "restart"), Some(120.0));
+        // Run again (its cooldown passed): the latest run counts.
+        live.note_handled("an-2", "restart", 400.0);
+        assert_eq!(live.handled("an-2", "restart"), Some(400.0));
 
         // Everything closed and 300 s past the last opening: nothing is kept.
         for id in ["an-1", "an-2", "an-3", "an-4", "an-5"] {
@@ -368,6 +401,30 @@ mod tests {
         assert_eq!(live.handled("an-6", "restart"), Some(1100.0));
         live.close("an-7");
         assert_eq!(live.handled("an-6", "restart"), None);
+    }
+
+    #[test]
+    fn a_clock_stepped_back_starts_afresh_and_a_reused_id_gets_a_new_incident() {
+        let pod = labels(&[("pod", "p")]);
+        let mut live = Incidents::new(300.0, IDENTIFYING.map(String::from).to_vec());
+        assert_eq!(live.open("an-1", &pod, 10_000.0), "an-1");
+        // An hour back: "an-1" would stay joinable for an hour and five minutes.
+        assert_eq!(live.open("an-2", &pod, 6_400.0), "an-2");
+        assert_eq!(live.open("an-3", &pod, 6_500.0), "an-2");
+        // Back within the window is only disorder: still the same incident.
+        assert_eq!(live.open("an-4", &pod, 6_300.0), "an-2");
+
+        // An alert's id is the same at every firing; its old incident still has an open
+        // member, so a firing that joins nothing is a new incident, not the old one.
+        let node = labels(&[("node", "n1")]);
+        let mut live = Incidents::new(300.0, IDENTIFYING.map(String::from).to_vec());
+        assert_eq!(live.open("am-f1", &node, 0.0), "am-f1");
+        live.close("am-f1");
+        assert_eq!(live.open("an-9", &node, 100.0), "am-f1");
+        live.note_handled("am-f1", "cordon", 100.0);
+        assert_eq!(live.open("am-f1", &node, 7_200.0), "am-f1-2");
+        assert_eq!(live.handled("am-f1-2", "cordon"), None);
+        assert_eq!(live.incident_of("an-9"), Some("am-f1"));
     }
 
     #[test]
