@@ -1,6 +1,6 @@
 //! Incidents: anomalies that open within a short time of each other on series that share
-//! an identifying label (the same instance, node, pod, deployment or server) are one
-//! incident. A machine that goes wrong moves several of its metrics at once; an operator
+//! an identifying label (the same instance, node, pod, deployment or server; see
+//! [`identity`] for `instance`) are one incident. A machine that goes wrong moves several of its metrics at once; an operator
 //! wants one page for it, not one per metric. Pure: no I/O, no clock.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -20,11 +20,30 @@ pub struct Opening<'a> {
     pub labels: &'a Labels,
 }
 
-/// Whether two series share the value of an identifying label.
-pub fn related(a: &Labels, b: &Labels, identifying: &[&str]) -> bool {
-    identifying
+/// The identifying labels (name and value) of a series. `instance` is the label
+/// Prometheus gives the scrape target, which names what the series measures only when
+/// nothing else does: a kube-state-metrics or cAdvisor series of a pod carries its
+/// exporter's or its node's `instance`, and every pod behind that exporter would
+/// otherwise be one incident. So `instance` counts only on a series with no other
+/// identifying label (a node exporter's metrics).
+pub fn identity<S: AsRef<str>>(labels: &Labels, identifying: &[S]) -> Vec<(String, String)> {
+    let mut keys: Vec<(String, String)> = identifying
         .iter()
-        .any(|name| matches!((a.get(name), b.get(name)), (Some(x), Some(y)) if x == y))
+        .filter_map(|name| {
+            let name = name.as_ref();
+            labels.get(name).map(|v| (name.to_string(), v.to_string()))
+        })
+        .collect();
+    if keys.iter().any(|(name, _)| name != "instance") {
+        keys.retain(|(name, _)| name != "instance");
+    }
+    keys
+}
+
+/// Whether two series share an element of their [`identity`].
+pub fn related(a: &Labels, b: &Labels, identifying: &[&str]) -> bool {
+    let b = identity(b, identifying);
+    identity(a, identifying).iter().any(|k| b.contains(k))
 }
 
 /// The incident of each opening, numbered from 0 in order of the incidents' first
@@ -128,11 +147,7 @@ impl Incidents {
         }
         self.newest = self.newest.max(t);
         self.forget_before(t);
-        let keys: Vec<Key> = self
-            .identifying
-            .iter()
-            .filter_map(|name| labels.get(name).map(|v| (name.clone(), v.to_string())))
-            .collect();
+        let keys: Vec<Key> = identity(labels, &self.identifying);
         let incident = keys
             .iter()
             .filter_map(|k| self.by_key.get(k).and_then(VecDeque::front))
@@ -401,6 +416,22 @@ mod tests {
         assert_eq!(live.handled("an-6", "restart"), Some(1100.0));
         live.close("an-7");
         assert_eq!(live.handled("an-6", "restart"), None);
+    }
+
+    #[test]
+    fn an_exporters_instance_does_not_make_its_pods_one_incident() {
+        let ksm = |pod| labels(&[("pod", pod), ("instance", "ksm:8080")]);
+        let (a, b) = (ksm("a"), ksm("b"));
+        let node_cpu = labels(&[("instance", "10.0.0.1:9100")]);
+        let node_mem = labels(&[("instance", "10.0.0.1:9100"), ("__name__", "mem")]);
+        assert!(!related(&a, &b, &IDENTIFYING));
+        assert!(related(&a, &a, &IDENTIFYING));
+        assert!(related(&node_cpu, &node_mem, &IDENTIFYING));
+        let mut live = Incidents::new(300.0, IDENTIFYING.map(String::from).to_vec());
+        assert_eq!(live.open("an-1", &a, 0.0), "an-1");
+        assert_eq!(live.open("an-2", &b, 10.0), "an-2");
+        assert_eq!(live.open("an-3", &node_cpu, 20.0), "an-3");
+        assert_eq!(live.open("an-4", &node_mem, 30.0), "an-3");
     }
 
     #[test]
