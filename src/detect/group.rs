@@ -67,7 +67,7 @@ pub fn incidents(openings: &[Opening<'_>], within: f64, identifying: &[&str]) ->
     out
 }
 
-/// One incident being tracked: its members and the playbooks already run for it.
+/// One incident being tracked: its members and what already ran for it.
 #[derive(Debug, Default)]
 struct Incident {
     /// Members still open.
@@ -76,7 +76,8 @@ struct Incident {
     recent: usize,
     /// Every member's id, first (the incident's own id) first; at most [`MAX_MEMBERS`].
     members: Vec<String>,
-    /// Playbook → Unix time it was run for the incident.
+    /// What ran for the incident (the caller's key: a playbook, or a playbook for one
+    /// target) → the Unix time it last ran.
     handled: BTreeMap<String, f64>,
 }
 
