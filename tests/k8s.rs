@@ -7,10 +7,11 @@ mod common;
 
 use std::time::Duration;
 
+use common::action;
 use common::fake_kube::{self, annotated, labelled, node, owned_by, pdb, pod, workload, FakeKube};
 use homeostat::act::k8s::{Kube, Settings};
 use homeostat::act::{Effector, Outcome, Prepared, Report};
-use homeostat::playbook::{Action, OnFailure};
+use homeostat::playbook::Action;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v1::Scale;
 use k8s_openapi::api::core::v1::{Event, Node, Pod};
@@ -29,19 +30,6 @@ fn settings() -> Settings {
 
 fn kube(fake: &FakeKube) -> Kube {
     Kube::from_client(fake.client(), settings())
-}
-
-fn action(kind: &str, target: &[(&str, &str)], params: Value) -> Action {
-    Action {
-        kind: kind.into(),
-        target: target
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        params: params.as_object().cloned().unwrap_or_default(),
-        verify: None,
-        on_failure: OnFailure::Stop,
-    }
 }
 
 /// What the executor does with an effector: prepare, skip when nothing is to be sent,

@@ -9,42 +9,15 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use common::openstack::run;
 use homeostat::act::openstack::{Microversion, OpenStack, MAX_MICROVERSION};
-use homeostat::act::{Effector, Outcome, Report};
-use homeostat::playbook::{Action, OnFailure};
+use homeostat::act::{Effector, Outcome};
+use homeostat::playbook::Action;
 use serde_json::{json, Map, Value};
 use tokio::time::Instant;
 
 fn action(kind: &str, server: &str, params: Value) -> Action {
-    Action {
-        kind: kind.into(),
-        target: BTreeMap::from([("server".to_string(), server.to_string())]),
-        params: params.as_object().cloned().unwrap_or_default(),
-        verify: None,
-        on_failure: OnFailure::Stop,
-    }
-}
-
-/// What the executor does, minus the audit: prepare; skipped when nothing is to be
-/// sent; else execute within 60 s.
-async fn run(os: &OpenStack, a: &Action) -> (Vec<homeostat::act::Request>, Report) {
-    match os.prepare(a).await {
-        Err(report) => (vec![], report),
-        Ok(p) if p.requests.is_empty() => (
-            vec![],
-            Report {
-                outcome: Outcome::Skipped,
-                detail: p.observed,
-            },
-        ),
-        Ok(p) => {
-            let requests = p.requests.clone();
-            let report = os
-                .execute(a, p, false, Instant::now() + Duration::from_secs(60))
-                .await;
-            (requests, report)
-        }
-    }
+    common::action(kind, &[("server", server)], params)
 }
 
 fn header() -> BTreeMap<String, String> {

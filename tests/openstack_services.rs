@@ -5,50 +5,17 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
-use homeostat::act::openstack::{OpenStack, MAX_MICROVERSION};
-use homeostat::act::{Effector, Outcome, Report, Request};
-use homeostat::playbook::{Action, OnFailure};
+use common::action;
+use common::openstack::run;
+use homeostat::act::openstack::MAX_MICROVERSION;
+use homeostat::act::{Outcome, Request};
+use homeostat::playbook::Action;
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
-use tokio::time::Instant;
 
 /// These tests share two compute hosts: one at a time.
 static HOSTS: Mutex<()> = Mutex::const_new(());
-
-fn action(kind: &str, target: &[(&str, &str)], params: Value) -> Action {
-    Action {
-        kind: kind.into(),
-        target: target
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        params: params.as_object().cloned().unwrap_or_default(),
-        verify: None,
-        on_failure: OnFailure::Stop,
-    }
-}
-
-async fn run(os: &OpenStack, a: &Action) -> (Vec<Request>, Report) {
-    match os.prepare(a).await {
-        Err(report) => (vec![], report),
-        Ok(p) if p.requests.is_empty() => (
-            vec![],
-            Report {
-                outcome: Outcome::Skipped,
-                detail: p.observed,
-            },
-        ),
-        Ok(p) => {
-            let requests = p.requests.clone();
-            let report = os
-                .execute(a, p, false, Instant::now() + Duration::from_secs(60))
-                .await;
-            (requests, report)
-        }
-    }
-}
 
 fn service(kind: &str, host: &str, params: Value) -> Action {
     action(kind, &[("host", host), ("binary", "nova-compute")], params)

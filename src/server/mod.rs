@@ -200,16 +200,37 @@ fn refused((status, error): Refused) -> Response {
     (status, json_body(serde_json::json!({ "error": error }))).into_response()
 }
 
-/// The control, and the request's optional JSON body (an empty one is all defaults).
-fn control_request(s: &AppState, body: &Bytes) -> Result<(Arc<Control>, ControlRequest), Refused> {
-    let control = s.control.clone().ok_or((
-        StatusCode::SERVICE_UNAVAILABLE,
-        "the agent is not running its control loop".to_string(),
-    ))?;
+/// A control request refused before it reached the control: answered as [`refused`].
+struct Rejection(Refused);
+
+impl IntoResponse for Rejection {
+    fn into_response(self) -> Response {
+        refused(self.0)
+    }
+}
+
+/// The control, or 503 when the agent runs none.
+fn control(s: &AppState) -> Result<Arc<Control>, Rejection> {
+    s.control.clone().ok_or_else(|| {
+        Rejection((
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the agent is not running its control loop".to_string(),
+        ))
+    })
+}
+
+/// The control, and the request's optional JSON body (an empty one is all defaults;
+/// one that is not JSON is answered 400).
+fn control_request(
+    s: &AppState,
+    body: &Bytes,
+) -> Result<(Arc<Control>, ControlRequest), Rejection> {
+    let control = control(s)?;
     let req = if body.iter().all(u8::is_ascii_whitespace) {
         ControlRequest::default()
     } else {
-        serde_json::from_slice(body).map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?
+        serde_json::from_slice(body)
+            .map_err(|e| Rejection((StatusCode::BAD_REQUEST, e.to_string())))?
     };
     Ok((control, req))
 }
@@ -241,26 +262,22 @@ fn changed(what: &str) -> impl FnOnce(bool) -> serde_json::Value + '_ {
 }
 
 /// `POST /api/v1/pause`: throws the kill switch (`{"reason": ..., "by": ...}`).
-async fn pause(State(s): State<AppState>, body: Bytes) -> Response {
-    let (c, req) = match control_request(&s, &body) {
-        Ok(x) => x,
-        Err(e) => return refused(e),
-    };
+async fn pause(State(s): State<AppState>, body: Bytes) -> Result<Response, Rejection> {
+    let (c, req) = control_request(&s, &body)?;
     let reason = if req.reason.is_empty() {
         "paused through the API"
     } else {
         &req.reason
     };
-    reply(c.pause(reason, req.by()).await.map(changed("paused")))
+    Ok(reply(
+        c.pause(reason, req.by()).await.map(changed("paused")),
+    ))
 }
 
 /// `POST /api/v1/resume`: releases the kill switch.
-async fn resume(State(s): State<AppState>, body: Bytes) -> Response {
-    let (c, req) = match control_request(&s, &body) {
-        Ok(x) => x,
-        Err(e) => return refused(e),
-    };
-    reply(c.resume(req.by()).await.map(changed("resumed")))
+async fn resume(State(s): State<AppState>, body: Bytes) -> Result<Response, Rejection> {
+    let (c, req) = control_request(&s, &body)?;
+    Ok(reply(c.resume(req.by()).await.map(changed("resumed"))))
 }
 
 /// `POST /api/v1/breakers/{playbook}/reset`: closes a playbook's circuit breaker.
@@ -268,40 +285,31 @@ async fn reset_breaker(
     State(s): State<AppState>,
     axum::extract::Path(playbook): axum::extract::Path<String>,
     body: Bytes,
-) -> Response {
-    let (c, req) = match control_request(&s, &body) {
-        Ok(x) => x,
-        Err(e) => return refused(e),
-    };
-    reply(
+) -> Result<Response, Rejection> {
+    let (c, req) = control_request(&s, &body)?;
+    Ok(reply(
         c.reset_breaker(&playbook, req.by(), &req.reason)
             .await
             .map(changed("breaker reset")),
-    )
+    ))
 }
 
 /// `GET /api/v1/approvals`: plans waiting, oldest first.
-async fn approvals(State(s): State<AppState>) -> Response {
-    let c = match control_request(&s, &Bytes::new()) {
-        Ok((c, _)) => c,
-        Err(e) => return refused(e),
-    };
-    reply(c.approvals().map(crate::act::approval::listing))
+async fn approvals(State(s): State<AppState>) -> Result<Response, Rejection> {
+    let c = control(&s)?;
+    Ok(reply(c.approvals().map(crate::act::approval::listing)))
 }
 
 /// `GET /api/v1/approvals/{id}`.
 async fn approval(
     State(s): State<AppState>,
     axum::extract::Path(id): axum::extract::Path<String>,
-) -> Response {
-    let c = match control_request(&s, &Bytes::new()) {
-        Ok((c, _)) => c,
-        Err(e) => return refused(e),
-    };
-    reply(
+) -> Result<Response, Rejection> {
+    let c = control(&s)?;
+    Ok(reply(
         c.approval(&id)
             .map(|p| serde_json::to_value(p).unwrap_or_default()),
-    )
+    ))
 }
 
 /// `POST /api/v1/approvals/{id}/approve` with `{"hash": ..., "by": ..., "reason": ...}`.
@@ -309,16 +317,13 @@ async fn approve(
     State(s): State<AppState>,
     axum::extract::Path(id): axum::extract::Path<String>,
     body: Bytes,
-) -> Response {
-    let (c, req) = match control_request(&s, &body) {
-        Ok(x) => x,
-        Err(e) => return refused(e),
-    };
-    reply(
+) -> Result<Response, Rejection> {
+    let (c, req) = control_request(&s, &body)?;
+    Ok(reply(
         c.approve(&id, &req.hash, req.by(), &req.reason)
             .await
             .map(|p| serde_json::json!({ "ok": true, "approved": p.id, "plan_hash": p.plan_hash })),
-    )
+    ))
 }
 
 /// `POST /api/v1/approvals/{id}/reject` with `{"by": ..., "reason": ...}`.
@@ -326,24 +331,17 @@ async fn reject(
     State(s): State<AppState>,
     axum::extract::Path(id): axum::extract::Path<String>,
     body: Bytes,
-) -> Response {
-    let (c, req) = match control_request(&s, &body) {
-        Ok(x) => x,
-        Err(e) => return refused(e),
-    };
-    reply(
-        c.reject(&id, req.by(), &req.reason)
-            .await
-            .map(|p| serde_json::json!({ "ok": true, "rejected": p.id })),
-    )
+) -> Result<Response, Rejection> {
+    let (c, req) = control_request(&s, &body)?;
+    Ok(reply(c.reject(&id, req.by(), &req.reason).await.map(
+        |p| serde_json::json!({ "ok": true, "rejected": p.id }),
+    )))
 }
 
 /// `GET /api/v1/status`: paused or not, and open breakers.
-async fn status(State(s): State<AppState>) -> Response {
-    match control_request(&s, &Bytes::new()) {
-        Ok((c, _)) => (StatusCode::OK, json_body(c.status())).into_response(),
-        Err(e) => refused(e),
-    }
+async fn status(State(s): State<AppState>) -> Result<Response, Rejection> {
+    let c = control(&s)?;
+    Ok((StatusCode::OK, json_body(c.status())).into_response())
 }
 
 async fn metrics(State(s): State<AppState>) -> impl IntoResponse {

@@ -779,6 +779,25 @@ pub fn sample(metrics: &str, series: &str) -> Option<f64> {
 }
 pub mod openstack;
 
+/// A plan step of `kind` on `target` with `params` (an object), stopping the plan on
+/// failure: what the effector tests run.
+pub fn action(
+    kind: &str,
+    target: &[(&str, &str)],
+    params: serde_json::Value,
+) -> homeostat::playbook::Action {
+    homeostat::playbook::Action {
+        kind: kind.into(),
+        target: target
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        params: params.as_object().cloned().unwrap_or_default(),
+        verify: None,
+        on_failure: homeostat::playbook::OnFailure::Stop,
+    }
+}
+
 /// A store with no data: the agent runs, fits nothing and ticks (tests driven by
 /// alerts, or of the HTTP side).
 pub struct Empty;

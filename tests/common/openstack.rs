@@ -268,3 +268,35 @@ impl Nova {
         body["services"][0].clone()
     }
 }
+
+/// What the executor does with a step, minus the audit: prepare; skipped (with what was
+/// observed) when nothing is to be sent; else execute within 60 s. The requests sent and
+/// the report.
+pub async fn run(
+    os: &OpenStack,
+    a: &homeostat::playbook::Action,
+) -> (Vec<homeostat::act::Request>, homeostat::act::Report) {
+    use homeostat::act::{Effector as _, Outcome, Report};
+    match os.prepare(a).await {
+        Err(report) => (vec![], report),
+        Ok(p) if p.requests.is_empty() => (
+            vec![],
+            Report {
+                outcome: Outcome::Skipped,
+                detail: p.observed,
+            },
+        ),
+        Ok(p) => {
+            let requests = p.requests.clone();
+            let report = os
+                .execute(
+                    a,
+                    p,
+                    false,
+                    tokio::time::Instant::now() + Duration::from_secs(60),
+                )
+                .await;
+            (requests, report)
+        }
+    }
+}
