@@ -95,16 +95,9 @@ async fn soft_and_hard_reboot_send_the_exact_request_and_wait_for_active() {
         assert_eq!(report.detail["responses"][0]["status"], 202);
     }
     // Nova saw two reboots: its instance actions say so.
-    let (_, actions) = member
-        .call("GET", &format!("/servers/{id}/os-instance-actions"), None)
-        .await;
-    let reboots = actions["instanceActions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|a| a["action"] == "reboot")
-        .count();
-    assert_eq!(reboots, 2, "{actions}");
+    let actions = member.actions(&id).await;
+    let reboots = actions.iter().filter(|a| *a == "reboot").count();
+    assert_eq!(reboots, 2, "{actions:?}");
     // (Nova's `updated` has whole seconds: a fast boot and two reboots can share one.)
     assert_eq!(member.server(&id).await["status"], before["status"]);
 }
@@ -289,14 +282,8 @@ async fn a_server_that_opted_out_is_refused_and_dry_run_sends_nothing() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let s = member.server(&id).await;
     assert_eq!(s["status"], "ACTIVE");
-    let (_, actions) = member
-        .call("GET", &format!("/servers/{id}/os-instance-actions"), None)
-        .await;
-    assert_eq!(
-        actions["instanceActions"].as_array().unwrap().len(),
-        1,
-        "only the boot: {actions}"
-    );
+    let actions = member.actions(&id).await;
+    assert_eq!(actions.len(), 1, "only the boot: {actions:?}");
     assert_eq!(member.server(&ignored).await["updated"], before["updated"]);
 }
 
@@ -457,16 +444,9 @@ async fn a_reboot_whose_answer_was_lost_is_not_sent_again() {
     // The 502 came after Nova took the reboot: the re-read shows it, nothing is resent.
     assert_eq!(report.outcome, Outcome::Done, "{:?}", report.detail);
     assert_eq!(posts.load(std::sync::atomic::Ordering::SeqCst), 1);
-    let (_, actions) = member
-        .call("GET", &format!("/servers/{id}/os-instance-actions"), None)
-        .await;
-    let reboots = actions["instanceActions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|a| a["action"] == "reboot")
-        .count();
-    assert_eq!(reboots, 1, "{actions}");
+    let actions = member.actions(&id).await;
+    let reboots = actions.iter().filter(|a| *a == "reboot").count();
+    assert_eq!(reboots, 1, "{actions:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -489,16 +469,9 @@ async fn a_reboot_that_never_reached_nova_is_sent_again_after_reading_the_server
         2,
         "sent once more"
     );
-    let (_, actions) = member
-        .call("GET", &format!("/servers/{id}/os-instance-actions"), None)
-        .await;
-    let reboots = actions["instanceActions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|a| a["action"] == "reboot")
-        .count();
-    assert_eq!(reboots, 1, "{actions}");
+    let actions = member.actions(&id).await;
+    let reboots = actions.iter().filter(|a| *a == "reboot").count();
+    assert_eq!(reboots, 1, "{actions:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

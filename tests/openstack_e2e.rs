@@ -96,17 +96,7 @@ direction = "down"
 
 /// Instance actions Nova recorded for a server (`create`, `reboot`, ...).
 async fn nova_actions(cloud: &Cloud, id: &str) -> Vec<String> {
-    let (_, body) = cloud
-        .member()
-        .await
-        .call("GET", &format!("/servers/{id}/os-instance-actions"), None)
-        .await;
-    body["instanceActions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["action"].as_str().unwrap().to_string())
-        .collect()
+    cloud.member().await.actions(id).await
 }
 
 /// No credential in the audit log or the agent's log: the harness' passwords and

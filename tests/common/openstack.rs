@@ -185,6 +185,20 @@ impl Nova {
         }
     }
 
+    /// The instance actions Nova recorded for a server (`create`, `reboot`, ...), in
+    /// Nova's order: its own account of what was done to it.
+    pub async fn actions(&self, id: &str) -> Vec<String> {
+        let (_, body) = self
+            .call("GET", &format!("/servers/{id}/os-instance-actions"), None)
+            .await;
+        body["instanceActions"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no instance actions: {body}"))
+            .iter()
+            .map(|a| a["action"].as_str().expect("an action name").to_string())
+            .collect()
+    }
+
     /// Sends a request at microversion 2.100; status and JSON body.
     pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
         let mut r = self
