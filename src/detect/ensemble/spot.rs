@@ -32,8 +32,10 @@ const PEAK_MEMORY: f64 = TAIL_MEMORY * (1.0 - PEAK_QUANTILE);
 const LEARN_BELOW_RISK: f64 = 1e-3;
 /// A tail probability beyond doubt: evidence past it adds nothing to the smoothed score.
 const BEYOND_DOUBT: f64 = 1e-6;
-/// Recent surprises after which similar ones are taken as the series' own pattern.
-const REPEATS_ARE_NORMAL: f64 = 2.0;
+/// Recent surprises after which similar ones are taken as the series' own pattern: as
+/// many as a calibrated tail has by chance within its memory (one in 1,000 steps over
+/// 5,000: five). Fewer say nothing about the series: the threshold predicts them.
+const REPEATS_ARE_NORMAL: f64 = LEARN_BELOW_RISK * TAIL_MEMORY;
 /// A repeated surprise still alarms when it beats the earlier ones by this factor.
 pub(super) const BIGGER_BY: f64 = 2.0;
 
