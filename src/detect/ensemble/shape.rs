@@ -8,10 +8,10 @@ use super::spot::{likelier, Judgement, Spot};
 use crate::detect::kmeans::LagKMeans;
 
 /// The ML component's tail probability is multiplied by this before it competes with
-/// the statistics. Its distances are noisier evidence: at full weight on NAB it raised
-/// four false alarms for each window it found first; discounted, it still speaks when
-/// the path's shape breaks far beyond anything in its training.
-const ML_DISCOUNT: f64 = 10.0;
+/// the statistics. Its distances are noisier evidence (at full weight it alarms in long
+/// runs on noise); discounted, it still speaks when the path's shape breaks well beyond
+/// its training. Chosen by cross-validation (docs/engine.md's table).
+const ML_DISCOUNT: f64 = 3.0;
 
 /// The ML component: k-means over the path's recent shape, and the tail of its
 /// distances.
