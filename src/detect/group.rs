@@ -67,22 +67,18 @@ pub fn incidents(openings: &[Opening<'_>], within: f64, identifying: &[&str]) ->
     out
 }
 
-/// One incident being tracked: its members and what already ran for it.
+/// One incident being tracked: how many of its members are open and what already ran
+/// for it. (Who its members are is in the audit log: `audit show` lists them.)
 #[derive(Debug, Default)]
 struct Incident {
     /// Members still open.
     open: usize,
     /// Its openings still joinable.
     recent: usize,
-    /// Every member's id, first (the incident's own id) first; at most [`MAX_MEMBERS`].
-    members: Vec<String>,
     /// What ran for the incident (the caller's key: a playbook, or a playbook for one
     /// target) → the Unix time it last ran.
     handled: BTreeMap<String, f64>,
 }
-
-/// The most member ids an incident lists (a fleet-wide event may have thousands).
-pub const MAX_MEMBERS: usize = 100;
 
 /// An identifying label's name and value.
 type Key = (String, String);
@@ -201,9 +197,6 @@ impl Incidents {
     fn join(&mut self, id: &str, incident: &str) {
         let entry = self.incidents.entry(incident.to_string()).or_default();
         entry.open += 1;
-        if entry.members.len() < MAX_MEMBERS && !entry.members.iter().any(|m| m == id) {
-            entry.members.push(id.to_string());
-        }
         if let Some(before) = self.member_of.insert(id.to_string(), incident.to_string()) {
             // The same id opened twice without a close: count it open once.
             if let Some(e) = self.incidents.get_mut(&before) {
@@ -229,13 +222,6 @@ impl Incidents {
     /// The incident of open anomaly `id`, if it is tracked.
     pub fn incident_of(&self, id: &str) -> Option<&str> {
         self.member_of.get(id).map(String::as_str)
-    }
-
-    /// The members of `incident` (at most [`MAX_MEMBERS`]), first first.
-    pub fn members(&self, incident: &str) -> &[String] {
-        self.incidents
-            .get(incident)
-            .map_or(&[], |i| i.members.as_slice())
     }
 
     /// When `what` (a playbook, or a playbook for one target: the caller's key) last
@@ -386,8 +372,8 @@ mod tests {
         // Related to both: joins the older incident; the two do not merge.
         assert_eq!(live.open("an-4", &pod_on_a, 200.0), "an-1");
         assert_eq!(live.open("an-5", &mem_a, 350.0), "an-2");
-        assert_eq!(live.members("an-1"), ["an-1", "an-4"]);
-        assert_eq!(live.members("an-2"), ["an-2", "an-5"]);
+        assert_eq!(live.incident_of("an-1"), Some("an-1"));
+        assert_eq!(live.incident_of("an-4"), Some("an-1"));
         assert_eq!(live.incident_of("an-5"), Some("an-2"));
 
         assert_eq!(live.handled("an-2", "restart"), None);
