@@ -985,6 +985,45 @@ async fn waiting(d: &Daemon, pod: &str) -> serde_json::Value {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_approval_file_that_does_not_parse_is_audited_once_and_set_aside_never_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = dir.path().join("audit.jsonl.approvals");
+    std::fs::create_dir_all(&queue).unwrap();
+    let junk = queue.join("ap-hand-edited.json");
+    std::fs::write(&junk, "{\"id\": \"ap-hand-edited\", \"plan\": [").unwrap();
+    let fake = Fake::new().with_history(QUERY, &["a"]);
+    fake.set(&[("a", 100.0)]);
+    let d = start(
+        config(dir.path(), &[("restart", &asking())], "mode = \"auto\"", ""),
+        fake.clone(),
+    )
+    .await;
+    d.wait_for("the damaged file's record", Duration::from_secs(10), |d| {
+        !d.kinds("approval_rejected").is_empty()
+    })
+    .await;
+    ticks_pass(&d, 3).await;
+    let rejected = d.kinds("approval_rejected");
+    assert_eq!(rejected.len(), 1, "audited once: {rejected:#?}");
+    assert_eq!(rejected[0].data["id"], json!("ap-hand-edited"));
+    assert_eq!(rejected[0].data["by"], json!("homeostat"));
+    let reason = rejected[0].data["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("does not parse") && reason.contains("ap-hand-edited.json"),
+        "{reason}"
+    );
+    // Out of the queue, kept beside it as it was.
+    assert!(!junk.exists());
+    let aside = queue.join("ap-hand-edited.json.damaged");
+    assert_eq!(
+        std::fs::read_to_string(&aside).unwrap(),
+        "{\"id\": \"ap-hand-edited\", \"plan\": ["
+    );
+    assert!(d.kinds("action_intent").is_empty());
+    d.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_plan_waits_for_approval_runs_exactly_as_approved_and_never_when_rejected_or_expired() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("token"), TOKEN).unwrap();

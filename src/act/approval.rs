@@ -224,6 +224,33 @@ impl Approvals {
         Ok(out)
     }
 
+    /// The queue's files that do not parse (edited by hand, or damaged on disk), with
+    /// why. They can never run; [`Approvals::set_aside`] takes them out of the queue.
+    pub fn damaged(&self) -> Result<Vec<(PathBuf, String)>, ApprovalError> {
+        Ok(self
+            .list()?
+            .into_iter()
+            .filter_map(|r| match r {
+                Err(ApprovalError::Damaged { path, message }) => Some((path, message)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Moves a damaged file out of the queue, kept beside it for inspection as
+    /// `<id>.json.damaged`; returns where it went.
+    pub fn set_aside(&self, path: &Path) -> Result<PathBuf, ApprovalError> {
+        let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut aside = path.as_os_str().to_owned();
+        aside.push(".damaged");
+        let aside = PathBuf::from(aside);
+        std::fs::rename(path, &aside).map_err(io(path))?;
+        std::fs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(&self.dir))?;
+        Ok(aside)
+    }
+
     /// One waiting plan.
     pub fn show(&self, id: &str) -> Result<Pending, ApprovalError> {
         let path = self.path(id)?;

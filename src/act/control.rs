@@ -167,11 +167,35 @@ impl Control {
         Ok(p)
     }
 
-    /// Audits and drops every plan whose TTL passed (each tick).
+    /// Audits and drops every plan whose TTL passed, and sets aside every file of the
+    /// queue that does not parse (each tick).
     pub async fn expire(&self) -> Result<(), ControlError> {
         let Some(q) = &self.approvals else {
             return Ok(());
         };
+        for (path, message) in q.damaged()? {
+            // Its id, playbook and plan are what cannot be read: the file names it.
+            let id = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            warn!(file = %path.display(), %message, "an approval file does not parse: it never runs");
+            let why = format!(
+                "the file {} does not parse ({message}): set aside as {}.damaged; it never runs",
+                path.display(),
+                path.display()
+            );
+            self.audit
+                .record(Event::ApprovalRejected(ApprovalDecided {
+                    id,
+                    by: "homeostat".into(),
+                    reason: why,
+                    ..ApprovalDecided::default()
+                }))
+                .await?;
+            // Only once audited, as for a plan changed on disk.
+            q.set_aside(&path)?;
+        }
         for p in q.expire(unix_now())? {
             warn!(id = %p.id, playbook = %p.playbook, "plan expired unapproved: it never runs");
             self.audit
