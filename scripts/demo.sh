@@ -211,7 +211,9 @@ pids+=("$agent")
 
 deadline=$((SECONDS + DEMO_TIMEOUT))
 # The incident ends when the restart's verification held (or escalation was handled).
-until [ "$(grep -cE '"kind":"(incident_done|escalation_limit)"' "$AUDIT_LOG" 2>/dev/null || true)" -ge "$incidents" ]; do
+# (Until the agent has written its log there is nothing to count: zero.)
+until finished=$(grep -cE '"kind":"(incident_done|escalation_limit)"' "$AUDIT_LOG" 2>/dev/null)
+    [ "${finished:-0}" -ge "$incidents" ]; do
     if ((SECONDS > deadline)); then
         echo "demo: the incident did not finish within ${DEMO_TIMEOUT}s" >&2
         exit 1
