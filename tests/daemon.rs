@@ -1556,28 +1556,89 @@ async fn anomalies_of_one_pod_opening_together_are_one_incident_planned_once() {
     verify_log(&log);
 }
 
+/// Rewrites a queued plan's deployment and its recorded hash to match, as someone who
+/// can write the queue directory could; returns the new hash.
+fn rewrite_with_hash(file: &Path) -> String {
+    use homeostat::act::approval::{plan_hash, Pending};
+    let text = std::fs::read_to_string(file)
+        .unwrap()
+        .replace("\"namespace\": \"test\"", "\"namespace\": \"prod\"");
+    let mut p: Pending = serde_json::from_str(&text).unwrap();
+    p.plan_hash = plan_hash(&p.plan);
+    std::fs::write(file, serde_json::to_string_pretty(&p).unwrap()).unwrap();
+    p.plan_hash
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_plan_rewritten_with_a_matching_hash_is_refused_because_the_log_recorded_another() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), TOKEN).unwrap();
+    let agent = "mode = \"auto\"\n[api]\ntoken_file = \"token\"";
+    let fake = Fake::new().with_history(QUERY, &["p1"]);
+    fake.set(&[("p1", 100.0)]);
+    let d = start(
+        config(dir.path(), &[("restart", &asking())], agent, ""),
+        fake.clone(),
+    )
+    .await;
+    fake.set(&[("p1", 300.0)]);
+    let p1 = waiting(&d, "p1").await;
+    let id = p1["id"].as_str().unwrap();
+    let file = dir.path().join(format!("audit.jsonl.approvals/{id}.json"));
+    let original = std::fs::read_to_string(&file).unwrap();
+    let rewritten = rewrite_with_hash(&file);
+    // What `show` now displays, approved by its hash: refused, and nothing runs.
+    let approve = format!("/api/v1/approvals/{id}/approve");
+    let body = json!({ "hash": rewritten }).to_string();
+    let (status, answer) = call(d.addr, "POST", &approve, &body, Some(TOKEN)).await;
+    assert_eq!(status, 409, "{answer}");
+    assert!(
+        answer.to_string().contains("not the one audited"),
+        "{answer}"
+    );
+    ticks_pass(&d, 2).await;
+    assert!(d.kinds("approval_granted").is_empty());
+    assert!(d.kinds("action_intent").is_empty());
+    // The plan as queued and audited is approved and runs.
+    std::fs::write(&file, &original).unwrap();
+    let body = json!({ "hash": p1["plan_hash"] }).to_string();
+    let (status, answer) = call(d.addr, "POST", &approve, &body, Some(TOKEN)).await;
+    assert_eq!(status, 200, "{answer}");
+    d.wait_for("the plan to run", Duration::from_secs(30), |d| {
+        !d.kinds("action_intent").is_empty()
+    })
+    .await;
+    assert_eq!(
+        d.kinds("action_intent")[0].data["action"]["target"]["namespace"],
+        json!("test")
+    );
+    d.stop().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_approval_given_while_the_agent_is_down_runs_at_start_unless_its_plan_changed() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("token"), TOKEN).unwrap();
     let agent = "mode = \"auto\"\n[api]\ntoken_file = \"token\"";
-    let fake = Fake::new().with_history(QUERY, &["p1", "p2"]);
-    fake.set(&[("p1", 100.0), ("p2", 100.0)]);
+    let fake = Fake::new().with_history(QUERY, &["p1", "p2", "p3"]);
+    fake.set(&[("p1", 100.0), ("p2", 100.0), ("p3", 100.0)]);
     let cfg = || config(dir.path(), &[("restart", &asking())], agent, "");
     let d = start(cfg(), fake.clone()).await;
-    fake.set(&[("p1", 300.0), ("p2", 300.0)]);
-    d.wait_for("two approval requests", Duration::from_secs(30), |d| {
-        d.kinds("approval_requested").len() == 2
+    fake.set(&[("p1", 300.0), ("p2", 300.0), ("p3", 300.0)]);
+    d.wait_for("three approval requests", Duration::from_secs(30), |d| {
+        d.kinds("approval_requested").len() == 3
     })
     .await;
     let (p1, p2) = (waiting(&d, "p1").await, waiting(&d, "p2").await);
+    let p3 = waiting(&d, "p3").await;
     d.stop().await;
 
-    // Both approved offline; p2's plan is then edited on disk.
+    // All approved offline; p2's plan is then edited on disk, and p3's rewritten with
+    // a hash to match (which only the audit log's record can tell).
     let queue =
         homeostat::act::approval::Approvals::open(&dir.path().join("audit.jsonl.approvals"))
             .unwrap();
-    for p in [&p1, &p2] {
+    for p in [&p1, &p2, &p3] {
         let (id, hash) = (p["id"].as_str().unwrap(), p["plan_hash"].as_str().unwrap());
         homeostat::act::control::approve_offline(&queue, id, hash, "sre", "go").unwrap();
     }
@@ -1591,8 +1652,13 @@ async fn an_approval_given_while_the_agent_is_down_runs_at_start_unless_its_plan
         text.replace("\"namespace\": \"test\"", "\"namespace\": \"prod\""),
     )
     .unwrap();
+    let file3 = dir.path().join(format!(
+        "audit.jsonl.approvals/{}.json",
+        p3["id"].as_str().unwrap()
+    ));
+    let rewritten3 = rewrite_with_hash(&file3);
 
-    fake.set(&[("p1", 100.0), ("p2", 100.0)]);
+    fake.set(&[("p1", 100.0), ("p2", 100.0), ("p3", 100.0)]);
     let d = start(cfg(), fake.clone()).await;
     d.wait_for("p1's plan to run", Duration::from_secs(30), |d| {
         !d.kinds("action_intent").is_empty()
@@ -1604,17 +1670,34 @@ async fn an_approval_given_while_the_agent_is_down_runs_at_start_unless_its_plan
     assert_eq!(granted[0].data["id"], p1["id"]);
     assert_eq!(granted[0].data["by"], json!("sre"));
     let rejected = d.kinds("approval_rejected");
-    assert_eq!(rejected.len(), 1);
-    assert_eq!(rejected[0].data["id"], p2["id"]);
-    assert_eq!(rejected[0].data["by"], json!("homeostat"));
+    assert_eq!(rejected.len(), 2, "{rejected:#?}");
+    let rejected = |p: &serde_json::Value| {
+        rejected
+            .iter()
+            .find(|r| r.data["id"] == p["id"])
+            .unwrap_or_else(|| panic!("{} not rejected", p["id"]))
+            .data
+            .clone()
+    };
+    let (r2, r3) = (rejected(&p2), rejected(&p3));
+    assert_eq!(r2["by"], json!("homeostat"));
     assert!(
-        rejected[0].data["reason"]
+        r2["reason"]
             .as_str()
             .unwrap()
             .contains(p2["plan_hash"].as_str().unwrap()),
-        "{}",
-        rejected[0].data
+        "{r2}"
     );
+    // p3's file agreed with itself; the log's record of its request did not.
+    assert_eq!(r3["by"], json!("homeostat"));
+    let reason = r3["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("not the one audited")
+            && reason.contains(p3["plan_hash"].as_str().unwrap())
+            && reason.contains(&rewritten3),
+        "{r3}"
+    );
+    assert!(!file3.exists(), "the rewritten plan left in the queue");
     let intents = d.kinds("action_intent");
     assert_eq!(intents.len(), 1);
     assert_eq!(

@@ -75,6 +75,18 @@ pub enum ApprovalError {
         /// The hash of what the file holds now.
         actual: String,
     },
+    /// The plan's hash is not the one the audit log recorded when the plan was queued
+    /// (the file's own hash matched: plan and hash were both rewritten), or the log
+    /// holds no request for it.
+    #[error("{id}: the plan waiting (hash {file}) is not the one audited when it was queued ({}): refused", audited.as_deref().unwrap_or("no approval_requested record"))]
+    NotAudited {
+        /// The approval id.
+        id: String,
+        /// The hash the file holds.
+        file: String,
+        /// The hash the log recorded, if any.
+        audited: Option<String>,
+    },
     /// Its TTL passed.
     #[error("{0}: expired")]
     Expired(String),

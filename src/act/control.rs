@@ -133,6 +133,7 @@ impl Control {
         reason: &str,
     ) -> Result<Pending, ControlError> {
         let q = self.queue()?;
+        let audited = self.audited(&q.show(id)?).await?;
         let p = match q.approve(id, hash, unix_now()) {
             Ok(p) => p,
             Err(ApprovalError::Expired(_)) => {
@@ -141,6 +142,23 @@ impl Control {
             }
             Err(e) => return Err(e.into()),
         };
+        if p.plan_hash != audited {
+            // Rewritten between the check and the approval: it is out of the queue now,
+            // and never runs.
+            let why = format!(
+                "the plan changed while it was being approved ({audited} audited, {} now): it never runs",
+                p.plan_hash
+            );
+            self.audit
+                .record(Event::ApprovalRejected(decided(&p, "homeostat", &why)))
+                .await?;
+            return Err(ApprovalError::NotAudited {
+                id: id.into(),
+                file: p.plan_hash,
+                audited: Some(audited),
+            }
+            .into());
+        }
         let round = p.round;
         let grant_seq = self
             .audit
@@ -209,11 +227,51 @@ impl Control {
         Ok(())
     }
 
+    /// The hash the audit log recorded when `p` was queued, if it is the file's: the
+    /// files carry their own hash, so a plan rewritten with a matching one would
+    /// otherwise pass. (The log is read off the async runtime: it may be large.)
+    async fn audited(&self, p: &Pending) -> Result<String, ControlError> {
+        let (log, id) = (self.audit.path().to_path_buf(), p.id.clone());
+        let audited = tokio::task::spawn_blocking(move || crate::audit::requested_hash(&log, &id))
+            .await
+            .map_err(|e| AuditError::Io {
+                path: self.audit.path().to_path_buf(),
+                error: std::io::Error::other(e),
+            })??;
+        match audited {
+            Some(h) if h == p.plan_hash => Ok(h),
+            audited => Err(ApprovalError::NotAudited {
+                id: p.id.clone(),
+                file: p.plan_hash.clone(),
+                audited,
+            }
+            .into()),
+        }
+    }
+
     /// Runs the plans approved while the agent was down (at start).
     pub async fn take_offline_approvals(&self) -> Result<(), ControlError> {
         let Some(q) = &self.approvals else {
             return Ok(());
         };
+        // Before any is taken: one whose plan is not the audited one never runs.
+        let marked = q
+            .list()?
+            .into_iter()
+            .flatten()
+            .filter(|p| p.approved.is_some());
+        for p in marked {
+            if let Err(ControlError::Approval(e @ ApprovalError::NotAudited { .. })) =
+                self.audited(&p).await
+            {
+                warn!(id = %p.id, playbook = %p.playbook, "approved plan is not the one audited when it was queued: it never runs");
+                let why = format!("{e}: it never runs");
+                self.audit
+                    .record(Event::ApprovalRejected(decided(&p, "homeostat", &why)))
+                    .await?;
+                q.reject(&p.id)?;
+            }
+        }
         let (run, changed) = q.take_approved(unix_now())?;
         for (p, actual) in changed {
             warn!(id = %p.id, playbook = %p.playbook, "approved plan changed on disk since: it never runs");

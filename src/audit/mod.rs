@@ -534,6 +534,35 @@ pub fn scan(path: &Path, kinds: &[&str], mut f: impl FnMut(AuditRecord)) -> Resu
     Ok(())
 }
 
+/// The plan hash the log recorded when approval `id` was queued (its latest
+/// `approval_requested`, over every segment of the chain), if it did. A line that does
+/// not read is passed over: the record that counts was written whole and synced long
+/// before, and one that cannot be read is no evidence (the caller then refuses).
+pub fn requested_hash(log: &Path, id: &str) -> Result<Option<String>, AuditError> {
+    use std::io::BufRead as _;
+    let needle = format!("\"kind\":{}", Value::from("approval_requested"));
+    let quoted = Value::from(id).to_string();
+    let mut found = None;
+    for path in chain_files(log) {
+        let file = std::fs::File::open(&path).map_err(io_err(&path))?;
+        for line in std::io::BufReader::new(file).lines() {
+            let line = line.map_err(io_err(&path))?;
+            if !line.contains(&needle) || !line.contains(&quoted) {
+                continue;
+            }
+            let Ok(rec) = serde_json::from_str::<AuditRecord>(&line) else {
+                continue;
+            };
+            if let Ok(Event::ApprovalRequested(r)) = rec.event() {
+                if r.id == id {
+                    found = Some(r.plan_hash);
+                }
+            }
+        }
+    }
+    Ok(found)
+}
+
 /// Why an audit log stopped taking records, if it has (see [`Auditor::failure`]).
 #[derive(Debug, Clone, Default)]
 pub struct AuditFailure(Arc<OnceLock<String>>);

@@ -246,7 +246,9 @@ fn reply(r: Result<serde_json::Value, ControlError>) -> Response {
     let status = match &e {
         ControlError::Approval(A::NotFound(_)) => StatusCode::NOT_FOUND,
         ControlError::Approval(A::Expired(_)) => StatusCode::GONE,
-        ControlError::Approval(A::HashMismatch { .. } | A::Tampered { .. }) => StatusCode::CONFLICT,
+        ControlError::Approval(
+            A::HashMismatch { .. } | A::Tampered { .. } | A::NotAudited { .. },
+        ) => StatusCode::CONFLICT,
         ControlError::NoApprovals => StatusCode::SERVICE_UNAVAILABLE,
         _ => {
             tracing::error!(error = %e, "control request failed");
