@@ -149,9 +149,7 @@ impl Control {
                 "the plan changed while it was being approved ({audited} audited, {} now): it never runs",
                 p.plan_hash
             );
-            self.audit
-                .record(Event::ApprovalRejected(decided(&p, "homeostat", &why)))
-                .await?;
+            self.rejected_by_homeostat(&p, &why).await?;
             return Err(ApprovalError::NotAudited {
                 id: id.into(),
                 file: p.plan_hash,
@@ -249,6 +247,15 @@ impl Control {
         }
     }
 
+    /// Audits that homeostat itself rejected `p` (it never runs), and why.
+    async fn rejected_by_homeostat(&self, p: &Pending, why: &str) -> Result<(), ControlError> {
+        warn!(id = %p.id, playbook = %p.playbook, "{why}");
+        self.audit
+            .record(Event::ApprovalRejected(decided(p, "homeostat", why)))
+            .await?;
+        Ok(())
+    }
+
     /// Runs the plans approved while the agent was down (at start).
     pub async fn take_offline_approvals(&self) -> Result<(), ControlError> {
         let Some(q) = &self.approvals else {
@@ -261,27 +268,23 @@ impl Control {
             .flatten()
             .filter(|p| p.approved.is_some());
         for p in marked {
-            if let Err(ControlError::Approval(e @ ApprovalError::NotAudited { .. })) =
-                self.audited(&p).await
-            {
-                warn!(id = %p.id, playbook = %p.playbook, "approved plan is not the one audited when it was queued: it never runs");
-                let why = format!("{e}: it never runs");
-                self.audit
-                    .record(Event::ApprovalRejected(decided(&p, "homeostat", &why)))
-                    .await?;
-                q.reject(&p.id)?;
+            match self.audited(&p).await {
+                Ok(_) => {}
+                Err(ControlError::Approval(e @ ApprovalError::NotAudited { .. })) => {
+                    self.rejected_by_homeostat(&p, &format!("{e}; it never runs"))
+                        .await?;
+                    q.reject(&p.id)?;
+                }
+                Err(e) => return Err(e),
             }
         }
         let (run, changed) = q.take_approved(unix_now())?;
         for (p, actual) in changed {
-            warn!(id = %p.id, playbook = %p.playbook, "approved plan changed on disk since: it never runs");
             let why = format!(
                 "the plan changed on disk after it was approved (approved {}, now {actual}): it never runs",
                 p.plan_hash
             );
-            self.audit
-                .record(Event::ApprovalRejected(decided(&p, "homeostat", &why)))
-                .await?;
+            self.rejected_by_homeostat(&p, &why).await?;
             // Only once audited: a crash before leaves it to be rejected at the next start.
             q.reject(&p.id)?;
         }
