@@ -990,6 +990,8 @@ async fn an_approval_file_that_does_not_parse_is_audited_once_and_set_aside_neve
     let queue = dir.path().join("audit.jsonl.approvals");
     std::fs::create_dir_all(&queue).unwrap();
     let junk = queue.join("ap-hand-edited.json");
+    // One set aside earlier is kept as it was.
+    std::fs::write(queue.join("ap-hand-edited.json.damaged"), "earlier").unwrap();
     std::fs::write(&junk, "{\"id\": \"ap-hand-edited\", \"plan\": [").unwrap();
     let fake = Fake::new().with_history(QUERY, &["a"]);
     fake.set(&[("a", 100.0)]);
@@ -1005,7 +1007,8 @@ async fn an_approval_file_that_does_not_parse_is_audited_once_and_set_aside_neve
     ticks_pass(&d, 3).await;
     let rejected = d.kinds("approval_rejected");
     assert_eq!(rejected.len(), 1, "audited once: {rejected:#?}");
-    assert_eq!(rejected[0].data["id"], json!("ap-hand-edited"));
+    // Not an approval id: the record names the file in its reason only.
+    assert_eq!(rejected[0].data["id"], json!(""));
     assert_eq!(rejected[0].data["by"], json!("homeostat"));
     let reason = rejected[0].data["reason"].as_str().unwrap();
     assert!(
@@ -1014,7 +1017,11 @@ async fn an_approval_file_that_does_not_parse_is_audited_once_and_set_aside_neve
     );
     // Out of the queue, kept beside it as it was.
     assert!(!junk.exists());
-    let aside = queue.join("ap-hand-edited.json.damaged");
+    assert_eq!(
+        std::fs::read_to_string(queue.join("ap-hand-edited.json.damaged")).unwrap(),
+        "earlier"
+    );
+    let aside = queue.join("ap-hand-edited.json.damaged-2");
     assert_eq!(
         std::fs::read_to_string(&aside).unwrap(),
         "{\"id\": \"ap-hand-edited\", \"plan\": ["

@@ -145,7 +145,8 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ApprovalError + '_ {
     }
 }
 
-fn valid_id(id: &str) -> bool {
+/// Whether `id` is an approval id (`ap-` and 16 hex digits).
+pub fn valid_id(id: &str) -> bool {
     id.len() == 19 && id.starts_with("ap-") && id[3..].bytes().all(|b| b.is_ascii_hexdigit())
 }
 
@@ -249,18 +250,43 @@ impl Approvals {
             .collect())
     }
 
-    /// Moves a damaged file out of the queue, kept beside it for inspection as
-    /// `<id>.json.damaged`; returns where it went.
-    pub fn set_aside(&self, path: &Path) -> Result<PathBuf, ApprovalError> {
+    /// Moves a file of the queue that still does not parse out of it, kept beside it for
+    /// inspection as `<file>.damaged` (`.damaged-2`, … if that name is taken); returns
+    /// where it went, or `None` if the file is gone or parses now (fixed by hand).
+    pub fn set_aside(&self, path: &Path) -> Result<Option<PathBuf>, ApprovalError> {
         let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        let mut aside = path.as_os_str().to_owned();
-        aside.push(".damaged");
-        let aside = PathBuf::from(aside);
+        // Only the queue's own files: never a path of the caller's choosing.
+        if path.parent() != Some(self.dir.as_path()) {
+            return Err(ApprovalError::NotFound(path.display().to_string()));
+        }
+        match self.read(path) {
+            Err(ApprovalError::Damaged { .. }) => {}
+            Err(ApprovalError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                return Ok(None)
+            }
+            Err(e) => return Err(e),
+            Ok(_) => return Ok(None),
+        }
+        let name = |n: u32| {
+            let mut aside = path.as_os_str().to_owned();
+            aside.push(if n == 1 {
+                ".damaged".to_string()
+            } else {
+                format!(".damaged-{n}")
+            });
+            PathBuf::from(aside)
+        };
+        let aside = (1..)
+            .map(name)
+            .find(|p| !p.exists())
+            .expect("an unused name exists");
         std::fs::rename(path, &aside).map_err(io(path))?;
         std::fs::File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(io(&self.dir))?;
-        Ok(aside)
+        Ok(Some(aside))
     }
 
     /// One waiting plan.
@@ -390,6 +416,42 @@ mod tests {
             "actions": [{"kind": "k8s.drain", "target": {"node": "n1"}}]
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn only_a_queue_file_that_still_does_not_parse_is_set_aside_and_none_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Approvals::open(dir.path()).unwrap();
+        let bad = dir.path().join("ap-0000000000000001.json");
+        std::fs::write(&bad, "{ torn").unwrap();
+        assert_eq!(q.damaged().unwrap().len(), 1);
+        // An earlier one of the same name is kept.
+        std::fs::write(dir.path().join("ap-0000000000000001.json.damaged"), "old").unwrap();
+        let aside = q.set_aside(&bad).unwrap().unwrap();
+        assert_eq!(aside, dir.path().join("ap-0000000000000001.json.damaged-2"));
+        assert_eq!(std::fs::read_to_string(&aside).unwrap(), "{ torn");
+        assert!(!bad.exists() && q.damaged().unwrap().is_empty());
+        // Gone, or fixed by hand since it was listed: nothing to move.
+        assert_eq!(q.set_aside(&bad).unwrap(), None);
+        let fixed = q
+            .request(
+                "drain",
+                &Anomaly::default(),
+                &plan(),
+                0,
+                1000.0,
+                std::time::Duration::from_secs(60),
+            )
+            .unwrap();
+        let fixed = dir.path().join(format!("{}.json", fixed.id));
+        assert_eq!(q.set_aside(&fixed).unwrap(), None);
+        assert!(fixed.exists());
+        // Never a path outside the queue.
+        let elsewhere = tempfile::tempdir().unwrap();
+        let outside = elsewhere.path().join("x.json");
+        std::fs::write(&outside, "{ torn").unwrap();
+        assert!(q.set_aside(&outside).is_err());
+        assert!(outside.exists());
     }
 
     #[test]

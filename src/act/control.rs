@@ -3,13 +3,14 @@
 //! across restarts and can be thrown with `touch` when the agent or its API is down;
 //! the agent audits a pause file that appeared or vanished by other means too.
 
-use std::path::Path;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use serde_json::{json, Value};
 use tracing::warn;
 
-use super::approval::{ApprovalError, Approvals, Decision, Pending};
+use super::approval::{self, ApprovalError, Approvals, Decision, Pending};
 use super::guard::Guard;
 use crate::audit::{ApprovalDecided, AuditError, Auditor, BreakerReset, Event, Paused, Resumed};
 use crate::metrics::Metrics;
@@ -57,6 +58,19 @@ pub struct Control {
     audited: Mutex<Option<String>>,
     approvals: Option<Arc<Approvals>>,
     run: Option<tokio::sync::mpsc::UnboundedSender<Approved>>,
+    /// The queue's files that did not parse: held across each sweep, so the tick and an
+    /// approval's expiry never audit one twice.
+    damaged: tokio::sync::Mutex<Damaged>,
+}
+
+/// Files of the approval queue that did not parse.
+#[derive(Debug, Default)]
+struct Damaged {
+    /// Seen once: set aside only if still so at the next sweep (an editor writing in
+    /// place may have been caught half way).
+    suspects: HashSet<PathBuf>,
+    /// Audited, but could not be moved: not audited again.
+    stuck: HashSet<PathBuf>,
 }
 
 /// Writes the pause file (with its reason) durably.
@@ -106,6 +120,7 @@ impl Control {
             audited: Mutex::new(now),
             approvals,
             run,
+            damaged: Default::default(),
         })
     }
 
@@ -189,29 +204,7 @@ impl Control {
         let Some(q) = &self.approvals else {
             return Ok(());
         };
-        for (path, message) in q.damaged()? {
-            // Its id, playbook and plan are what cannot be read: the file names it.
-            let id = path
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            warn!(file = %path.display(), %message, "an approval file does not parse: it never runs");
-            let why = format!(
-                "the file {} does not parse ({message}): set aside as {}.damaged; it never runs",
-                path.display(),
-                path.display()
-            );
-            self.audit
-                .record(Event::ApprovalRejected(ApprovalDecided {
-                    id,
-                    by: "homeostat".into(),
-                    reason: why,
-                    ..ApprovalDecided::default()
-                }))
-                .await?;
-            // Only once audited, as for a plan changed on disk.
-            q.set_aside(&path)?;
-        }
+        self.set_aside_damaged(q).await?;
         for p in q.expire(unix_now())? {
             warn!(id = %p.id, playbook = %p.playbook, "plan expired unapproved: it never runs");
             self.audit
@@ -245,6 +238,59 @@ impl Control {
             }
             .into()),
         }
+    }
+
+    /// Audits and moves aside each file of the queue that did not parse at two sweeps in
+    /// a row; it can never run. A file that cannot be moved is logged, not audited again,
+    /// and holds up nothing else.
+    async fn set_aside_damaged(&self, q: &Approvals) -> Result<(), ControlError> {
+        let mut seen = self.damaged.lock().await;
+        let damaged = q.damaged()?;
+        let suspects = std::mem::take(&mut seen.suspects);
+        seen.stuck.retain(|p| damaged.iter().any(|(d, _)| d == p));
+        for (path, message) in damaged {
+            if seen.stuck.contains(&path) {
+                continue;
+            }
+            if !suspects.contains(&path) {
+                seen.suspects.insert(path);
+                continue;
+            }
+            // Its id, playbook and plan are what cannot be read: the file names it.
+            let id = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .filter(|id| approval::valid_id(id))
+                .unwrap_or_default();
+            let record_id = id.clone();
+            let why = format!(
+                "the file {} does not parse ({message}): set aside beside it as .damaged; it never runs",
+                path.display()
+            );
+            warn!(file = %path.display(), %message, "an approval file does not parse: it never runs");
+            self.audit
+                .record(Event::ApprovalRejected(ApprovalDecided {
+                    id: record_id,
+                    by: "homeostat".into(),
+                    reason: why,
+                    ..ApprovalDecided::default()
+                }))
+                .await?;
+            // Only once audited, as for a plan changed on disk.
+            match q.set_aside(&path) {
+                Ok(Some(_)) => {}
+                // Fixed by hand since: rejected all the same, as recorded.
+                Ok(None) if path.exists() && !id.is_empty() => {
+                    q.reject(&id)?;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(file = %path.display(), error = %e, "could not set the damaged approval file aside: move it by hand");
+                    seen.stuck.insert(path);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Audits that homeostat itself rejected `p` (it never runs), and why.
