@@ -1,8 +1,10 @@
-//! Models saved by earlier builds must go on exactly where they stopped: the fixtures in
-//! `testdata/` were written by the ensemble as it was before it was split into components
-//! (commit efac9be's engine, schema 6), and every later build must read them, write them
-//! back as the same JSON, score the next points bit for bit as that build did, and be
-//! left in the same state by them.
+//! Models saved by earlier builds must go on exactly where they stopped: the models in
+//! `testdata/` (`*-model-v6.json`) were written by the ensemble as it was before it was
+//! split into components (commit efac9be's engine, schema 6), and every later build must
+//! read them and write them back as the same JSON. The next points' assessments and the
+//! state they leave (`*-assessments-*`, `*-after-*`) pin the engine's behaviour: a
+//! refactor keeps them bit for bit; a deliberate change of the engine re-records those
+//! two from the stored models (never the models themselves) and says so in its commit.
 
 use std::time::Duration;
 
