@@ -145,6 +145,9 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ApprovalError + '_ {
     }
 }
 
+/// The largest approval file read (a plan is a few KB).
+const MAX_FILE: u64 = 16 << 20;
+
 /// Whether `id` is an approval id (`ap-` and 16 hex digits).
 pub fn valid_id(id: &str) -> bool {
     id.len() == 19 && id.starts_with("ap-") && id[3..].bytes().all(|b| b.is_ascii_hexdigit())
@@ -212,6 +215,22 @@ impl Approvals {
     }
 
     fn read(&self, path: &Path) -> Result<Pending, ApprovalError> {
+        // Only a plain file of plausible size is read: a FIFO, a device or a link to one
+        // dropped in the queue must not stall the agent or fill its memory.
+        let meta = std::fs::symlink_metadata(path).map_err(io(path))?;
+        let damaged = |message: String| ApprovalError::Damaged {
+            path: path.to_path_buf(),
+            message,
+        };
+        if !meta.is_file() {
+            return Err(damaged("not a regular file".into()));
+        }
+        if meta.len() > MAX_FILE {
+            return Err(damaged(format!(
+                "{} bytes, more than a plan's file may hold ({MAX_FILE})",
+                meta.len()
+            )));
+        }
         let text = std::fs::read(path).map_err(io(path))?;
         serde_json::from_slice(&text).map_err(|e| ApprovalError::Damaged {
             path: path.to_path_buf(),
@@ -446,6 +465,14 @@ mod tests {
         let fixed = dir.path().join(format!("{}.json", fixed.id));
         assert_eq!(q.set_aside(&fixed).unwrap(), None);
         assert!(fixed.exists());
+        // A link to a device is damaged, never read.
+        let link = dir.path().join("ap-0000000000000002.json");
+        std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
+        assert!(matches!(
+            q.damaged().unwrap().as_slice(),
+            [(p, m)] if p == &link && m.contains("not a regular file")
+        ));
+        assert!(q.set_aside(&link).unwrap().is_some());
         // Never a path outside the queue.
         let elsewhere = tempfile::tempdir().unwrap();
         let outside = elsewhere.path().join("x.json");

@@ -373,6 +373,7 @@ mod tests {
         assert_eq!(live.open("an-4", &pod_on_a, 200.0), "an-1");
         assert_eq!(live.open("an-5", &mem_a, 350.0), "an-2");
         assert_eq!(live.incident_of("an-1"), Some("an-1"));
+        assert_eq!(live.incident_of("an-2"), Some("an-2"));
         assert_eq!(live.incident_of("an-4"), Some("an-1"));
         assert_eq!(live.incident_of("an-5"), Some("an-2"));
 
