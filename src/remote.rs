@@ -246,7 +246,15 @@ pub async fn approve(
     {
         return Ok(Answer::Agent(v));
     }
-    let p = approve_offline(&queue(config)?, id, hash, by, reason).map_err(local)?;
+    let p = approve_offline(
+        &queue(config)?,
+        &config.agent.audit_log,
+        id,
+        hash,
+        by,
+        reason,
+    )
+    .map_err(local)?;
     Ok(Answer::Offline(
         json!({"approved": p.id, "plan_hash": p.plan_hash, "note": "it runs when the agent starts, if not expired by then"}),
     ))

@@ -1645,9 +1645,28 @@ async fn an_approval_given_while_the_agent_is_down_runs_at_start_unless_its_plan
     let queue =
         homeostat::act::approval::Approvals::open(&dir.path().join("audit.jsonl.approvals"))
             .unwrap();
+    let log = dir.path().join("audit.jsonl");
+    let file3 = dir.path().join(format!(
+        "audit.jsonl.approvals/{}.json",
+        p3["id"].as_str().unwrap()
+    ));
+    // The CLI refuses a rewritten plan too, by the hash the log recorded.
+    let queued3 = std::fs::read_to_string(&file3).unwrap();
+    let rewritten3 = rewrite_with_hash(&file3);
+    let id3 = p3["id"].as_str().unwrap();
+    let refused =
+        homeostat::act::control::approve_offline(&queue, &log, id3, &rewritten3, "sre", "go");
+    assert!(
+        matches!(
+            refused,
+            Err(homeostat::act::approval::ApprovalError::NotAudited { .. })
+        ),
+        "{refused:?}"
+    );
+    std::fs::write(&file3, queued3).unwrap();
     for p in [&p1, &p2, &p3] {
         let (id, hash) = (p["id"].as_str().unwrap(), p["plan_hash"].as_str().unwrap());
-        homeostat::act::control::approve_offline(&queue, id, hash, "sre", "go").unwrap();
+        homeostat::act::control::approve_offline(&queue, &log, id, hash, "sre", "go").unwrap();
     }
     let file = dir.path().join(format!(
         "audit.jsonl.approvals/{}.json",
@@ -1659,10 +1678,7 @@ async fn an_approval_given_while_the_agent_is_down_runs_at_start_unless_its_plan
         text.replace("\"namespace\": \"test\"", "\"namespace\": \"prod\""),
     )
     .unwrap();
-    let file3 = dir.path().join(format!(
-        "audit.jsonl.approvals/{}.json",
-        p3["id"].as_str().unwrap()
-    ));
+    // Rewritten after the approval: only the start's check can tell.
     let rewritten3 = rewrite_with_hash(&file3);
 
     fake.set(&[("p1", 100.0), ("p2", 100.0), ("p3", 100.0)]);

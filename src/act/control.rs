@@ -472,13 +472,28 @@ fn decided(p: &Pending, by: &str, reason: &str) -> ApprovalDecided {
 }
 
 /// An approval given while the agent is down: marked in its file, run at the next start.
+/// As through the agent, the plan must be the one `audit_log` recorded when it was
+/// queued (the next start checks again).
 pub fn approve_offline(
     queue: &Approvals,
+    audit_log: &Path,
     id: &str,
     hash: &str,
     by: &str,
     reason: &str,
 ) -> Result<Pending, ApprovalError> {
+    let p = queue.show(id)?;
+    let audited = crate::audit::requested_hash(audit_log, id).map_err(|e| ApprovalError::Io {
+        path: audit_log.to_path_buf(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    if audited.as_deref() != Some(p.plan_hash.as_str()) {
+        return Err(ApprovalError::NotAudited {
+            id: id.into(),
+            file: p.plan_hash,
+            audited,
+        });
+    }
     queue.approve_offline(
         id,
         hash,
