@@ -944,6 +944,19 @@ async fn call(
     (status, serde_json::from_str(body).unwrap_or(json!(body)))
 }
 
+/// The file in which the approval `p` (as the API lists it) waits.
+fn queued_file(dir: &Path, p: &serde_json::Value) -> std::path::PathBuf {
+    dir.join(format!(
+        "audit.jsonl.approvals/{}.json",
+        p["id"].as_str().unwrap()
+    ))
+}
+
+/// A queued plan's text with its target moved from namespace `test` to `prod`.
+fn to_prod(text: &str) -> String {
+    text.replace("\"namespace\": \"test\"", "\"namespace\": \"prod\"")
+}
+
 /// A restart playbook that asks first; its plans wait two minutes at most.
 fn asking() -> String {
     r#"
@@ -1118,10 +1131,7 @@ async fn a_plan_waits_for_approval_runs_exactly_as_approved_and_never_when_rejec
     fake.set(&pods.map(|p| (p, 100.0)));
     // The TTL runs on the wall clock (it must hold across restarts), which a paused
     // test clock cannot move: the file is aged instead, as two minutes would.
-    let file3 = dir.path().join(format!(
-        "audit.jsonl.approvals/{}.json",
-        p3["id"].as_str().unwrap()
-    ));
+    let file3 = queued_file(dir.path(), &p3);
     let mut aged: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&file3).unwrap()).unwrap();
     aged["expires_unix"] = aged["requested_unix"].clone();
@@ -1139,16 +1149,9 @@ async fn a_plan_waits_for_approval_runs_exactly_as_approved_and_never_when_rejec
     fake.set(&[("p1", 100.0), ("p2", 100.0), ("p3", 100.0), ("p4", 300.0)]);
     let p4 = waiting(&d, "p4").await;
     d.stop().await;
-    let file = dir.path().join(format!(
-        "audit.jsonl.approvals/{}.json",
-        p4["id"].as_str().unwrap()
-    ));
+    let file = queued_file(dir.path(), &p4);
     let original = std::fs::read_to_string(&file).unwrap();
-    std::fs::write(
-        &file,
-        original.replace("\"namespace\": \"test\"", "\"namespace\": \"prod\""),
-    )
-    .unwrap();
+    std::fs::write(&file, to_prod(&original)).unwrap();
     let d = start(
         config(dir.path(), &[("restart", &asking())], agent, ""),
         fake.clone(),
@@ -1567,9 +1570,7 @@ async fn anomalies_of_one_pod_opening_together_are_one_incident_planned_once() {
 /// can write the queue directory could; returns the new hash.
 fn rewrite_with_hash(file: &Path) -> String {
     use homeostat::act::approval::{plan_hash, Pending};
-    let text = std::fs::read_to_string(file)
-        .unwrap()
-        .replace("\"namespace\": \"test\"", "\"namespace\": \"prod\"");
+    let text = to_prod(&std::fs::read_to_string(file).unwrap());
     let mut p: Pending = serde_json::from_str(&text).unwrap();
     p.plan_hash = plan_hash(&p.plan);
     std::fs::write(file, serde_json::to_string_pretty(&p).unwrap()).unwrap();
@@ -1591,7 +1592,7 @@ async fn a_plan_rewritten_with_a_matching_hash_is_refused_because_the_log_record
     fake.set(&[("p1", 300.0)]);
     let p1 = waiting(&d, "p1").await;
     let id = p1["id"].as_str().unwrap();
-    let file = dir.path().join(format!("audit.jsonl.approvals/{id}.json"));
+    let file = queued_file(dir.path(), &p1);
     let original = std::fs::read_to_string(&file).unwrap();
     let rewritten = rewrite_with_hash(&file);
     // What `show` now displays, approved by its hash: refused, and nothing runs.
@@ -1646,10 +1647,7 @@ async fn an_approval_given_while_the_agent_is_down_runs_at_start_unless_its_plan
         homeostat::act::approval::Approvals::open(&dir.path().join("audit.jsonl.approvals"))
             .unwrap();
     let log = dir.path().join("audit.jsonl");
-    let file3 = dir.path().join(format!(
-        "audit.jsonl.approvals/{}.json",
-        p3["id"].as_str().unwrap()
-    ));
+    let file3 = queued_file(dir.path(), &p3);
     // The CLI refuses a rewritten plan too, by the hash the log recorded.
     let queued3 = std::fs::read_to_string(&file3).unwrap();
     let rewritten3 = rewrite_with_hash(&file3);
@@ -1668,16 +1666,9 @@ async fn an_approval_given_while_the_agent_is_down_runs_at_start_unless_its_plan
         let (id, hash) = (p["id"].as_str().unwrap(), p["plan_hash"].as_str().unwrap());
         homeostat::act::control::approve_offline(&queue, &log, id, hash, "sre", "go").unwrap();
     }
-    let file = dir.path().join(format!(
-        "audit.jsonl.approvals/{}.json",
-        p2["id"].as_str().unwrap()
-    ));
+    let file = queued_file(dir.path(), &p2);
     let text = std::fs::read_to_string(&file).unwrap();
-    std::fs::write(
-        &file,
-        text.replace("\"namespace\": \"test\"", "\"namespace\": \"prod\""),
-    )
-    .unwrap();
+    std::fs::write(&file, to_prod(&text)).unwrap();
     // Rewritten after the approval: only the start's check can tell.
     let rewritten3 = rewrite_with_hash(&file3);
 

@@ -218,26 +218,16 @@ impl Control {
         Ok(())
     }
 
-    /// The hash the audit log recorded when `p` was queued, if it is the file's: the
-    /// files carry their own hash, so a plan rewritten with a matching one would
-    /// otherwise pass. (The log is read off the async runtime: it may be large.)
+    /// [`audited_hash`], read off the async runtime (the log may be large).
     async fn audited(&self, p: &Pending) -> Result<String, ControlError> {
-        let (log, id) = (self.audit.path().to_path_buf(), p.id.clone());
-        let audited = tokio::task::spawn_blocking(move || crate::audit::requested_hash(&log, &id))
+        let (log, pending) = (self.audit.path().to_path_buf(), p.clone());
+        let audited = tokio::task::spawn_blocking(move || audited_hash(&log, &pending))
             .await
             .map_err(|e| AuditError::Io {
                 path: self.audit.path().to_path_buf(),
                 error: std::io::Error::other(e),
             })??;
-        match audited {
-            Some(h) if h == p.plan_hash => Ok(h),
-            audited => Err(ApprovalError::NotAudited {
-                id: p.id.clone(),
-                file: p.plan_hash.clone(),
-                audited,
-            }
-            .into()),
-        }
+        Ok(audited)
     }
 
     /// Audits and moves aside each file of the queue that did not parse at two sweeps in
@@ -262,7 +252,6 @@ impl Control {
                 .map(|s| s.to_string_lossy().into_owned())
                 .filter(|id| approval::valid_id(id))
                 .unwrap_or_default();
-            let record_id = id.clone();
             let why = format!(
                 "the file {} does not parse ({message}): set aside beside it as .damaged; it never runs",
                 path.display()
@@ -270,7 +259,7 @@ impl Control {
             warn!(file = %path.display(), %message, "an approval file does not parse: it never runs");
             self.audit
                 .record(Event::ApprovalRejected(ApprovalDecided {
-                    id: record_id,
+                    id: id.clone(),
                     by: "homeostat".into(),
                     reason: why,
                     ..ApprovalDecided::default()
@@ -471,6 +460,25 @@ fn decided(p: &Pending, by: &str, reason: &str) -> ApprovalDecided {
     }
 }
 
+/// The hash `audit_log` recorded when `p` was queued, if it is the file's: the files
+/// carry their own hash, so a plan rewritten with a matching one would otherwise pass.
+/// Reads the whole log (blocking).
+fn audited_hash(audit_log: &Path, p: &Pending) -> Result<String, ApprovalError> {
+    let audited =
+        crate::audit::requested_hash(audit_log, &p.id).map_err(|e| ApprovalError::Io {
+            path: audit_log.to_path_buf(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+    match audited {
+        Some(h) if h == p.plan_hash => Ok(h),
+        audited => Err(ApprovalError::NotAudited {
+            id: p.id.clone(),
+            file: p.plan_hash.clone(),
+            audited,
+        }),
+    }
+}
+
 /// An approval given while the agent is down: marked in its file, run at the next start.
 /// As through the agent, the plan must be the one `audit_log` recorded when it was
 /// queued (the next start checks again).
@@ -482,18 +490,7 @@ pub fn approve_offline(
     by: &str,
     reason: &str,
 ) -> Result<Pending, ApprovalError> {
-    let p = queue.show(id)?;
-    let audited = crate::audit::requested_hash(audit_log, id).map_err(|e| ApprovalError::Io {
-        path: audit_log.to_path_buf(),
-        source: std::io::Error::other(e.to_string()),
-    })?;
-    if audited.as_deref() != Some(p.plan_hash.as_str()) {
-        return Err(ApprovalError::NotAudited {
-            id: id.into(),
-            file: p.plan_hash,
-            audited,
-        });
-    }
+    audited_hash(audit_log, &queue.show(id)?)?;
     queue.approve_offline(
         id,
         hash,

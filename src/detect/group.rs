@@ -288,6 +288,11 @@ mod tests {
         Labels::from_pairs(pairs.iter().copied())
     }
 
+    /// A live tracker at five minutes on the default identifying labels.
+    fn tracker() -> Incidents {
+        Incidents::new(300.0, IDENTIFYING.map(String::from).to_vec())
+    }
+
     #[test]
     fn metrics_of_one_machine_at_once_are_one_incident() {
         let cpu_a = labels(&[("instance", "a"), ("__name__", "cpu")]);
@@ -365,7 +370,7 @@ mod tests {
         let pod_on_a = labels(&[("instance", "a"), ("pod", "p")]);
         let pod = labels(&[("pod", "p")]);
         let other = labels(&[("instance", "b")]);
-        let mut live = Incidents::new(300.0, IDENTIFYING.map(String::from).to_vec());
+        let mut live = tracker();
         assert_eq!(live.open("an-1", &pod, 0.0), "an-1");
         assert_eq!(live.open("an-2", &cpu_a, 100.0), "an-2");
         assert_eq!(live.open("an-3", &other, 150.0), "an-3");
@@ -415,7 +420,7 @@ mod tests {
         assert!(!related(&a, &b, &IDENTIFYING));
         assert!(related(&a, &a, &IDENTIFYING));
         assert!(related(&node_cpu, &node_mem, &IDENTIFYING));
-        let mut live = Incidents::new(300.0, IDENTIFYING.map(String::from).to_vec());
+        let mut live = tracker();
         assert_eq!(live.open("an-1", &a, 0.0), "an-1");
         assert_eq!(live.open("an-2", &b, 10.0), "an-2");
         assert_eq!(live.open("an-3", &node_cpu, 20.0), "an-3");
@@ -425,7 +430,7 @@ mod tests {
     #[test]
     fn a_clock_stepped_back_starts_afresh_and_a_reused_id_gets_a_new_incident() {
         let pod = labels(&[("pod", "p")]);
-        let mut live = Incidents::new(300.0, IDENTIFYING.map(String::from).to_vec());
+        let mut live = tracker();
         assert_eq!(live.open("an-1", &pod, 10_000.0), "an-1");
         // An hour back: "an-1" would stay joinable for an hour and five minutes.
         assert_eq!(live.open("an-2", &pod, 6_400.0), "an-2");
@@ -436,7 +441,7 @@ mod tests {
         // An alert's id is the same at every firing; its old incident still has an open
         // member, so a firing that joins nothing is a new incident, not the old one.
         let node = labels(&[("node", "n1")]);
-        let mut live = Incidents::new(300.0, IDENTIFYING.map(String::from).to_vec());
+        let mut live = tracker();
         assert_eq!(live.open("am-f1", &node, 0.0), "am-f1");
         live.close("am-f1");
         assert_eq!(live.open("an-9", &node, 100.0), "am-f1");
@@ -448,7 +453,7 @@ mod tests {
 
     #[test]
     fn a_resumed_member_keeps_its_recorded_incident_and_playbooks() {
-        let mut live = Incidents::new(300.0, IDENTIFYING.map(String::from).to_vec());
+        let mut live = tracker();
         live.resume("an-2", "an-1", ["drain".to_string()], 10.0);
         live.resume("an-9", "", [], 20.0);
         assert_eq!(live.incident_of("an-2"), Some("an-1"));
