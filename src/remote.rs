@@ -8,7 +8,9 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::act::approval::{listing, queue_dir, Approvals};
-use crate::act::control::{approve_offline, remove_pause_file, write_pause_file};
+use crate::act::control::{
+    approve_offline, audit_match, remove_pause_file, shown, write_pause_file,
+};
 use crate::audit::{ApprovalDecided, AuditLog, Event, Paused, Resumed};
 use crate::config::Config;
 
@@ -224,7 +226,8 @@ pub async fn approval(config: &Config, id: &str) -> Result<Answer, RemoteError> 
         return Ok(Answer::Agent(v));
     }
     let p = queue(config)?.show(id).map_err(local)?;
-    Ok(Answer::Offline(serde_json::to_value(p).unwrap_or_default()))
+    let audit = audit_match(&config.agent.audit_log, &p).map_err(local)?;
+    Ok(Answer::Offline(shown(&p, &audit)))
 }
 
 /// `homeostat approvals approve ID --hash H`: run now, or at the agent's next start.

@@ -1595,7 +1595,16 @@ async fn a_plan_rewritten_with_a_matching_hash_is_refused_because_the_log_record
     let file = queued_file(dir.path(), &p1);
     let original = std::fs::read_to_string(&file).unwrap();
     let rewritten = rewrite_with_hash(&file);
-    // What `show` now displays, approved by its hash: refused, and nothing runs.
+    // `show` displays the rewritten plan, and that the log recorded another.
+    let show = format!("/api/v1/approvals/{id}");
+    let (status, shown) = call(d.addr, "GET", &show, "", Some(TOKEN)).await;
+    assert_eq!(status, 200, "{shown}");
+    assert_eq!(shown["plan_hash"], json!(rewritten));
+    assert_eq!(
+        shown["audit"],
+        json!({"recorded_plan_hash": p1["plan_hash"], "matches": false})
+    );
+    // Approved by the hash it shows: refused, and nothing runs.
     let approve = format!("/api/v1/approvals/{id}/approve");
     let body = json!({ "hash": rewritten }).to_string();
     let (status, answer) = call(d.addr, "POST", &approve, &body, Some(TOKEN)).await;
@@ -1607,8 +1616,10 @@ async fn a_plan_rewritten_with_a_matching_hash_is_refused_because_the_log_record
     ticks_pass(&d, 2).await;
     assert!(d.kinds("approval_granted").is_empty());
     assert!(d.kinds("action_intent").is_empty());
-    // The plan as queued and audited is approved and runs.
+    // The plan as queued and audited is shown as such, approved and runs.
     std::fs::write(&file, &original).unwrap();
+    let (_, shown) = call(d.addr, "GET", &show, "", Some(TOKEN)).await;
+    assert_eq!(shown["audit"]["matches"], json!(true), "{shown}");
     let body = json!({ "hash": p1["plan_hash"] }).to_string();
     let (status, answer) = call(d.addr, "POST", &approve, &body, Some(TOKEN)).await;
     assert_eq!(status, 200, "{answer}");
@@ -1652,6 +1663,17 @@ async fn an_approval_given_while_the_agent_is_down_runs_at_start_unless_its_plan
     let queued3 = std::fs::read_to_string(&file3).unwrap();
     let rewritten3 = rewrite_with_hash(&file3);
     let id3 = p3["id"].as_str().unwrap();
+    let audit = |file: &str| {
+        let p = serde_json::from_str(file).unwrap();
+        homeostat::act::control::audit_match(&log, &p).unwrap()
+    };
+    let shown = audit(&std::fs::read_to_string(&file3).unwrap());
+    assert_eq!(
+        shown.recorded_plan_hash.as_deref(),
+        p3["plan_hash"].as_str()
+    );
+    assert!(!shown.matches);
+    assert!(audit(&queued3).matches);
     let refused =
         homeostat::act::control::approve_offline(&queue, &log, id3, &rewritten3, "sre", "go");
     assert!(

@@ -133,9 +133,15 @@ impl Control {
         Ok(self.queue()?.list()?)
     }
 
-    /// One waiting plan.
-    pub fn approval(&self, id: &str) -> Result<Pending, ControlError> {
-        Ok(self.queue()?.show(id)?)
+    /// One waiting plan, and how it stands against the audit log's record of its
+    /// request (read off the async runtime: the log may be large).
+    pub async fn approval(&self, id: &str) -> Result<(Pending, AuditMatch), ControlError> {
+        let p = self.queue()?.show(id)?;
+        let (log, pending) = (self.audit.path().to_path_buf(), p.clone());
+        let m = tokio::task::spawn_blocking(move || audit_match(&log, &pending))
+            .await
+            .map_err(|e| self.blocking_failed(e))??;
+        Ok((p, m))
     }
 
     /// Approves a waiting plan whose hash starts with `hash`, audits it, and hands it
@@ -223,11 +229,16 @@ impl Control {
         let (log, pending) = (self.audit.path().to_path_buf(), p.clone());
         let audited = tokio::task::spawn_blocking(move || audited_hash(&log, &pending))
             .await
-            .map_err(|e| AuditError::Io {
-                path: self.audit.path().to_path_buf(),
-                error: std::io::Error::other(e),
-            })??;
+            .map_err(|e| self.blocking_failed(e))??;
         Ok(audited)
+    }
+
+    /// A read of the audit log whose blocking task failed (panicked or was cancelled).
+    fn blocking_failed(&self, e: tokio::task::JoinError) -> AuditError {
+        AuditError::Io {
+            path: self.audit.path().to_path_buf(),
+            error: std::io::Error::other(e),
+        }
     }
 
     /// Audits and moves aside each file of the queue that did not parse at two sweeps in
@@ -460,23 +471,55 @@ fn decided(p: &Pending, by: &str, reason: &str) -> ApprovalDecided {
     }
 }
 
-/// The hash `audit_log` recorded when `p` was queued, if it is the file's: the files
-/// carry their own hash, so a plan rewritten with a matching one would otherwise pass.
-/// Reads the whole log (blocking).
-fn audited_hash(audit_log: &Path, p: &Pending) -> Result<String, ApprovalError> {
-    let audited =
+/// Whether a waiting plan is the one the audit log recorded when it was queued: what
+/// `approvals show` says before anyone approves it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AuditMatch {
+    /// The plan hash of the log's latest `approval_requested` for it (none: no record).
+    pub recorded_plan_hash: Option<String>,
+    /// Whether that is the file's hash: only then can the plan be approved.
+    pub matches: bool,
+}
+
+/// How `p` stands against what `audit_log` recorded when it was queued (reads the
+/// whole log, blocking). The files carry their own hash, so a plan rewritten with a
+/// matching one would otherwise pass.
+pub fn audit_match(audit_log: &Path, p: &Pending) -> Result<AuditMatch, ApprovalError> {
+    let recorded =
         crate::audit::requested_hash(audit_log, &p.id).map_err(|e| ApprovalError::Io {
             path: audit_log.to_path_buf(),
             source: std::io::Error::other(e.to_string()),
         })?;
-    match audited {
-        Some(h) if h == p.plan_hash => Ok(h),
-        audited => Err(ApprovalError::NotAudited {
+    Ok(AuditMatch {
+        matches: recorded.as_deref() == Some(p.plan_hash.as_str()),
+        recorded_plan_hash: recorded,
+    })
+}
+
+/// The hash `audit_log` recorded when `p` was queued, if it is the file's; refused
+/// otherwise (see [`audit_match`]).
+fn audited_hash(audit_log: &Path, p: &Pending) -> Result<String, ApprovalError> {
+    match audit_match(audit_log, p)? {
+        AuditMatch {
+            matches: true,
+            recorded_plan_hash: Some(h),
+        } => Ok(h),
+        m => Err(ApprovalError::NotAudited {
             id: p.id.clone(),
             file: p.plan_hash.clone(),
-            audited,
+            audited: m.recorded_plan_hash,
         }),
     }
+}
+
+/// A waiting plan as `approvals show` prints it: the file, and under `audit` how it
+/// stands against the log's record of its request.
+pub fn shown(p: &Pending, audit: &AuditMatch) -> Value {
+    let mut v = serde_json::to_value(p).unwrap_or_default();
+    if let Value::Object(o) = &mut v {
+        o.insert("audit".into(), json!(audit));
+    }
+    v
 }
 
 /// An approval given while the agent is down: marked in its file, run at the next start.

@@ -310,7 +310,8 @@ async fn approval(
     let c = control(&s)?;
     Ok(reply(
         c.approval(&id)
-            .map(|p| serde_json::to_value(p).unwrap_or_default()),
+            .await
+            .map(|(p, audit)| crate::act::control::shown(&p, &audit)),
     ))
 }
 
