@@ -114,6 +114,26 @@ pub fn plan_hash(plan: &Plan) -> String {
     hex::encode(Sha256::digest(&json))
 }
 
+/// What one pass over the queue found (see [`Approvals::sweep`]).
+#[derive(Debug, Default)]
+pub struct Sweep {
+    /// Plans whose TTL passed, now out of the queue.
+    pub expired: Vec<Pending>,
+    /// Files that do not parse, with why.
+    pub damaged: Vec<(PathBuf, String)>,
+}
+
+/// The damaged files of a listing, with why.
+fn damaged(listed: Vec<Result<Pending, ApprovalError>>) -> Vec<(PathBuf, String)> {
+    listed
+        .into_iter()
+        .filter_map(|r| match r {
+            Err(ApprovalError::Damaged { path, message }) => Some((path, message)),
+            _ => None,
+        })
+        .collect()
+}
+
 /// A listing as the API and the CLI show it: each plan, or the error of a damaged file.
 pub fn listing(list: Vec<Result<Pending, ApprovalError>>) -> serde_json::Value {
     list.into_iter()
@@ -238,6 +258,11 @@ impl Approvals {
         })
     }
 
+    /// The queue's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Every plan waiting, oldest first; damaged files are reported, not skipped.
     pub fn list(&self) -> Result<Vec<Result<Pending, ApprovalError>>, ApprovalError> {
         let mut out = Vec::new();
@@ -259,14 +284,7 @@ impl Approvals {
     /// The queue's files that do not parse (edited by hand, or damaged on disk), with
     /// why. They can never run; [`Approvals::set_aside`] takes them out of the queue.
     pub fn damaged(&self) -> Result<Vec<(PathBuf, String)>, ApprovalError> {
-        Ok(self
-            .list()?
-            .into_iter()
-            .filter_map(|r| match r {
-                Err(ApprovalError::Damaged { path, message }) => Some((path, message)),
-                _ => None,
-            })
-            .collect())
+        Ok(damaged(self.list()?))
     }
 
     /// Moves a file of the queue that still does not parse out of it, kept beside it for
@@ -351,15 +369,26 @@ impl Approvals {
     /// Takes out every plan whose TTL passed (approved-offline ones included: a stale
     /// approval must not run days later).
     pub fn expire(&self, now: f64) -> Result<Vec<Pending>, ApprovalError> {
+        Ok(self.sweep(now)?.expired)
+    }
+
+    /// One pass over the queue, as the agent makes at each tick: takes out the plans
+    /// whose TTL passed (see [`Approvals::expire`]) and reports the damaged files (see
+    /// [`Approvals::damaged`]).
+    pub fn sweep(&self, now: f64) -> Result<Sweep, ApprovalError> {
         let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        let mut gone = Vec::new();
-        for p in self.list()?.into_iter().flatten() {
+        let listed = self.list()?;
+        let mut expired = Vec::new();
+        for p in listed.iter().flatten() {
             if p.expires_unix <= now {
                 self.remove(&p.id)?;
-                gone.push(p);
+                expired.push(p.clone());
             }
         }
-        Ok(gone)
+        Ok(Sweep {
+            expired,
+            damaged: damaged(listed),
+        })
     }
 
     /// Plans approved while the agent was down: those to run, taken out of the queue
@@ -435,6 +464,31 @@ mod tests {
             "actions": [{"kind": "k8s.drain", "target": {"node": "n1"}}]
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn one_sweep_takes_out_the_expired_and_reports_the_damaged() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Approvals::open(dir.path()).unwrap();
+        let ttl = std::time::Duration::from_secs(60);
+        let old = q
+            .request("drain", &Anomaly::default(), &plan(), 0, 1000.0, ttl)
+            .unwrap();
+        let fresh = q
+            .request("drain", &Anomaly::default(), &plan(), 0, 1050.0, ttl)
+            .unwrap();
+        let bad = dir.path().join("ap-0000000000000001.json");
+        std::fs::write(&bad, "{ torn").unwrap();
+        let sweep = q.sweep(1060.0).unwrap();
+        let expired: Vec<_> = sweep.expired.iter().map(|p| p.id.as_str()).collect();
+        assert_eq!(expired, [old.id.as_str()]);
+        assert_eq!(sweep.damaged.len(), 1);
+        assert_eq!(sweep.damaged[0].0, bad);
+        // The damaged file is reported, not moved; the fresh plan waits on.
+        assert!(bad.exists());
+        let left: Vec<_> = q.list().unwrap().into_iter().flatten().collect();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].id, fresh.id);
     }
 
     #[test]

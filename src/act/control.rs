@@ -210,8 +210,17 @@ impl Control {
         let Some(q) = &self.approvals else {
             return Ok(());
         };
-        self.set_aside_damaged(q).await?;
-        for p in q.expire(unix_now())? {
+        // Off the async runtime: a directory read and a file per plan.
+        let queue = Arc::clone(q);
+        let now = unix_now();
+        let sweep = tokio::task::spawn_blocking(move || queue.sweep(now))
+            .await
+            .map_err(|e| ApprovalError::Io {
+                path: q.dir().to_path_buf(),
+                source: std::io::Error::other(e),
+            })??;
+        self.set_aside_damaged(q, sweep.damaged).await?;
+        for p in sweep.expired {
             warn!(id = %p.id, playbook = %p.playbook, "plan expired unapproved: it never runs");
             self.audit
                 .record(Event::ApprovalExpired(decided(
@@ -244,9 +253,12 @@ impl Control {
     /// Audits and moves aside each file of the queue that did not parse at two sweeps in
     /// a row; it can never run. A file that cannot be moved is logged, not audited again,
     /// and holds up nothing else.
-    async fn set_aside_damaged(&self, q: &Approvals) -> Result<(), ControlError> {
+    async fn set_aside_damaged(
+        &self,
+        q: &Approvals,
+        damaged: Vec<(PathBuf, String)>,
+    ) -> Result<(), ControlError> {
         let mut seen = self.damaged.lock().await;
-        let damaged = q.damaged()?;
         let suspects = std::mem::take(&mut seen.suspects);
         seen.stuck.retain(|p| damaged.iter().any(|(d, _)| d == p));
         for (path, message) in damaged {
