@@ -515,23 +515,14 @@ pub fn incident(log: &Path, id: &str) -> Result<Vec<(PathBuf, AuditRecord)>, Aud
 /// Streams the records of the given `kinds` to `f`, in log order; lines of other kinds
 /// are skipped unparsed (the log may be large).
 pub fn scan(path: &Path, kinds: &[&str], mut f: impl FnMut(AuditRecord)) -> Result<(), AuditError> {
-    use std::io::BufRead as _;
-    let file = std::fs::File::open(path).map_err(io_err(path))?;
-    let needles: Vec<String> = kinds
-        .iter()
-        .map(|k| format!("\"kind\":{}", Value::from(*k)))
-        .collect();
-    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(io_err(path))?;
-        if !needles.iter().any(|n| line.contains(n.as_str())) {
-            continue;
-        }
-        let rec = parse_line(path, i, &line)?;
+    let needles: Vec<String> = kinds.iter().map(|k| kind_needle(k)).collect();
+    lines_holding(path, &needles, |i, line| {
+        let rec = parse_line(path, i, line)?;
         if kinds.contains(&rec.kind.as_str()) {
             f(rec);
         }
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 /// The plan hash the log recorded when approval `id` was queued (its latest
@@ -539,28 +530,48 @@ pub fn scan(path: &Path, kinds: &[&str], mut f: impl FnMut(AuditRecord)) -> Resu
 /// not read is passed over: the record that counts was written whole and synced long
 /// before, and one that cannot be read is no evidence (the caller then refuses).
 pub fn requested_hash(log: &Path, id: &str) -> Result<Option<String>, AuditError> {
-    use std::io::BufRead as _;
-    let needle = format!("\"kind\":{}", Value::from("approval_requested"));
+    let needle = [kind_needle("approval_requested")];
     let quoted = Value::from(id).to_string();
     let mut found = None;
     for path in chain_files(log) {
-        let file = std::fs::File::open(&path).map_err(io_err(&path))?;
-        for line in std::io::BufReader::new(file).lines() {
-            let line = line.map_err(io_err(&path))?;
-            if !line.contains(&needle) || !line.contains(&quoted) {
-                continue;
+        lines_holding(&path, &needle, |_, line| {
+            if !line.contains(&quoted) {
+                return Ok(());
             }
-            let Ok(rec) = serde_json::from_str::<AuditRecord>(&line) else {
-                continue;
-            };
-            if let Ok(Event::ApprovalRequested(r)) = rec.event() {
+            let rec = serde_json::from_str::<AuditRecord>(line).ok();
+            if let Some(Ok(Event::ApprovalRequested(r))) = rec.map(|r| r.event()) {
                 if r.id == id {
                     found = Some(r.plan_hash);
                 }
             }
-        }
+            Ok(())
+        })?;
     }
     Ok(found)
+}
+
+/// How a record of `kind` reads in a line: a test on the text that spares parsing the
+/// records nobody asked for.
+fn kind_needle(kind: &str) -> String {
+    format!("\"kind\":{}", Value::from(kind))
+}
+
+/// Calls `f` with each line of one log file (and its index) that holds one of
+/// `needles`, read as it goes.
+fn lines_holding(
+    path: &Path,
+    needles: &[String],
+    mut f: impl FnMut(usize, &str) -> Result<(), AuditError>,
+) -> Result<(), AuditError> {
+    use std::io::BufRead as _;
+    let file = std::fs::File::open(path).map_err(io_err(path))?;
+    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(io_err(path))?;
+        if needles.iter().any(|n| line.contains(n.as_str())) {
+            f(i, &line)?;
+        }
+    }
+    Ok(())
 }
 
 /// Why an audit log stopped taking records, if it has (see [`Auditor::failure`]).
