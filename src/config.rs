@@ -170,6 +170,23 @@ pub struct SignalConfig {
     pub alert: bool,
     /// The alarm's `severity` label.
     pub severity: String,
+    /// Which of its series have per-series gauges on `/metrics`.
+    pub export: Export,
+}
+
+/// Which series of a signal have per-series gauges (score, band, value, ...) on
+/// `/metrics`: each is six samples per scrape, so a signal of tens of thousands of
+/// series may keep only those that matter.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Export {
+    /// Every series it tracks.
+    #[default]
+    All,
+    /// Only series while an anomaly is open on them.
+    Open,
+    /// None (the signal's health gauges stay).
+    None,
 }
 
 /// Default request timeout for Prometheus.
@@ -566,7 +583,7 @@ impl Config {
                         w.err(&path, "must be a table");
                         continue;
                     };
-                    let mut keys = vec!["name", "query", "alert", "severity"];
+                    let mut keys = vec!["name", "query", "alert", "severity", "export"];
                     keys.extend_from_slice(DETECTION_KEYS);
                     w.known(t, &path, &keys);
                     let name = w.string(t, &path, "name").unwrap_or_default();
@@ -608,12 +625,25 @@ impl Config {
                             format!("{severity:?} must be 1 to 64 characters of [a-zA-Z0-9_-]"),
                         );
                     }
+                    let export = match w.opt_string(t, &path, "export").as_deref() {
+                        None | Some("all") => Export::All,
+                        Some("open") => Export::Open,
+                        Some("none") => Export::None,
+                        Some(other) => {
+                            w.err(
+                                &format!("{path}.export"),
+                                format!("{other:?} is not one of all, open, none"),
+                            );
+                            Export::All
+                        }
+                    };
                     signals.push(SignalConfig {
                         name,
                         query,
                         detection,
                         alert,
                         severity,
+                        export,
                     });
                 }
             }
@@ -1850,6 +1880,7 @@ mod effector_tests {
             "alarms on by default once Alertmanager is set"
         );
         assert_eq!(c.signals[0].severity, "warning");
+        assert_eq!(c.signals[0].export, Export::All, "every series on /metrics");
     }
 
     #[test]
@@ -1940,9 +1971,14 @@ mod effector_tests {
         }
         assert_eq!(errs.len(), want.len(), "{errs:#?}");
         let errs = parse(
-            "[[signals]]\nname = \"b\"\nquery = \"up\"\nalert = \"yes\"\nseverity = \"very bad\"\n",
+            "[[signals]]\nname = \"b\"\nquery = \"up\"\nalert = \"yes\"\nseverity = \"very bad\"\nexport = \"some\"\n",
         )
         .unwrap_err();
+        assert!(
+            errs.iter().any(|e| e
+                .starts_with("signals[0].export: \"some\" is not one of all, open, none")),
+            "{errs:#?}"
+        );
         assert!(
             errs.iter()
                 .any(|e| e.starts_with("signals[0].alert: expected true or false")),

@@ -17,7 +17,7 @@ use serde_json::json;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use common::{noise, now_secs, of_kind, verify_log, Daemon};
+use common::{noise, now_secs, of_kind, sample, verify_log, Daemon};
 
 const QUERY: &str = "max by (pod) (hs_test_latency)";
 
@@ -238,6 +238,54 @@ async fn ticks_pass(d: &Daemon, n: u64) {
         ticks(d) >= target
     })
     .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_signal_exporting_open_series_shows_only_the_anomalous_one_on_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::new().with_history(QUERY, &["spiky", "clean"]);
+    fake.set(&[("spiky", 100.0), ("clean", 99.5)]);
+    let cfg = config_with(dir.path(), &[], "", "close_after = 3", "export = \"open\"");
+    let d = start(cfg, fake.clone()).await;
+    let metrics = || async { common::http_get(&d.url("/metrics")).await.unwrap().1 };
+    let score = |pod: &str| format!("homeostat_anomaly_score{{signal=\"latency\",pod=\"{pod}\"}}");
+    let m = metrics().await;
+    assert!(!m.contains("homeostat_anomaly_score{"), "{m}");
+    // The signal's own health stays.
+    assert_eq!(
+        sample(&m, "homeostat_signal_up{signal=\"latency\"}"),
+        Some(1.0),
+        "{m}"
+    );
+
+    fake.set(&[("spiky", 300.0), ("clean", 99.5)]);
+    d.wait_for("the anomaly", Duration::from_secs(5), |d| {
+        !d.kinds("anomaly_opened").is_empty()
+    })
+    .await;
+    ticks_pass(&d, 1).await;
+    let m = metrics().await;
+    assert!(sample(&m, &score("spiky")).is_some(), "{m}");
+    assert_eq!(
+        sample(
+            &m,
+            "homeostat_anomaly_open{signal=\"latency\",pod=\"spiky\"}"
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(sample(&m, &score("clean")), None, "{m}");
+
+    // Closed, it is gone from the next scrape.
+    fake.set(&[("spiky", 100.0), ("clean", 99.5)]);
+    d.wait_for("the close", Duration::from_secs(30), |d| {
+        !d.kinds("anomaly_closed").is_empty()
+    })
+    .await;
+    ticks_pass(&d, 1).await;
+    let m = metrics().await;
+    assert_eq!(sample(&m, &score("spiky")), None, "{m}");
+    d.stop().await;
 }
 
 #[tokio::test(start_paused = true)]

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::time::Instant;
 
 use crate::anomaly::{anomaly_id, Anomaly};
-use crate::config::SignalConfig;
+use crate::config::{Export, SignalConfig};
 use crate::detect::{Assessment, Detector, Transition};
 use crate::labels::Labels;
 use crate::metrics::{SeriesGauge, SignalHealth};
@@ -505,9 +505,15 @@ impl SignalWatch {
             up: self.up,
             series: self.series.len(),
         };
+        let export = self.cfg.export;
         let gauges = self
             .series
             .iter()
+            .filter(|(_, series)| match export {
+                Export::All => true,
+                Export::Open => series.open.is_some(),
+                Export::None => false,
+            })
             .map(|(labels, series)| {
                 let a = series.assessment;
                 SeriesGauge {
