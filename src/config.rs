@@ -25,6 +25,20 @@ pub enum Direction {
     Both,
 }
 
+/// Whether surprises that keep coming become the series' routine (ensemble).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Repeats {
+    /// Surprises that recur, no larger than the earlier ones, are as likely as their
+    /// rate, and one at the same time of day on the previous days is a habit: a bursty
+    /// source or a nightly job stops alarming.
+    #[default]
+    Routine,
+    /// Every surprise alarms, however often it came before: the signal's recurring
+    /// spikes are incidents each time (OOM kills, crash loops, a flapping link).
+    Alarm,
+}
+
 /// The whole configuration, validated.
 #[derive(Debug, Clone, Serialize)]
 pub struct Config {
@@ -140,6 +154,8 @@ pub struct DetectionConfig {
     pub direction: Direction,
     /// Points a new series is watched before it may alarm (ensemble).
     pub warmup: u32,
+    /// Whether recurring surprises become routine (ensemble).
+    pub repeats: Repeats,
     /// Which baseline scores points: `ensemble` (default: streaming statistics, a daily
     /// profile, change points and k-means, calibrated to a likelihood in [0, 1]) or
     /// `robust` (rolling median/MAD, score = robust z).
@@ -321,6 +337,7 @@ impl Default for DetectionConfig {
             min_relative_deviation: 0.0,
             direction: Direction::Both,
             warmup: 64,
+            repeats: Repeats::Routine,
             engine,
         }
     }
@@ -682,6 +699,7 @@ const DETECTION_KEYS: &[&str] = &[
     "min_deviation",
     "min_relative_deviation",
     "direction",
+    "repeats",
     "warmup",
     "engine",
 ];
@@ -978,6 +996,16 @@ impl Walker {
                 } else {
                     *slot = v;
                 }
+            }
+        }
+        if let Some(s) = self.opt_string(t, path, "repeats") {
+            match s.as_str() {
+                "routine" => d.repeats = Repeats::Routine,
+                "alarm" => d.repeats = Repeats::Alarm,
+                _ => self.err(
+                    &join(path, "repeats"),
+                    format!("{s:?} is not one of routine, alarm"),
+                ),
             }
         }
         if let Some(s) = self.opt_string(t, path, "direction") {
@@ -1881,6 +1909,7 @@ mod effector_tests {
         );
         assert_eq!(c.signals[0].severity, "warning");
         assert_eq!(c.signals[0].export, Export::All, "every series on /metrics");
+        assert_eq!(c.signals[0].detection.repeats, Repeats::Routine);
     }
 
     #[test]
@@ -1971,12 +2000,18 @@ mod effector_tests {
         }
         assert_eq!(errs.len(), want.len(), "{errs:#?}");
         let errs = parse(
-            "[[signals]]\nname = \"b\"\nquery = \"up\"\nalert = \"yes\"\nseverity = \"very bad\"\nexport = \"some\"\n",
+            "[[signals]]\nname = \"b\"\nquery = \"up\"\nalert = \"yes\"\nseverity = \"very bad\"\nexport = \"some\"\nrepeats = \"never\"\n",
         )
         .unwrap_err();
         assert!(
             errs.iter().any(|e| e
                 .starts_with("signals[0].export: \"some\" is not one of all, open, none")),
+            "{errs:#?}"
+        );
+        assert!(
+            errs.iter().any(
+                |e| e.starts_with("signals[0].repeats: \"never\" is not one of routine, alarm")
+            ),
             "{errs:#?}"
         );
         assert!(

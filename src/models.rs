@@ -92,6 +92,9 @@ pub fn detection_hash(d: &DetectionConfig) -> String {
     if let Some(per) = d.threshold_per {
         shaping["threshold_per"] = per.as_secs_f64().into();
     }
+    if d.repeats != crate::config::Repeats::Routine {
+        shaping["repeats"] = serde_json::json!(d.repeats);
+    }
     let digest = <sha2::Sha256 as sha2::Digest>::digest(shaping.to_string().as_bytes());
     hex::encode(&digest[..8])
 }
@@ -344,6 +347,17 @@ mod tests {
             load(dir.path(), "s", &hysteresis_only).unwrap().is_some(),
             "hysteresis does not shape models"
         );
+        let repeats_alarm = DetectionConfig {
+            repeats: crate::config::Repeats::Alarm,
+            ..cfg.clone()
+        };
+        assert!(
+            load(dir.path(), "s", &repeats_alarm).is_err(),
+            "its tails' verdicts and habits differ"
+        );
+        // The default's hash is the one models were saved under before `repeats` (or
+        // `threshold_per`) existed: they still load after an upgrade.
+        assert_eq!(detection_hash(&cfg), "4d317592c288b97c");
         std::fs::write(path(dir.path(), "s"), r#"{"schema": 99}"#).unwrap();
         assert!(load(dir.path(), "s", &cfg)
             .unwrap_err()

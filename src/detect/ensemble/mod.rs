@@ -25,7 +25,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{directional, Assessment, Baseline, Evidence};
-use crate::config::{DetectionConfig, Direction};
+use crate::config::{DetectionConfig, Direction, Repeats};
 use clock::{Clock, Tick};
 use habits::{habitual, Habits, Recurrence};
 use profile::{bucket, explains, may_veto, DailyProfile};
@@ -88,9 +88,19 @@ pub struct Ensemble {
     warmup: f64,
     /// The signal's threshold: anomalies are what habits are made of.
     threshold: f64,
+    /// Whether recurring surprises become routine (the signal's `repeats`). Saved only
+    /// when not routine, so models saved before it existed, routine all, load and save
+    /// as the same JSON.
+    #[serde(default, skip_serializing_if = "is_routine")]
+    repeats: Repeats,
     /// When the points came.
     #[serde(flatten)]
     clock: Clock,
+}
+
+/// Whether recurring surprises are routine (the default, not saved).
+fn is_routine(r: &Repeats) -> bool {
+    *r == Repeats::Routine
 }
 
 /// One point as the components take it in.
@@ -178,6 +188,7 @@ impl Ensemble {
             band: 4.0,
             warmup: f64::from(cfg.warmup),
             threshold: cfg.threshold,
+            repeats: cfg.repeats,
             clock: Clock::new(cfg.threshold_per.map_or(0.0, |d| d.as_secs_f64())),
         }
     }
@@ -212,18 +223,21 @@ impl Ensemble {
         let (dir, w, gap) = (self.direction, p.tick.w, p.tick.gap);
         let warm = self.plain.steps > self.warmup;
         let raw_plain = self.plain.raw(p.x, p.floor, 1.0, w, gap);
-        let plain = warm.then(|| judge_view(&mut self.plain_tails, raw_plain, dir, w));
+        let routine = self.repeats == Repeats::Routine;
+        let plain = warm.then(|| judge_view(&mut self.plain_tails, raw_plain, dir, w, routine));
         // The path's shape (k-means distance) counts in every view, on the side the
         // signal cares about.
         let distance = self.shape.see(p.x, w, p.tick.missed);
         let shape_side = dir == Direction::Both || directional(raw_plain[LEVEL], dir) > SIDE_MARGIN;
-        let shape = self.shape.judge(if shape_side { distance } else { 0.0 }, w);
+        let shape = self
+            .shape
+            .judge(if shape_side { distance } else { 0.0 }, w, routine);
         // Ready as of before this point, which they then learn.
         let resid_ready = self.resid_tails.iter().all(Spot::ready);
         let resid = match p.predicted {
             Some(predicted) if self.resid.steps > self.warmup => {
                 let raw = self.resid.raw(p.x - predicted, p.floor, p.even, w, gap);
-                Some(judge_view(&mut self.resid_tails, raw, dir, w))
+                Some(judge_view(&mut self.resid_tails, raw, dir, w, routine))
             }
             _ => None,
         };
@@ -317,8 +331,9 @@ impl Ensemble {
         // it once judged).
         let warming_up = !v.warm || self.plain_tails[0].warming_up_with(p.tick.w);
         // Anomalous points are remembered by time of day; one that recurs daily is a habit.
-        let recurrence = (!warming_up && score >= self.threshold)
-            .then(|| self.habits.recall(p.t, deviation.abs()));
+        let recurrence =
+            (self.repeats == Repeats::Routine && !warming_up && score >= self.threshold)
+                .then(|| self.habits.recall(p.t, deviation.abs()));
         let score = if recurrence.is_some_and(|r| r.habit) {
             habitual(self.threshold)
         } else {
@@ -419,7 +434,13 @@ impl Baseline for Ensemble {
 
 /// One view's verdict on its raw component scores (a point worth `w` of a step): each
 /// component judged by its own tail, the most surprised one speaking for the view.
-fn judge_view(tails: &mut [Spot; STAT_COMPONENTS], raw: Raw, dir: Direction, w: f64) -> Verdict {
+fn judge_view(
+    tails: &mut [Spot; STAT_COMPONENTS],
+    raw: Raw,
+    dir: Direction,
+    w: f64,
+    routine: bool,
+) -> Verdict {
     // For one direction, every component speaks only while the point is on that side of
     // the level, and the recent (fast) level too: the steep recovery from a dip is no
     // rise of latency, and neither is a busy drop.
@@ -427,7 +448,7 @@ fn judge_view(tails: &mut [Spot; STAT_COMPONENTS], raw: Raw, dir: Direction, w: 
         || (directional(raw[LEVEL], dir) > SIDE_MARGIN && directional(raw[SHIFT], dir) > 0.0);
     let mut judge = |i: usize| {
         let r = if side { directional(raw[i], dir) } else { 0.0 };
-        tails[i].judge(r, w)
+        tails[i].judge(r, w, routine)
     };
     // Spelt out, not `array::from_fn`, whose fallible machinery costs a fifth of the
     // judging itself (the array's type checks that all components are there).
@@ -631,5 +652,36 @@ mod tests {
             "{}",
             std::mem::size_of::<Ensemble>()
         );
+    }
+
+    #[test]
+    fn with_repeats_alarm_every_spike_and_every_night_alarms() {
+        // The series of `repeated_surprises_become_a_pattern` and of the nightly job's
+        // habit test, for a signal whose repeats are incidents: each one alarms.
+        let alarm = Ensemble::new(&DetectionConfig {
+            repeats: Repeats::Alarm,
+            ..DetectionConfig::default()
+        });
+        let spikes: Vec<f64> = (0..10_000)
+            .map(|i| 10.0 + noisy(i) + if i % 500 == 250 { 30.0 } else { 0.0 })
+            .collect();
+        let hits = alarms(&mut alarm.clone(), &spikes, 1000, threshold());
+        let alarmed = (1000..10_000)
+            .filter(|i| i % 500 == 250 && hits.iter().any(|h| (*i..i + 3).contains(h)))
+            .count();
+        assert_eq!(alarmed, 18, "{hits:?}");
+
+        let job = |d: usize| d * DAY + 36 + (d * 17) % 8;
+        let mut nights: Vec<f64> = (0..10 * DAY).map(|i| 10.0 + noisy(i)).collect();
+        for d in 0..10 {
+            nights[job(d)] += 30.0;
+        }
+        let hits = alarms(&mut alarm.clone(), &nights, DAY, threshold());
+        for d in 1..10 {
+            assert!(
+                hits.iter().any(|h| (job(d)..job(d) + 3).contains(h)),
+                "night {d}: {hits:?}"
+            );
+        }
     }
 }

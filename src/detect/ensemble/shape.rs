@@ -64,8 +64,8 @@ impl Shape {
     }
 
     /// The tail's judgement of distance `r` (a point worth `w` of a step).
-    pub(super) fn judge(&mut self, r: f64, w: f64) -> Judgement {
-        self.tail.judge(r, w)
+    pub(super) fn judge(&mut self, r: f64, w: f64, routine: bool) -> Judgement {
+        self.tail.judge(r, w, routine)
     }
 
     /// The likelihood that the path's shape is unusual: the tail's, discounted by
@@ -112,7 +112,7 @@ mod tests {
     #[test]
     fn an_untrained_k_means_says_nothing() {
         let mut s = Shape::new();
-        let j = s.judge(100.0, 1.0);
+        let j = s.judge(100.0, 1.0, true);
         assert_eq!(s.likelihood(&j), 0.0);
     }
 }

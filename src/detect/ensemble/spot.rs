@@ -103,8 +103,9 @@ pub(super) struct Judgement {
 
 impl Spot {
     /// Judges raw score `r` of a point worth `w` of a step: smooths it into the recent
-    /// score and says how unusual that is. (What it learns is [`Spot::learn`]'s.)
-    pub(super) fn judge(&mut self, r: f64, w: f64) -> Judgement {
+    /// score and says how unusual that is; `routine`: whether recurring surprises are as
+    /// likely as their rate. (What it learns is [`Spot::learn`]'s, either way.)
+    pub(super) fn judge(&mut self, r: f64, w: f64, routine: bool) -> Judgement {
         let r = r.min(RAW_CAP);
         if self.seen == 0.0 {
             (self.short, self.judged, self.quantile) = (r, r, r);
@@ -130,7 +131,8 @@ impl Spot {
         let surprise = tail.is_some_and(|p| p < LEARN_BELOW_RISK);
         // Surprises that keep coming, no larger than the earlier ones, are a pattern of this
         // series (a nightly job, a bursty source): they are as likely as their recent rate.
-        let repeat = surprise
+        let repeat = routine
+            && surprise
             && self.surprises >= REPEATS_ARE_NORMAL
             && excess <= BIGGER_BY * self.surprise_max;
         let judged = self.judged.max(ALPHA_SHORT * r);
