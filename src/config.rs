@@ -202,7 +202,8 @@ pub enum Export {
     /// Only series while an anomaly is open on them.
     Open,
     /// None (the signal's health gauges stay).
-    None,
+    #[serde(rename = "none")]
+    Off,
 }
 
 /// Default request timeout for Prometheus.
@@ -645,7 +646,7 @@ impl Config {
                     let export = match w.opt_string(t, &path, "export").as_deref() {
                         None | Some("all") => Export::All,
                         Some("open") => Export::Open,
-                        Some("none") => Export::None,
+                        Some("none") => Export::Off,
                         Some(other) => {
                             w.err(
                                 &format!("{path}.export"),

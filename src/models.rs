@@ -92,7 +92,8 @@ pub fn detection_hash(d: &DetectionConfig) -> String {
     if let Some(per) = d.threshold_per {
         shaping["threshold_per"] = per.as_secs_f64().into();
     }
-    if d.repeats != crate::config::Repeats::Routine {
+    // The robust engine has no repeats rule: the setting does not shape its models.
+    if d.engine == crate::config::Engine::Ensemble && d.repeats != crate::config::Repeats::Routine {
         shaping["repeats"] = serde_json::json!(d.repeats);
     }
     let digest = <sha2::Sha256 as sha2::Digest>::digest(shaping.to_string().as_bytes());

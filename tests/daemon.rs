@@ -1664,6 +1664,11 @@ async fn a_plan_rewritten_with_a_matching_hash_is_refused_because_the_log_record
     ticks_pass(&d, 2).await;
     assert!(d.kinds("approval_granted").is_empty());
     assert!(d.kinds("action_intent").is_empty());
+    // Its plan edited, its hash left as recorded: not the audited plan either.
+    std::fs::write(&file, to_prod(&original)).unwrap();
+    let (_, shown) = call(d.addr, "GET", &show, "", Some(TOKEN)).await;
+    assert_eq!(shown["plan_hash"], p1["plan_hash"]);
+    assert_eq!(shown["audit"]["matches"], json!(false), "{shown}");
     // The plan as queued and audited is shown as such, approved and runs.
     std::fs::write(&file, &original).unwrap();
     let (_, shown) = call(d.addr, "GET", &show, "", Some(TOKEN)).await;

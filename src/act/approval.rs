@@ -117,7 +117,7 @@ pub fn plan_hash(plan: &Plan) -> String {
 /// What one pass over the queue found (see [`Approvals::sweep`]).
 #[derive(Debug, Default)]
 pub struct Sweep {
-    /// Plans whose TTL passed, now out of the queue.
+    /// Plans whose TTL passed, still in the queue.
     pub expired: Vec<Pending>,
     /// Files that do not parse, with why.
     pub damaged: Vec<(PathBuf, String)>,
@@ -369,26 +369,42 @@ impl Approvals {
     /// Takes out every plan whose TTL passed (approved-offline ones included: a stale
     /// approval must not run days later).
     pub fn expire(&self, now: f64) -> Result<Vec<Pending>, ApprovalError> {
-        Ok(self.sweep(now)?.expired)
-    }
-
-    /// One pass over the queue, as the agent makes at each tick: takes out the plans
-    /// whose TTL passed (see [`Approvals::expire`]) and reports the damaged files (see
-    /// [`Approvals::damaged`]).
-    pub fn sweep(&self, now: f64) -> Result<Sweep, ApprovalError> {
-        let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        let listed = self.list()?;
-        let mut expired = Vec::new();
-        for p in listed.iter().flatten() {
-            if p.expires_unix <= now {
-                self.remove(&p.id)?;
-                expired.push(p.clone());
+        let mut gone = Vec::new();
+        for p in self.sweep(now)?.expired {
+            if self.remove_expired(&p.id, now)? {
+                gone.push(p);
             }
         }
+        Ok(gone)
+    }
+
+    /// One pass over the queue, as the agent makes at each tick: the plans whose TTL
+    /// passed, still in the queue (to be audited, then [`Approvals::remove_expired`]),
+    /// and the damaged files (see [`Approvals::damaged`]).
+    pub fn sweep(&self, now: f64) -> Result<Sweep, ApprovalError> {
+        let listed = self.list()?;
+        let expired = listed
+            .iter()
+            .flatten()
+            .filter(|p| p.expires_unix <= now)
+            .cloned()
+            .collect();
         Ok(Sweep {
             expired,
             damaged: damaged(listed),
         })
+    }
+
+    /// Takes plan `id` out of the queue if its TTL has passed by `now`; whether it did
+    /// (not if it is gone, or no longer expired: rewritten since).
+    pub fn remove_expired(&self, id: &str, now: f64) -> Result<bool, ApprovalError> {
+        let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        match self.show(id) {
+            Ok(p) if p.expires_unix <= now => self.remove(id).map(|()| true),
+            // A damaged file is the damaged sweep's to set aside.
+            Ok(_) | Err(ApprovalError::NotFound(_) | ApprovalError::Damaged { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Plans approved while the agent was down: those to run, taken out of the queue
@@ -467,7 +483,7 @@ mod tests {
     }
 
     #[test]
-    fn one_sweep_takes_out_the_expired_and_reports_the_damaged() {
+    fn one_sweep_finds_the_expired_and_the_damaged_and_only_the_expired_are_removed() {
         let dir = tempfile::tempdir().unwrap();
         let q = Approvals::open(dir.path()).unwrap();
         let ttl = std::time::Duration::from_secs(60);
@@ -484,7 +500,14 @@ mod tests {
         assert_eq!(expired, [old.id.as_str()]);
         assert_eq!(sweep.damaged.len(), 1);
         assert_eq!(sweep.damaged[0].0, bad);
-        // The damaged file is reported, not moved; the fresh plan waits on.
+        // Nothing leaves the queue before its expiry is audited.
+        assert_eq!(q.list().unwrap().len(), 3);
+        // Then the expired one is taken out, once; the fresh plan and the damaged file
+        // (the damaged sweep's) stay.
+        assert!(q.remove_expired(&old.id, 1060.0).unwrap());
+        assert!(!q.remove_expired(&old.id, 1060.0).unwrap());
+        assert!(!q.remove_expired(&fresh.id, 1060.0).unwrap());
+        assert!(!q.remove_expired("ap-0000000000000001", 1060.0).unwrap());
         assert!(bad.exists());
         let left: Vec<_> = q.list().unwrap().into_iter().flatten().collect();
         assert_eq!(left.len(), 1);

@@ -58,8 +58,8 @@ pub struct Control {
     audited: Mutex<Option<String>>,
     approvals: Option<Arc<Approvals>>,
     run: Option<tokio::sync::mpsc::UnboundedSender<Approved>>,
-    /// The queue's files that did not parse: held across each sweep, so the tick and an
-    /// approval's expiry never audit one twice.
+    /// The queue's files that did not parse. Held across each sweep of the queue, so
+    /// the tick and an approval's expiry never audit an expiry or a damaged file twice.
     damaged: tokio::sync::Mutex<Damaged>,
 }
 
@@ -135,12 +135,20 @@ impl Control {
 
     /// One waiting plan, and how it stands against the audit log's record of its
     /// request (read off the async runtime: the log may be large).
-    pub async fn approval(&self, id: &str) -> Result<(Pending, AuditMatch), ControlError> {
+    pub async fn approval(
+        &self,
+        id: &str,
+    ) -> Result<(Pending, Result<AuditMatch, ApprovalError>), ControlError> {
         let p = self.queue()?.show(id)?;
         let (log, pending) = (self.audit.path().to_path_buf(), p.clone());
         let m = tokio::task::spawn_blocking(move || audit_match(&log, &pending))
             .await
-            .map_err(|e| self.blocking_failed(e))??;
+            .unwrap_or_else(|e| {
+                Err(ApprovalError::Io {
+                    path: self.audit.path().to_path_buf(),
+                    source: std::io::Error::other(e),
+                })
+            });
         Ok((p, m))
     }
 
@@ -210,17 +218,13 @@ impl Control {
         let Some(q) = &self.approvals else {
             return Ok(());
         };
+        let mut seen = self.damaged.lock().await;
         // Off the async runtime: a directory read and a file per plan.
-        let queue = Arc::clone(q);
         let now = unix_now();
-        let sweep = tokio::task::spawn_blocking(move || queue.sweep(now))
-            .await
-            .map_err(|e| ApprovalError::Io {
-                path: q.dir().to_path_buf(),
-                source: std::io::Error::other(e),
-            })??;
-        self.set_aside_damaged(q, sweep.damaged).await?;
+        let sweep = self.blocking(q, move |q| q.sweep(now)).await?;
         for p in sweep.expired {
+            // Audited before it leaves the queue: a failed write keeps it there for the
+            // next sweep, and a stop in between records it twice, never not at all.
             warn!(id = %p.id, playbook = %p.playbook, "plan expired unapproved: it never runs");
             self.audit
                 .record(Event::ApprovalExpired(decided(
@@ -229,8 +233,26 @@ impl Control {
                     "not approved in time",
                 )))
                 .await?;
+            let id = p.id.clone();
+            self.blocking(q, move |q| q.remove_expired(&id, now))
+                .await?;
         }
-        Ok(())
+        self.set_aside_damaged(q, &mut seen, sweep.damaged).await
+    }
+
+    /// Runs `f` on the queue off the async runtime (directory reads, fsyncs).
+    async fn blocking<T: Send + 'static>(
+        &self,
+        q: &Arc<Approvals>,
+        f: impl FnOnce(&Approvals) -> Result<T, ApprovalError> + Send + 'static,
+    ) -> Result<T, ApprovalError> {
+        let queue = Arc::clone(q);
+        tokio::task::spawn_blocking(move || f(&queue))
+            .await
+            .map_err(|e| ApprovalError::Io {
+                path: q.dir().to_path_buf(),
+                source: std::io::Error::other(e),
+            })?
     }
 
     /// [`audited_hash`], read off the async runtime (the log may be large).
@@ -256,9 +278,9 @@ impl Control {
     async fn set_aside_damaged(
         &self,
         q: &Approvals,
+        seen: &mut Damaged,
         damaged: Vec<(PathBuf, String)>,
     ) -> Result<(), ControlError> {
-        let mut seen = self.damaged.lock().await;
         let suspects = std::mem::take(&mut seen.suspects);
         seen.stuck.retain(|p| damaged.iter().any(|(d, _)| d == p));
         for (path, message) in damaged {
@@ -489,7 +511,8 @@ fn decided(p: &Pending, by: &str, reason: &str) -> ApprovalDecided {
 pub struct AuditMatch {
     /// The plan hash of the log's latest `approval_requested` for it (none: no record).
     pub recorded_plan_hash: Option<String>,
-    /// Whether that is the file's hash: only then can the plan be approved.
+    /// Whether the plan shown hashes to it, as the file's own `plan_hash` says: only
+    /// then can it be approved.
     pub matches: bool,
 }
 
@@ -497,39 +520,46 @@ pub struct AuditMatch {
 /// whole log, blocking). The files carry their own hash, so a plan rewritten with a
 /// matching one would otherwise pass.
 pub fn audit_match(audit_log: &Path, p: &Pending) -> Result<AuditMatch, ApprovalError> {
-    let recorded =
-        crate::audit::requested_hash(audit_log, &p.id).map_err(|e| ApprovalError::Io {
-            path: audit_log.to_path_buf(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
+    let recorded = recorded_hash(audit_log, &p.id)?;
+    let actual = approval::plan_hash(&p.plan);
     Ok(AuditMatch {
-        matches: recorded.as_deref() == Some(p.plan_hash.as_str()),
+        matches: actual == p.plan_hash && recorded.as_deref() == Some(actual.as_str()),
         recorded_plan_hash: recorded,
     })
 }
 
+/// The plan hash `audit_log` recorded when approval `id` was queued, if it did.
+fn recorded_hash(audit_log: &Path, id: &str) -> Result<Option<String>, ApprovalError> {
+    crate::audit::requested_hash(audit_log, id).map_err(|e| ApprovalError::Io {
+        path: audit_log.to_path_buf(),
+        source: std::io::Error::other(e.to_string()),
+    })
+}
+
 /// The hash `audit_log` recorded when `p` was queued, if it is the file's; refused
-/// otherwise (see [`audit_match`]).
+/// otherwise. (Whether the plan still hashes to it is the queue's check.)
 fn audited_hash(audit_log: &Path, p: &Pending) -> Result<String, ApprovalError> {
-    match audit_match(audit_log, p)? {
-        AuditMatch {
-            matches: true,
-            recorded_plan_hash: Some(h),
-        } => Ok(h),
-        m => Err(ApprovalError::NotAudited {
+    match recorded_hash(audit_log, &p.id)? {
+        Some(h) if h == p.plan_hash => Ok(h),
+        audited => Err(ApprovalError::NotAudited {
             id: p.id.clone(),
             file: p.plan_hash.clone(),
-            audited: m.recorded_plan_hash,
+            audited,
         }),
     }
 }
 
 /// A waiting plan as `approvals show` prints it: the file, and under `audit` how it
-/// stands against the log's record of its request.
-pub fn shown(p: &Pending, audit: &AuditMatch) -> Value {
+/// stands against the log's record of its request (or why that could not be read:
+/// the plan is shown all the same).
+pub fn shown(p: &Pending, audit: &Result<AuditMatch, ApprovalError>) -> Value {
     let mut v = serde_json::to_value(p).unwrap_or_default();
     if let Value::Object(o) = &mut v {
-        o.insert("audit".into(), json!(audit));
+        let audit = match audit {
+            Ok(m) => json!(m),
+            Err(e) => json!({ "error": e.to_string() }),
+        };
+        o.insert("audit".into(), audit);
     }
     v
 }
@@ -555,4 +585,35 @@ pub fn approve_offline(
         },
         unix_now(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn show_names_a_log_it_cannot_read_and_shows_the_plan_all_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Approvals::open(&dir.path().join("queue")).unwrap();
+        let plan = serde_json::from_value(json!({
+            "playbook": "drain", "anomaly_id": "an-1",
+            "actions": [{"kind": "k8s.drain", "target": {"node": "n1"}}]
+        }))
+        .unwrap();
+        let p = q
+            .request(
+                "drain",
+                &crate::anomaly::Anomaly::default(),
+                &plan,
+                0,
+                1000.0,
+                std::time::Duration::from_secs(60),
+            )
+            .unwrap();
+        let missing = dir.path().join("no-such-audit.jsonl");
+        let v = shown(&p, &audit_match(&missing, &p));
+        assert_eq!(v["plan_hash"], json!(p.plan_hash));
+        let error = v["audit"]["error"].as_str().unwrap_or_default();
+        assert!(error.contains("no-such-audit.jsonl"), "{v}");
+    }
 }

@@ -512,7 +512,7 @@ impl SignalWatch {
             .filter(|(_, series)| match export {
                 Export::All => true,
                 Export::Open => series.open.is_some(),
-                Export::None => false,
+                Export::Off => false,
             })
             .map(|(labels, series)| {
                 let a = series.assessment;

@@ -684,4 +684,19 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn repeats_alarm_is_saved_and_loaded_and_routine_is_not_written() {
+        let alarm = Ensemble::new(&DetectionConfig {
+            repeats: Repeats::Alarm,
+            ..DetectionConfig::default()
+        });
+        let saved = serde_json::to_string(&alarm).unwrap();
+        assert!(saved.contains("\"repeats\":\"alarm\""), "{saved}");
+        let loaded: Ensemble = serde_json::from_str(&saved).unwrap();
+        assert_eq!(loaded.repeats, Repeats::Alarm);
+        // Routine, the default, is not written: models saved before it load the same.
+        let routine = serde_json::to_string(&ensemble()).unwrap();
+        assert!(!routine.contains("repeats"), "{routine}");
+    }
 }
