@@ -252,10 +252,13 @@ impl Approvals {
             )));
         }
         let text = std::fs::read(path).map_err(io(path))?;
-        serde_json::from_slice(&text).map_err(|e| ApprovalError::Damaged {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })
+        let p: Pending = serde_json::from_slice(&text).map_err(|e| damaged(e.to_string()))?;
+        // A plan is found, approved and removed by its id, which names its file: one
+        // copied under another name would act on another plan's file.
+        if path.file_stem() != Some(std::ffi::OsStr::new(&p.id)) {
+            return Err(damaged(format!("it holds plan {:?}, not its file's", p.id)));
+        }
+        Ok(p)
     }
 
     /// The queue's directory.
@@ -542,6 +545,14 @@ mod tests {
         let fixed = dir.path().join(format!("{}.json", fixed.id));
         assert_eq!(q.set_aside(&fixed).unwrap(), None);
         assert!(fixed.exists());
+        // A plan copied under another plan's name is damaged: it names another file.
+        let copy = dir.path().join("ap-0000000000000003.json");
+        std::fs::copy(&fixed, &copy).unwrap();
+        assert!(matches!(
+            q.show("ap-0000000000000003"),
+            Err(ApprovalError::Damaged { message, .. }) if message.contains("not its file's")
+        ));
+        std::fs::remove_file(&copy).unwrap();
         // A link to a device is damaged, never read.
         let link = dir.path().join("ap-0000000000000002.json");
         std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
