@@ -213,8 +213,9 @@ impl Ensemble {
         // The time-of-day bucket, once per point: the profile's and the evener's.
         let bucket = bucket(t);
         let predicted = self.profile.predict(bucket);
-        // Across the profile's steps (a new half hour), the residuals' difference is
-        // taken the way that fits: see `Stats::rebase_previous`.
+        // Where the prediction moved since the previous point (at a new half hour; within
+        // one, by the little its bucket learnt), the residuals' difference is taken the
+        // way that fits: see `Stats::rebase_previous`.
         if let (Some(now), Some(last)) = (predicted, self.last_predicted) {
             if now != last {
                 self.resid.rebase_previous(x - now, now - last);

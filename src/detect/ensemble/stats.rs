@@ -82,7 +82,8 @@ pub(super) struct Stats {
 
 impl Stats {
     /// Where the prediction the residuals are taken against moved by `d` since the
-    /// previous point (the daily profile's next half hour), re-expresses the previous
+    /// previous point (the daily profile's next half hour, or its bucket's learning),
+    /// re-expresses the previous
     /// residual against the new prediction if the difference to residual `r` is then
     /// the more usual one. The profile is a step per half hour: a square daily wave
     /// steps with it, and its step explains the values' jump; a smooth wave is cut into
