@@ -1073,7 +1073,7 @@ async fn an_approval_file_that_does_not_parse_is_audited_once_and_set_aside_neve
     assert_eq!(rejected[0].data["by"], json!("homeostat"));
     let reason = rejected[0].data["reason"].as_str().unwrap();
     assert!(
-        reason.contains("does not parse") && reason.contains("ap-hand-edited.json"),
+        reason.contains("does not read as a plan") && reason.contains("ap-hand-edited.json"),
         "{reason}"
     );
     // Out of the queue, kept beside it as it was.

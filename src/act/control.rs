@@ -128,9 +128,14 @@ impl Control {
         self.approvals.as_deref().ok_or(ControlError::NoApprovals)
     }
 
-    /// Plans waiting for approval (damaged files are reported as errors in the list).
-    pub fn approvals(&self) -> Result<Vec<Result<Pending, ApprovalError>>, ControlError> {
-        Ok(self.queue()?.list()?)
+    /// Plans waiting for approval (damaged files are reported as errors in the list),
+    /// read off the async runtime.
+    pub async fn approvals(&self) -> Result<Vec<Result<Pending, ApprovalError>>, ControlError> {
+        Ok(self.blocking(self.queue_arc()?, |q| q.list()).await?)
+    }
+
+    fn queue_arc(&self) -> Result<&Arc<Approvals>, ControlError> {
+        self.approvals.as_ref().ok_or(ControlError::NoApprovals)
     }
 
     /// One waiting plan, and how it stands against the audit log's record of its
@@ -139,17 +144,13 @@ impl Control {
         &self,
         id: &str,
     ) -> Result<(Pending, Result<AuditMatch, ApprovalError>), ControlError> {
-        let p = self.queue()?.show(id)?;
-        let (log, pending) = (self.audit.path().to_path_buf(), p.clone());
-        let m = tokio::task::spawn_blocking(move || audit_match(&log, &pending))
-            .await
-            .unwrap_or_else(|e| {
-                Err(ApprovalError::Io {
-                    path: self.audit.path().to_path_buf(),
-                    source: std::io::Error::other(e),
-                })
-            });
-        Ok((p, m))
+        let (log, id) = (self.audit.path().to_path_buf(), id.to_string());
+        let shown = self.blocking(self.queue_arc()?, move |q| {
+            let p = q.show(&id)?;
+            let audit = audit_match(&log, &p);
+            Ok((p, audit))
+        });
+        Ok(shown.await?)
     }
 
     /// Approves a waiting plan whose hash starts with `hash`, audits it, and hands it
@@ -277,7 +278,7 @@ impl Control {
     /// and holds up nothing else.
     async fn set_aside_damaged(
         &self,
-        q: &Approvals,
+        q: &Arc<Approvals>,
         seen: &mut Damaged,
         damaged: Vec<(PathBuf, String)>,
     ) -> Result<(), ControlError> {
@@ -298,10 +299,10 @@ impl Control {
                 .filter(|id| approval::valid_id(id))
                 .unwrap_or_default();
             let why = format!(
-                "the file {} does not parse ({message}): set aside beside it as .damaged; it never runs",
+                "the file {} does not read as a plan ({message}): set aside beside it as .damaged; it never runs",
                 path.display()
             );
-            warn!(file = %path.display(), %message, "an approval file does not parse: it never runs");
+            warn!(file = %path.display(), %message, "an approval file does not read as a plan: it never runs");
             self.audit
                 .record(Event::ApprovalRejected(ApprovalDecided {
                     id: id.clone(),
@@ -311,11 +312,13 @@ impl Control {
                 }))
                 .await?;
             // Only once audited, as for a plan changed on disk.
-            match q.set_aside(&path) {
+            let aside = path.clone();
+            match self.blocking(q, move |q| q.set_aside(&aside)).await {
                 Ok(Some(_)) => {}
                 // Fixed by hand since: rejected all the same, as recorded.
                 Ok(None) if path.exists() && !id.is_empty() => {
-                    q.reject(&id)?;
+                    let id = id.clone();
+                    self.blocking(q, move |q| q.reject(&id)).await?;
                 }
                 Ok(None) => {}
                 Err(e) => {

@@ -299,7 +299,9 @@ async fn reset_breaker(
 /// `GET /api/v1/approvals`: plans waiting, oldest first.
 async fn approvals(State(s): State<AppState>) -> Result<Response, Rejection> {
     let c = control(&s)?;
-    Ok(reply(c.approvals().map(crate::act::approval::listing)))
+    Ok(reply(
+        c.approvals().await.map(crate::act::approval::listing),
+    ))
 }
 
 /// `GET /api/v1/approvals/{id}`.
