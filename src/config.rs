@@ -484,18 +484,19 @@ impl Config {
                     default_incident_labels()
                 }
             };
-            let mode = match w.opt_string(&t, "agent", "mode").as_deref() {
-                None | Some("dry-run") => crate::playbook::Mode::DryRun,
-                Some("approval") => crate::playbook::Mode::Approval,
-                Some("auto") => crate::playbook::Mode::Auto,
-                Some(other) => {
-                    w.err(
-                        "agent.mode",
-                        format!("{other:?} is not one of dry-run, approval, auto"),
-                    );
-                    crate::playbook::Mode::DryRun
-                }
-            };
+            use crate::playbook::Mode;
+            let mode = w
+                .keyword(
+                    &t,
+                    "agent",
+                    "mode",
+                    &[
+                        ("dry-run", Mode::DryRun),
+                        ("approval", Mode::Approval),
+                        ("auto", Mode::Auto),
+                    ],
+                )
+                .unwrap_or(Mode::DryRun);
             let listen = match w.opt_string(&t, "agent", "listen") {
                 Some(s) => s.parse().unwrap_or_else(|e| {
                     w.err(
@@ -643,18 +644,18 @@ impl Config {
                             format!("{severity:?} must be 1 to 64 characters of [a-zA-Z0-9_-]"),
                         );
                     }
-                    let export = match w.opt_string(t, &path, "export").as_deref() {
-                        None | Some("all") => Export::All,
-                        Some("open") => Export::Open,
-                        Some("none") => Export::Off,
-                        Some(other) => {
-                            w.err(
-                                &format!("{path}.export"),
-                                format!("{other:?} is not one of all, open, none"),
-                            );
-                            Export::All
-                        }
-                    };
+                    let export = w
+                        .keyword(
+                            t,
+                            &path,
+                            "export",
+                            &[
+                                ("all", Export::All),
+                                ("open", Export::Open),
+                                ("none", Export::Off),
+                            ],
+                        )
+                        .unwrap_or_default();
                     signals.push(SignalConfig {
                         name,
                         query,
@@ -823,6 +824,27 @@ impl Walker {
         self.opt_string(t, path, key)
     }
 
+    /// The value of one of a few keywords, if `key` is set: `None` (and the problem
+    /// recorded) for any other.
+    fn keyword<T: Copy>(
+        &mut self,
+        t: &Table,
+        path: &str,
+        key: &str,
+        choices: &[(&str, T)],
+    ) -> Option<T> {
+        let s = self.opt_string(t, path, key)?;
+        let found = choices.iter().find(|(name, _)| *name == s).map(|c| c.1);
+        if found.is_none() {
+            let names: Vec<&str> = choices.iter().map(|c| c.0).collect();
+            self.err(
+                &join(path, key),
+                format!("{s:?} is not one of {}", names.join(", ")),
+            );
+        }
+        found
+    }
+
     fn opt_string(&mut self, t: &Table, path: &str, key: &str) -> Option<String> {
         match t.get(key)? {
             Value::String(s) => Some(s.clone()),
@@ -908,15 +930,9 @@ impl Walker {
         top: bool,
     ) -> DetectionConfig {
         let mut d = base.clone();
-        if let Some(s) = self.opt_string(t, path, "engine") {
-            match s.as_str() {
-                "robust" => d.engine = Engine::Robust,
-                "ensemble" => d.engine = Engine::Ensemble,
-                _ => self.err(
-                    &join(path, "engine"),
-                    format!("{s:?} is not one of robust, ensemble"),
-                ),
-            }
+        let engines = [("robust", Engine::Robust), ("ensemble", Engine::Ensemble)];
+        if let Some(e) = self.keyword(t, path, "engine", &engines) {
+            d.engine = e;
         }
         if d.engine != base.engine {
             // Another engine's scores mean other things: start from its own defaults.
@@ -999,26 +1015,17 @@ impl Walker {
                 }
             }
         }
-        if let Some(s) = self.opt_string(t, path, "repeats") {
-            match s.as_str() {
-                "routine" => d.repeats = Repeats::Routine,
-                "alarm" => d.repeats = Repeats::Alarm,
-                _ => self.err(
-                    &join(path, "repeats"),
-                    format!("{s:?} is not one of routine, alarm"),
-                ),
-            }
+        let repeats = [("routine", Repeats::Routine), ("alarm", Repeats::Alarm)];
+        if let Some(r) = self.keyword(t, path, "repeats", &repeats) {
+            d.repeats = r;
         }
-        if let Some(s) = self.opt_string(t, path, "direction") {
-            match s.as_str() {
-                "up" => d.direction = Direction::Up,
-                "down" => d.direction = Direction::Down,
-                "both" => d.direction = Direction::Both,
-                _ => self.err(
-                    &join(path, "direction"),
-                    format!("{s:?} is not one of up, down, both"),
-                ),
-            }
+        let directions = [
+            ("up", Direction::Up),
+            ("down", Direction::Down),
+            ("both", Direction::Both),
+        ];
+        if let Some(dir) = self.keyword(t, path, "direction", &directions) {
+            d.direction = dir;
         }
         if top && d.history < d.history_step {
             self.err(
@@ -1233,15 +1240,13 @@ impl Walker {
             region: self.opt_string(&t, p, "region"),
             ..Default::default()
         };
-        if let Some(i) = self.opt_string(&t, p, "interface") {
-            if ["public", "internal", "admin"].contains(&i.as_str()) {
-                o.interface = i;
-            } else {
-                self.err(
-                    "openstack.interface",
-                    format!("{i:?} is not one of public, internal, admin"),
-                );
-            }
+        let interfaces = [
+            ("public", "public"),
+            ("internal", "internal"),
+            ("admin", "admin"),
+        ];
+        if let Some(i) = self.keyword(&t, p, "interface", &interfaces) {
+            o.interface = i.into();
         }
         if let Some(d) = self.duration(&t, p, "timeout", bounds::TIMEOUT) {
             o.timeout = d;
