@@ -83,13 +83,13 @@ pub(super) struct Stats {
 impl Stats {
     /// Where the prediction the residuals are taken against moved by `d` since the
     /// previous point (the daily profile's next half hour, or its bucket's learning),
-    /// re-expresses the previous
-    /// residual against the new prediction if the difference to residual `r` is then
-    /// the more usual one. The profile is a step per half hour: a square daily wave
-    /// steps with it, and its step explains the values' jump; a smooth wave is cut into
-    /// steps by it, and a jump of the residuals at every half hour would be an artefact
-    /// that widens their differences' spread until a real jump passes as noise. Taken
-    /// the way that fits, a residual's jump is one that neither explains.
+    /// re-expresses the previous residual against the new prediction if the difference
+    /// to residual `r` is then the more usual one. The profile is a step per half hour:
+    /// a square daily wave steps with it, and its step explains the values' jump; a
+    /// smooth wave is cut into steps by it, and a jump of the residuals at every half
+    /// hour would be an artefact that widens their differences' spread until a real
+    /// jump passes as noise. Taken the way that fits, a residual's jump is one that
+    /// neither explains.
     pub(super) fn rebase_previous(&mut self, r: f64, d: f64) {
         let kept = (r - self.previous - self.diff_mean).abs();
         let rebased = (r - (self.previous - d) - self.diff_mean).abs();
