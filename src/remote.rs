@@ -274,7 +274,9 @@ pub async fn reject(
     if let Some(v) = call(config, "POST", &path, json!({"by": by, "reason": reason})).await? {
         return Ok(Answer::Agent(v));
     }
-    let p = queue(config)?.reject(id).map_err(local)?;
+    let p = queue(config)?
+        .reject_waiting(id, crate::source::unix_now())
+        .map_err(local)?;
     audit_offline(
         config,
         Event::ApprovalRejected(ApprovalDecided {

@@ -361,7 +361,20 @@ impl Approvals {
         Ok(p)
     }
 
-    /// Takes a plan out of the queue, unrun.
+    /// Takes a plan that still waits out of the queue, unrun, as an SRE rejects it: an
+    /// expired one is refused, it is the sweep's to audit as expired (a plan gets one
+    /// decision in the log, never two).
+    pub fn reject_waiting(&self, id: &str, now: f64) -> Result<Pending, ApprovalError> {
+        let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let p = self.show(id)?;
+        if p.expires_unix <= now {
+            return Err(ApprovalError::Expired(id.into()));
+        }
+        self.remove(id)?;
+        Ok(p)
+    }
+
+    /// Takes a plan out of the queue, unrun (homeostat's own rejections).
     pub fn reject(&self, id: &str) -> Result<Pending, ApprovalError> {
         let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         let p = self.show(id)?;
@@ -613,6 +626,14 @@ mod tests {
             q.approve(&c.id, &c.plan_hash, 3060.0),
             Err(ApprovalError::Expired(_))
         ));
+        assert!(matches!(
+            q.reject_waiting(&c.id, 3060.0),
+            Err(ApprovalError::Expired(_))
+        ));
+        assert_eq!(q.reject_waiting(&c.id, 3059.0).unwrap().id, c.id);
+        let c = q
+            .request("drain", &Anomaly::default(), &plan(), 0, 3000.0, ttl)
+            .unwrap();
         assert_eq!(q.expire(3060.0).unwrap()[0].id, c.id);
 
         // Someone edits the queued plan: the recorded hash no longer matches.

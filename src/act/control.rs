@@ -71,6 +71,9 @@ struct Damaged {
     suspects: HashSet<PathBuf>,
     /// Audited, but could not be moved: not audited again.
     stuck: HashSet<PathBuf>,
+    /// Plans whose expiry was audited but that could not be taken out of the queue:
+    /// not audited again while they stay.
+    expired: HashSet<String>,
 }
 
 /// Writes the pause file (with its reason) durably.
@@ -205,7 +208,13 @@ impl Control {
 
     /// Rejects a waiting plan and audits it.
     pub async fn reject(&self, id: &str, by: &str, reason: &str) -> Result<Pending, ControlError> {
-        let p = self.queue()?.reject(id)?;
+        let now = unix_now();
+        let p = self
+            .blocking(self.queue_arc()?, {
+                let id = id.to_string();
+                move |q| q.reject_waiting(&id, now)
+            })
+            .await?;
         self.audit
             .record(Event::ApprovalRejected(decided(&p, by, reason)))
             .await?;
@@ -223,20 +232,33 @@ impl Control {
         // Off the async runtime: a directory read and a file per plan.
         let now = unix_now();
         let sweep = self.blocking(q, move |q| q.sweep(now)).await?;
+        seen.expired
+            .retain(|id| sweep.expired.iter().any(|p| &p.id == id));
         for p in sweep.expired {
             // Audited before it leaves the queue: a failed write keeps it there for the
             // next sweep, and a stop in between records it twice, never not at all.
-            warn!(id = %p.id, playbook = %p.playbook, "plan expired unapproved: it never runs");
-            self.audit
-                .record(Event::ApprovalExpired(decided(
-                    &p,
-                    "ttl",
-                    "not approved in time",
-                )))
-                .await?;
+            if !seen.expired.contains(&p.id) {
+                warn!(id = %p.id, playbook = %p.playbook, "plan expired unapproved: it never runs");
+                self.audit
+                    .record(Event::ApprovalExpired(decided(
+                        &p,
+                        "ttl",
+                        "not approved in time",
+                    )))
+                    .await?;
+                seen.expired.insert(p.id.clone());
+            }
             let id = p.id.clone();
-            self.blocking(q, move |q| q.remove_expired(&id, now))
-                .await?;
+            match self.blocking(q, move |q| q.remove_expired(&id, now)).await {
+                Ok(_) => {
+                    seen.expired.remove(&p.id);
+                }
+                // It never runs (approve refuses an expired plan); it is logged at each
+                // sweep, not audited again, and holds up nothing else.
+                Err(e) => {
+                    tracing::error!(id = %p.id, error = %e, "could not take the expired plan out of the queue: remove it by hand");
+                }
+            }
         }
         self.set_aside_damaged(q, &mut seen, sweep.damaged).await
     }

@@ -300,7 +300,7 @@ mod tests {
         // spreads: measured in one spread for the whole day it would pass as noise.
         let busy = |i: usize| (i % DAY) < DAY / 2;
         let wave = |i: usize| 50.0 + 20.0 * (std::f64::consts::TAU * i as f64 / DAY as f64).sin();
-        let noise = |i: usize| (if busy(i) { 0.8 } else { 0.2 }) * noisy(i);
+        let noise = |i: usize| (if busy(i) { 2.0 } else { 0.2 }) * noisy(i);
         let mut xs: Vec<f64> = (0..10 * DAY).map(|i| wave(i) + noise(i)).collect();
         let night = 9 * DAY + 3 * DAY / 4;
         xs[night..night + 6].iter_mut().for_each(|x| *x += 3.0);
