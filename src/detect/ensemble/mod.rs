@@ -715,4 +715,29 @@ mod tests {
         let routine = serde_json::to_string(&ensemble()).unwrap();
         assert!(!routine.contains("repeats"), "{routine}");
     }
+
+    #[test]
+    fn saved_mid_stream_a_daily_series_goes_on_exactly_as_if_never_saved() {
+        // A daily wave with noise, saved (through JSON, as `models/` stores it) at the end
+        // of a half hour, after the profile has trained: the restored model's next day
+        // of assessments, and its state then, are the uninterrupted one's, bit for bit.
+        // The residuals' previous prediction (`last_predicted`) is part of what is saved:
+        // the next point starts a half hour, where the profile steps.
+        let wave = |i: usize| 50.0 + 20.0 * (std::f64::consts::TAU * i as f64 / DAY as f64).sin();
+        let x = |i: usize| wave(i) + noisy(i);
+        let mut e = ensemble();
+        let split = 5 * DAY + DAY / 48;
+        for i in 0..split {
+            e.update(i as f64 * STEP, x(i));
+        }
+        assert!(e.last_predicted.is_some(), "the profile predicts by now");
+        let mut restored: Ensemble =
+            serde_json::from_str(&serde_json::to_string(&e).unwrap()).unwrap();
+        for i in split..split + DAY {
+            let t = i as f64 * STEP;
+            assert_eq!(restored.update(t, x(i)), e.update(t, x(i)), "point {i}");
+        }
+        let state = |m: &Ensemble| serde_json::to_string(m).unwrap();
+        assert_eq!(state(&restored), state(&e));
+    }
 }
