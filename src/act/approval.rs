@@ -284,12 +284,6 @@ impl Approvals {
         Ok(out)
     }
 
-    /// The queue's files that do not parse (edited by hand, or damaged on disk), with
-    /// why. They can never run; [`Approvals::set_aside`] takes them out of the queue.
-    pub fn damaged(&self) -> Result<Vec<(PathBuf, String)>, ApprovalError> {
-        Ok(damaged(self.list()?))
-    }
-
     /// Moves a file of the queue that still does not parse out of it, kept beside it for
     /// inspection as `<file>.damaged` (`.damaged-2`, … if that name is taken); returns
     /// where it went, or `None` if the file is gone or parses now (fixed by hand).
@@ -365,38 +359,30 @@ impl Approvals {
     /// expired one is refused, it is the sweep's to audit as expired (a plan gets one
     /// decision in the log, never two).
     pub fn reject_waiting(&self, id: &str, now: f64) -> Result<Pending, ApprovalError> {
+        self.take_out(id, Some(now))
+    }
+
+    /// Takes a plan out of the queue, unrun (homeostat's own rejections).
+    pub fn reject(&self, id: &str) -> Result<Pending, ApprovalError> {
+        self.take_out(id, None)
+    }
+
+    /// Takes a plan out of the queue, unless it expired by `refuse_expired_at`.
+    fn take_out(&self, id: &str, refuse_expired_at: Option<f64>) -> Result<Pending, ApprovalError> {
         let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         let p = self.show(id)?;
-        if p.expires_unix <= now {
+        if refuse_expired_at.is_some_and(|now| p.expires_unix <= now) {
             return Err(ApprovalError::Expired(id.into()));
         }
         self.remove(id)?;
         Ok(p)
     }
 
-    /// Takes a plan out of the queue, unrun (homeostat's own rejections).
-    pub fn reject(&self, id: &str) -> Result<Pending, ApprovalError> {
-        let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        let p = self.show(id)?;
-        self.remove(id)?;
-        Ok(p)
-    }
-
-    /// Takes out every plan whose TTL passed (approved-offline ones included: a stale
-    /// approval must not run days later).
-    pub fn expire(&self, now: f64) -> Result<Vec<Pending>, ApprovalError> {
-        let mut gone = Vec::new();
-        for p in self.sweep(now)?.expired {
-            if self.remove_expired(&p.id, now)? {
-                gone.push(p);
-            }
-        }
-        Ok(gone)
-    }
-
     /// One pass over the queue, as the agent makes at each tick: the plans whose TTL
-    /// passed, still in the queue (to be audited, then [`Approvals::remove_expired`]),
-    /// and the damaged files (see [`Approvals::damaged`]).
+    /// passed (approved-offline ones included: a stale approval must not run days
+    /// later), still in the queue (to be audited, then [`Approvals::remove_expired`]),
+    /// and the files that do not parse (edited by hand, or damaged on disk), with why:
+    /// they can never run, and [`Approvals::set_aside`] takes them out of the queue.
     pub fn sweep(&self, now: f64) -> Result<Sweep, ApprovalError> {
         let listed = self.list()?;
         let expired = listed
@@ -427,7 +413,7 @@ impl Approvals {
     /// (at most once: a crash before they run loses them, never runs them twice), and
     /// those whose plan changed on disk since (with the hash it has now), left for the
     /// caller to audit and [`Approvals::reject`]; they never run. Expired ones stay for
-    /// [`Approvals::expire`].
+    /// the sweep ([`Approvals::sweep`]).
     #[allow(clippy::type_complexity)]
     pub fn take_approved(
         &self,
@@ -536,13 +522,13 @@ mod tests {
         let q = Approvals::open(dir.path()).unwrap();
         let bad = dir.path().join("ap-0000000000000001.json");
         std::fs::write(&bad, "{ torn").unwrap();
-        assert_eq!(q.damaged().unwrap().len(), 1);
+        assert_eq!(q.sweep(0.0).unwrap().damaged.len(), 1);
         // An earlier one of the same name is kept.
         std::fs::write(dir.path().join("ap-0000000000000001.json.damaged"), "old").unwrap();
         let aside = q.set_aside(&bad).unwrap().unwrap();
         assert_eq!(aside, dir.path().join("ap-0000000000000001.json.damaged-2"));
         assert_eq!(std::fs::read_to_string(&aside).unwrap(), "{ torn");
-        assert!(!bad.exists() && q.damaged().unwrap().is_empty());
+        assert!(!bad.exists() && q.sweep(0.0).unwrap().damaged.is_empty());
         // Gone, or fixed by hand since it was listed: nothing to move.
         assert_eq!(q.set_aside(&bad).unwrap(), None);
         let fixed = q
@@ -570,7 +556,7 @@ mod tests {
         let link = dir.path().join("ap-0000000000000002.json");
         std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
         assert!(matches!(
-            q.damaged().unwrap().as_slice(),
+            q.sweep(0.0).unwrap().damaged.as_slice(),
             [(p, m)] if p == &link && m.contains("not a regular file")
         ));
         assert!(q.set_aside(&link).unwrap().is_some());
@@ -621,7 +607,7 @@ mod tests {
         let c = q
             .request("drain", &Anomaly::default(), &plan(), 0, 3000.0, ttl)
             .unwrap();
-        assert!(q.expire(3059.0).unwrap().is_empty());
+        assert!(q.sweep(3059.0).unwrap().expired.is_empty());
         assert!(matches!(
             q.approve(&c.id, &c.plan_hash, 3060.0),
             Err(ApprovalError::Expired(_))
@@ -634,7 +620,8 @@ mod tests {
         let c = q
             .request("drain", &Anomaly::default(), &plan(), 0, 3000.0, ttl)
             .unwrap();
-        assert_eq!(q.expire(3060.0).unwrap()[0].id, c.id);
+        assert_eq!(q.sweep(3060.0).unwrap().expired[0].id, c.id);
+        assert!(q.remove_expired(&c.id, 3060.0).unwrap());
 
         // Someone edits the queued plan: the recorded hash no longer matches.
         let d = q

@@ -127,18 +127,14 @@ impl Control {
         })
     }
 
-    fn queue(&self) -> Result<&Approvals, ControlError> {
-        self.approvals.as_deref().ok_or(ControlError::NoApprovals)
+    fn queue(&self) -> Result<&Arc<Approvals>, ControlError> {
+        self.approvals.as_ref().ok_or(ControlError::NoApprovals)
     }
 
     /// Plans waiting for approval (damaged files are reported as errors in the list),
     /// read off the async runtime.
     pub async fn approvals(&self) -> Result<Vec<Result<Pending, ApprovalError>>, ControlError> {
-        Ok(self.blocking(self.queue_arc()?, |q| q.list()).await?)
-    }
-
-    fn queue_arc(&self) -> Result<&Arc<Approvals>, ControlError> {
-        self.approvals.as_ref().ok_or(ControlError::NoApprovals)
+        Ok(self.blocking(self.queue()?, |q| q.list()).await?)
     }
 
     /// One waiting plan, and how it stands against the audit log's record of its
@@ -148,7 +144,7 @@ impl Control {
         id: &str,
     ) -> Result<(Pending, Result<AuditMatch, ApprovalError>), ControlError> {
         let (log, id) = (self.audit.path().to_path_buf(), id.to_string());
-        let shown = self.blocking(self.queue_arc()?, move |q| {
+        let shown = self.blocking(self.queue()?, move |q| {
             let p = q.show(&id)?;
             let audit = audit_match(&log, &p);
             Ok((p, audit))
@@ -210,7 +206,7 @@ impl Control {
     pub async fn reject(&self, id: &str, by: &str, reason: &str) -> Result<Pending, ControlError> {
         let now = unix_now();
         let p = self
-            .blocking(self.queue_arc()?, {
+            .blocking(self.queue()?, {
                 let id = id.to_string();
                 move |q| q.reject_waiting(&id, now)
             })
